@@ -1,0 +1,390 @@
+//! `tuna jobs ...`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use tuna::{ClientError, pb};
+
+use super::{Cli, CliError, EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, Output, connect, output};
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Create a fine-tuning job.
+    Create(CreateArgs),
+    Get {
+        id: String,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in these states (queued, running, succeeded, failed, cancelling,
+        /// cancelled, pausing, paused); repeatable.
+        #[arg(long = "state")]
+        states: Vec<String>,
+        /// Only jobs with this label (key=value); repeatable.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    Cancel {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// Follow a job's events and metrics until it ends. Exit code 0 when it SUCCEEDED,
+    /// 3 when it FAILED, 4 when it was CANCELLED.
+    Watch {
+        id: String,
+        /// Resume after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after_seq: i64,
+    },
+    /// Print a job's event log.
+    Events {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Base model (registered name or file id).
+    #[arg(long)]
+    model: String,
+    /// Training file id.
+    #[arg(long)]
+    training_file: String,
+    #[arg(long, default_value = "")]
+    validation_file: String,
+    /// lora, dora, ia3, prompt_tuning, bitfit or full.
+    #[arg(long, default_value = "lora")]
+    method: String,
+    #[arg(long)]
+    r: Option<i32>,
+    #[arg(long)]
+    alpha: Option<f64>,
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Target modules (comma-separated) or all-linear.
+    #[arg(long, value_delimiter = ',')]
+    target_modules: Vec<String>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    epochs: Option<i32>,
+    #[arg(long)]
+    max_steps: Option<i64>,
+    #[arg(long)]
+    batch_size: Option<i32>,
+    #[arg(long)]
+    seed: Option<i64>,
+    #[arg(long)]
+    eval_every: Option<i64>,
+    #[arg(long, default_value_t = 0)]
+    priority: i32,
+    #[arg(long, default_value_t = 0)]
+    max_attempts: i32,
+    /// cpu, cuda or any.
+    #[arg(long, default_value = "")]
+    device: String,
+    /// key=value; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Idempotency key: retrying with the same key returns the same job.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Follow the job until it ends; the exit code is that of `tuna jobs watch`.
+    #[arg(long)]
+    wait: bool,
+    /// Read the whole JobSpec from a JSON file instead (the flags above are then ignored).
+    #[arg(long)]
+    spec_file: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn parse_state(s: &str) -> Result<i32, CliError> {
+    let name = format!("JOB_STATE_{}", s.to_ascii_uppercase());
+    pb::JobState::from_str_name(&name)
+        .map(|s| s as i32)
+        .ok_or_else(|| CliError::Usage(format!("unknown job state {s:?}")))
+}
+
+fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
+    let lora = ["lora", "dora"]
+        .contains(&a.method.as_str())
+        .then(|| pb::LoraParams {
+            r: a.r,
+            alpha: a.alpha,
+            dropout: a.dropout,
+            target_modules: a.target_modules.clone(),
+            ..Default::default()
+        });
+    pb::JobSpec {
+        base_model: a.model.clone(),
+        training_file: a.training_file.clone(),
+        validation_file: a.validation_file.clone(),
+        method: Some(pb::Method {
+            r#type: a.method.clone(),
+            lora,
+            ..Default::default()
+        }),
+        hyperparameters: Some(pb::Hyperparameters {
+            learning_rate: a.learning_rate,
+            epochs: a.epochs,
+            max_steps: a.max_steps,
+            batch_size: a.batch_size,
+            seed: a.seed,
+            eval_every: a.eval_every,
+            ..Default::default()
+        }),
+        resources: Some(pb::Resources {
+            device: a.device.clone(),
+            min_memory_bytes: 0,
+        }),
+        priority: a.priority,
+        max_attempts: a.max_attempts,
+        labels: a.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        task: String::new(),
+    }
+}
+
+async fn watch(
+    cli: &Cli,
+    client: &tuna::Client,
+    id: &str,
+    after_seq: i64,
+) -> Result<ExitCode, CliError> {
+    let out = cli.output;
+    let job = client
+        .watch_job(id, after_seq, |u| output::update(out, u))
+        .await?;
+    if out == Output::Text {
+        output::job(Output::Text, &job);
+    }
+    Ok(match job.state() {
+        pb::JobState::Succeeded => ExitCode::SUCCESS,
+        pb::JobState::Cancelled => ExitCode::from(EXIT_JOB_CANCELLED),
+        _ => ExitCode::from(EXIT_JOB_FAILED),
+    })
+}
+
+pub async fn run(cli: &Cli, cmd: &JobsCommand) -> Result<ExitCode, CliError> {
+    let client = connect(cli).await?;
+    let rpc = |s: tonic::Status| CliError::Client(ClientError::from(s));
+    match cmd {
+        JobsCommand::Create(args) => {
+            let spec = match &args.spec_file {
+                Some(path) => read_spec(path)?,
+                None => spec_from_args(args),
+            };
+            let job = client.create_job(spec, args.request_id.clone()).await?;
+            if args.wait {
+                if cli.output == Output::Text {
+                    println!("created {}; following it until it ends", job.id);
+                }
+                return watch(cli, &client, &job.id, 0).await;
+            }
+            output::job(cli.output, &job);
+        }
+        JobsCommand::Get { id } => output::job(cli.output, &client.get_job(id).await?),
+        JobsCommand::List {
+            states,
+            labels,
+            page_size,
+            page_token,
+        } => {
+            let states = states
+                .iter()
+                .map(|s| parse_state(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let resp = client
+                .jobs()
+                .list_jobs(pb::ListJobsRequest {
+                    page_size: *page_size,
+                    page_token: page_token.clone(),
+                    states,
+                    labels: labels.iter().cloned().collect(),
+                    sweep_id: String::new(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            match cli.output {
+                Output::Json => output::print_json(&serde_json::json!({
+                    "jobs": resp.jobs.iter().map(output::job_json).collect::<Vec<_>>(),
+                    "next_page_token": resp.next_page_token,
+                })),
+                Output::Text => {
+                    for j in &resp.jobs {
+                        output::job(Output::Text, j);
+                    }
+                    if !resp.next_page_token.is_empty() {
+                        println!("next page: --page-token {}", resp.next_page_token);
+                    }
+                }
+            }
+        }
+        JobsCommand::Cancel { id } => {
+            let req = pb::CancelJobRequest { id: id.clone() };
+            output::job(
+                cli.output,
+                &client
+                    .jobs()
+                    .cancel_job(req)
+                    .await
+                    .map_err(rpc)?
+                    .into_inner(),
+            );
+        }
+        JobsCommand::Pause { id } => {
+            let req = pb::PauseJobRequest { id: id.clone() };
+            output::job(
+                cli.output,
+                &client
+                    .jobs()
+                    .pause_job(req)
+                    .await
+                    .map_err(rpc)?
+                    .into_inner(),
+            );
+        }
+        JobsCommand::Resume { id } => {
+            let req = pb::ResumeJobRequest { id: id.clone() };
+            output::job(
+                cli.output,
+                &client
+                    .jobs()
+                    .resume_job(req)
+                    .await
+                    .map_err(rpc)?
+                    .into_inner(),
+            );
+        }
+        JobsCommand::Watch { id, after_seq } => return watch(cli, &client, id, *after_seq).await,
+        JobsCommand::Events {
+            id,
+            page_size,
+            page_token,
+        } => {
+            let resp = client
+                .jobs()
+                .list_job_events(pb::ListJobEventsRequest {
+                    job_id: id.clone(),
+                    page_size: *page_size,
+                    page_token: page_token.clone(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            for e in resp.events {
+                let u = pb::JobUpdate {
+                    seq: e.seq,
+                    kind: Some(pb::job_update::Kind::Event(e)),
+                };
+                output::update(cli.output, &u);
+            }
+            if !resp.next_page_token.is_empty() && cli.output == Output::Text {
+                println!("next page: --page-token {}", resp.next_page_token);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a JobSpec from JSON: the same field names as the proto (snake_case).
+fn read_spec(path: &PathBuf) -> Result<pb::JobSpec, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: invalid JSON: {e}", path.display())))?;
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let method = v.get("method").cloned().unwrap_or_default();
+    let lora = method.get("lora").map(|l| pb::LoraParams {
+        r: l.get("r").and_then(|x| x.as_i64()).map(|x| x as i32),
+        alpha: l.get("alpha").and_then(|x| x.as_f64()),
+        dropout: l.get("dropout").and_then(|x| x.as_f64()),
+        target_modules: l
+            .get("target_modules")
+            .and_then(|x| x.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        use_rslora: l
+            .get("use_rslora")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false),
+        init: l
+            .get("init")
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        lr_ratio_b: l.get("lr_ratio_b").and_then(|x| x.as_f64()),
+    });
+    let h = v.get("hyperparameters").cloned().unwrap_or_default();
+    let hi = |k: &str| h.get(k).and_then(|x| x.as_i64());
+    Ok(pb::JobSpec {
+        base_model: s("base_model"),
+        training_file: s("training_file"),
+        validation_file: s("validation_file"),
+        method: Some(pb::Method {
+            r#type: method
+                .get("type")
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            lora,
+            ..Default::default()
+        }),
+        hyperparameters: Some(pb::Hyperparameters {
+            learning_rate: h.get("learning_rate").and_then(|x| x.as_f64()),
+            epochs: hi("epochs").map(|x| x as i32),
+            max_steps: hi("max_steps"),
+            batch_size: hi("batch_size").map(|x| x as i32),
+            seed: hi("seed"),
+            eval_every: hi("eval_every"),
+            schedule: h
+                .get("schedule")
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            ..Default::default()
+        }),
+        resources: None,
+        priority: v.get("priority").and_then(|x| x.as_i64()).unwrap_or(0) as i32,
+        max_attempts: v.get("max_attempts").and_then(|x| x.as_i64()).unwrap_or(0) as i32,
+        labels: v
+            .get("labels")
+            .and_then(|x| x.as_object())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        task: s("task"),
+    })
+}

@@ -1,0 +1,81 @@
+//! Command-line parsing and dispatch. Every command accepts `--output json`.
+
+mod files;
+mod jobs;
+mod output;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tuna::{Client, ClientError};
+
+/// Exit code of `jobs watch` / `jobs create --wait` when the job FAILED.
+pub const EXIT_JOB_FAILED: u8 = 3;
+/// Exit code of `jobs watch` / `jobs create --wait` when the job was CANCELLED.
+pub const EXIT_JOB_CANCELLED: u8 = 4;
+
+#[derive(Debug, Parser)]
+#[command(name = "tuna", version, about = "Tuna: fine-tuning jobs as a service")]
+pub struct Cli {
+    /// Control plane address.
+    #[arg(
+        long,
+        global = true,
+        env = "TUNA_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// API key for client services (when the server requires one).
+    #[arg(long, global = true, env = "TUNA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (embedded SQLite under ./tuna-data unless --database-url is set).
+    Server(server::ServerArgs),
+    /// Upload and manage datasets and model files.
+    #[command(subcommand)]
+    Files(files::FilesCommand),
+    /// Create, inspect and control fine-tuning jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+}
+
+/// Errors of the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Serve(#[from] tuna_server::serve::ServeError),
+    #[error(transparent)]
+    Telemetry(#[from] tuna_server::telemetry::TelemetryError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+async fn connect(cli: &Cli) -> Result<Client, CliError> {
+    Ok(Client::connect(&cli.server, cli.api_key.as_deref()).await?)
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match &cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Files(cmd) => files::run(&cli, cmd).await,
+        Command::Jobs(cmd) => jobs::run(&cli, cmd).await,
+    }
+}

@@ -1,0 +1,272 @@
+//! The Tuna Rust SDK: typed clients for the `tuna.v1` services plus the conveniences every
+//! caller needs (streamed uploads with digests, reconnecting job watches).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tuna::ClientError> {
+//! let client = tuna::Client::connect("http://127.0.0.1:50051", None).await?;
+//! let job = client.get_job("job_0123456789abcdef0123456789abcdef").await?;
+//! println!("{:?}", job.state());
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+pub use tuna_proto::v1 as pb;
+use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
+use tuna_proto::v1::file_service_client::FileServiceClient;
+use tuna_proto::v1::job_service_client::JobServiceClient;
+
+/// Errors of the SDK.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("invalid server URL {url:?}: {message}")]
+    Url { url: String, message: String },
+    #[error("{}", status_text(.0))]
+    Rpc(#[from] Status),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the download of {artifact} is corrupt: expected sha256 {expected}, got {actual}")]
+    Corrupt {
+        artifact: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("the server sent an unexpected message: {0}")]
+    Protocol(String),
+}
+
+/// `CODE: message`, the form users see on the command line.
+fn status_text(s: &Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+/// Adds `authorization: Bearer <key>` when a key is set.
+#[derive(Clone, Debug)]
+pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Svc = InterceptedService<Channel, Auth>;
+
+/// A connection to a Tuna control plane.
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: Channel,
+    auth: Auth,
+}
+
+impl Client {
+    /// Connects to `url` (for example `http://127.0.0.1:50051`).
+    pub async fn connect(url: &str, api_key: Option<&str>) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| ClientError::Url {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
+        let auth = match api_key.filter(|k| !k.is_empty()) {
+            Some(k) => Auth(Some(format!("Bearer {k}").parse().map_err(|_| {
+                ClientError::Url {
+                    url: url.to_string(),
+                    message: "the API key has characters not allowed in a header".into(),
+                }
+            })?)),
+            None => Auth(None),
+        };
+        Ok(Self { channel, auth })
+    }
+
+    pub fn jobs(&self) -> JobServiceClient<Svc> {
+        JobServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn files(&self) -> FileServiceClient<Svc> {
+        FileServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn artifacts(&self) -> ArtifactServiceClient<Svc> {
+        ArtifactServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<pb::Job, ClientError> {
+        let req = pb::GetJobRequest { id: id.to_string() };
+        Ok(self.jobs().get_job(req).await?.into_inner())
+    }
+
+    pub async fn create_job(
+        &self,
+        spec: pb::JobSpec,
+        request_id: Option<String>,
+    ) -> Result<pb::Job, ClientError> {
+        let req = pb::CreateJobRequest {
+            spec: Some(spec),
+            request_id: request_id.unwrap_or_default(),
+        };
+        Ok(self.jobs().create_job(req).await?.into_inner())
+    }
+
+    /// Uploads a file: hashes it first (the server verifies the digest), then streams it in
+    /// 1 MiB chunks.
+    pub async fn upload_file(
+        &self,
+        path: &Path,
+        purpose: pb::FilePurpose,
+        format: pb::DatasetFormat,
+    ) -> Result<pb::File, ClientError> {
+        let io = |source| ClientError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let (size, sha256) = hash_file(path).await.map_err(io)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "upload".into());
+        let header = pb::UploadFileRequest {
+            data: Some(pb::upload_file_request::Data::Header(
+                pb::UploadFileHeader {
+                    name,
+                    purpose: purpose as i32,
+                    size_bytes: size as i64,
+                    sha256,
+                    format: format as i32,
+                },
+            )),
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let chunks = futures::stream::unfold(Some(file), |state| async move {
+            let mut file = state?;
+            let mut buf = vec![0u8; tuna_proto::CHUNK_SIZE];
+            match read_full(&mut file, &mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    let msg = pb::UploadFileRequest {
+                        data: Some(pb::upload_file_request::Data::Chunk(buf)),
+                    };
+                    Some((msg, Some(file)))
+                }
+            }
+        });
+        let stream = futures::StreamExt::chain(futures::stream::once(async { header }), chunks);
+        Ok(self.files().upload(stream).await?.into_inner())
+    }
+
+    /// Follows a job until it reaches a terminal state, calling `on_update` for every event
+    /// and metric point in order. A dropped stream is reopened from the last `seq` seen, so
+    /// nothing is missed or repeated. Returns the final job.
+    pub async fn watch_job(
+        &self,
+        id: &str,
+        mut after_seq: i64,
+        mut on_update: impl FnMut(&pb::JobUpdate),
+    ) -> Result<pb::Job, ClientError> {
+        let mut failures = 0u32;
+        loop {
+            let req = pb::WatchJobRequest {
+                id: id.to_string(),
+                after_seq,
+            };
+            let result = async {
+                let mut stream = self.jobs().watch_job(req).await?.into_inner();
+                while let Some(update) = stream.message().await? {
+                    after_seq = update.seq;
+                    on_update(&update);
+                }
+                Ok::<(), Status>(())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    let job = self.get_job(id).await?;
+                    if is_terminal(job.state()) {
+                        return Ok(job);
+                    }
+                }
+                Err(s) if is_transient(&s) && failures < 30 => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+    }
+}
+
+/// Whether a job state is final.
+pub fn is_terminal(state: pb::JobState) -> bool {
+    matches!(
+        state,
+        pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+    )
+}
+
+fn is_transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+    )
+}
+
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// Size and lowercase hex SHA-256 of a file.
+pub async fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}

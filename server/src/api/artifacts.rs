@@ -1,0 +1,118 @@
+//! `tuna.v1.ArtifactService`: what workers produced, streamed back to users.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use tuna_proto::v1 as pb;
+use tuna_proto::v1::artifact_service_server::ArtifactService;
+
+use super::{ApiContext, convert, require_id};
+use crate::domain::ids;
+use crate::error::ApiError;
+
+/// The artifact service.
+pub struct Artifacts {
+    ctx: ApiContext,
+}
+
+impl Artifacts {
+    pub fn new(ctx: ApiContext) -> Self {
+        Self { ctx }
+    }
+}
+
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ArtifactService for Artifacts {
+    #[tracing::instrument(skip_all)]
+    async fn get_artifact(
+        &self,
+        request: Request<pb::GetArtifactRequest>,
+    ) -> Result<Response<pb::Artifact>, Status> {
+        let id = request.into_inner().id;
+        require_id("id", ids::ARTIFACT, &id)?;
+        let a = self
+            .ctx
+            .store
+            .get_artifact(&id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::artifact(&a)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_artifacts(
+        &self,
+        request: Request<pb::ListArtifactsRequest>,
+    ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let req = request.into_inner();
+        require_id("job_id", ids::JOB, &req.job_id)?;
+        let kind = convert::artifact_kind_from("kind", req.kind, true)?;
+        let store = &self.ctx.store;
+        store.get_job(&req.job_id).await.map_err(ApiError::from)?;
+        let artifacts = store
+            .list_artifacts(&req.job_id, kind)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListArtifactsResponse {
+            artifacts: artifacts.iter().map(convert::artifact).collect(),
+        }))
+    }
+
+    type DownloadStream = DownloadStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn download(
+        &self,
+        request: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let id = request.into_inner().artifact_id;
+        require_id("artifact_id", ids::ARTIFACT, &id)?;
+        let artifact = self
+            .ctx
+            .store
+            .get_artifact(&id)
+            .await
+            .map_err(ApiError::from)?;
+        let body = self
+            .ctx
+            .blobs
+            .read(&artifact.blob_key)
+            .await
+            .map_err(ApiError::from)?;
+        let first = futures::stream::once(async move {
+            Ok(pb::DownloadResponse {
+                data: Some(pb::download_response::Data::Artifact(convert::artifact(
+                    &artifact,
+                ))),
+            })
+        });
+        let chunks = rechunk(body).map(|r| {
+            r.map(|chunk| pb::DownloadResponse {
+                data: Some(pb::download_response::Data::Chunk(chunk)),
+            })
+            .map_err(|e| Status::from(ApiError::from(e)))
+        });
+        Ok(Response::new(Box::pin(first.chain(chunks))))
+    }
+}
+
+/// Re-slices a byte stream into chunks of at most [`tuna_proto::CHUNK_SIZE`].
+fn rechunk<S, E>(body: S) -> impl Stream<Item = Result<Vec<u8>, E>> + Send
+where
+    S: Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
+    E: Send + 'static,
+{
+    body.flat_map(|r| {
+        let items: Vec<Result<Vec<u8>, E>> = match r {
+            Ok(bytes) => bytes
+                .chunks(tuna_proto::CHUNK_SIZE)
+                .map(|c| Ok(c.to_vec()))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
+    })
+}

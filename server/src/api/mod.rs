@@ -1,0 +1,165 @@
+//! gRPC services, one module each: validate the request, call the store, map errors once
+//! (via [`ApiError`] into `tonic::Status`).
+
+pub mod artifacts;
+pub mod convert;
+pub mod files;
+pub mod jobs;
+pub mod page_token;
+pub mod workers;
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+
+use crate::blobs::{Blobs, FinishedBlob};
+use crate::dataset::JsonlValidator;
+use crate::domain::ids;
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// Limits enforced at the API edge.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest file or artifact accepted, in bytes.
+    pub max_upload_bytes: i64,
+    /// Longest AcquireJob long-poll, in milliseconds.
+    pub max_acquire_wait_ms: i64,
+    /// How often waiters re-check the database when no notification arrives.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 10 * 1024 * 1024 * 1024,
+            max_acquire_wait_ms: 60_000,
+            poll_interval_ms: 1_000,
+        }
+    }
+}
+
+/// What every service needs.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub store: Arc<dyn Store>,
+    pub blobs: Blobs,
+    pub limits: Limits,
+}
+
+/// Checks a resource id's shape.
+pub fn require_id(field: &str, prefix: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::field(field, "is required"));
+    }
+    if !ids::is_valid(prefix, id) {
+        return Err(ApiError::field(
+            field,
+            format!("{id:?} is not a valid id (expected {prefix}_ followed by 32 hex digits)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a file or artifact name: 1..=255 chars, no path separators or control characters.
+pub fn require_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let ok = (1..=255).contains(&name.len())
+        && !name.contains(['/', '\\'])
+        && name != "."
+        && name != ".."
+        && !name.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            field,
+            "must be 1..=255 characters without path separators or control characters",
+        ))
+    }
+}
+
+/// Checks a declared SHA-256: 64 lowercase hex digits.
+pub fn require_sha256(field: &str, sha: &str) -> Result<(), ApiError> {
+    if sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::field(field, "must be 64 lowercase hex digits"))
+    }
+}
+
+/// Checks a declared size against the upload limit.
+pub fn require_size(field: &str, size: i64, limits: &Limits) -> Result<(), ApiError> {
+    if size < 0 {
+        return Err(ApiError::field(field, format!("must be >= 0, got {size}")));
+    }
+    if size > limits.max_upload_bytes {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "{size} bytes exceeds the maximum upload size of {} bytes",
+                limits.max_upload_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Streams chunks into a temporary blob, enforcing the declared size and checking the digest
+/// (and, for datasets, every JSONL line). On any error the partial blob is removed.
+pub async fn receive_blob<S>(
+    blobs: &Blobs,
+    mut chunks: S,
+    declared_size: i64,
+    declared_sha256: &str,
+    mut validator: Option<&mut JsonlValidator>,
+) -> Result<FinishedBlob, ApiError>
+where
+    S: Stream<Item = Result<Vec<u8>, ApiError>> + Unpin,
+{
+    let declared = u64::try_from(declared_size).unwrap_or(0);
+    let mut writer = blobs.begin().await?;
+    let streamed: Result<(), ApiError> = async {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if writer.size() + chunk.len() as u64 > declared {
+                return Err(ApiError::field(
+                    "header.size_bytes",
+                    format!("received more than the declared {declared} bytes"),
+                ));
+            }
+            if let Some(v) = validator.as_deref_mut() {
+                v.feed(&chunk)?;
+            }
+            writer.write(&chunk).await?;
+        }
+        if writer.size() != declared {
+            return Err(ApiError::field(
+                "header.size_bytes",
+                format!(
+                    "declared {declared} bytes but the stream ended after {}",
+                    writer.size()
+                ),
+            ));
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = streamed {
+        writer.abort().await;
+        return Err(e);
+    }
+    let finished = writer.finish().await?;
+    if finished.sha256 != declared_sha256 {
+        let actual = finished.sha256.clone();
+        blobs.discard(finished).await;
+        return Err(ApiError::DigestMismatch {
+            declared: declared_sha256.to_string(),
+            actual,
+        });
+    }
+    Ok(finished)
+}

@@ -1,0 +1,350 @@
+//! `tuna.v1.WorkerService`: how workers pull jobs, report progress and hand back results.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tuna_proto::v1 as pb;
+use tuna_proto::v1::worker_service_server::WorkerService;
+use tuna_proto::{ts_from_ms, ts_to_ms};
+
+use super::{
+    ApiContext, convert, receive_blob, require_id, require_name, require_sha256, require_size,
+};
+use crate::domain::{Directive, FailureKind, Outcome, ids};
+use crate::error::ApiError;
+use crate::store::{Fence, MetricInput, NewArtifact};
+
+/// Most metric points per ReportMetrics call.
+pub const MAX_POINTS_PER_REPORT: usize = 1000;
+
+/// The worker service.
+pub struct Workers {
+    ctx: ApiContext,
+}
+
+impl Workers {
+    pub fn new(ctx: ApiContext) -> Self {
+        Self { ctx }
+    }
+}
+
+fn fence<'a>(job_id: &'a str, lease_token: &'a str) -> Result<Fence<'a>, ApiError> {
+    require_id("job_id", ids::JOB, job_id)?;
+    if lease_token.is_empty() || lease_token.len() > 64 {
+        return Err(ApiError::field(
+            "lease_token",
+            "is required (from AcquireJob)",
+        ));
+    }
+    Ok(Fence {
+        job_id,
+        lease_token,
+    })
+}
+
+fn directive(d: Directive) -> pb::Directive {
+    match d {
+        Directive::Continue => pb::Directive::Continue,
+        Directive::Cancel => pb::Directive::Cancel,
+        Directive::Pause => pb::Directive::Pause,
+        Directive::StopEarly => pb::Directive::StopEarly,
+    }
+}
+
+fn metric_inputs(points: Vec<pb::MetricPoint>) -> Result<Vec<MetricInput>, ApiError> {
+    if points.is_empty() || points.len() > MAX_POINTS_PER_REPORT {
+        return Err(ApiError::field(
+            "points",
+            format!(
+                "must hold 1..={MAX_POINTS_PER_REPORT} points, got {}",
+                points.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(points.len());
+    for (i, p) in points.into_iter().enumerate() {
+        if p.step < 0 {
+            return Err(ApiError::field(
+                &format!("points[{i}].step"),
+                "must be >= 0",
+            ));
+        }
+        if p.values.is_empty() {
+            return Err(ApiError::field(&format!("points[{i}].values"), "is empty"));
+        }
+        for (name, value) in &p.values {
+            if name.is_empty() || name.len() > 64 {
+                return Err(ApiError::field(
+                    &format!("points[{i}].values"),
+                    format!("metric name {name:?} must be 1..=64 characters"),
+                ));
+            }
+            if !value.is_finite() {
+                return Err(ApiError::field(
+                    &format!("points[{i}].values[{name:?}]"),
+                    format!("must be finite, got {value}"),
+                ));
+            }
+        }
+        out.push(MetricInput {
+            step: p.step,
+            values: p.values.into_iter().collect(),
+            time: p.time.as_ref().map(ts_to_ms),
+        });
+    }
+    Ok(out)
+}
+
+#[tonic::async_trait]
+impl WorkerService for Workers {
+    #[tracing::instrument(skip_all)]
+    async fn register_worker(
+        &self,
+        request: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let req = request.into_inner();
+        if req.name.is_empty() || req.name.len() > 128 {
+            return Err(ApiError::field("name", "must be 1..=128 characters").into());
+        }
+        let caps = req.capabilities.unwrap_or_default();
+        if !["cpu", "cuda"].contains(&caps.device.as_str()) {
+            return Err(ApiError::field(
+                "capabilities.device",
+                format!("must be cpu or cuda, got {:?}", caps.device),
+            )
+            .into());
+        }
+        if caps.memory_bytes < 0 || caps.free_disk_bytes < 0 {
+            return Err(ApiError::field("capabilities", "sizes must be >= 0").into());
+        }
+        let json = serde_json::json!({
+            "device": caps.device,
+            "memory_bytes": caps.memory_bytes,
+            "free_disk_bytes": caps.free_disk_bytes,
+            "cached_models": caps.cached_models,
+        })
+        .to_string();
+        let worker = self
+            .ctx
+            .store
+            .register_worker(&req.name, &caps.device, caps.memory_bytes, &json)
+            .await
+            .map_err(ApiError::from)?;
+        let lease_ms = self.ctx.store.policy().lease_ms;
+        tracing::info!(worker = %worker.id, name = %worker.name, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: worker.id,
+            lease_duration_ms: lease_ms,
+            heartbeat_interval_ms: (lease_ms / 3).max(1),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(worker))]
+    async fn acquire_job(
+        &self,
+        request: Request<pb::AcquireJobRequest>,
+    ) -> Result<Response<pb::AcquireJobResponse>, Status> {
+        let req = request.into_inner();
+        require_id("worker_id", ids::WORKER, &req.worker_id)?;
+        tracing::Span::current().record("worker", req.worker_id.as_str());
+        let max_wait = self.ctx.limits.max_acquire_wait_ms;
+        if !(0..=max_wait).contains(&req.wait_ms) {
+            return Err(
+                ApiError::field("wait_ms", format!("must be between 0 and {max_wait}")).into(),
+            );
+        }
+        let store = &self.ctx.store;
+        let worker = store
+            .get_worker(&req.worker_id)
+            .await
+            .map_err(ApiError::from)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
+        let poll = Duration::from_millis(self.ctx.limits.poll_interval_ms);
+        loop {
+            // Register for a wake-up before looking, so a job queued in between is not missed.
+            let notified = store.notifier().queue().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(lease) = store.claim_job(&worker).await.map_err(ApiError::from)? {
+                return Ok(Response::new(pb::AcquireJobResponse {
+                    lease: Some(pb::Lease {
+                        job_id: lease.job.id.clone(),
+                        attempt: lease.job.attempt,
+                        lease_token: lease.lease_token,
+                        expires_at: Some(ts_from_ms(lease.expires_at)),
+                        spec: Some(lease.job.spec.to_proto()),
+                        resume_from: lease.resume_from.as_ref().map(convert::artifact),
+                    }),
+                }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(pb::AcquireJobResponse { lease: None }));
+            }
+            let wait = poll.min(deadline - now);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id))]
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let f = fence(&req.job_id, &req.lease_token)?;
+        let reply = self.ctx.store.heartbeat(f).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            directive: directive(reply.directive) as i32,
+            lease_expires_at: Some(ts_from_ms(reply.expires_at)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id))]
+    async fn report_metrics(
+        &self,
+        request: Request<pb::ReportMetricsRequest>,
+    ) -> Result<Response<pb::ReportMetricsResponse>, Status> {
+        let req = request.into_inner();
+        let f = fence(&req.job_id, &req.lease_token)?;
+        let points = metric_inputs(req.points)?;
+        let last_seq = self
+            .ctx
+            .store
+            .record_metrics(f, &points)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ReportMetricsResponse { last_seq }))
+    }
+
+    #[tracing::instrument(skip_all, fields(job))]
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<pb::UploadArtifactRequest>>,
+    ) -> Result<Response<pb::Artifact>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(pb::UploadArtifactRequest {
+                data: Some(pb::upload_artifact_request::Data::Header(h)),
+            })) => h,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(
+                    ApiError::field("header", "the first message must carry the header").into(),
+                );
+            }
+        };
+        tracing::Span::current().record("job", header.job_id.as_str());
+        let f = fence(&header.job_id, &header.lease_token)?;
+        let kind = convert::artifact_kind_from("header.kind", header.kind, false)?
+            .ok_or_else(|| ApiError::field("header.kind", "is required"))?;
+        if header.step < 0 {
+            return Err(ApiError::field("header.step", "must be >= 0").into());
+        }
+        require_name("header.name", &header.name)?;
+        require_size("header.size_bytes", header.size_bytes, &self.ctx.limits)?;
+        require_sha256("header.sha256", &header.sha256)?;
+        // Refuse a stale lease before streaming possibly gigabytes.
+        self.ctx.store.heartbeat(f).await.map_err(ApiError::from)?;
+        let chunks = stream.map(|m| match m {
+            Ok(pb::UploadArtifactRequest {
+                data: Some(pb::upload_artifact_request::Data::Chunk(c)),
+            }) => Ok(c),
+            Ok(_) => Err(ApiError::field(
+                "chunk",
+                "only the first message may carry a header",
+            )),
+            Err(status) => Err(ApiError::Unavailable(format!(
+                "upload stream failed: {}",
+                status.message()
+            ))),
+        });
+        let blobs = &self.ctx.blobs;
+        let finished = receive_blob(blobs, chunks, header.size_bytes, &header.sha256, None).await?;
+        let id = ids::new_id(ids::ARTIFACT);
+        let new = NewArtifact {
+            blob_key: format!("artifacts/{}/{id}", header.job_id),
+            id,
+            kind,
+            step: header.step,
+            name: header.name,
+            size_bytes: header.size_bytes,
+            sha256: finished.sha256.clone(),
+        };
+        blobs
+            .commit(&finished, &new.blob_key)
+            .await
+            .map_err(ApiError::from)?;
+        match self.ctx.store.insert_artifact(f, &new).await {
+            Ok(record) => Ok(Response::new(convert::artifact(&record))),
+            Err(e) => {
+                // The lease was lost while uploading: the bytes belong to nobody.
+                let _ = blobs.delete(&new.blob_key).await;
+                Err(ApiError::from(e).into())
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id))]
+    async fn complete_job(
+        &self,
+        request: Request<pb::CompleteJobRequest>,
+    ) -> Result<Response<pb::CompleteJobResponse>, Status> {
+        let req = request.into_inner();
+        let f = fence(&req.job_id, &req.lease_token)?;
+        let outcome = match pb::Outcome::try_from(req.outcome) {
+            Ok(pb::Outcome::Succeeded) => Outcome::Succeeded,
+            Ok(pb::Outcome::Cancelled) => Outcome::Cancelled,
+            Ok(pb::Outcome::Paused) => Outcome::Paused,
+            Ok(pb::Outcome::Released) => Outcome::Released,
+            _ => {
+                return Err(ApiError::field(
+                    "outcome",
+                    "must be SUCCEEDED, CANCELLED, PAUSED or RELEASED",
+                )
+                .into());
+            }
+        };
+        let state = self
+            .ctx
+            .store
+            .complete_job(f, outcome)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::CompleteJobResponse {
+            state: convert::job_state(state) as i32,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id))]
+    async fn fail_job(
+        &self,
+        request: Request<pb::FailJobRequest>,
+    ) -> Result<Response<pb::FailJobResponse>, Status> {
+        let req = request.into_inner();
+        let f = fence(&req.job_id, &req.lease_token)?;
+        let kind = match pb::FailureKind::try_from(req.kind) {
+            Ok(pb::FailureKind::User) => FailureKind::User,
+            Ok(pb::FailureKind::System) => FailureKind::System,
+            _ => return Err(ApiError::field("kind", "must be USER or SYSTEM").into()),
+        };
+        if req.message.is_empty() || req.message.len() > 4096 {
+            return Err(ApiError::field("message", "must be 1..=4096 characters").into());
+        }
+        let reply = self
+            .ctx
+            .store
+            .fail_job(f, kind, &req.message)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::FailJobResponse {
+            state: convert::job_state(reply.state) as i32,
+            will_retry: reply.will_retry,
+            run_after: Some(ts_from_ms(reply.run_after)),
+        }))
+    }
+}

@@ -1,0 +1,14 @@
+//! Tuna's control plane: gRPC services over a durable job queue (DESIGN.md §2–§3, §6).
+//!
+//! The library is run by `tuna server`; [`serve::ControlPlane`] is the composition root.
+
+pub mod api;
+pub mod auth;
+pub mod blobs;
+pub mod config;
+pub mod dataset;
+pub mod domain;
+pub mod error;
+pub mod serve;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,337 @@
+//! Durable state: the job queue with leases, events, metrics, files and artifacts.
+//!
+//! One [`Store`] trait, two backends with the same schema and (nearly) the same SQL:
+//! [`postgres::PgStore`] for production and [`sqlite::SqliteStore`] for the embedded default.
+//! The shared queries live once in [`sql`]; only the claim's row locking, transaction start and
+//! cross-process notification differ. The conformance suite in `server/tests/` runs against both.
+
+#[macro_use]
+mod sql;
+mod clock;
+mod notify;
+pub mod postgres;
+mod retry;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use notify::Notifier;
+pub use retry::QueuePolicy;
+
+use crate::domain::spec::JobSpec;
+use crate::domain::{
+    ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState, Outcome,
+};
+
+/// Errors of the store; mapped to gRPC codes once, in `crate::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("job {id} is {state}: cannot {action}")]
+    InvalidTransition {
+        id: String,
+        state: JobState,
+        action: &'static str,
+    },
+    #[error("lease lost: job {job_id} is no longer held by this lease token")]
+    LeaseLost { job_id: String },
+    #[error("request_id {request_id:?} was already used with a different job spec (job {job_id})")]
+    IdempotencyConflict { request_id: String, job_id: String },
+    #[error("file {file_id} is used by job {job_id}, which is still {state}")]
+    FileInUse {
+        file_id: String,
+        job_id: String,
+        state: JobState,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub state: JobState,
+    pub spec: JobSpec,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub lease_expires_at: Option<i64>,
+    pub worker_id: Option<String>,
+    pub run_after: i64,
+    pub failure: Option<(FailureKind, String)>,
+    pub sweep_id: Option<String>,
+    pub request_id: Option<String>,
+    pub last_seq: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub spec: JobSpec,
+    /// Idempotency key: the same key returns the job it created first.
+    pub request_id: Option<String>,
+    pub sweep_id: Option<String>,
+}
+
+/// Filters of `list_jobs`; all must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct JobFilter {
+    pub states: Vec<JobState>,
+    pub labels: BTreeMap<String, String>,
+    pub sweep_id: Option<String>,
+}
+
+/// Keyset cursor for newest-first listings: the last row of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
+/// Identifies the attempt a worker write belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    pub job_id: &'a str,
+    pub lease_token: &'a str,
+}
+
+/// A worker as registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub name: String,
+    pub device: String,
+    pub memory_bytes: i64,
+    /// The full capabilities as JSON (cached models, disk).
+    pub capabilities: String,
+}
+
+/// A claimed job: what the worker needs to run the attempt.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub job: JobRecord,
+    pub lease_token: String,
+    pub expires_at: i64,
+    /// The newest committed checkpoint, to resume from.
+    pub resume_from: Option<ArtifactRecord>,
+}
+
+/// Answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    pub directive: Directive,
+    pub expires_at: i64,
+}
+
+/// What a failure did to the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailReply {
+    pub state: JobState,
+    pub will_retry: bool,
+    pub run_after: i64,
+}
+
+/// One metric point as reported by a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricInput {
+    pub step: i64,
+    pub values: BTreeMap<String, f64>,
+    /// Worker-side time; the server's clock when absent.
+    pub time: Option<i64>,
+}
+
+/// A job event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub kind: String,
+    pub state: JobState,
+    pub message: String,
+    pub attempt: i32,
+    pub created_at: i64,
+}
+
+/// A stored metric point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRecord {
+    pub seq: i64,
+    pub step: i64,
+    pub attempt: i32,
+    pub values: BTreeMap<String, f64>,
+    pub created_at: i64,
+}
+
+/// One entry of a job's history, in `seq` order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateRecord {
+    Event(EventRecord),
+    Metrics(MetricRecord),
+}
+
+impl UpdateRecord {
+    pub fn seq(&self) -> i64 {
+        match self {
+            UpdateRecord::Event(e) => e.seq,
+            UpdateRecord::Metrics(m) => m.seq,
+        }
+    }
+}
+
+/// A committed file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRecord {
+    pub id: String,
+    pub name: String,
+    pub purpose: FilePurpose,
+    pub format: Option<DatasetFormat>,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub line_count: i64,
+    pub blob_key: String,
+    pub created_at: i64,
+}
+
+/// An artifact to commit for the lease holder's attempt.
+#[derive(Debug, Clone)]
+pub struct NewArtifact {
+    pub id: String,
+    pub kind: ArtifactKind,
+    pub step: i64,
+    pub name: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub blob_key: String,
+}
+
+/// A committed artifact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactRecord {
+    pub id: String,
+    pub job_id: String,
+    pub attempt: i32,
+    pub kind: ArtifactKind,
+    pub step: i64,
+    pub name: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub blob_key: String,
+    pub created_at: i64,
+}
+
+/// The durable state behind the API. Every method is one transaction.
+#[tonic::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a QUEUED job with its `created` event; with a `request_id` that was seen before,
+    /// returns the earlier job and `false` (or `IdempotencyConflict` if the spec differs).
+    async fn create_job(&self, job: NewJob) -> Result<(JobRecord, bool)>;
+    async fn get_job(&self, id: &str) -> Result<JobRecord>;
+    /// Newest first, strictly after `after` in that order.
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>>;
+    async fn cancel_job(&self, id: &str) -> Result<JobRecord>;
+    async fn pause_job(&self, id: &str) -> Result<JobRecord>;
+    async fn resume_job(&self, id: &str) -> Result<JobRecord>;
+
+    async fn register_worker(
+        &self,
+        name: &str,
+        device: &str,
+        memory_bytes: i64,
+        capabilities: &str,
+    ) -> Result<WorkerRecord>;
+    async fn get_worker(&self, id: &str) -> Result<WorkerRecord>;
+    /// Claims the best job the worker can run: QUEUED and due, or RUNNING with an expired lease
+    /// (reclaimed with attempt + 1). Highest priority first, then oldest.
+    async fn claim_job(&self, worker: &WorkerRecord) -> Result<Option<Lease>>;
+    async fn heartbeat(&self, fence: Fence<'_>) -> Result<HeartbeatReply>;
+    /// Appends metric points, one `seq` each; returns the last seq.
+    async fn record_metrics(&self, fence: Fence<'_>, points: &[MetricInput]) -> Result<i64>;
+    async fn complete_job(&self, fence: Fence<'_>, outcome: Outcome) -> Result<JobState>;
+    async fn fail_job(
+        &self,
+        fence: Fence<'_>,
+        kind: FailureKind,
+        message: &str,
+    ) -> Result<FailReply>;
+    /// Finishes what expired leases left behind: RUNNING goes back to the queue (or FAILED when
+    /// attempts are used up), CANCELLING to CANCELLED, PAUSING to PAUSED. Returns the count.
+    /// On PostgreSQL only one replica reaps at a time.
+    async fn reap_expired(&self) -> Result<u64>;
+
+    /// Events and metric points with `seq > after_seq`, at most `limit`, in `seq` order.
+    async fn list_updates(
+        &self,
+        job_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<UpdateRecord>>;
+    async fn list_events(
+        &self,
+        job_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>>;
+
+    async fn insert_file(&self, file: &FileRecord) -> Result<()>;
+    async fn get_file(&self, id: &str) -> Result<FileRecord>;
+    async fn list_files(
+        &self,
+        purpose: Option<FilePurpose>,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>>;
+    /// Deletes the row and returns it (the caller deletes the blob); refused while an active
+    /// job uses the file.
+    async fn delete_file(&self, id: &str) -> Result<FileRecord>;
+
+    /// Commits an artifact for the lease holder's attempt.
+    async fn insert_artifact(
+        &self,
+        fence: Fence<'_>,
+        artifact: &NewArtifact,
+    ) -> Result<ArtifactRecord>;
+    async fn get_artifact(&self, id: &str) -> Result<ArtifactRecord>;
+    async fn list_artifacts(
+        &self,
+        job_id: &str,
+        kind: Option<ArtifactKind>,
+    ) -> Result<Vec<ArtifactRecord>>;
+
+    /// Wake-ups for long-polls and watches.
+    fn notifier(&self) -> &Notifier;
+    /// Lease and retry timing.
+    fn policy(&self) -> &QueuePolicy;
+    /// The store's clock (a manual one in tests).
+    fn clock(&self) -> &Arc<dyn Clock>;
+}
+
+/// Opens the store named by a URL (`postgres://...` or `sqlite://path`) and migrates it.
+pub async fn open(url: &str, policy: QueuePolicy, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PgStore::connect(url, policy, clock).await?,
+        ))
+    } else {
+        Ok(Arc::new(
+            sqlite::SqliteStore::connect(url, policy, clock).await?,
+        ))
+    }
+}

@@ -1,0 +1,1064 @@
+//! The SQL shared by both backends, written once.
+//!
+//! `impl_store!` expands the [`Store`](super::Store) implementation for a concrete sqlx
+//! database. Both schemas are identical and both drivers accept `$N` placeholders, so every
+//! query is the same text; what differs is passed in: the row-locking suffix of the claim
+//! (`FOR UPDATE SKIP LOCKED` on PostgreSQL, nothing on SQLite where `BEGIN IMMEDIATE` already
+//! serializes writers), the plain row lock of other read-modify-writes, and the backend's inherent `begin`, `notify_in_tx` and `try_lead`
+//! methods.
+
+/// Columns of `jobs` read into a `JobRecord`, in `job_from_row` order.
+macro_rules! job_columns {
+    () => {
+        "id, state, spec, attempt, max_attempts, lease_expires_at, worker_id, run_after, \
+         failure_kind, failure_message, sweep_id, request_id, last_seq, created_at, updated_at, \
+         started_at, finished_at, lease_token, request_hash"
+    };
+}
+
+macro_rules! artifact_columns {
+    () => {
+        "id, job_id, attempt, kind, step, name, size_bytes, sha256, blob_key, created_at"
+    };
+}
+
+macro_rules! file_columns {
+    () => {
+        "id, name, purpose, format, size_bytes, sha256, line_count, blob_key, created_at"
+    };
+}
+
+macro_rules! impl_store {
+    ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
+        use std::collections::BTreeMap;
+
+        use sqlx::{QueryBuilder, Row};
+
+        use $crate::domain::ids;
+        use $crate::domain::spec::JobSpec;
+        use $crate::domain::transitions::{self, Action, Transition};
+        use $crate::domain::{
+            ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState, Outcome,
+        };
+        use $crate::store::notify::{JOB_CHANNEL, QUEUE_CHANNEL};
+        use $crate::store::{
+            ArtifactRecord, Cursor, EventRecord, FailReply, Fence, FileRecord, HeartbeatReply,
+            JobFilter, JobRecord, Lease, MetricInput, MetricRecord, NewArtifact, NewJob,
+            Result, StoreError, UpdateRecord, WorkerRecord,
+        };
+
+        type Tx = sqlx::Transaction<'static, $Db>;
+        type DbRow = <$Db as sqlx::Database>::Row;
+
+        fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
+            StoreError::Corrupt {
+                table,
+                detail: detail.into(),
+            }
+        }
+
+        fn parse_text<T>(
+            table: &'static str,
+            value: &str,
+            parse: fn(&str) -> Option<T>,
+        ) -> Result<T> {
+            parse(value).ok_or_else(|| corrupt(table, format!("unknown value {value:?}")))
+        }
+
+        struct JobRow {
+            job: JobRecord,
+            lease_token: Option<String>,
+            request_hash: Option<String>,
+        }
+
+        fn job_from_row(row: &DbRow) -> Result<JobRow> {
+            let spec: String = row.try_get("spec")?;
+            let spec: JobSpec = serde_json::from_str(&spec)
+                .map_err(|e| corrupt("jobs", format!("spec: {e}")))?;
+            let failure_kind: Option<String> = row.try_get("failure_kind")?;
+            let failure = match failure_kind {
+                Some(k) => Some((
+                    parse_text("jobs", &k, FailureKind::parse)?,
+                    row.try_get::<Option<String>, _>("failure_message")?
+                        .unwrap_or_default(),
+                )),
+                None => None,
+            };
+            let state: String = row.try_get("state")?;
+            Ok(JobRow {
+                job: JobRecord {
+                    id: row.try_get("id")?,
+                    state: parse_text("jobs", &state, JobState::parse)?,
+                    spec,
+                    attempt: row.try_get("attempt")?,
+                    max_attempts: row.try_get("max_attempts")?,
+                    lease_expires_at: row.try_get("lease_expires_at")?,
+                    worker_id: row.try_get("worker_id")?,
+                    run_after: row.try_get("run_after")?,
+                    failure,
+                    sweep_id: row.try_get("sweep_id")?,
+                    request_id: row.try_get("request_id")?,
+                    last_seq: row.try_get("last_seq")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    started_at: row.try_get("started_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                },
+                lease_token: row.try_get("lease_token")?,
+                request_hash: row.try_get("request_hash")?,
+            })
+        }
+
+        fn artifact_from_row(row: &DbRow) -> Result<ArtifactRecord> {
+            let kind: String = row.try_get("kind")?;
+            Ok(ArtifactRecord {
+                id: row.try_get("id")?,
+                job_id: row.try_get("job_id")?,
+                attempt: row.try_get("attempt")?,
+                kind: parse_text("artifacts", &kind, ArtifactKind::parse)?,
+                step: row.try_get("step")?,
+                name: row.try_get("name")?,
+                size_bytes: row.try_get("size_bytes")?,
+                sha256: row.try_get("sha256")?,
+                blob_key: row.try_get("blob_key")?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        fn file_from_row(row: &DbRow) -> Result<FileRecord> {
+            let purpose: String = row.try_get("purpose")?;
+            let format: Option<String> = row.try_get("format")?;
+            Ok(FileRecord {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                purpose: parse_text("files", &purpose, FilePurpose::parse)?,
+                format: match format {
+                    Some(f) => Some(parse_text("files", &f, DatasetFormat::parse)?),
+                    None => None,
+                },
+                size_bytes: row.try_get("size_bytes")?,
+                sha256: row.try_get("sha256")?,
+                line_count: row.try_get("line_count")?,
+                blob_key: row.try_get("blob_key")?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        fn worker_from_row(row: &DbRow) -> Result<WorkerRecord> {
+            Ok(WorkerRecord {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                device: row.try_get("device")?,
+                memory_bytes: row.try_get("memory_bytes")?,
+                capabilities: row.try_get("capabilities")?,
+            })
+        }
+
+        fn spec_hash(spec_json: &str) -> String {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(spec_json.as_bytes()))
+        }
+
+        /// Appends an event with the job's next `seq`.
+        async fn push_event(
+            tx: &mut Tx,
+            job_id: &str,
+            kind: &str,
+            state: JobState,
+            message: &str,
+            attempt: i32,
+            now: i64,
+        ) -> Result<i64> {
+            let seq = next_seq(tx, job_id).await?;
+            sqlx::query(
+                "INSERT INTO job_events (job_id, seq, kind, state, message, attempt, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(job_id)
+            .bind(seq)
+            .bind(kind)
+            .bind(state.as_str())
+            .bind(message)
+            .bind(attempt)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            Ok(seq)
+        }
+
+        /// Bumps and returns the job's sequence; the row lock also orders concurrent writers.
+        async fn next_seq(tx: &mut Tx, job_id: &str) -> Result<i64> {
+            let seq: i64 = sqlx::query_scalar(
+                "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+            )
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            Ok(seq)
+        }
+
+        async fn lock_job(tx: &mut Tx, id: &str) -> Result<JobRow> {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE id = $1",
+                $LOCK
+            ))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "job",
+                id: id.to_string(),
+            })?;
+            job_from_row(&row)
+        }
+
+        /// Locks the job for a worker write, or fails with `LeaseLost`.
+        async fn lock_fenced(tx: &mut Tx, fence: Fence<'_>) -> Result<JobRecord> {
+            let lost = || StoreError::LeaseLost {
+                job_id: fence.job_id.to_string(),
+            };
+            let row = lock_job(tx, fence.job_id).await.map_err(|e| match e {
+                StoreError::NotFound { .. } => lost(),
+                other => other,
+            })?;
+            if row.lease_token.as_deref() != Some(fence.lease_token) || !row.job.state.is_leased()
+            {
+                return Err(lost());
+            }
+            Ok(row.job)
+        }
+
+        /// Moves a job to `state`; a non-leased target clears the lease, a terminal one sets
+        /// `finished_at`.
+        async fn set_state(
+            tx: &mut Tx,
+            id: &str,
+            state: JobState,
+            run_after: Option<i64>,
+            now: i64,
+        ) -> Result<()> {
+            let keep_lease = state.is_leased();
+            sqlx::query(
+                "UPDATE jobs SET state = $2, updated_at = $3, \
+                 finished_at = CASE WHEN $4 THEN $3 ELSE NULL END, \
+                 run_after = COALESCE($5, run_after), \
+                 lease_token = CASE WHEN $6 THEN lease_token ELSE NULL END, \
+                 lease_expires_at = CASE WHEN $6 THEN lease_expires_at ELSE NULL END, \
+                 worker_id = CASE WHEN $6 THEN worker_id ELSE NULL END \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(state.as_str())
+            .bind(now)
+            .bind(state.is_terminal())
+            .bind(run_after)
+            .bind(keep_lease)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        async fn set_failure(
+            tx: &mut Tx,
+            id: &str,
+            kind: FailureKind,
+            message: &str,
+        ) -> Result<()> {
+            sqlx::query("UPDATE jobs SET failure_kind = $2, failure_message = $3 WHERE id = $1")
+                .bind(id)
+                .bind(kind.as_str())
+                .bind(message)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        async fn latest_checkpoint(tx: &mut Tx, job_id: &str) -> Result<Option<ArtifactRecord>> {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                artifact_columns!(),
+                " FROM artifacts WHERE job_id = $1 AND kind = 'checkpoint' \
+                 ORDER BY step DESC, created_at DESC, id DESC LIMIT 1"
+            ))
+            .bind(job_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            row.as_ref().map(artifact_from_row).transpose()
+        }
+
+        impl $Store {
+            async fn transition(&self, id: &str, action: Action) -> Result<JobRecord> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let job = lock_job(&mut tx, id).await?.job;
+                let target = match transitions::apply(action, job.state) {
+                    Transition::Unchanged => return Ok(job),
+                    Transition::Disallowed => {
+                        return Err(StoreError::InvalidTransition {
+                            id: id.to_string(),
+                            state: job.state,
+                            action: action.as_str(),
+                        });
+                    }
+                    Transition::To(target) => target,
+                };
+                let requeue = target == JobState::Queued;
+                set_state(&mut tx, id, target, requeue.then_some(now), now).await?;
+                let message = format!("{} requested: {} -> {}", action.as_str(), job.state, target);
+                push_event(&mut tx, id, "state_changed", target, &message, job.attempt, now)
+                    .await?;
+                self.notify_in_tx(&mut tx, JOB_CHANNEL, id).await?;
+                if requeue {
+                    self.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
+                }
+                let job = lock_job(&mut tx, id).await?.job;
+                tx.commit().await?;
+                self.notifier.job_changed(id);
+                if requeue {
+                    self.notifier.queue_changed();
+                }
+                Ok(job)
+            }
+
+            async fn find_by_request_id(
+                &self,
+                request_id: &str,
+                hash: &str,
+            ) -> Result<Option<JobRecord>> {
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE tenant = 'default' AND request_id = $1"
+                ))
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let row = job_from_row(&row)?;
+                if row.request_hash.as_deref() != Some(hash) {
+                    return Err(StoreError::IdempotencyConflict {
+                        request_id: request_id.to_string(),
+                        job_id: row.job.id,
+                    });
+                }
+                Ok(Some(row.job))
+            }
+
+            async fn insert_job(&self, job: &NewJob, spec_json: &str, hash: &str) -> Result<JobRecord> {
+                let now = self.clock.now_ms();
+                let id = ids::new_id(ids::JOB);
+                let spec = &job.spec;
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO jobs (id, state, spec, base_model, training_file, validation_file, \
+                     priority, device, min_memory_bytes, max_attempts, run_after, sweep_id, \
+                     request_id, request_hash, created_at, updated_at) \
+                     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $10, $10)",
+                )
+                .bind(&id)
+                .bind(spec_json)
+                .bind(&spec.base_model)
+                .bind(&spec.training_file)
+                .bind(&spec.validation_file)
+                .bind(spec.priority)
+                .bind(&spec.device)
+                .bind(spec.min_memory_bytes)
+                .bind(spec.max_attempts)
+                .bind(now)
+                .bind(&job.sweep_id)
+                .bind(&job.request_id)
+                .bind(job.request_id.as_ref().map(|_| hash))
+                .execute(&mut *tx)
+                .await?;
+                for (key, value) in &spec.labels {
+                    sqlx::query("INSERT INTO job_labels (job_id, key, value) VALUES ($1, $2, $3)")
+                        .bind(&id)
+                        .bind(key)
+                        .bind(value)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                push_event(&mut tx, &id, "created", JobState::Queued, "job created", 0, now).await?;
+                self.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
+                let job = lock_job(&mut tx, &id).await?.job;
+                tx.commit().await?;
+                self.notifier.queue_changed();
+                self.notifier.job_changed(&id);
+                Ok(job)
+            }
+        }
+
+        #[tonic::async_trait]
+        impl $crate::store::Store for $Store {
+            #[tracing::instrument(skip_all, fields(request_id = job.request_id.as_deref()))]
+            async fn create_job(&self, job: NewJob) -> Result<(JobRecord, bool)> {
+                let spec_json = serde_json::to_string(&job.spec)
+                    .map_err(|e| corrupt("jobs", format!("spec does not serialize: {e}")))?;
+                let hash = spec_hash(&spec_json);
+                if let Some(rid) = &job.request_id {
+                    if let Some(existing) = self.find_by_request_id(rid, &hash).await? {
+                        return Ok((existing, false));
+                    }
+                }
+                match self.insert_job(&job, &spec_json, &hash).await {
+                    Ok(created) => Ok((created, true)),
+                    // A concurrent create with the same request_id won the race.
+                    Err(StoreError::Database(e))
+                        if e.as_database_error().is_some_and(|d| d.is_unique_violation()) =>
+                    {
+                        let rid = job.request_id.as_deref().unwrap_or_default();
+                        match self.find_by_request_id(rid, &hash).await? {
+                            Some(existing) => Ok((existing, false)),
+                            None => Err(StoreError::Database(e)),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+
+            async fn get_job(&self, id: &str) -> Result<JobRecord> {
+                let row = sqlx::query(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "job",
+                        id: id.to_string(),
+                    })?;
+                Ok(job_from_row(&row)?.job)
+            }
+
+            async fn list_jobs(
+                &self,
+                filter: &JobFilter,
+                after: Option<&Cursor>,
+                limit: u32,
+            ) -> Result<Vec<JobRecord>> {
+                let mut q = QueryBuilder::<$Db>::new(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE tenant = 'default'"
+                ));
+                if !filter.states.is_empty() {
+                    q.push(" AND state IN (");
+                    let mut sep = q.separated(", ");
+                    for s in &filter.states {
+                        sep.push_bind(s.as_str());
+                    }
+                    q.push(")");
+                }
+                if let Some(sweep) = &filter.sweep_id {
+                    q.push(" AND sweep_id = ").push_bind(sweep.clone());
+                }
+                for (k, v) in &filter.labels {
+                    q.push(" AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id AND l.key = ")
+                        .push_bind(k.clone())
+                        .push(" AND l.value = ")
+                        .push_bind(v.clone())
+                        .push(")");
+                }
+                if let Some(c) = after {
+                    q.push(" AND (created_at < ")
+                        .push_bind(c.created_at)
+                        .push(" OR (created_at = ")
+                        .push_bind(c.created_at)
+                        .push(" AND id < ")
+                        .push_bind(c.id.clone())
+                        .push("))");
+                }
+                q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                    .push_bind(i64::from(limit));
+                let rows = q.build().fetch_all(&self.pool).await?;
+                rows.iter().map(|r| job_from_row(r).map(|j| j.job)).collect()
+            }
+
+            #[tracing::instrument(skip(self))]
+            async fn cancel_job(&self, id: &str) -> Result<JobRecord> {
+                self.transition(id, Action::Cancel).await
+            }
+
+            #[tracing::instrument(skip(self))]
+            async fn pause_job(&self, id: &str) -> Result<JobRecord> {
+                self.transition(id, Action::Pause).await
+            }
+
+            #[tracing::instrument(skip(self))]
+            async fn resume_job(&self, id: &str) -> Result<JobRecord> {
+                self.transition(id, Action::Resume).await
+            }
+
+            async fn register_worker(
+                &self,
+                name: &str,
+                device: &str,
+                memory_bytes: i64,
+                capabilities: &str,
+            ) -> Result<WorkerRecord> {
+                let now = self.clock.now_ms();
+                let id = ids::new_id(ids::WORKER);
+                sqlx::query(
+                    "INSERT INTO workers (id, name, device, memory_bytes, capabilities, \
+                     registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                )
+                .bind(&id)
+                .bind(name)
+                .bind(device)
+                .bind(memory_bytes)
+                .bind(capabilities)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(WorkerRecord {
+                    id,
+                    name: name.to_string(),
+                    device: device.to_string(),
+                    memory_bytes,
+                    capabilities: capabilities.to_string(),
+                })
+            }
+
+            async fn get_worker(&self, id: &str) -> Result<WorkerRecord> {
+                let row = sqlx::query(
+                    "UPDATE workers SET last_seen_at = $2 WHERE id = $1 \
+                     RETURNING id, name, device, memory_bytes, capabilities",
+                )
+                .bind(id)
+                .bind(self.clock.now_ms())
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "worker",
+                    id: id.to_string(),
+                })?;
+                worker_from_row(&row)
+            }
+
+            #[tracing::instrument(skip_all, fields(worker = %worker.id))]
+            async fn claim_job(&self, worker: &WorkerRecord) -> Result<Option<Lease>> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE ((state = 'queued' AND run_after <= $1) \
+                     OR (state = 'running' AND lease_expires_at <= $1 AND attempt < max_attempts)) \
+                     AND (device = 'any' OR device = $2) AND min_memory_bytes <= $3 \
+                     ORDER BY priority DESC, created_at, id LIMIT 1",
+                    $SKIP
+                ))
+                .bind(now)
+                .bind(&worker.device)
+                .bind(worker.memory_bytes)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let job = job_from_row(&row)?.job;
+                if job.state == JobState::Running {
+                    let msg = format!("lease of attempt {} expired; job reclaimed", job.attempt);
+                    push_event(&mut tx, &job.id, "lease_expired", JobState::Queued, &msg, job.attempt, now)
+                        .await?;
+                }
+                let token = uuid::Uuid::new_v4().to_string();
+                let expires_at = now + self.policy.lease_ms;
+                sqlx::query(
+                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = $2, \
+                     lease_expires_at = $3, worker_id = $4, started_at = COALESCE(started_at, $5), \
+                     updated_at = $5 WHERE id = $1",
+                )
+                .bind(&job.id)
+                .bind(&token)
+                .bind(expires_at)
+                .bind(&worker.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let attempt = job.attempt + 1;
+                let msg = format!("attempt {attempt} claimed by worker {} ({})", worker.id, worker.name);
+                push_event(&mut tx, &job.id, "claimed", JobState::Running, &msg, attempt, now).await?;
+                self.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
+                let resume_from = latest_checkpoint(&mut tx, &job.id).await?;
+                let job = lock_job(&mut tx, &job.id).await?.job;
+                tx.commit().await?;
+                self.notifier.job_changed(&job.id);
+                tracing::info!(job = %job.id, attempt, "job claimed");
+                Ok(Some(Lease {
+                    job,
+                    lease_token: token,
+                    expires_at,
+                    resume_from,
+                }))
+            }
+
+            async fn heartbeat(&self, fence: Fence<'_>) -> Result<HeartbeatReply> {
+                let expires_at = self.clock.now_ms() + self.policy.lease_ms;
+                let state: Option<String> = sqlx::query_scalar(
+                    "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 \
+                     AND state IN ('running', 'cancelling', 'pausing') RETURNING state",
+                )
+                .bind(fence.job_id)
+                .bind(fence.lease_token)
+                .bind(expires_at)
+                .fetch_optional(&self.pool)
+                .await?;
+                let state = state.ok_or_else(|| StoreError::LeaseLost {
+                    job_id: fence.job_id.to_string(),
+                })?;
+                let directive = match parse_text("jobs", &state, JobState::parse)? {
+                    JobState::Cancelling => Directive::Cancel,
+                    JobState::Pausing => Directive::Pause,
+                    _ => Directive::Continue,
+                };
+                Ok(HeartbeatReply {
+                    directive,
+                    expires_at,
+                })
+            }
+
+            async fn record_metrics(&self, fence: Fence<'_>, points: &[MetricInput]) -> Result<i64> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let job = lock_fenced(&mut tx, fence).await?;
+                let mut last = job.last_seq;
+                let mut rows = Vec::new();
+                for p in points {
+                    last = next_seq(&mut tx, &job.id).await?;
+                    for (name, value) in &p.values {
+                        rows.push((last, p.step, name, *value, p.time.unwrap_or(now)));
+                    }
+                }
+                // Batched to stay under SQLite's bound-parameter limit.
+                for chunk in rows.chunks(500) {
+                    let mut q = QueryBuilder::<$Db>::new(
+                        "INSERT INTO job_metrics (job_id, seq, attempt, step, name, value, created_at) ",
+                    );
+                    q.push_values(chunk, |mut b, (seq, step, name, value, time)| {
+                        b.push_bind(job.id.clone())
+                            .push_bind(*seq)
+                            .push_bind(job.attempt)
+                            .push_bind(*step)
+                            .push_bind((*name).clone())
+                            .push_bind(*value)
+                            .push_bind(*time);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                self.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
+                tx.commit().await?;
+                self.notifier.job_changed(&job.id);
+                Ok(last)
+            }
+
+            #[tracing::instrument(skip(self), fields(job = fence.job_id))]
+            async fn complete_job(&self, fence: Fence<'_>, outcome: Outcome) -> Result<JobState> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let job = lock_fenced(&mut tx, fence).await?;
+                use JobState::*;
+                let target = match (outcome, job.state) {
+                    (Outcome::Succeeded, _) => Succeeded,
+                    // A cancel requested meanwhile wins over a pause or a release.
+                    (_, Cancelling) => Cancelled,
+                    (Outcome::Paused | Outcome::Released, Pausing) => Paused,
+                    (Outcome::Released, Running) => Queued,
+                    (_, state) => {
+                        return Err(StoreError::InvalidTransition {
+                            id: job.id,
+                            state,
+                            action: match outcome {
+                                Outcome::Cancelled => "acknowledge a cancel that was not requested",
+                                _ => "acknowledge a pause that was not requested",
+                            },
+                        });
+                    }
+                };
+                let requeue = target == Queued;
+                set_state(&mut tx, &job.id, target, requeue.then_some(now), now).await?;
+                let msg = format!("attempt {} ended: {}", job.attempt, outcome.as_str());
+                push_event(&mut tx, &job.id, outcome.as_str(), target, &msg, job.attempt, now).await?;
+                self.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
+                if requeue {
+                    self.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
+                }
+                tx.commit().await?;
+                self.notifier.job_changed(&job.id);
+                if requeue {
+                    self.notifier.queue_changed();
+                }
+                Ok(target)
+            }
+
+            #[tracing::instrument(skip(self, message), fields(job = fence.job_id))]
+            async fn fail_job(
+                &self,
+                fence: Fence<'_>,
+                kind: FailureKind,
+                message: &str,
+            ) -> Result<FailReply> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let job = lock_fenced(&mut tx, fence).await?;
+                let retry = kind == FailureKind::System
+                    && job.attempt < job.max_attempts
+                    && job.state != JobState::Cancelling;
+                let (target, run_after) = if job.state == JobState::Cancelling {
+                    (JobState::Cancelled, job.run_after)
+                } else if retry {
+                    let delay = self.policy.retry_delay_ms(&job.id, job.attempt);
+                    (JobState::Queued, now + delay)
+                } else {
+                    (JobState::Failed, job.run_after)
+                };
+                set_state(&mut tx, &job.id, target, Some(run_after), now).await?;
+                set_failure(&mut tx, &job.id, kind, message).await?;
+                let msg = if retry {
+                    format!(
+                        "attempt {} of {} failed ({kind}): {message}; retry after {} ms",
+                        job.attempt,
+                        job.max_attempts,
+                        run_after - now
+                    )
+                } else {
+                    format!("attempt {} failed ({kind}): {message}", job.attempt)
+                };
+                let event = if retry { "retry_scheduled" } else { "failed" };
+                push_event(&mut tx, &job.id, event, target, &msg, job.attempt, now).await?;
+                self.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
+                tx.commit().await?;
+                self.notifier.job_changed(&job.id);
+                Ok(FailReply {
+                    state: target,
+                    will_retry: retry,
+                    run_after,
+                })
+            }
+
+            async fn reap_expired(&self) -> Result<u64> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                if !self.try_lead(&mut tx).await? {
+                    return Ok(0);
+                }
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE state IN ('running', 'cancelling', 'pausing') \
+                     AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT 100",
+                    $SKIP
+                ))
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut requeued = false;
+                let mut changed = Vec::new();
+                for row in &rows {
+                    let job = job_from_row(row)?.job;
+                    let exhausted = job.attempt >= job.max_attempts;
+                    let target = match job.state {
+                        JobState::Cancelling => JobState::Cancelled,
+                        JobState::Pausing => JobState::Paused,
+                        _ if exhausted => JobState::Failed,
+                        _ => JobState::Queued,
+                    };
+                    requeued |= target == JobState::Queued;
+                    set_state(&mut tx, &job.id, target, Some(now), now).await?;
+                    let msg = format!("lease of attempt {} expired; job is now {target}", job.attempt);
+                    if target == JobState::Failed {
+                        let why = format!(
+                            "lease of attempt {} of {} expired (worker lost)",
+                            job.attempt, job.max_attempts
+                        );
+                        set_failure(&mut tx, &job.id, FailureKind::System, &why).await?;
+                    }
+                    push_event(&mut tx, &job.id, "lease_expired", target, &msg, job.attempt, now)
+                        .await?;
+                    self.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
+                    changed.push(job.id);
+                }
+                if requeued {
+                    self.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
+                }
+                tx.commit().await?;
+                for id in &changed {
+                    self.notifier.job_changed(id);
+                }
+                if requeued {
+                    self.notifier.queue_changed();
+                }
+                Ok(changed.len() as u64)
+            }
+
+            async fn list_updates(
+                &self,
+                job_id: &str,
+                after_seq: i64,
+                limit: u32,
+            ) -> Result<Vec<UpdateRecord>> {
+                let upto = after_seq.saturating_add(i64::from(limit));
+                let mut updates: Vec<UpdateRecord> = self
+                    .events_between(job_id, after_seq, upto)
+                    .await?
+                    .into_iter()
+                    .map(UpdateRecord::Event)
+                    .collect();
+                let rows = sqlx::query(
+                    "SELECT seq, step, attempt, name, value, created_at FROM job_metrics \
+                     WHERE job_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq, name",
+                )
+                .bind(job_id)
+                .bind(after_seq)
+                .bind(upto)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut current: Option<MetricRecord> = None;
+                for row in &rows {
+                    let seq: i64 = row.try_get("seq")?;
+                    if current.as_ref().is_some_and(|m| m.seq != seq) {
+                        updates.extend(current.take().map(UpdateRecord::Metrics));
+                    }
+                    let m = current.get_or_insert(MetricRecord {
+                        seq,
+                        step: row.try_get("step")?,
+                        attempt: row.try_get("attempt")?,
+                        values: BTreeMap::new(),
+                        created_at: row.try_get("created_at")?,
+                    });
+                    m.values.insert(row.try_get("name")?, row.try_get("value")?);
+                }
+                updates.extend(current.map(UpdateRecord::Metrics));
+                updates.sort_by_key(UpdateRecord::seq);
+                Ok(updates)
+            }
+
+            async fn list_events(
+                &self,
+                job_id: &str,
+                after_seq: i64,
+                limit: u32,
+            ) -> Result<Vec<EventRecord>> {
+                let rows = sqlx::query(
+                    "SELECT seq, kind, state, message, attempt, created_at FROM job_events \
+                     WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(job_id)
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(event_from_row).collect()
+            }
+
+            async fn insert_file(&self, f: &FileRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO files (id, name, purpose, format, size_bytes, sha256, line_count, \
+                     blob_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&f.id)
+                .bind(&f.name)
+                .bind(f.purpose.as_str())
+                .bind(f.format.map(|f| f.as_str()))
+                .bind(f.size_bytes)
+                .bind(&f.sha256)
+                .bind(f.line_count)
+                .bind(&f.blob_key)
+                .bind(f.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_file(&self, id: &str) -> Result<FileRecord> {
+                let row = sqlx::query(concat!("SELECT ", file_columns!(), " FROM files WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "file",
+                        id: id.to_string(),
+                    })?;
+                file_from_row(&row)
+            }
+
+            async fn list_files(
+                &self,
+                purpose: Option<FilePurpose>,
+                after: Option<&Cursor>,
+                limit: u32,
+            ) -> Result<Vec<FileRecord>> {
+                let mut q = QueryBuilder::<$Db>::new(concat!(
+                    "SELECT ",
+                    file_columns!(),
+                    " FROM files WHERE tenant = 'default'"
+                ));
+                if let Some(p) = purpose {
+                    q.push(" AND purpose = ").push_bind(p.as_str());
+                }
+                if let Some(c) = after {
+                    q.push(" AND (created_at < ")
+                        .push_bind(c.created_at)
+                        .push(" OR (created_at = ")
+                        .push_bind(c.created_at)
+                        .push(" AND id < ")
+                        .push_bind(c.id.clone())
+                        .push("))");
+                }
+                q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                    .push_bind(i64::from(limit));
+                let rows = q.build().fetch_all(&self.pool).await?;
+                rows.iter().map(file_from_row).collect()
+            }
+
+            async fn delete_file(&self, id: &str) -> Result<FileRecord> {
+                let mut tx = self.begin().await?;
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    file_columns!(),
+                    " FROM files WHERE id = $1",
+                    $LOCK
+                ))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "file",
+                    id: id.to_string(),
+                })?;
+                let file = file_from_row(&row)?;
+                let user = sqlx::query(
+                    "SELECT id, state FROM jobs WHERE state NOT IN ('succeeded', 'failed', 'cancelled') \
+                     AND (training_file = $1 OR validation_file = $1 OR base_model = $1) LIMIT 1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(user) = user {
+                    let state: String = user.try_get("state")?;
+                    return Err(StoreError::FileInUse {
+                        file_id: id.to_string(),
+                        job_id: user.try_get("id")?,
+                        state: parse_text("jobs", &state, JobState::parse)?,
+                    });
+                }
+                sqlx::query("DELETE FROM files WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(file)
+            }
+
+            async fn insert_artifact(
+                &self,
+                fence: Fence<'_>,
+                a: &NewArtifact,
+            ) -> Result<ArtifactRecord> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let job = lock_fenced(&mut tx, fence).await?;
+                let row = sqlx::query(concat!(
+                    "INSERT INTO artifacts (id, job_id, attempt, kind, step, name, size_bytes, \
+                     sha256, blob_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     RETURNING ",
+                    artifact_columns!()
+                ))
+                .bind(&a.id)
+                .bind(&job.id)
+                .bind(job.attempt)
+                .bind(a.kind.as_str())
+                .bind(a.step)
+                .bind(&a.name)
+                .bind(a.size_bytes)
+                .bind(&a.sha256)
+                .bind(&a.blob_key)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let msg = format!("{} {} committed at step {} ({} bytes)", a.kind, a.id, a.step, a.size_bytes);
+                push_event(&mut tx, &job.id, a.kind.as_str(), job.state, &msg, job.attempt, now).await?;
+                self.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
+                tx.commit().await?;
+                self.notifier.job_changed(&job.id);
+                artifact_from_row(&row)
+            }
+
+            async fn get_artifact(&self, id: &str) -> Result<ArtifactRecord> {
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    artifact_columns!(),
+                    " FROM artifacts WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "artifact",
+                    id: id.to_string(),
+                })?;
+                artifact_from_row(&row)
+            }
+
+            async fn list_artifacts(
+                &self,
+                job_id: &str,
+                kind: Option<ArtifactKind>,
+            ) -> Result<Vec<ArtifactRecord>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    artifact_columns!(),
+                    " FROM artifacts WHERE job_id = $1 AND ($2 IS NULL OR kind = $2) \
+                     ORDER BY created_at, step, id"
+                ))
+                .bind(job_id)
+                .bind(kind.map(|k| k.as_str()))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(artifact_from_row).collect()
+            }
+
+            fn notifier(&self) -> &$crate::store::Notifier {
+                &self.notifier
+            }
+
+            fn policy(&self) -> &$crate::store::QueuePolicy {
+                &self.policy
+            }
+
+            fn clock(&self) -> &std::sync::Arc<dyn $crate::store::Clock> {
+                &self.clock
+            }
+        }
+
+        fn event_from_row(row: &DbRow) -> Result<EventRecord> {
+            let state: String = row.try_get("state")?;
+            Ok(EventRecord {
+                seq: row.try_get("seq")?,
+                kind: row.try_get("kind")?,
+                state: parse_text("job_events", &state, JobState::parse)?,
+                message: row.try_get("message")?,
+                attempt: row.try_get("attempt")?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        impl $Store {
+            async fn events_between(
+                &self,
+                job_id: &str,
+                after_seq: i64,
+                upto: i64,
+            ) -> Result<Vec<EventRecord>> {
+                let rows = sqlx::query(
+                    "SELECT seq, kind, state, message, attempt, created_at FROM job_events \
+                     WHERE job_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+                )
+                .bind(job_id)
+                .bind(after_seq)
+                .bind(upto)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(event_from_row).collect()
+            }
+        }
+    };
+}
