@@ -381,7 +381,8 @@ fn method_from_proto(c: &mut Check, method: Option<&pb::Method>) -> Option<Metho
 
 fn lora_from_proto(c: &mut Check, p: pb::LoraParams) -> LoraParams {
     let r = c.range_i32("spec.method.lora.r", p.r.unwrap_or(8), 1, 1024);
-    let alpha = p.alpha.unwrap_or(2.0 * f64::from(r));
+    // The default follows r; an invalid r must not make the default alpha look invalid too.
+    let alpha = p.alpha.unwrap_or(2.0 * f64::from(r.max(1)));
     if c.finite("spec.method.lora.alpha", alpha) && alpha <= 0.0 {
         c.fail(
             "spec.method.lora.alpha",

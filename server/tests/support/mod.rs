@@ -66,3 +66,4 @@ pub async fn worker(store: &Arc<dyn Store>, name: &str) -> WorkerRecord {
         .await
         .unwrap()
 }
+pub mod grpc;

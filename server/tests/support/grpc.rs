@@ -1,0 +1,66 @@
+//! A control plane served over loopback for gRPC tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tuna_server::api::Limits;
+use tuna_server::blobs::Blobs;
+use tuna_server::config::ServerConfig;
+use tuna_server::serve::ControlPlane;
+use tuna_server::store::Store;
+
+/// A running server and handles to its insides, so tests can check what was stored.
+pub struct Harness {
+    pub channel: Channel,
+    pub store: Arc<dyn Store>,
+    pub blobs: Blobs,
+    pub addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    pub async fn start(store: Arc<dyn Store>, limits: Limits, config: ServerConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(&dir.path().join("blobs")).unwrap();
+        let plane = ControlPlane::new(store.clone(), blobs.clone(), limits, &config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            plane
+                .serve_on(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            channel,
+            store,
+            blobs,
+            addr,
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
