@@ -1,1 +1,174 @@
+//! Helpers for end-to-end tests that run real `tuna` processes over loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `tuna` binary of this workspace, building it if it is missing.
+pub fn tuna_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/tuna
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("tuna");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "tuna", "--bin", "tuna"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the tuna binary failed");
+    }
+    bin
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The PostgreSQL server the tests use.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database created for one test and dropped afterwards.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let admin = database_url();
+        let name = format!("tuna_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn drop_db(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&database_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// A `tuna server` child process.
+pub struct ServerProcess {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `tuna server` with `args` on a free port and waits until it answers.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = data_dir.join(format!("server-{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["server", "--listen", &listen, "--data-dir"];
+        let dir = data_dir.display().to_string();
+        args.push(&dir);
+        args.extend_from_slice(extra);
+        let child = Command::new(tuna_bin())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            url: format!("http://{listen}"),
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.cli(&["jobs", "list"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("server did not become ready; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the `tuna` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(tuna_bin())
+            .args(args)
+            .env("TUNA_SERVER", &self.url)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI with `--output json` and parses stdout; panics with stderr on failure.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "tuna {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tuna {args:?} printed invalid JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,213 @@
+//! End to end: a real `tuna server` process on PostgreSQL (and on the embedded SQLite default),
+//! driven by the real `tuna` CLI over loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use tuna_e2e::{ServerProcess, TestDb};
+
+const DATASET: &str =
+    "{\"prompt\":\"2+2=\",\"completion\":\"4\"}\n{\"prompt\":\"3+3=\",\"completion\":\"6\"}\n";
+const BAD_DATASET: &str = "{\"text\":\"a\"}\n{\"text\":\"b\"}\n{\"text\":7}\n";
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_drives_a_postgres_backed_server_and_state_survives_a_restart() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    std::fs::write(&data, DATASET).unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, BAD_DATASET).unwrap();
+    let data = data.display().to_string();
+    let bad = bad.display().to_string();
+
+    let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
+    let file = server.json(&["files", "upload", &data]);
+    assert_eq!(file["line_count"], 2);
+    assert_eq!(file["format"], "prompt_completion");
+    let file_id = file["id"].as_str().unwrap().to_string();
+
+    let out = server.cli(&["files", "upload", &bad]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("line 3"), "{}", stderr(&out));
+
+    let create = [
+        "jobs",
+        "create",
+        "--model",
+        "tiny-llama",
+        "--training-file",
+        &file_id,
+        "--r",
+        "16",
+        "--learning-rate",
+        "0.001",
+        "--request-id",
+        "ci-run-1",
+        "--label",
+        "team=nlp",
+    ];
+    let job = server.json(&create);
+    let again = server.json(&create);
+    assert_eq!(job["id"], again["id"], "same request id, same job");
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["lora_r"], 16);
+    let id = job["id"].as_str().unwrap().to_string();
+
+    let out = server.cli(&["jobs", "create", "--model", "", "--training-file", &file_id]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("InvalidArgument") && stderr(&out).contains("spec.base_model"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.cli(&[
+        "jobs",
+        "create",
+        "--model",
+        "m",
+        "--training-file",
+        &file_id,
+        "--method",
+        "magic",
+    ]);
+    assert!(
+        stderr(&out).contains("spec.method.type"),
+        "{}",
+        stderr(&out)
+    );
+
+    let listed = server.json(&["jobs", "list", "--label", "team=nlp"]);
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(server.json(&["jobs", "get", &id])["state"], "queued");
+    let out = server.cli(&["files", "delete", &file_id]);
+    assert!(
+        !out.status.success(),
+        "a file in use by a queued job must not be deleted"
+    );
+    assert!(
+        stderr(&out).contains("FailedPrecondition"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_eq!(server.json(&["jobs", "pause", &id])["state"], "paused");
+    assert_eq!(server.json(&["jobs", "resume", &id])["state"], "queued");
+    assert_eq!(server.json(&["jobs", "cancel", &id])["state"], "cancelled");
+    let watch = server.cli(&["jobs", "watch", &id]);
+    assert_eq!(
+        watch.status.code(),
+        Some(4),
+        "watch of a cancelled job exits 4"
+    );
+    let printed = String::from_utf8_lossy(&watch.stdout);
+    assert!(
+        printed.contains("created") && printed.contains("cancelled"),
+        "{printed}"
+    );
+
+    assert!(server.terminate(), "SIGTERM shuts the server down cleanly");
+
+    // PostgreSQL keeps the state across a restart.
+    let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
+    let job = server.json(&["jobs", "get", &id]);
+    assert_eq!(job["state"], "cancelled");
+    let events = server.cli(&["jobs", "events", &id, "--output", "json"]);
+    let lines = String::from_utf8_lossy(&events.stdout).lines().count();
+    assert_eq!(lines, 4, "created, paused, resumed, cancelled");
+    drop(server);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_exits_nonzero_when_the_job_fails() {
+    use tuna_proto::v1 as pb;
+    use tuna_proto::v1::worker_service_client::WorkerServiceClient;
+
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    std::fs::write(&data, DATASET).unwrap();
+    let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
+    let file = server.json(&["files", "upload", &data.display().to_string()]);
+    let job = server.json(&[
+        "jobs",
+        "create",
+        "--model",
+        "m",
+        "--training-file",
+        file["id"].as_str().unwrap(),
+    ]);
+    let id = job["id"].as_str().unwrap().to_string();
+
+    // A worker takes the job and fails it for a USER reason (no retry).
+    let mut w = WorkerServiceClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let reg = w
+        .register_worker(pb::RegisterWorkerRequest {
+            name: "e2e".into(),
+            capabilities: Some(pb::WorkerCapabilities {
+                device: "cpu".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = w
+        .acquire_job(pb::AcquireJobRequest {
+            worker_id: reg.worker_id,
+            wait_ms: 5000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    w.fail_job(pb::FailJobRequest {
+        job_id: id.clone(),
+        lease_token: lease.lease_token,
+        kind: pb::FailureKind::User as i32,
+        message: "line 2: label missing".into(),
+    })
+    .await
+    .unwrap();
+    let watch = server.cli(&["jobs", "watch", &id]);
+    assert_eq!(watch.status.code(), Some(3), "{}", stderr(&watch));
+    let job = server.json(&["jobs", "get", &id]);
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["failure"]["kind"], "user");
+    drop(server);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_server_runs_on_sqlite_without_a_database_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    std::fs::write(&data, DATASET).unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let file = server.json(&["files", "upload", &data.display().to_string()]);
+    let job = server.json(&[
+        "jobs",
+        "create",
+        "--model",
+        "m",
+        "--training-file",
+        file["id"].as_str().unwrap(),
+    ]);
+    assert_eq!(job["state"], "queued");
+    assert!(
+        dir.path().join("tuna.db").exists(),
+        "embedded database file created"
+    );
+    assert!(server.terminate());
+    let server = ServerProcess::start(dir.path(), &[]);
+    assert_eq!(
+        server.json(&["jobs", "get", job["id"].as_str().unwrap()])["state"],
+        "queued"
+    );
+}
