@@ -16,10 +16,8 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.provider.take() {
-            if let Err(e) = p.shutdown() {
-                eprintln!("tuna: flushing traces failed: {e}");
-            }
+        if let Some(Err(e)) = self.provider.take().map(|p| p.shutdown()) {
+            eprintln!("tuna: flushing traces failed: {e}");
         }
     }
 }

@@ -12,7 +12,7 @@ use super::{Cli, CliError, EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, Output, connect,
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Create a fine-tuning job.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     Get {
         id: String,
     },
@@ -58,6 +58,7 @@ pub enum JobsCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct CreateArgs {
     /// Base model (registered name or file id).
     #[arg(long)]

@@ -51,7 +51,7 @@ pub enum Command {
     Files(files::FilesCommand),
     /// Create, inspect and control fine-tuning jobs.
     #[command(subcommand)]
-    Jobs(jobs::JobsCommand),
+    Jobs(Box<jobs::JobsCommand>),
 }
 
 /// Errors of the CLI.
