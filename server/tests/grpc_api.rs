@@ -45,6 +45,30 @@ fn files(ch: &Channel) -> FileServiceClient<Channel> {
     FileServiceClient::new(ch.clone())
 }
 
+/// Creates a valid job with `priority` and no request id.
+async fn create(ch: &Channel, priority: i32) -> pb::Job {
+    jobs(ch)
+        .create_job(pb::CreateJobRequest {
+            spec: Some(proto_spec(priority, 0)),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A registration request of a CPU worker.
+fn register_request(name: &str) -> pb::RegisterWorkerRequest {
+    pb::RegisterWorkerRequest {
+        name: name.into(),
+        capabilities: Some(pb::WorkerCapabilities {
+            device: "cpu".into(),
+            memory_bytes: 1 << 30,
+            ..Default::default()
+        }),
+    }
+}
+
 fn bad_fields(status: &tonic::Status) -> Vec<String> {
     status
         .get_details_bad_request()
@@ -108,14 +132,7 @@ async fn create_get_list_paginate_and_watch_over_grpc(pool: sqlx::PgPool) {
     let mut client = jobs(&h.channel);
     let mut ids = Vec::new();
     for p in 0..5 {
-        let job = client
-            .create_job(pb::CreateJobRequest {
-                spec: Some(proto_spec(p, 0)),
-                request_id: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let job = create(&h.channel, p).await;
         assert_eq!(job.state(), pb::JobState::Queued);
         assert_eq!(job.max_attempts, 3, "defaults are filled in");
         ids.push(job.id);
@@ -451,14 +468,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field(pool: sqlx::PgPool) 
 async fn disallowed_transitions_are_failed_precondition(pool: sqlx::PgPool) {
     let h = harness(pool).await;
     let mut client = jobs(&h.channel);
-    let job = client
-        .create_job(pb::CreateJobRequest {
-            spec: Some(proto_spec(0, 0)),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = create(&h.channel, 0).await;
     let err = client
         .resume_job(pb::ResumeJobRequest { id: job.id.clone() })
         .await
@@ -483,23 +493,9 @@ async fn disallowed_transitions_are_failed_precondition(pool: sqlx::PgPool) {
 async fn worker_flow_with_fencing_and_artifact_round_trip(pool: sqlx::PgPool) {
     let h = harness(pool).await;
     let mut w = WorkerServiceClient::new(h.channel.clone());
-    let job = jobs(&h.channel)
-        .create_job(pb::CreateJobRequest {
-            spec: Some(proto_spec(0, 0)),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = create(&h.channel, 0).await;
     let reg = w
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "gpu-0".into(),
-            capabilities: Some(pb::WorkerCapabilities {
-                device: "cpu".into(),
-                memory_bytes: 1 << 30,
-                ..Default::default()
-            }),
-        })
+        .register_worker(register_request("gpu-0"))
         .await
         .unwrap()
         .into_inner();
@@ -611,13 +607,7 @@ async fn acquire_long_poll_wakes_when_a_job_is_created(pool: sqlx::PgPool) {
     let h = harness(pool).await;
     let mut w = WorkerServiceClient::new(h.channel.clone());
     let reg = w
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "w".into(),
-            capabilities: Some(pb::WorkerCapabilities {
-                device: "cpu".into(),
-                ..Default::default()
-            }),
-        })
+        .register_worker(register_request("w"))
         .await
         .unwrap()
         .into_inner();
@@ -636,14 +626,7 @@ async fn acquire_long_poll_wakes_when_a_job_is_created(pool: sqlx::PgPool) {
         (lease, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let job = jobs(&h.channel)
-        .create_job(pb::CreateJobRequest {
-            spec: Some(proto_spec(0, 0)),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = create(&h.channel, 0).await;
     let (lease, waited) = waiting.await.unwrap();
     assert_eq!(lease.unwrap().job_id, job.id);
     assert!(
@@ -661,13 +644,7 @@ async fn worker_service_requires_the_worker_token_when_configured(pool: sqlx::Pg
     };
     let h = harness_with(pool, Limits::default(), config).await;
     let mut w = WorkerServiceClient::new(h.channel.clone());
-    let req = || pb::RegisterWorkerRequest {
-        name: "w".into(),
-        capabilities: Some(pb::WorkerCapabilities {
-            device: "cpu".into(),
-            ..Default::default()
-        }),
-    };
+    let req = || register_request("w");
     let err = w.register_worker(req()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let mut authed = tonic::Request::new(req());
