@@ -555,3 +555,35 @@ conformance!(
     files_used_by_active_jobs_cannot_be_deleted,
     label_filters_and_keyset_pages_cover_every_job_once,
 );
+
+/// PostgreSQL only: a change committed through one replica wakes waiters of another replica
+/// through LISTEN/NOTIFY, well before the polling fallback would.
+#[sqlx::test(migrations = false)]
+async fn notify_from_another_replica_wakes_waiting_acquirers(pool: sqlx::PgPool) {
+    use std::time::Duration;
+    let (a, _) = support::pg_store(pool.clone()).await;
+    let (b, _) = support::pg_store(pool).await;
+    // Let replica A's LISTEN connection come up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let notified = a.notifier().queue().notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let mut watch = a.notifier().subscribe_jobs();
+    let (job, _) = b.create_job(support::new_job(0, 3)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), notified)
+        .await
+        .expect("replica A was not woken by replica B's insert");
+    let woke = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if &*watch.recv().await.unwrap() == job.id.as_str() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        woke.is_ok(),
+        "replica A's watchers were not told about job {}",
+        job.id
+    );
+}

@@ -382,6 +382,7 @@ macro_rules! impl_store {
                 }
                 push_event(&mut tx, &id, "created", JobState::Queued, "job created", 0, now).await?;
                 self.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
+                self.notify_in_tx(&mut tx, JOB_CHANNEL, &id).await?;
                 let job = lock_job(&mut tx, &id).await?.job;
                 tx.commit().await?;
                 self.notifier.queue_changed();

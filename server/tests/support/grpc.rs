@@ -9,8 +9,9 @@ use tonic::transport::Channel;
 use tuna_server::api::Limits;
 use tuna_server::blobs::Blobs;
 use tuna_server::config::ServerConfig;
+use tuna_server::domain::{DatasetFormat, FilePurpose};
 use tuna_server::serve::ControlPlane;
-use tuna_server::store::Store;
+use tuna_server::store::{FileRecord, Store};
 
 /// A running server and handles to its insides, so tests can check what was stored.
 pub struct Harness {
@@ -25,6 +26,21 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(store: Arc<dyn Store>, limits: Limits, config: ServerConfig) -> Self {
+        // The dataset `proto_spec` names, so jobs pass the file-existence check.
+        store
+            .insert_file(&FileRecord {
+                id: super::DATASET_ID.into(),
+                name: "train.jsonl".into(),
+                purpose: FilePurpose::Dataset,
+                format: Some(DatasetFormat::Text),
+                size_bytes: 1,
+                sha256: "0".repeat(64),
+                line_count: 1,
+                blob_key: "files/fixture".into(),
+                created_at: 0,
+            })
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::local(&dir.path().join("blobs")).unwrap();
         let plane = ControlPlane::new(store.clone(), blobs.clone(), limits, &config);

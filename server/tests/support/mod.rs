@@ -37,11 +37,14 @@ pub async fn sqlite_store(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Arc<Manua
     (Arc::new(store), clock)
 }
 
+/// The training file id `proto_spec` names.
+pub const DATASET_ID: &str = "file_00000000000000000000000000000001";
+
 /// A valid proto spec.
 pub fn proto_spec(priority: i32, max_attempts: i32) -> pb::JobSpec {
     pb::JobSpec {
         base_model: "tiny-llama".into(),
-        training_file: "file_00000000000000000000000000000001".into(),
+        training_file: DATASET_ID.into(),
         method: Some(pb::Method {
             r#type: "lora".into(),
             ..Default::default()
