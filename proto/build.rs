@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tuna/v1/job.proto",
         "tuna/v1/file.proto",
         "tuna/v1/artifact.proto",
+        "tuna/v1/model.proto",
         "tuna/v1/worker.proto",
     ];
     // tonic-prost-build's own rerun-if-changed is a no-op since 0.14 (grpc-rust #2511).

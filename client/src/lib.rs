@@ -23,6 +23,7 @@ pub use tuna_proto::v1 as pb;
 use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
 use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::job_service_client::JobServiceClient;
+use tuna_proto::v1::model_service_client::ModelServiceClient;
 
 /// Errors of the SDK.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,10 @@ impl Client {
 
     pub fn files(&self) -> FileServiceClient<Svc> {
         FileServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn models(&self) -> ModelServiceClient<Svc> {
+        ModelServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     pub fn artifacts(&self) -> ArtifactServiceClient<Svc> {
@@ -221,6 +226,48 @@ impl Client {
                 Err(s) => return Err(s.into()),
             }
         }
+    }
+}
+
+impl Client {
+    /// Downloads a file to `out`, verifying its sha256; a mismatch removes the partial file.
+    pub async fn download_file(&self, id: &str, out: &Path) -> Result<pb::File, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |source| ClientError::Io {
+            path: out.display().to_string(),
+            source,
+        };
+        let req = pb::DownloadFileRequest { id: id.to_string() };
+        let mut stream = self.files().download(req).await?.into_inner();
+        let meta = match stream.message().await? {
+            Some(pb::DownloadFileResponse {
+                data: Some(pb::download_file_response::Data::File(f)),
+            }) => f,
+            _ => {
+                return Err(ClientError::Protocol(
+                    "download did not start with the file".into(),
+                ));
+            }
+        };
+        let mut file = tokio::fs::File::create(out).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        while let Some(msg) = stream.message().await? {
+            if let Some(pb::download_file_response::Data::Chunk(c)) = msg.data {
+                hasher.update(&c);
+                file.write_all(&c).await.map_err(io)?;
+            }
+        }
+        file.flush().await.map_err(io)?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != meta.sha256 {
+            let _ = tokio::fs::remove_file(out).await;
+            return Err(ClientError::Corrupt {
+                artifact: id.to_string(),
+                expected: meta.sha256,
+                actual,
+            });
+        }
+        Ok(meta)
     }
 }
 

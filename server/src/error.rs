@@ -105,9 +105,10 @@ impl From<ApiError> for Status {
 fn store_status(err: StoreError, message: String) -> Status {
     match err {
         StoreError::NotFound { .. } => Status::not_found(message),
-        StoreError::InvalidTransition { .. } | StoreError::FileInUse { .. } => {
-            Status::failed_precondition(message)
-        }
+        StoreError::InvalidTransition { .. }
+        | StoreError::FileInUse { .. }
+        | StoreError::InUse { .. } => Status::failed_precondition(message),
+        StoreError::AlreadyExists { .. } => Status::already_exists(message),
         StoreError::LeaseLost { .. } => {
             let mut details = ErrorDetails::new();
             details.set_error_info(

@@ -12,11 +12,13 @@ use tonic::transport::Server;
 use tuna_proto::v1::artifact_service_server::ArtifactServiceServer;
 use tuna_proto::v1::file_service_server::FileServiceServer;
 use tuna_proto::v1::job_service_server::JobServiceServer;
+use tuna_proto::v1::model_service_server::ModelServiceServer;
 use tuna_proto::v1::worker_service_server::WorkerServiceServer;
 
 use crate::api::artifacts::Artifacts;
 use crate::api::files::Files;
 use crate::api::jobs::Jobs;
+use crate::api::models::Models;
 use crate::api::workers::Workers;
 use crate::api::{ApiContext, Limits};
 use crate::auth::Token;
@@ -124,6 +126,9 @@ impl ControlPlane {
         health_reporter
             .set_serving::<WorkerServiceServer<Workers>>()
             .await;
+        health_reporter
+            .set_serving::<ModelServiceServer<Models>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tuna_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -170,6 +175,10 @@ impl ControlPlane {
             ))
             .add_service(ArtifactServiceServer::with_interceptor(
                 Artifacts::new(ctx.clone()),
+                client_auth.clone(),
+            ))
+            .add_service(ModelServiceServer::with_interceptor(
+                Models::new(ctx.clone()),
                 client_auth,
             ))
             .add_service(WorkerServiceServer::with_interceptor(

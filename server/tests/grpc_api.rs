@@ -102,6 +102,16 @@ fn header(name: &str, body: &[u8]) -> pb::UploadFileHeader {
     }
 }
 
+async fn upload_model_file(h: &Harness, name: &str, body: &[u8]) -> pb::File {
+    let mut hd = header(name, body);
+    hd.purpose = pb::FilePurpose::Model as i32;
+    files(&h.channel)
+        .upload(tokio_stream::iter(upload_messages(hd, body, 3)))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Asserts that a refused upload left no file row and no blob, committed or temporary.
 async fn assert_nothing_stored(h: &Harness) {
     let listed = files(&h.channel)
@@ -112,7 +122,14 @@ async fn assert_nothing_stored(h: &Harness) {
     let left: Vec<_> = listed
         .files
         .iter()
-        .filter(|f| f.id != support::DATASET_ID)
+        .filter(|f| {
+            ![
+                support::DATASET_ID,
+                support::MODEL_CONFIG_ID,
+                support::MODEL_WEIGHTS_ID,
+            ]
+            .contains(&f.id.as_str())
+        })
         .collect();
     assert!(left.is_empty(), "file rows left: {left:?}");
     assert_eq!(
@@ -728,5 +745,160 @@ async fn health_is_serving_and_reflection_lists_the_tuna_services(pool: sqlx::Pg
     ] {
         assert!(names.contains(&s.to_string()), "{s} missing from {names:?}");
     }
+    h.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn jobs_naming_unknown_models_fail_at_acquire_as_user_errors_without_retry(
+    pool: sqlx::PgPool,
+) {
+    let h = harness(pool).await;
+    let mut unknown = proto_spec(5, 3);
+    unknown.base_model = "no-such-model".into();
+    let doomed = jobs(&h.channel)
+        .create_job(pb::CreateJobRequest {
+            spec: Some(unknown),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let runnable = create(&h.channel, 0).await;
+    let mut w = WorkerServiceClient::new(h.channel.clone());
+    let reg = w
+        .register_worker(register_request("w"))
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = w
+        .acquire_job(pb::AcquireJobRequest {
+            worker_id: reg.worker_id.clone(),
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .expect("the runnable job is handed out");
+    assert_eq!(
+        lease.job_id, runnable.id,
+        "the higher-priority doomed job is skipped"
+    );
+    let model = lease.model.expect("the lease carries the model");
+    assert_eq!(model.name, support::MODEL_NAME);
+    assert_eq!(model.files.len(), 2);
+    assert_eq!(lease.training_file.unwrap().id, support::DATASET_ID);
+
+    let doomed = h.store.get_job(&doomed.id).await.unwrap();
+    assert_eq!(doomed.state, tuna_server::domain::JobState::Failed);
+    assert_eq!(doomed.attempt, 1, "no retry");
+    let (kind, message) = doomed.failure.unwrap();
+    assert_eq!(kind, tuna_server::domain::FailureKind::User);
+    assert!(message.contains("no-such-model"), "{message}");
+    h.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn models_register_from_uploaded_files_and_files_download_verified(pool: sqlx::PgPool) {
+    use tuna_proto::v1::model_service_client::ModelServiceClient;
+    let h = harness(pool).await;
+    let config = upload_model_file(&h, "config.json", b"{\"hidden_size\": 8}").await;
+    let weights = upload_model_file(&h, "model.safetensors", b"not really weights").await;
+    let mut models = ModelServiceClient::new(h.channel.clone());
+    let file = |path: &str, id: &str| pb::ModelFile {
+        path: path.into(),
+        file_id: id.into(),
+        ..Default::default()
+    };
+    // Not a loadable layout: no weights.
+    let err = models
+        .register_model(pb::RegisterModelRequest {
+            name: "mini".into(),
+            format: pb::ModelFormat::Hf as i32,
+            files: vec![file("config.json", &config.id)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&err), vec!["files"]);
+    // A dataset is not a model file.
+    let err = models
+        .register_model(pb::RegisterModelRequest {
+            name: "mini".into(),
+            format: pb::ModelFormat::Hf as i32,
+            files: vec![
+                file("config.json", &config.id),
+                file("model.safetensors", support::DATASET_ID),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&err), vec!["files[1].file_id"]);
+    let err = models
+        .register_model(pb::RegisterModelRequest {
+            name: "Bad Name".into(),
+            format: pb::ModelFormat::Hf as i32,
+            files: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&err), vec!["name"]);
+    let model = models
+        .register_model(pb::RegisterModelRequest {
+            name: "mini".into(),
+            format: pb::ModelFormat::Hf as i32,
+            files: vec![
+                file("config.json", &config.id),
+                file("model.safetensors", &weights.id),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(model.files[1].sha256, weights.sha256);
+    let err = models
+        .register_model(pb::RegisterModelRequest {
+            name: "mini".into(),
+            format: pb::ModelFormat::Hf as i32,
+            files: vec![
+                file("config.json", &config.id),
+                file("model.safetensors", &weights.id),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    // Files of a registered model cannot be deleted.
+    let err = files(&h.channel)
+        .delete_file(pb::DeleteFileRequest {
+            id: weights.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("registered model mini"),
+        "{}",
+        err.message()
+    );
+
+    let mut stream = files(&h.channel)
+        .download(pb::DownloadFileRequest {
+            id: weights.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut body = Vec::new();
+    let mut meta = None;
+    while let Some(m) = stream.next().await {
+        match m.unwrap().data {
+            Some(pb::download_file_response::Data::File(f)) => meta = Some(f),
+            Some(pb::download_file_response::Data::Chunk(c)) => body.extend(c),
+            None => {}
+        }
+    }
+    assert_eq!(body, b"not really weights");
+    assert_eq!(meta.unwrap().sha256, weights.sha256);
     h.stop().await;
 }

@@ -502,6 +502,71 @@ mod cases {
         assert_eq!(seen.into_iter().collect::<HashSet<_>>(), labelled);
     }
 
+    pub async fn model_registry_keeps_its_files_and_refuses_in_use_deletes(store: S, clock: C) {
+        use tuna_server::domain::{FilePurpose, ModelFormat};
+        let file = |id: &str, name: &str| FileRecord {
+            id: id.into(),
+            name: name.into(),
+            purpose: FilePurpose::Model,
+            format: None,
+            size_bytes: 3,
+            sha256: "c".repeat(64),
+            line_count: 0,
+            blob_key: format!("files/{id}"),
+            created_at: clock.now_ms_for_test(),
+        };
+        let cfg = file("file_0000000000000000000000000000000a", "config.json");
+        let weights = file("file_0000000000000000000000000000000b", "model.safetensors");
+        store.insert_file(&cfg).await.unwrap();
+        store.insert_file(&weights).await.unwrap();
+        let pairs = vec![
+            ("model.safetensors".to_string(), weights.id.clone()),
+            ("config.json".to_string(), cfg.id.clone()),
+        ];
+        // A missing file aborts the whole registration.
+        let mut broken = pairs.clone();
+        broken.push((
+            "tokenizer.json".into(),
+            "file_0000000000000000000000000000000c".into(),
+        ));
+        assert!(matches!(
+            store.insert_model("tiny", ModelFormat::Hf, &broken).await,
+            Err(StoreError::NotFound { kind: "file", .. })
+        ));
+        assert!(matches!(
+            store.get_model("tiny").await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        let model = store
+            .insert_model("tiny", ModelFormat::Hf, &pairs)
+            .await
+            .unwrap();
+        let paths: Vec<_> = model.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["config.json", "model.safetensors"]);
+        assert_eq!(model.files[1].file, weights);
+        assert!(matches!(
+            store.insert_model("tiny", ModelFormat::Hf, &pairs).await,
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            store.delete_file(&weights.id).await,
+            Err(StoreError::InUse { .. })
+        ));
+
+        let mut job = new_job(0, 3);
+        job.spec.base_model = "tiny".into();
+        let (job, _) = store.create_job(job).await.unwrap();
+        assert!(matches!(
+            store.delete_model("tiny").await,
+            Err(StoreError::InUse { .. })
+        ));
+        store.cancel_job(&job.id).await.unwrap();
+        store.delete_model("tiny").await.unwrap();
+        assert_eq!(store.list_models().await.unwrap(), vec![]);
+        store.delete_file(&weights.id).await.unwrap();
+    }
+
     /// Lets cases read the manual clock without importing the trait everywhere.
     trait NowForTest {
         fn now_ms_for_test(&self) -> i64;
@@ -554,6 +619,7 @@ conformance!(
     reaper_requeues_expired_leases_and_finishes_cancelling_ones,
     files_used_by_active_jobs_cannot_be_deleted,
     label_filters_and_keyset_pages_cover_every_job_once,
+    model_registry_keeps_its_files_and_refuses_in_use_deletes,
 );
 
 /// PostgreSQL only: a change committed through one replica wakes waiters of another replica

@@ -122,7 +122,7 @@ async fn cli_drives_a_postgres_backed_server_and_state_survives_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_exits_nonzero_when_the_job_fails() {
+async fn watch_exits_nonzero_when_the_job_fails_and_unknown_models_fail_fast() {
     use tuna_proto::v1 as pb;
     use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 
@@ -130,19 +130,46 @@ async fn watch_exits_nonzero_when_the_job_fails() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.jsonl");
     std::fs::write(&data, DATASET).unwrap();
+    let model_dir = dir.path().join("tiny-model");
+    std::fs::create_dir(&model_dir).unwrap();
+    std::fs::write(model_dir.join("config.json"), "{\"hidden_size\": 8}").unwrap();
+    std::fs::write(model_dir.join("model.safetensors"), b"weights").unwrap();
+    std::fs::write(model_dir.join("README.md"), "not uploaded").unwrap();
     let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
+    let model = server.json(&[
+        "models",
+        "register",
+        "tiny",
+        "--path",
+        &model_dir.display().to_string(),
+    ]);
+    assert_eq!(model["files"].as_array().unwrap().len(), 2, "{model}");
+    assert_eq!(
+        server.json(&["models", "list"])["models"][0]["name"],
+        "tiny"
+    );
     let file = server.json(&["files", "upload", &data.display().to_string()]);
+    let file_id = file["id"].as_str().unwrap();
+    let unknown = server.json(&[
+        "jobs",
+        "create",
+        "--model",
+        "nope",
+        "--training-file",
+        file_id,
+    ]);
     let job = server.json(&[
         "jobs",
         "create",
         "--model",
-        "m",
+        "tiny",
         "--training-file",
-        file["id"].as_str().unwrap(),
+        file_id,
     ]);
     let id = job["id"].as_str().unwrap().to_string();
 
-    // A worker takes the job and fails it for a USER reason (no retry).
+    // A worker takes the runnable job (the unknown-model job fails on the way) and fails it
+    // for a USER reason (no retry).
     let mut w = WorkerServiceClient::connect(server.url.clone())
         .await
         .unwrap();
@@ -167,6 +194,13 @@ async fn watch_exits_nonzero_when_the_job_fails() {
         .into_inner()
         .lease
         .unwrap();
+    assert_eq!(lease.job_id, id);
+    let watch = server.cli(&["jobs", "watch", unknown["id"].as_str().unwrap()]);
+    assert_eq!(watch.status.code(), Some(3), "{}", stderr(&watch));
+    let failed = server.json(&["jobs", "get", unknown["id"].as_str().unwrap()]);
+    assert_eq!(failed["failure"]["kind"], "user");
+    assert_eq!(failed["attempt"], 1);
+
     w.fail_job(pb::FailJobRequest {
         job_id: id.clone(),
         lease_token: lease.lease_token,
@@ -180,6 +214,24 @@ async fn watch_exits_nonzero_when_the_job_fails() {
     let job = server.json(&["jobs", "get", &id]);
     assert_eq!(job["state"], "failed");
     assert_eq!(job["failure"]["kind"], "user");
+
+    // Model files download intact.
+    let weights = model["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "model.safetensors")
+        .unwrap();
+    let out = dir.path().join("weights.out");
+    let got = server.json(&[
+        "files",
+        "download",
+        weights["file_id"].as_str().unwrap(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(got["file"]["sha256"], weights["sha256"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"weights");
     drop(server);
     db.drop_db().await;
 }

@@ -45,6 +45,12 @@ pub enum FilesCommand {
     Delete {
         id: String,
     },
+    /// Download a file, verifying its sha256.
+    Download {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub async fn run(cli: &Cli, cmd: &FilesCommand) -> Result<ExitCode, CliError> {
@@ -105,6 +111,22 @@ pub async fn run(cli: &Cli, cmd: &FilesCommand) -> Result<ExitCode, CliError> {
                         println!("next page: --page-token {}", resp.next_page_token);
                     }
                 }
+            }
+        }
+        FilesCommand::Download { id, out } => {
+            let file = client.download_file(id, out).await?;
+            match cli.output {
+                Output::Json => output::print_json(&serde_json::json!({
+                    "file": output::file_json(&file),
+                    "path": out.display().to_string(),
+                })),
+                Output::Text => println!(
+                    "{} -> {} ({} bytes, sha256 {} verified)",
+                    file.id,
+                    out.display(),
+                    file.size_bytes,
+                    file.sha256
+                ),
             }
         }
         FilesCommand::Delete { id } => {

@@ -2,6 +2,7 @@
 
 mod files;
 mod jobs;
+mod models;
 mod output;
 mod server;
 
@@ -52,6 +53,9 @@ pub enum Command {
     /// Create, inspect and control fine-tuning jobs.
     #[command(subcommand)]
     Jobs(Box<jobs::JobsCommand>),
+    /// Register and list base models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 /// Errors of the CLI.
@@ -77,5 +81,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Server(args) => server::run(args).await,
         Command::Files(cmd) => files::run(&cli, cmd).await,
         Command::Jobs(cmd) => jobs::run(&cli, cmd).await,
+        Command::Models(cmd) => models::run(&cli, cmd).await,
     }
 }

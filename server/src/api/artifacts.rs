@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tuna_proto::v1 as pb;
 use tuna_proto::v1::artifact_service_server::ArtifactService;
 
-use super::{ApiContext, convert, require_id};
+use super::{ApiContext, convert, rechunk, require_id};
 use crate::domain::ids;
 use crate::error::ApiError;
 
@@ -97,22 +97,4 @@ impl ArtifactService for Artifacts {
         });
         Ok(Response::new(Box::pin(first.chain(chunks))))
     }
-}
-
-/// Re-slices a byte stream into chunks of at most [`tuna_proto::CHUNK_SIZE`].
-fn rechunk<S, E>(body: S) -> impl Stream<Item = Result<Vec<u8>, E>> + Send
-where
-    S: Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
-    E: Send + 'static,
-{
-    body.flat_map(|r| {
-        let items: Vec<Result<Vec<u8>, E>> = match r {
-            Ok(bytes) => bytes
-                .chunks(tuna_proto::CHUNK_SIZE)
-                .map(|c| Ok(c.to_vec()))
-                .collect(),
-            Err(e) => vec![Err(e)],
-        };
-        futures::stream::iter(items)
-    })
 }

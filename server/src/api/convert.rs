@@ -3,10 +3,10 @@
 use tuna_proto::ts_from_ms;
 use tuna_proto::v1 as pb;
 
-use crate::domain::{ArtifactKind, DatasetFormat, FailureKind, FilePurpose, JobState};
+use crate::domain::{ArtifactKind, DatasetFormat, FailureKind, FilePurpose, JobState, ModelFormat};
 use crate::error::ApiError;
 use crate::store::{
-    ArtifactRecord, EventRecord, FileRecord, JobRecord, MetricRecord, UpdateRecord,
+    ArtifactRecord, EventRecord, FileRecord, JobRecord, MetricRecord, ModelRecord, UpdateRecord,
 };
 
 pub fn job_state(s: JobState) -> pb::JobState {
@@ -197,5 +197,30 @@ pub fn file(f: &FileRecord) -> pb::File {
             .unwrap_or(pb::DatasetFormat::Unspecified) as i32,
         line_count: f.line_count,
         created_at: Some(ts_from_ms(f.created_at)),
+    }
+}
+
+pub fn model_format(f: ModelFormat) -> pb::ModelFormat {
+    match f {
+        ModelFormat::Hf => pb::ModelFormat::Hf,
+        ModelFormat::Gguf => pb::ModelFormat::Gguf,
+    }
+}
+
+pub fn model(m: &ModelRecord) -> pb::Model {
+    pb::Model {
+        name: m.name.clone(),
+        format: model_format(m.format) as i32,
+        files: m
+            .files
+            .iter()
+            .map(|f| pb::ModelFile {
+                path: f.path.clone(),
+                file_id: f.file.id.clone(),
+                sha256: f.file.sha256.clone(),
+                size_bytes: f.file.size_bytes,
+            })
+            .collect(),
+        created_at: Some(ts_from_ms(m.created_at)),
     }
 }

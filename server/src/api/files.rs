@@ -1,13 +1,15 @@
 //! `tuna.v1.FileService`: datasets and model files, streamed into the blob store.
 
-use futures::StreamExt;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tuna_proto::v1 as pb;
 use tuna_proto::v1::file_service_server::FileService;
 
 use super::{
-    ApiContext, convert, page_token, receive_blob, require_id, require_name, require_sha256,
-    require_size,
+    ApiContext, convert, page_token, receive_blob, rechunk, require_id, require_name,
+    require_sha256, require_size,
 };
 use crate::dataset::JsonlValidator;
 use crate::domain::{FilePurpose, ids};
@@ -30,8 +32,40 @@ pub fn blob_key(id: &str) -> String {
     format!("files/{id}")
 }
 
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadFileResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl FileService for Files {
+    type DownloadStream = DownloadStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn download(
+        &self,
+        request: Request<pb::DownloadFileRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let id = request.into_inner().id;
+        require_id("id", ids::FILE, &id)?;
+        let file = self.ctx.store.get_file(&id).await.map_err(ApiError::from)?;
+        let body = self
+            .ctx
+            .blobs
+            .read(&file.blob_key)
+            .await
+            .map_err(ApiError::from)?;
+        let first = futures::stream::once(async move {
+            Ok(pb::DownloadFileResponse {
+                data: Some(pb::download_file_response::Data::File(convert::file(&file))),
+            })
+        });
+        let chunks = rechunk(body).map(|r| {
+            r.map(|chunk| pb::DownloadFileResponse {
+                data: Some(pb::download_file_response::Data::Chunk(chunk)),
+            })
+            .map_err(|e| Status::from(ApiError::from(e)))
+        });
+        Ok(Response::new(Box::pin(first.chain(chunks))))
+    }
+
     #[tracing::instrument(skip_all, fields(file))]
     async fn upload(
         &self,

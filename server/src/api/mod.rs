@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod convert;
 pub mod files;
 pub mod jobs;
+pub mod models;
 pub mod page_token;
 pub mod workers;
 
@@ -162,4 +163,22 @@ where
         });
     }
     Ok(finished)
+}
+
+/// Re-slices a byte stream into chunks of at most [`tuna_proto::CHUNK_SIZE`].
+pub fn rechunk<S, E>(body: S) -> impl Stream<Item = Result<Vec<u8>, E>> + Send
+where
+    S: Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
+    E: Send + 'static,
+{
+    body.flat_map(|r| {
+        let items: Vec<Result<Vec<u8>, E>> = match r {
+            Ok(bytes) => bytes
+                .chunks(tuna_proto::CHUNK_SIZE)
+                .map(|c| Ok(c.to_vec()))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
+    })
 }

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::domain::{Directive, FailureKind, Outcome, ids};
 use crate::error::ApiError;
-use crate::store::{Fence, MetricInput, NewArtifact};
+use crate::store::{Fence, Lease, MetricInput, NewArtifact, StoreError};
 
 /// Most metric points per ReportMetrics call.
 pub const MAX_POINTS_PER_REPORT: usize = 1000;
@@ -26,6 +26,57 @@ pub struct Workers {
 impl Workers {
     pub fn new(ctx: ApiContext) -> Self {
         Self { ctx }
+    }
+
+    /// Attaches the model and dataset files the worker must download. A job whose model or
+    /// files are gone can never run: it fails as a USER failure (no retry) instead of being
+    /// handed out, and `None` is returned.
+    async fn resolve(&self, lease: Lease) -> Result<Option<pb::Lease>, ApiError> {
+        let store = &self.ctx.store;
+        let spec = &lease.job.spec;
+        let missing = |e: StoreError| match e {
+            StoreError::NotFound { kind, id } => Ok(format!("{kind} {id} does not exist")),
+            other => Err(ApiError::from(other)),
+        };
+        let model = match store.get_model(&spec.base_model).await {
+            Ok(m) => Ok(m),
+            Err(StoreError::NotFound { .. }) => Err(format!(
+                "base model {:?} is not registered (tuna models register)",
+                spec.base_model
+            )),
+            Err(e) => return Err(e.into()),
+        };
+        let training = store.get_file(&spec.training_file).await;
+        let validation = match &spec.validation_file {
+            Some(v) => Some(store.get_file(v).await),
+            None => None,
+        };
+        let problem = match (&model, training, validation) {
+            (Err(why), _, _) => Some(why.clone()),
+            (_, Err(e), _) | (_, _, Some(Err(e))) => Some(missing(e)?),
+            (Ok(_), Ok(t), v) => {
+                let model = model.as_ref().map(convert::model).ok();
+                return Ok(Some(pb::Lease {
+                    job_id: lease.job.id.clone(),
+                    attempt: lease.job.attempt,
+                    lease_token: lease.lease_token,
+                    expires_at: Some(ts_from_ms(lease.expires_at)),
+                    spec: Some(spec.to_proto()),
+                    resume_from: lease.resume_from.as_ref().map(convert::artifact),
+                    model,
+                    training_file: Some(convert::file(&t)),
+                    validation_file: v.and_then(Result::ok).as_ref().map(convert::file),
+                }));
+            }
+        };
+        let message = problem.unwrap_or_default();
+        tracing::warn!(job = %lease.job.id, %message, "job cannot run; failing it");
+        let fence = Fence {
+            job_id: &lease.job.id,
+            lease_token: &lease.lease_token,
+        };
+        store.fail_job(fence, FailureKind::User, &message).await?;
+        Ok(None)
     }
 }
 
@@ -167,16 +218,13 @@ impl WorkerService for Workers {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(lease) = store.claim_job(&worker).await.map_err(ApiError::from)? {
-                return Ok(Response::new(pb::AcquireJobResponse {
-                    lease: Some(pb::Lease {
-                        job_id: lease.job.id.clone(),
-                        attempt: lease.job.attempt,
-                        lease_token: lease.lease_token,
-                        expires_at: Some(ts_from_ms(lease.expires_at)),
-                        spec: Some(lease.job.spec.to_proto()),
-                        resume_from: lease.resume_from.as_ref().map(convert::artifact),
-                    }),
-                }));
+                match self.resolve(lease).await? {
+                    Some(lease) => {
+                        return Ok(Response::new(pb::AcquireJobResponse { lease: Some(lease) }));
+                    }
+                    // The job was failed for its user; look for the next one at once.
+                    None => continue,
+                }
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {

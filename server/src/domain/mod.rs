@@ -117,3 +117,11 @@ text_enum!(
         Classification => "classification",
     }
 );
+
+text_enum!(
+    /// How a registered base model is laid out.
+    ModelFormat {
+        Hf => "hf",
+        Gguf => "gguf",
+    }
+);

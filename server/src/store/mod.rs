@@ -22,7 +22,8 @@ pub use retry::QueuePolicy;
 
 use crate::domain::spec::JobSpec;
 use crate::domain::{
-    ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState, Outcome,
+    ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState, ModelFormat,
+    Outcome,
 };
 
 /// Errors of the store; mapped to gRPC codes once, in `crate::error`.
@@ -46,6 +47,10 @@ pub enum StoreError {
         job_id: String,
         state: JobState,
     },
+    #[error("{what} is used by {user}")]
+    InUse { what: String, user: String },
+    #[error("{kind} {id} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -232,6 +237,24 @@ pub struct ArtifactRecord {
     pub created_at: i64,
 }
 
+/// One file of a registered model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFileRecord {
+    /// Path inside the model folder.
+    pub path: String,
+    pub file: FileRecord,
+}
+
+/// A registered base model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRecord {
+    pub name: String,
+    pub format: ModelFormat,
+    /// Sorted by path.
+    pub files: Vec<ModelFileRecord>,
+    pub created_at: i64,
+}
+
 /// The durable state behind the API. Every method is one transaction.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -301,6 +324,19 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the row and returns it (the caller deletes the blob); refused while an active
     /// job uses the file.
     async fn delete_file(&self, id: &str) -> Result<FileRecord>;
+
+    /// Registers `name` over existing files (`(path, file_id)` pairs); `NotFound` names a
+    /// missing file, `AlreadyExists` a taken name.
+    async fn insert_model(
+        &self,
+        name: &str,
+        format: ModelFormat,
+        files: &[(String, String)],
+    ) -> Result<ModelRecord>;
+    async fn get_model(&self, name: &str) -> Result<ModelRecord>;
+    async fn list_models(&self) -> Result<Vec<ModelRecord>>;
+    /// Refused while an active job names the model; the files stay.
+    async fn delete_model(&self, name: &str) -> Result<()>;
 
     /// Commits an artifact for the lease holder's attempt.
     async fn insert_artifact(

@@ -38,13 +38,14 @@ macro_rules! impl_store {
         use $crate::domain::spec::JobSpec;
         use $crate::domain::transitions::{self, Action, Transition};
         use $crate::domain::{
-            ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState, Outcome,
+            ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState,
+            ModelFormat, Outcome,
         };
         use $crate::store::notify::{JOB_CHANNEL, QUEUE_CHANNEL};
         use $crate::store::{
             ArtifactRecord, Cursor, EventRecord, FailReply, Fence, FileRecord, HeartbeatReply,
-            JobFilter, JobRecord, Lease, MetricInput, MetricRecord, NewArtifact, NewJob,
-            Result, StoreError, UpdateRecord, WorkerRecord,
+            JobFilter, JobRecord, Lease, MetricInput, MetricRecord, ModelFileRecord, ModelRecord,
+            NewArtifact, NewJob, Result, StoreError, UpdateRecord, WorkerRecord,
         };
 
         type Tx = sqlx::Transaction<'static, $Db>;
@@ -941,12 +942,129 @@ macro_rules! impl_store {
                         state: parse_text("jobs", &state, JobState::parse)?,
                     });
                 }
+                let model: Option<String> =
+                    sqlx::query_scalar("SELECT model FROM model_files WHERE file_id = $1 LIMIT 1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(model) = model {
+                    return Err(StoreError::InUse {
+                        what: format!("file {id}"),
+                        user: format!("registered model {model}"),
+                    });
+                }
                 sqlx::query("DELETE FROM files WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
                 Ok(file)
+            }
+
+            async fn insert_model(
+                &self,
+                name: &str,
+                format: ModelFormat,
+                files: &[(String, String)],
+            ) -> Result<ModelRecord> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let taken: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM models WHERE name = $1")
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if taken.is_some() {
+                    return Err(StoreError::AlreadyExists {
+                        kind: "model",
+                        id: name.to_string(),
+                    });
+                }
+                sqlx::query("INSERT INTO models (name, format, created_at) VALUES ($1, $2, $3)")
+                    .bind(name)
+                    .bind(format.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                for (path, file_id) in files {
+                    // Lock the file so a concurrent delete cannot remove it under the model.
+                    let exists: Option<String> = sqlx::query_scalar(concat!(
+                        "SELECT id FROM files WHERE id = $1",
+                        $LOCK
+                    ))
+                    .bind(file_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if exists.is_none() {
+                        return Err(StoreError::NotFound {
+                            kind: "file",
+                            id: file_id.clone(),
+                        });
+                    }
+                    sqlx::query("INSERT INTO model_files (model, path, file_id) VALUES ($1, $2, $3)")
+                        .bind(name)
+                        .bind(path)
+                        .bind(file_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                self.get_model(name).await
+            }
+
+            async fn get_model(&self, name: &str) -> Result<ModelRecord> {
+                let row = sqlx::query("SELECT name, format, created_at FROM models WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "model",
+                        id: name.to_string(),
+                    })?;
+                self.model_from_row(&row).await
+            }
+
+            async fn list_models(&self) -> Result<Vec<ModelRecord>> {
+                let rows = sqlx::query(
+                    "SELECT name, format, created_at FROM models WHERE tenant = 'default' ORDER BY name",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    out.push(self.model_from_row(row).await?);
+                }
+                Ok(out)
+            }
+
+            async fn delete_model(&self, name: &str) -> Result<()> {
+                let mut tx = self.begin().await?;
+                let user: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM jobs WHERE base_model = $1 \
+                     AND state NOT IN ('succeeded', 'failed', 'cancelled') LIMIT 1",
+                )
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(job) = user {
+                    return Err(StoreError::InUse {
+                        what: format!("model {name}"),
+                        user: format!("job {job}"),
+                    });
+                }
+                let deleted = sqlx::query("DELETE FROM models WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::NotFound {
+                        kind: "model",
+                        id: name.to_string(),
+                    });
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn insert_artifact(
@@ -1043,6 +1161,33 @@ macro_rules! impl_store {
         }
 
         impl $Store {
+            async fn model_from_row(&self, row: &DbRow) -> Result<ModelRecord> {
+                let name: String = row.try_get("name")?;
+                let format: String = row.try_get("format")?;
+                let rows = sqlx::query(
+                    "SELECT mf.path AS model_path, f.id, f.name, f.purpose, f.format, f.size_bytes, \
+                     f.sha256, f.line_count, f.blob_key, f.created_at \
+                     FROM model_files mf JOIN files f ON f.id = mf.file_id \
+                     WHERE mf.model = $1 ORDER BY mf.path",
+                )
+                .bind(&name)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut files = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    files.push(ModelFileRecord {
+                        path: r.try_get("model_path")?,
+                        file: file_from_row(r)?,
+                    });
+                }
+                Ok(ModelRecord {
+                    format: parse_text("models", &format, ModelFormat::parse)?,
+                    name,
+                    files,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
             async fn events_between(
                 &self,
                 job_id: &str,

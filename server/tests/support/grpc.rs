@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 use tuna_server::api::Limits;
 use tuna_server::blobs::Blobs;
 use tuna_server::config::ServerConfig;
-use tuna_server::domain::{DatasetFormat, FilePurpose};
+use tuna_server::domain::{DatasetFormat, FilePurpose, ModelFormat};
 use tuna_server::serve::ControlPlane;
 use tuna_server::store::{FileRecord, Store};
 
@@ -39,6 +39,40 @@ impl Harness {
                 blob_key: "files/fixture".into(),
                 created_at: 0,
             })
+            .await
+            .unwrap();
+        // The base model `proto_spec` names, so acquired jobs resolve their model.
+        for (id, name) in [
+            (super::MODEL_CONFIG_ID, "config.json"),
+            (super::MODEL_WEIGHTS_ID, "model.safetensors"),
+        ] {
+            store
+                .insert_file(&FileRecord {
+                    id: id.into(),
+                    name: name.into(),
+                    purpose: FilePurpose::Model,
+                    format: None,
+                    size_bytes: 1,
+                    sha256: "1".repeat(64),
+                    line_count: 0,
+                    blob_key: format!("files/{id}"),
+                    created_at: 0,
+                })
+                .await
+                .unwrap();
+        }
+        let files = [
+            (
+                "config.json".to_string(),
+                super::MODEL_CONFIG_ID.to_string(),
+            ),
+            (
+                "model.safetensors".to_string(),
+                super::MODEL_WEIGHTS_ID.to_string(),
+            ),
+        ];
+        store
+            .insert_model(super::MODEL_NAME, ModelFormat::Hf, &files)
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -40,10 +40,15 @@ pub async fn sqlite_store(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Arc<Manua
 /// The training file id `proto_spec` names.
 pub const DATASET_ID: &str = "file_00000000000000000000000000000001";
 
+/// The registered base model `proto_spec` names (registered by the gRPC harness).
+pub const MODEL_NAME: &str = "tiny-llama";
+pub const MODEL_CONFIG_ID: &str = "file_00000000000000000000000000000002";
+pub const MODEL_WEIGHTS_ID: &str = "file_00000000000000000000000000000003";
+
 /// A valid proto spec.
 pub fn proto_spec(priority: i32, max_attempts: i32) -> pb::JobSpec {
     pb::JobSpec {
-        base_model: "tiny-llama".into(),
+        base_model: MODEL_NAME.into(),
         training_file: DATASET_ID.into(),
         method: Some(pb::Method {
             r#type: "lora".into(),
