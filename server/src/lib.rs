@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataset;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

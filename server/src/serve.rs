@@ -24,6 +24,7 @@ use crate::api::{ApiContext, Limits};
 use crate::auth::Token;
 use crate::blobs::{BlobError, Blobs};
 use crate::config::{ConfigError, ServerConfig};
+use crate::metrics::{ServiceMetrics, sample_forever};
 use crate::store::{self, Clock, Store, StoreError, SystemClock};
 
 /// Errors starting or running the server.
@@ -85,6 +86,7 @@ impl ControlPlane {
                 store,
                 blobs,
                 limits,
+                metrics: ServiceMetrics::new(),
             },
             api_key: Token::new(&config.api_key, "API key"),
             worker_token: Token::new(&config.worker_token, "worker token"),
@@ -140,7 +142,13 @@ impl ControlPlane {
 
         let reaper = tokio::spawn(reap_forever(
             self.ctx.store.clone(),
+            self.ctx.metrics.clone(),
             Duration::from_millis(self.ctx.limits.poll_interval_ms),
+        ));
+        let sampler = tokio::spawn(sample_forever(
+            self.ctx.store.clone(),
+            self.ctx.metrics.clone(),
+            Duration::from_secs(15),
         ));
 
         let api_key = self.api_key.clone();
@@ -188,6 +196,7 @@ impl ControlPlane {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         reaper.abort();
+        sampler.abort();
         result?;
         tracing::info!("tuna control plane stopped");
         Ok(())
@@ -195,14 +204,17 @@ impl ControlPlane {
 }
 
 /// Periodically finishes what expired leases left behind (leader-only on PostgreSQL).
-async fn reap_forever(store: Arc<dyn Store>, every: Duration) {
+async fn reap_forever(store: Arc<dyn Store>, metrics: ServiceMetrics, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match store.reap_expired().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "reaped expired leases"),
+            Ok(n) => {
+                metrics.leases_lost(n);
+                tracing::info!(jobs = n, "reaped expired leases");
+            }
             Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
         }
     }

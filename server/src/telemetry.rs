@@ -4,20 +4,25 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Keeps the OTLP pipeline alive; dropping it flushes pending spans.
+/// Keeps the OTLP pipelines alive; dropping it flushes pending spans and metrics.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(Err(e)) = self.provider.take().map(|p| p.shutdown()) {
             eprintln!("tuna: flushing traces failed: {e}");
+        }
+        if let Some(Err(e)) = self.meters.take().map(|p| p.shutdown()) {
+            eprintln!("tuna: flushing metrics failed: {e}");
         }
     }
 }
@@ -30,7 +35,7 @@ pub enum TelemetryError {
 }
 
 /// Installs the global subscriber: `RUST_LOG`-style filtering (default `info`), text or JSON
-/// logs on stderr, and OTLP span export when `otlp_endpoint` is not empty. Calling it twice is
+/// logs on stderr, and OTLP export of spans and metrics when `otlp_endpoint` is not empty. Calling it twice is
 /// harmless (the second call keeps the first subscriber).
 pub fn init(
     service_name: &str,
@@ -51,24 +56,36 @@ pub fn init(
             .boxed()
     };
     let mut provider = None;
+    let mut meters = None;
     let otel = if otlp_endpoint.is_empty() {
         None
     } else {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let exporter_error = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
+            endpoint: otlp_endpoint.to_string(),
+            message: e.to_string(),
+        };
+        let resource = Resource::builder()
+            .with_service_name(service_name.to_string())
+            .build();
+        let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(otlp_endpoint)
             .build()
-            .map_err(|e| TelemetryError::Exporter {
-                endpoint: otlp_endpoint.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(exporter_error)?;
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(otlp_endpoint)
+            .build()
+            .map_err(exporter_error)?;
+        let mp = SdkMeterProvider::builder()
+            .with_periodic_exporter(metrics)
+            .with_resource(resource.clone())
+            .build();
+        opentelemetry::global::set_meter_provider(mp.clone());
+        meters = Some(mp);
         let p = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(service_name.to_string())
-                    .build(),
-            )
+            .with_batch_exporter(spans)
+            .with_resource(resource)
             .build();
         let tracer = p.tracer("tuna");
         provider = Some(p);
@@ -82,5 +99,5 @@ pub fn init(
         .with(fmt)
         .with(otel)
         .try_init();
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
 }

@@ -83,6 +83,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `tuna server` with `args` on a free port and waits until it answers.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like [`Self::start`], with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = data_dir.join(format!("server-{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
@@ -94,6 +99,7 @@ impl ServerProcess {
         let child = Command::new(tuna_bin())
             .args(&args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

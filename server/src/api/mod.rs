@@ -17,6 +17,7 @@ use crate::blobs::{Blobs, FinishedBlob};
 use crate::dataset::JsonlValidator;
 use crate::domain::ids;
 use crate::error::ApiError;
+use crate::metrics::ServiceMetrics;
 use crate::store::Store;
 
 /// Limits enforced at the API edge.
@@ -46,6 +47,7 @@ pub struct ApiContext {
     pub store: Arc<dyn Store>,
     pub blobs: Blobs,
     pub limits: Limits,
+    pub metrics: ServiceMetrics,
 }
 
 /// Checks a resource id's shape.

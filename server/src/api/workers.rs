@@ -28,6 +28,21 @@ impl Workers {
         Self { ctx }
     }
 
+    /// Counts a job that reached a terminal state, with its duration since the first claim.
+    async fn record_finish(&self, job_id: &str, state: crate::domain::JobState) {
+        if !state.is_terminal() {
+            return;
+        }
+        let seconds = match self.ctx.store.get_job(job_id).await {
+            Ok(j) => j
+                .started_at
+                .zip(j.finished_at)
+                .map(|(s, f)| (f - s) as f64 / 1000.0),
+            Err(_) => None,
+        };
+        self.ctx.metrics.job_finished(state, seconds);
+    }
+
     /// Attaches the model and dataset files the worker must download. A job whose model or
     /// files are gone can never run: it fails as a USER failure (no retry) instead of being
     /// handed out, and `None` is returned.
@@ -218,6 +233,9 @@ impl WorkerService for Workers {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(lease) = store.claim_job(&worker).await.map_err(ApiError::from)? {
+                if lease.reclaimed {
+                    self.ctx.metrics.leases_lost(1);
+                }
                 match self.resolve(lease).await? {
                     Some(lease) => {
                         return Ok(Response::new(pb::AcquireJobResponse { lease: Some(lease) }));
@@ -260,6 +278,11 @@ impl WorkerService for Workers {
         let req = request.into_inner();
         let f = fence(&req.job_id, &req.lease_token)?;
         let points = metric_inputs(req.points)?;
+        for p in &points {
+            if let Some(v) = p.values.get("tokens_per_s") {
+                self.ctx.metrics.tokens_per_s(*v);
+            }
+        }
         let last_seq = self
             .ctx
             .store
@@ -363,6 +386,7 @@ impl WorkerService for Workers {
             .complete_job(f, outcome)
             .await
             .map_err(ApiError::from)?;
+        self.record_finish(&req.job_id, state).await;
         Ok(Response::new(pb::CompleteJobResponse {
             state: convert::job_state(state) as i32,
         }))
@@ -389,6 +413,7 @@ impl WorkerService for Workers {
             .fail_job(f, kind, &req.message)
             .await
             .map_err(ApiError::from)?;
+        self.record_finish(&req.job_id, reply.state).await;
         Ok(Response::new(pb::FailJobResponse {
             state: convert::job_state(reply.state) as i32,
             will_retry: reply.will_retry,

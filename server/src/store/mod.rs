@@ -133,6 +133,8 @@ pub struct Lease {
     pub expires_at: i64,
     /// The newest committed checkpoint, to resume from.
     pub resume_from: Option<ArtifactRecord>,
+    /// The job was taken over from an attempt whose lease expired.
+    pub reclaimed: bool,
 }
 
 /// Answer to a heartbeat.
@@ -350,6 +352,9 @@ pub trait Store: Send + Sync + 'static {
         job_id: &str,
         kind: Option<ArtifactKind>,
     ) -> Result<Vec<ArtifactRecord>>;
+
+    /// Number of jobs per state (states without jobs are absent).
+    async fn count_jobs_by_state(&self) -> Result<Vec<(JobState, i64)>>;
 
     /// Wake-ups for long-polls and watches.
     fn notifier(&self) -> &Notifier;

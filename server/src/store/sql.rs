@@ -557,7 +557,8 @@ macro_rules! impl_store {
                 .await?;
                 let Some(row) = row else { return Ok(None) };
                 let job = job_from_row(&row)?.job;
-                if job.state == JobState::Running {
+                let was_running = job.state == JobState::Running;
+                if was_running {
                     let msg = format!("lease of attempt {} expired; job reclaimed", job.attempt);
                     push_event(&mut tx, &job.id, "lease_expired", JobState::Queued, &msg, job.attempt, now)
                         .await?;
@@ -586,6 +587,7 @@ macro_rules! impl_store {
                 self.notifier.job_changed(&job.id);
                 tracing::info!(job = %job.id, attempt, "job claimed");
                 Ok(Some(Lease {
+                    reclaimed: was_running,
                     job,
                     lease_token: token,
                     expires_at,
@@ -1133,6 +1135,18 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(artifact_from_row).collect()
+            }
+
+            async fn count_jobs_by_state(&self) -> Result<Vec<(JobState, i64)>> {
+                let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let state: String = r.try_get("state")?;
+                        Ok((parse_text("jobs", &state, JobState::parse)?, r.try_get("n")?))
+                    })
+                    .collect()
             }
 
             fn notifier(&self) -> &$crate::store::Notifier {

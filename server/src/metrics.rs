@@ -1,0 +1,113 @@
+//! Service metrics (DESIGN.md §6): queue depth, finished jobs, job durations, worker
+//! throughput and lease losses. Instruments come from the global OpenTelemetry meter, which is
+//! a no-op until `telemetry::init` installs an OTLP exporter, so recording is always cheap.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
+
+use crate::domain::JobState;
+use crate::store::Store;
+
+/// The control plane's instruments.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    finished: Counter<u64>,
+    job_seconds: Histogram<f64>,
+    tokens_per_s: Histogram<f64>,
+    lease_losses: Counter<u64>,
+    depth: Arc<Mutex<BTreeMap<&'static str, i64>>>,
+    _depth_gauge: Arc<ObservableGauge<i64>>,
+}
+
+impl Default for ServiceMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServiceMetrics {
+    pub fn new() -> Self {
+        let meter = opentelemetry::global::meter("tuna");
+        let depth: Arc<Mutex<BTreeMap<&'static str, i64>>> = Arc::default();
+        let read = depth.clone();
+        let gauge = meter
+            .i64_observable_gauge("tuna.jobs.by_state")
+            .with_description("Jobs per state (queued = queue depth), sampled from the store")
+            .with_callback(move |obs| {
+                if let Ok(depth) = read.lock() {
+                    for (state, n) in depth.iter() {
+                        obs.observe(*n, &[KeyValue::new("state", *state)]);
+                    }
+                }
+            })
+            .build();
+        Self {
+            finished: meter
+                .u64_counter("tuna.jobs.finished")
+                .with_description("Attempts that ended a job, by final state")
+                .build(),
+            job_seconds: meter
+                .f64_histogram("tuna.job.duration")
+                .with_unit("s")
+                .with_description("From first claim to the terminal state")
+                .build(),
+            tokens_per_s: meter
+                .f64_histogram("tuna.worker.tokens_per_s")
+                .with_description("Training throughput reported by workers")
+                .build(),
+            lease_losses: meter
+                .u64_counter("tuna.leases.lost")
+                .with_description("Leases that expired without a heartbeat (worker lost)")
+                .build(),
+            depth,
+            _depth_gauge: Arc::new(gauge),
+        }
+    }
+
+    /// A job reached a terminal state; `seconds` since its first claim when known.
+    pub fn job_finished(&self, state: JobState, seconds: Option<f64>) {
+        let attrs = [KeyValue::new("state", state.as_str())];
+        self.finished.add(1, &attrs);
+        if let Some(s) = seconds {
+            self.job_seconds.record(s, &attrs);
+        }
+    }
+
+    pub fn tokens_per_s(&self, value: f64) {
+        self.tokens_per_s.record(value, &[]);
+    }
+
+    pub fn leases_lost(&self, n: u64) {
+        if n > 0 {
+            self.lease_losses.add(n, &[]);
+        }
+    }
+
+    fn set_depth(&self, counts: Vec<(JobState, i64)>) {
+        if let Ok(mut depth) = self.depth.lock() {
+            for s in JobState::ALL {
+                depth.insert(s.as_str(), 0);
+            }
+            for (s, n) in counts {
+                depth.insert(s.as_str(), n);
+            }
+        }
+    }
+}
+
+/// Samples jobs per state from the store for the gauge (the gauge callback must not block).
+pub async fn sample_forever(store: Arc<dyn Store>, metrics: ServiceMetrics, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.count_jobs_by_state().await {
+            Ok(counts) => metrics.set_depth(counts),
+            Err(e) => tracing::warn!(error = %e, "sampling queue depth failed"),
+        }
+    }
+}
