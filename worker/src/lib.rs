@@ -1,1 +1,4 @@
+//! Tuna worker: a process per device that pulls fine-tuning jobs from the control plane
+//! (`agent`) and trains them (the engine).
 
+pub mod agent;

@@ -1,0 +1,85 @@
+//! gRPC clients of the control plane, with the worker token on WorkerService calls and the
+//! (optional) API key on file and artifact downloads.
+
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
+use tuna_proto::v1::file_service_client::FileServiceClient;
+use tuna_proto::v1::worker_service_client::WorkerServiceClient;
+
+use super::AgentError;
+
+/// Adds `authorization: Bearer <secret>` when a secret is set.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(secret: Option<&str>) -> Result<Self, AgentError> {
+        match secret.filter(|s| !s.is_empty()) {
+            None => Ok(Self(None)),
+            Some(s) => format!("Bearer {s}")
+                .parse()
+                .map(|v| Self(Some(v)))
+                .map_err(|_| {
+                    AgentError::Config("a token has characters not allowed in a header".into())
+                }),
+        }
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Worker = WorkerServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Files = FileServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Artifacts = ArtifactServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// One HTTP/2 connection, shared by all clients; reconnects lazily after the server restarts.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    channel: Channel,
+    worker_token: Bearer,
+    api_key: Bearer,
+}
+
+impl Conn {
+    pub fn new(
+        url: &str,
+        worker_token: Option<&str>,
+        api_key: Option<&str>,
+    ) -> Result<Self, AgentError> {
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| AgentError::Config(format!("server URL {url:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .connect_lazy();
+        Ok(Self {
+            channel,
+            worker_token: Bearer::new(worker_token)?,
+            api_key: Bearer::new(api_key)?,
+        })
+    }
+
+    pub fn worker(&self) -> Worker {
+        WorkerServiceClient::with_interceptor(self.channel.clone(), self.worker_token.clone())
+    }
+
+    pub fn files(&self) -> Files {
+        FileServiceClient::with_interceptor(self.channel.clone(), self.api_key.clone())
+    }
+
+    pub fn artifacts(&self) -> Artifacts {
+        ArtifactServiceClient::with_interceptor(self.channel.clone(), self.api_key.clone())
+    }
+}

@@ -1,0 +1,460 @@
+//! The worker agent (DESIGN.md §2): register, long-poll for a lease, fetch inputs (cached by
+//! content hash), run the engine on a blocking thread while heartbeating and streaming metrics,
+//! upload checkpoints and the adapter, and end the attempt. Directives (CANCEL, PAUSE,
+//! STOP_EARLY), a lost lease and SIGTERM all reach the engine through one [`Control`].
+
+pub mod cache;
+pub mod conn;
+mod heartbeat;
+mod metrics;
+pub mod pack;
+pub mod runner;
+pub mod upload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tuna_proto::v1 as pb;
+
+use cache::{Cache, CacheError};
+use conn::Conn;
+pub use runner::{Control, JobInputs, JobRunner, Progress, Reporter, RunError, RunOutcome, Stop};
+
+/// Agent failures that end the agent (per-job failures are reported to the server instead).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cache: {0}")]
+    Cache(#[from] CacheError),
+    #[error("registration refused: {0}")]
+    Register(tonic::Status),
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Control plane URL, for example http://127.0.0.1:50051.
+    pub server: String,
+    pub worker_token: Option<String>,
+    /// Needed for downloads only when the server requires an API key.
+    pub api_key: Option<String>,
+    pub name: String,
+    /// cpu or cuda.
+    pub device: String,
+    pub memory_bytes: i64,
+    pub cache_dir: PathBuf,
+    /// Longest AcquireJob long-poll.
+    pub acquire_wait: Duration,
+    /// How often buffered metrics are sent.
+    pub metrics_every: Duration,
+    /// Stop after this many jobs (tests and one-shot runs); `None` runs until shutdown.
+    pub max_jobs: Option<usize>,
+}
+
+/// A registered agent.
+pub struct Agent {
+    config: AgentConfig,
+    conn: Conn,
+    cache: Cache,
+    runner: Arc<dyn JobRunner>,
+    worker_id: String,
+    lease: Duration,
+    heartbeat: Duration,
+}
+
+impl Agent {
+    /// Registers with the control plane, retrying while it is unreachable.
+    pub async fn register(
+        config: AgentConfig,
+        runner: Arc<dyn JobRunner>,
+    ) -> Result<Self, AgentError> {
+        let conn = Conn::new(
+            &config.server,
+            config.worker_token.as_deref(),
+            config.api_key.as_deref(),
+        )?;
+        let cache = Cache::new(&config.cache_dir)?;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let req = pb::RegisterWorkerRequest {
+                name: config.name.clone(),
+                capabilities: Some(pb::WorkerCapabilities {
+                    device: config.device.clone(),
+                    memory_bytes: config.memory_bytes,
+                    free_disk_bytes: 0,
+                    cached_models: cache.cached_models(),
+                }),
+            };
+            match conn.worker().register_worker(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    tracing::info!(worker = %r.worker_id, "registered with {}", config.server);
+                    return Ok(Self {
+                        lease: Duration::from_millis(r.lease_duration_ms.max(1) as u64),
+                        heartbeat: Duration::from_millis(r.heartbeat_interval_ms.max(1) as u64),
+                        worker_id: r.worker_id,
+                        config,
+                        conn,
+                        cache,
+                        runner,
+                    });
+                }
+                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                    tracing::info!(
+                        "control plane not reachable yet ({}); retrying",
+                        s.message()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(s) => return Err(AgentError::Register(s)),
+            }
+        }
+    }
+
+    fn uploader(&self, lease: &pb::Lease) -> upload::Uploader {
+        upload::Uploader {
+            conn: self.conn.clone(),
+            cache: self.cache.clone(),
+            job_id: lease.job_id.clone(),
+            token: lease.lease_token.clone(),
+        }
+    }
+
+    /// The id the server gave this worker.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Pulls and runs jobs until `shutdown` flips to true. A job running at shutdown is
+    /// drained: checkpointed, released back to the queue, then the agent returns.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let mut done_jobs = 0usize;
+        let mut delay = Duration::from_millis(200);
+        while !*shutdown.borrow() && self.config.max_jobs.is_none_or(|m| done_jobs < m) {
+            let req = pb::AcquireJobRequest {
+                worker_id: self.worker_id.clone(),
+                wait_ms: self.config.acquire_wait.as_millis() as i64,
+            };
+            let mut client = self.conn.worker();
+            let reply = tokio::select! {
+                r = client.acquire_job(req) => r,
+                _ = shutdown.changed() => break,
+            };
+            match reply {
+                Ok(r) => {
+                    delay = Duration::from_millis(200);
+                    if let Some(lease) = r.into_inner().lease {
+                        self.run_job(lease, shutdown.clone()).await;
+                        done_jobs += 1;
+                    }
+                }
+                Err(s) => {
+                    tracing::warn!(error = %s, "acquire failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %lease.job_id, attempt = lease.attempt))]
+    async fn run_job(&self, lease: pb::Lease, mut shutdown: watch::Receiver<bool>) {
+        let control = Arc::new(Control::new());
+        let step = Arc::new(AtomicI64::new(0));
+        let (done_tx, done_rx) = watch::channel(false);
+        let beat = tokio::spawn(heartbeat::run(
+            self.conn.clone(),
+            heartbeat::Lease {
+                job_id: lease.job_id.clone(),
+                token: lease.lease_token.clone(),
+                interval: self.heartbeat,
+                duration: self.lease,
+            },
+            control.clone(),
+            step.clone(),
+            done_rx,
+        ));
+        // SIGTERM while training: drain.
+        let drain = {
+            let control = control.clone();
+            tokio::spawn(async move {
+                while shutdown.changed().await.is_ok() {
+                    if *shutdown.borrow() {
+                        control.request(Stop::Drain);
+                        return;
+                    }
+                }
+            })
+        };
+        let work_dir = self
+            .cache
+            .tmp_path(&format!("{}-{}", lease.job_id, lease.attempt));
+        let result = self.attempt(&lease, &work_dir, control.clone(), step).await;
+        self.finish(&lease, &control, result).await;
+        let _ = done_tx.send(true);
+        let _ = beat.await;
+        drain.abort();
+        let _ = tokio::fs::remove_dir_all(&work_dir).await;
+    }
+
+    /// Fetches the inputs and runs the engine; returns how the run ended.
+    async fn attempt(
+        &self,
+        lease: &pb::Lease,
+        work_dir: &std::path::Path,
+        control: Arc<Control>,
+        step: Arc<AtomicI64>,
+    ) -> Result<Finished, RunError> {
+        let inputs = self.inputs(lease, work_dir).await?;
+        let (metrics_tx, metrics_rx) = mpsc::channel(4096);
+        let metrics = tokio::spawn(metrics::run(
+            self.conn.clone(),
+            lease.job_id.clone(),
+            lease.lease_token.clone(),
+            metrics_rx,
+            self.config.metrics_every,
+        ));
+        let (ckpt_tx, ckpt_rx) = mpsc::unbounded_channel();
+        // Checkpoints are uploaded while training goes on, so a crash loses at most the steps
+        // since the last one.
+        let uploader = tokio::spawn(upload_checkpoints(self.uploader(lease), ckpt_rx));
+        let runner = self.runner.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut reporter = ChannelReporter {
+                metrics: metrics_tx,
+                checkpoints: ckpt_tx,
+                step,
+            };
+            runner.run(&inputs, &control, &mut reporter)
+        })
+        .await
+        .map_err(|e| RunError::System(format!("the training thread panicked: {e}")))?;
+        Ok(Finished {
+            outcome: outcome?,
+            uploader,
+            metrics,
+        })
+    }
+
+    async fn inputs(
+        &self,
+        lease: &pb::Lease,
+        work_dir: &std::path::Path,
+    ) -> Result<JobInputs, RunError> {
+        let cache_err = |e: CacheError| match e {
+            CacheError::Missing(_) => RunError::User(e.to_string()),
+            other => RunError::System(other.to_string()),
+        };
+        let model = lease
+            .model
+            .as_ref()
+            .ok_or_else(|| RunError::User("the lease names no registered model".into()))?;
+        let model_dir = self
+            .cache
+            .model(&self.conn, model)
+            .await
+            .map_err(cache_err)?;
+        let training = lease
+            .training_file
+            .as_ref()
+            .ok_or_else(|| RunError::User("the lease names no training file".into()))?;
+        let training_file = self
+            .cache
+            .file(&self.conn, training)
+            .await
+            .map_err(cache_err)?;
+        let validation_file = match &lease.validation_file {
+            Some(v) => Some(self.cache.file(&self.conn, v).await.map_err(cache_err)?),
+            None => None,
+        };
+        tokio::fs::create_dir_all(work_dir)
+            .await
+            .map_err(|e| RunError::System(format!("{}: {e}", work_dir.display())))?;
+        let resume_from = match &lease.resume_from {
+            Some(artifact) => {
+                let tar = work_dir.join("resume.tar");
+                upload::download_artifact(&self.conn, artifact, &tar)
+                    .await
+                    .map_err(|e| {
+                        RunError::System(format!("downloading checkpoint {}: {e}", artifact.id))
+                    })?;
+                let dir = work_dir.join("resume");
+                pack::unpack(&tar, &dir)
+                    .map_err(|e| RunError::System(format!("checkpoint {}: {e}", artifact.id)))?;
+                tracing::info!(checkpoint = %artifact.id, step = artifact.step, "resuming");
+                Some(dir)
+            }
+            None => None,
+        };
+        Ok(JobInputs {
+            job_id: lease.job_id.clone(),
+            attempt: lease.attempt,
+            spec: lease.spec.clone().unwrap_or_default(),
+            model_dir,
+            model_format: model.format(),
+            training_file,
+            validation_file,
+            resume_from,
+            work_dir: work_dir.to_path_buf(),
+        })
+    }
+
+    /// Uploads what the run produced and ends the attempt on the server.
+    async fn finish(
+        &self,
+        lease: &pb::Lease,
+        control: &Control,
+        result: Result<Finished, RunError>,
+    ) {
+        let job = &lease.job_id;
+        let token = &lease.lease_token;
+        let mut client = self.conn.worker();
+        let Finished {
+            outcome,
+            uploader,
+            metrics,
+        } = match result {
+            Ok(parts) => parts,
+            Err(e) => {
+                if control.stop_requested() == Some(Stop::LeaseLost) {
+                    return;
+                }
+                let kind = match e {
+                    RunError::User(_) => pb::FailureKind::User,
+                    RunError::System(_) => pb::FailureKind::System,
+                };
+                tracing::warn!(error = %e, "job failed");
+                let req = pb::FailJobRequest {
+                    job_id: job.clone(),
+                    lease_token: token.clone(),
+                    kind: kind as i32,
+                    message: truncate(&e.to_string(), 4096),
+                };
+                if let Err(s) = client.fail_job(req).await {
+                    tracing::warn!(error = %s, "could not report the failure; the lease will expire");
+                }
+                return;
+            }
+        };
+        let dropped = metrics.await.unwrap_or(0);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "metric points were dropped while the server was unreachable"
+            );
+        }
+        if control.stop_requested() == Some(Stop::LeaseLost) {
+            tracing::warn!("lease lost: discarding the run's results");
+            return;
+        }
+        // Every checkpoint is committed before the attempt ends, so a pause or a drain always
+        // leaves the newest one behind for the next attempt.
+        let _ = uploader.await;
+        let (outcome_kind, adapter) = match &outcome {
+            RunOutcome::Finished { step, adapter_dir } => {
+                (pb::Outcome::Succeeded, Some((*step, adapter_dir.clone())))
+            }
+            RunOutcome::Stopped {
+                reason,
+                step,
+                adapter_dir,
+            } => match reason {
+                Stop::Cancel => (pb::Outcome::Cancelled, None),
+                Stop::Pause => (pb::Outcome::Paused, None),
+                Stop::Drain => (pb::Outcome::Released, None),
+                Stop::StopEarly => (
+                    pb::Outcome::Succeeded,
+                    adapter_dir.clone().map(|d| (*step, d)),
+                ),
+                Stop::LeaseLost => return,
+            },
+        };
+        let uploaded = match adapter {
+            Some((step, dir)) => self
+                .uploader(lease)
+                .upload_dir(pb::ArtifactKind::Adapter, step, &dir, "adapter.tar")
+                .await
+                .map(drop),
+            None => Ok(()),
+        };
+        if let Err(e) = uploaded {
+            let req = pb::FailJobRequest {
+                job_id: job.clone(),
+                lease_token: token.clone(),
+                kind: pb::FailureKind::System as i32,
+                message: truncate(&format!("uploading the adapter failed: {e}"), 4096),
+            };
+            let _ = client.fail_job(req).await;
+            return;
+        }
+        let req = pb::CompleteJobRequest {
+            job_id: job.clone(),
+            lease_token: token.clone(),
+            outcome: outcome_kind as i32,
+        };
+        match client.complete_job(req).await {
+            Ok(r) => tracing::info!(state = ?r.into_inner().state(), "attempt ended"),
+            Err(s) => {
+                tracing::warn!(error = %s, "could not end the attempt; the lease will expire")
+            }
+        }
+    }
+}
+
+/// A run that returned, with the tasks still flushing its output.
+struct Finished {
+    outcome: RunOutcome,
+    uploader: tokio::task::JoinHandle<()>,
+    metrics: tokio::task::JoinHandle<u64>,
+}
+
+/// Uploads checkpoints in step order until the engine's reporter is dropped.
+async fn upload_checkpoints(
+    uploader: upload::Uploader,
+    mut rx: mpsc::UnboundedReceiver<(i64, PathBuf)>,
+) {
+    while let Some((step, dir)) = rx.recv().await {
+        let name = format!("checkpoint-{step}.tar");
+        match uploader
+            .upload_dir(pb::ArtifactKind::Checkpoint, step, &dir, &name)
+            .await
+        {
+            Ok(a) => tracing::info!(artifact = %a.id, step, "checkpoint uploaded"),
+            Err(e) => tracing::warn!(error = %e, step, "checkpoint upload failed"),
+        }
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+}
+
+/// The engine's reporter: never blocks on the network.
+struct ChannelReporter {
+    metrics: mpsc::Sender<Progress>,
+    checkpoints: mpsc::UnboundedSender<(i64, PathBuf)>,
+    step: Arc<AtomicI64>,
+}
+
+impl Reporter for ChannelReporter {
+    fn progress(&mut self, p: Progress) {
+        self.step.store(p.step, Ordering::Relaxed);
+        // A full buffer means the network is far behind: drop rather than stall training.
+        let _ = self.metrics.try_send(p);
+    }
+
+    fn checkpoint(&mut self, step: i64, dir: &std::path::Path) {
+        let _ = self.checkpoints.send((step, dir.to_path_buf()));
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}

@@ -1,0 +1,147 @@
+//! Artifact upload: pack a directory, hash it, stream it under the lease.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tuna_proto::v1 as pb;
+
+use super::cache::Cache;
+use super::conn::Conn;
+use super::pack;
+
+/// Upload failures.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("packing {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("upload refused: {0}")]
+    Rpc(#[from] tonic::Status),
+}
+
+/// Uploads artifacts of one attempt (fenced by its lease token).
+#[derive(Clone)]
+pub struct Uploader {
+    pub conn: Conn,
+    pub cache: Cache,
+    pub job_id: String,
+    pub token: String,
+}
+
+impl Uploader {
+    /// Packs `dir` and uploads it as an artifact named `name`.
+    pub async fn upload_dir(
+        &self,
+        kind: pb::ArtifactKind,
+        step: i64,
+        dir: &Path,
+        name: &str,
+    ) -> Result<pb::Artifact, UploadError> {
+        let tar = self.cache.tmp_path(name);
+        let io = |source| UploadError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        let packed = {
+            let (dir, tar) = (dir.to_path_buf(), tar.clone());
+            tokio::task::spawn_blocking(move || pack::pack_dir(&dir, &tar))
+                .await
+                .map_err(|e| io(std::io::Error::other(e)))?
+        };
+        packed.map_err(io)?;
+        let result = upload_file(
+            &self.conn,
+            &self.job_id,
+            &self.token,
+            kind,
+            step,
+            &tar,
+            name,
+        )
+        .await;
+        let _ = tokio::fs::remove_file(&tar).await;
+        result
+    }
+}
+
+async fn upload_file(
+    conn: &Conn,
+    job_id: &str,
+    token: &str,
+    kind: pb::ArtifactKind,
+    step: i64,
+    path: &Path,
+    name: &str,
+) -> Result<pb::Artifact, UploadError> {
+    let io = |source| UploadError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let bytes = tokio::fs::read(path).await.map_err(io)?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let header = pb::UploadArtifactRequest {
+        data: Some(pb::upload_artifact_request::Data::Header(
+            pb::UploadArtifactHeader {
+                job_id: job_id.to_string(),
+                lease_token: token.to_string(),
+                kind: kind as i32,
+                step,
+                name: name.to_string(),
+                size_bytes: bytes.len() as i64,
+                sha256,
+            },
+        )),
+    };
+    let mut messages = vec![header];
+    messages.extend(
+        bytes
+            .chunks(tuna_proto::CHUNK_SIZE)
+            .map(|c| pb::UploadArtifactRequest {
+                data: Some(pb::upload_artifact_request::Data::Chunk(c.to_vec())),
+            }),
+    );
+    let reply = conn
+        .worker()
+        .upload_artifact(futures::stream::iter(messages))
+        .await?;
+    Ok(reply.into_inner())
+}
+
+/// Downloads an artifact into `out`, verifying its sha256.
+pub async fn download_artifact(
+    conn: &Conn,
+    artifact: &pb::Artifact,
+    out: &Path,
+) -> Result<(), UploadError> {
+    use tokio::io::AsyncWriteExt;
+    let io = |source| UploadError::Io {
+        path: out.display().to_string(),
+        source,
+    };
+    let mut stream = conn
+        .artifacts()
+        .download(pb::DownloadRequest {
+            artifact_id: artifact.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut file = tokio::fs::File::create(out).await.map_err(io)?;
+    let mut hasher = Sha256::new();
+    while let Some(msg) = stream.message().await? {
+        if let Some(pb::download_response::Data::Chunk(c)) = msg.data {
+            hasher.update(&c);
+            file.write_all(&c).await.map_err(io)?;
+        }
+    }
+    file.flush().await.map_err(io)?;
+    let actual = hex::encode(hasher.finalize());
+    if actual != artifact.sha256 {
+        return Err(UploadError::Rpc(tonic::Status::data_loss(format!(
+            "artifact {} downloaded with sha256 {actual}, expected {}",
+            artifact.id, artifact.sha256
+        ))));
+    }
+    Ok(())
+}

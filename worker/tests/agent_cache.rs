@@ -1,0 +1,118 @@
+//! The agent's content-addressed cache against a real control plane over loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tuna_proto::v1 as pb;
+use tuna_proto::v1::file_service_client::FileServiceClient;
+use tuna_server::api::Limits;
+use tuna_server::blobs::Blobs;
+use tuna_server::config::ServerConfig;
+use tuna_server::serve::ControlPlane;
+use tuna_server::store::{QueuePolicy, SystemClock, sqlite::SqliteStore};
+use tuna_worker::agent::cache::{Cache, CacheError};
+use tuna_worker::agent::conn::Conn;
+
+async fn serve(dir: &std::path::Path) -> (String, Blobs) {
+    let url = format!("sqlite://{}", dir.join("tuna.db").display());
+    let store = SqliteStore::connect(&url, QueuePolicy::default(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let blobs = Blobs::local(&dir.join("blobs")).unwrap();
+    let plane = ControlPlane::new(
+        Arc::new(store),
+        blobs.clone(),
+        Limits::default(),
+        &ServerConfig::default(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(plane.serve_on(listener, std::future::pending()));
+    (format!("http://{addr}"), blobs)
+}
+
+async fn upload(url: &str, name: &str, body: &[u8]) -> pb::File {
+    let header = pb::UploadFileRequest {
+        data: Some(pb::upload_file_request::Data::Header(
+            pb::UploadFileHeader {
+                name: name.into(),
+                purpose: pb::FilePurpose::Model as i32,
+                size_bytes: body.len() as i64,
+                sha256: hex::encode(Sha256::digest(body)),
+                format: 0,
+            },
+        )),
+    };
+    let chunk = pb::UploadFileRequest {
+        data: Some(pb::upload_file_request::Data::Chunk(body.to_vec())),
+    };
+    FileServiceClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .upload(futures::stream::iter(vec![header, chunk]))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn files_are_downloaded_once_verified_and_assembled_into_model_folders() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let (url, blobs) = serve(server_dir.path()).await;
+    let config = upload(&url, "config.json", b"{\"hidden_size\": 8}").await;
+    let weights = upload(&url, "model.safetensors", &vec![3u8; 3_000_000]).await;
+
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::new(cache_dir.path()).unwrap();
+    let conn = Conn::new(&url, None, None).unwrap();
+    let path = cache.file(&conn, &weights).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap().len(), 3_000_000);
+
+    let model = pb::Model {
+        name: "tiny".into(),
+        format: pb::ModelFormat::Hf as i32,
+        files: [("config.json", &config), ("model.safetensors", &weights)]
+            .into_iter()
+            .map(|(p, f)| pb::ModelFile {
+                path: p.into(),
+                file_id: f.id.clone(),
+                sha256: f.sha256.clone(),
+                size_bytes: f.size_bytes,
+            })
+            .collect(),
+        created_at: None,
+    };
+    let dir = cache.model(&conn, &model).await.unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("config.json")).unwrap(),
+        b"{\"hidden_size\": 8}"
+    );
+    assert_eq!(cache.cached_models().len(), 1);
+
+    // Cached by content: the server losing its copy does not matter any more.
+    blobs
+        .delete(&format!("files/{}", weights.id))
+        .await
+        .unwrap();
+    assert_eq!(cache.file(&conn, &weights).await.unwrap(), path);
+    assert_eq!(cache.model(&conn, &model).await.unwrap(), dir);
+
+    // A file the server does not have is the job's problem (USER), not a retryable one.
+    let mut ghost = weights.clone();
+    ghost.id = "file_0123456789abcdef0123456789abcdef".into();
+    ghost.sha256 = "0".repeat(64);
+    assert!(matches!(
+        cache.file(&conn, &ghost).await,
+        Err(CacheError::Missing(_))
+    ));
+    // Bytes that do not match the expected digest are refused and not cached.
+    let mut lied = config.clone();
+    lied.sha256 = "f".repeat(64);
+    assert!(matches!(
+        cache.file(&conn, &lied).await,
+        Err(CacheError::Corrupt { .. })
+    ));
+    assert!(!cache_dir.path().join("blobs").join(&lied.sha256).exists());
+}
