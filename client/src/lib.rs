@@ -271,6 +271,62 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A job's artifacts of `kind` (UNSPECIFIED = all), oldest first.
+    pub async fn list_artifacts(
+        &self,
+        job_id: &str,
+        kind: pb::ArtifactKind,
+    ) -> Result<Vec<pb::Artifact>, ClientError> {
+        let req = pb::ListArtifactsRequest {
+            job_id: job_id.to_string(),
+            kind: kind as i32,
+        };
+        Ok(self.artifacts().list_artifacts(req).await?.into_inner().artifacts)
+    }
+
+    /// Downloads an artifact (a tar), verifies its sha256, and unpacks it into `dir`.
+    pub async fn download_artifact_into(
+        &self,
+        artifact: &pb::Artifact,
+        dir: &Path,
+    ) -> Result<(), ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |source| ClientError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        let tar = dir.join(format!(".{}.download", artifact.id));
+        let req = pb::DownloadRequest {
+            artifact_id: artifact.id.clone(),
+        };
+        let mut stream = self.artifacts().download(req).await?.into_inner();
+        let mut file = tokio::fs::File::create(&tar).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        while let Some(msg) = stream.message().await? {
+            if let Some(pb::download_response::Data::Chunk(c)) = msg.data {
+                hasher.update(&c);
+                file.write_all(&c).await.map_err(io)?;
+            }
+        }
+        file.flush().await.map_err(io)?;
+        drop(file);
+        let actual = hex::encode(hasher.finalize());
+        if actual != artifact.sha256 {
+            let _ = tokio::fs::remove_file(&tar).await;
+            return Err(ClientError::Corrupt {
+                artifact: artifact.id.clone(),
+                expected: artifact.sha256.clone(),
+                actual,
+            });
+        }
+        let unpacked = tuna_worker::agent::pack::unpack(&tar, dir);
+        let _ = tokio::fs::remove_file(&tar).await;
+        unpacked.map_err(io)
+    }
+}
+
 /// Whether a job state is final.
 pub fn is_terminal(state: pb::JobState) -> bool {
     matches!(

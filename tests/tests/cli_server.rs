@@ -201,6 +201,54 @@ async fn watch_exits_nonzero_when_the_job_fails_and_unknown_models_fail_fast() {
     assert_eq!(failed["failure"]["kind"], "user");
     assert_eq!(failed["attempt"], 1);
 
+    // The worker uploads an adapter (a tar of the PEFT folder); the CLI downloads, verifies
+    // and unpacks it.
+    let adapter = dir.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        "{\"peft_type\": \"LORA\"}",
+    )
+    .unwrap();
+    std::fs::write(adapter.join("adapter_model.safetensors"), vec![1u8; 4096]).unwrap();
+    let tar = dir.path().join("adapter.tar");
+    tuna_worker::agent::pack::pack_dir(&adapter, &tar).unwrap();
+    let bytes = std::fs::read(&tar).unwrap();
+    use sha2::Digest;
+    let header = pb::UploadArtifactRequest {
+        data: Some(pb::upload_artifact_request::Data::Header(
+            pb::UploadArtifactHeader {
+                job_id: id.clone(),
+                lease_token: lease.lease_token.clone(),
+                kind: pb::ArtifactKind::Adapter as i32,
+                step: 7,
+                name: "adapter.tar".into(),
+                size_bytes: bytes.len() as i64,
+                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            },
+        )),
+    };
+    let chunk = pb::UploadArtifactRequest {
+        data: Some(pb::upload_artifact_request::Data::Chunk(bytes)),
+    };
+    w.upload_artifact(tokio_stream::iter(vec![header, chunk]))
+        .await
+        .unwrap();
+    let out = dir.path().join("downloaded");
+    let got = server.json(&[
+        "artifacts",
+        "download",
+        &id,
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(got["artifact"]["step"], 7);
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        vec![1u8; 4096]
+    );
+    assert!(out.join("adapter_config.json").exists());
+
     w.fail_job(pb::FailJobRequest {
         job_id: id.clone(),
         lease_token: lease.lease_token,

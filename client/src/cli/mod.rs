@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Every command accepts `--output json`.
 
+mod artifacts;
 mod files;
 mod jobs;
 mod models;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Register and list base models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// List and download adapters and checkpoints.
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
 }
 
 /// Errors of the CLI.
@@ -82,5 +86,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Files(cmd) => files::run(&cli, cmd).await,
         Command::Jobs(cmd) => jobs::run(&cli, cmd).await,
         Command::Models(cmd) => models::run(&cli, cmd).await,
+        Command::Artifacts(cmd) => artifacts::run(&cli, cmd).await,
     }
 }
