@@ -282,7 +282,12 @@ impl Client {
             job_id: job_id.to_string(),
             kind: kind as i32,
         };
-        Ok(self.artifacts().list_artifacts(req).await?.into_inner().artifacts)
+        Ok(self
+            .artifacts()
+            .list_artifacts(req)
+            .await?
+            .into_inner()
+            .artifacts)
     }
 
     /// Downloads an artifact (a tar), verifies its sha256, and unpacks it into `dir`.

@@ -211,7 +211,10 @@ mod cases {
         store.create_job(new_job(0, 3)).await.unwrap();
         let mut counts = store.count_jobs_by_state().await.unwrap();
         counts.sort_by_key(|(s, _)| s.as_str());
-        assert_eq!(counts, vec![(JobState::Cancelled, 1), (JobState::Queued, 1)]);
+        assert_eq!(
+            counts,
+            vec![(JobState::Cancelled, 1), (JobState::Queued, 1)]
+        );
         let w = worker(&store, "w").await;
         let next = store.claim_job(&w).await.unwrap().unwrap();
         assert_ne!(next.job.id, job.id, "a cancelled job is never claimed");

@@ -58,15 +58,24 @@ pub async fn run(cli: &Cli, cmd: &ArtifactsCommand) -> Result<ExitCode, CliError
     let client = connect(cli).await?;
     match cmd {
         ArtifactsCommand::List { job } => {
-            let list = client.list_artifacts(job, pb::ArtifactKind::Unspecified).await?;
+            let list = client
+                .list_artifacts(job, pb::ArtifactKind::Unspecified)
+                .await?;
             match cli.output {
                 Output::Json => output::print_json(&json!({
                     "artifacts": list.iter().map(artifact_json).collect::<Vec<_>>(),
                 })),
                 Output::Text => {
                     for a in &list {
-                        let kind = a.kind().as_str_name().trim_start_matches("ARTIFACT_KIND_").to_ascii_lowercase();
-                        println!("{}  {kind:<10}  step {:<8} {:>12} bytes  {}", a.id, a.step, a.size_bytes, a.name);
+                        let kind = a
+                            .kind()
+                            .as_str_name()
+                            .trim_start_matches("ARTIFACT_KIND_")
+                            .to_ascii_lowercase();
+                        println!(
+                            "{}  {kind:<10}  step {:<8} {:>12} bytes  {}",
+                            a.id, a.step, a.size_bytes, a.name
+                        );
                     }
                 }
             }
@@ -74,9 +83,9 @@ pub async fn run(cli: &Cli, cmd: &ArtifactsCommand) -> Result<ExitCode, CliError
         ArtifactsCommand::Download { job, out, kind } => {
             let list = client.list_artifacts(job, kind.proto()).await?;
             let Some(artifact) = list.last() else {
-                return Err(CliError::Client(ClientError::Rpc(tonic::Status::not_found(format!(
-                    "job {job} has no {kind:?} artifact yet"
-                )))));
+                return Err(CliError::Client(ClientError::Rpc(
+                    tonic::Status::not_found(format!("job {job} has no {kind:?} artifact yet")),
+                )));
             };
             client.download_artifact_into(artifact, out).await?;
             match cli.output {
