@@ -576,6 +576,45 @@ mod cases {
         store.delete_file(&weights.id).await.unwrap();
     }
 
+    pub async fn stop_early_reaches_the_worker_through_its_heartbeat(store: S, _clock: C) {
+        let (job, _) = store.create_job(new_job(0, 3)).await.unwrap();
+        assert!(matches!(
+            store.request_stop_early(&job.id, "rung 1").await,
+            Err(StoreError::InvalidTransition { .. })
+        ));
+        let w = worker(&store, "w").await;
+        let lease = store.claim_job(&w).await.unwrap().unwrap();
+        let f = fence(&job.id, &lease.lease_token);
+        assert_eq!(
+            store.heartbeat(f).await.unwrap().directive,
+            Directive::Continue
+        );
+        store
+            .request_stop_early(&job.id, "ASHA rung 1")
+            .await
+            .unwrap();
+        store
+            .request_stop_early(&job.id, "ASHA rung 1")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.heartbeat(f).await.unwrap().directive,
+            Directive::StopEarly
+        );
+        // Cancel outranks stopping early.
+        store.cancel_job(&job.id).await.unwrap();
+        assert_eq!(
+            store.heartbeat(f).await.unwrap().directive,
+            Directive::Cancel
+        );
+        let events = store.list_events(&job.id, 0, 100).await.unwrap();
+        let stops = events
+            .iter()
+            .filter(|e| e.kind == "stop_early_requested")
+            .count();
+        assert_eq!(stops, 1, "idempotent");
+    }
+
     /// Lets cases read the manual clock without importing the trait everywhere.
     trait NowForTest {
         fn now_ms_for_test(&self) -> i64;
@@ -629,6 +668,7 @@ conformance!(
     files_used_by_active_jobs_cannot_be_deleted,
     label_filters_and_keyset_pages_cover_every_job_once,
     model_registry_keeps_its_files_and_refuses_in_use_deletes,
+    stop_early_reaches_the_worker_through_its_heartbeat,
 );
 
 /// PostgreSQL only: a change committed through one replica wakes waiters of another replica

@@ -287,6 +287,9 @@ pub trait Store: Send + Sync + 'static {
     /// (reclaimed with attempt + 1). Highest priority first, then oldest.
     async fn claim_job(&self, worker: &WorkerRecord) -> Result<Option<Lease>>;
     async fn heartbeat(&self, fence: Fence<'_>) -> Result<HeartbeatReply>;
+    /// Asks the worker of a RUNNING job to stop early (sweep early stopping); the next
+    /// heartbeat answers STOP_EARLY. Idempotent; other states are `InvalidTransition`.
+    async fn request_stop_early(&self, id: &str, reason: &str) -> Result<JobRecord>;
     /// Appends metric points, one `seq` each; returns the last seq.
     async fn record_metrics(&self, fence: Fence<'_>, points: &[MetricInput]) -> Result<i64>;
     async fn complete_job(&self, fence: Fence<'_>, outcome: Outcome) -> Result<JobState>;

@@ -568,7 +568,7 @@ macro_rules! impl_store {
                 sqlx::query(
                     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = $2, \
                      lease_expires_at = $3, worker_id = $4, started_at = COALESCE(started_at, $5), \
-                     updated_at = $5 WHERE id = $1",
+                     updated_at = $5, stop_requested = FALSE WHERE id = $1",
                 )
                 .bind(&job.id)
                 .bind(&token)
@@ -597,27 +597,65 @@ macro_rules! impl_store {
 
             async fn heartbeat(&self, fence: Fence<'_>) -> Result<HeartbeatReply> {
                 let expires_at = self.clock.now_ms() + self.policy.lease_ms;
-                let state: Option<String> = sqlx::query_scalar(
+                let row = sqlx::query(
                     "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 \
-                     AND state IN ('running', 'cancelling', 'pausing') RETURNING state",
+                     AND state IN ('running', 'cancelling', 'pausing') \
+                     RETURNING state, stop_requested",
                 )
                 .bind(fence.job_id)
                 .bind(fence.lease_token)
                 .bind(expires_at)
                 .fetch_optional(&self.pool)
-                .await?;
-                let state = state.ok_or_else(|| StoreError::LeaseLost {
+                .await?
+                .ok_or_else(|| StoreError::LeaseLost {
                     job_id: fence.job_id.to_string(),
                 })?;
+                let state: String = row.try_get("state")?;
+                let stop: bool = row.try_get("stop_requested")?;
                 let directive = match parse_text("jobs", &state, JobState::parse)? {
                     JobState::Cancelling => Directive::Cancel,
                     JobState::Pausing => Directive::Pause,
+                    _ if stop => Directive::StopEarly,
                     _ => Directive::Continue,
                 };
                 Ok(HeartbeatReply {
                     directive,
                     expires_at,
                 })
+            }
+
+            #[tracing::instrument(skip(self))]
+            async fn request_stop_early(&self, id: &str, reason: &str) -> Result<JobRecord> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let row = lock_job(&mut tx, id).await?;
+                let job = row.job;
+                if job.state != JobState::Running {
+                    return Err(StoreError::InvalidTransition {
+                        id: id.to_string(),
+                        state: job.state,
+                        action: "stop early",
+                    });
+                }
+                let already: bool = sqlx::query_scalar("SELECT stop_requested FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !already {
+                    sqlx::query("UPDATE jobs SET stop_requested = TRUE, updated_at = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    let msg = format!("stop early requested: {reason}");
+                    push_event(&mut tx, id, "stop_early_requested", job.state, &msg, job.attempt, now)
+                        .await?;
+                    self.notify_in_tx(&mut tx, JOB_CHANNEL, id).await?;
+                }
+                let job = lock_job(&mut tx, id).await?.job;
+                tx.commit().await?;
+                self.notifier.job_changed(id);
+                Ok(job)
             }
 
             async fn record_metrics(&self, fence: Fence<'_>, points: &[MetricInput]) -> Result<i64> {
