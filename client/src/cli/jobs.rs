@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use tuna::{ClientError, pb};
 
-use super::{Cli, CliError, EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, Output, connect, output};
+use super::{
+    Cli, CliError, EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, Output, connect, output, progress,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
@@ -172,9 +174,15 @@ async fn watch(
     after_seq: i64,
 ) -> Result<ExitCode, CliError> {
     let out = cli.output;
-    let job = client
-        .watch_job(id, after_seq, |u| output::update(out, u))
-        .await?;
+    let spec = client.get_job(id).await?.spec.unwrap_or_default();
+    let total = spec
+        .hyperparameters
+        .and_then(|h| h.max_steps)
+        .map(|s| s.max(0) as u64);
+    let mut view = progress::View::new(out, total);
+    let job = client.watch_job(id, after_seq, |u| view.update(u)).await;
+    view.finish();
+    let job = job?;
     if out == Output::Text {
         output::job(Output::Text, &job);
     }

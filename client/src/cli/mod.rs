@@ -5,6 +5,7 @@ mod files;
 mod jobs;
 mod models;
 mod output;
+mod progress;
 mod server;
 
 use std::process::ExitCode;
