@@ -50,6 +50,7 @@ pub enum ServeError {
 /// A configured control plane, ready to serve.
 pub struct ControlPlane {
     pub ctx: ApiContext,
+    stopping: tokio::sync::watch::Sender<bool>,
     api_key: Token,
     worker_token: Token,
 }
@@ -81,13 +82,16 @@ impl ControlPlane {
 
     /// Assembles a control plane from parts (tests pass their own store).
     pub fn new(store: Arc<dyn Store>, blobs: Blobs, limits: Limits, config: &ServerConfig) -> Self {
+        let (stopping, shutdown) = tokio::sync::watch::channel(false);
         Self {
             ctx: ApiContext {
                 store,
                 blobs,
                 limits,
                 metrics: ServiceMetrics::new(),
+                shutdown,
             },
+            stopping,
             api_key: Token::new(&config.api_key, "API key"),
             worker_token: Token::new(&config.worker_token, "worker token"),
         }
@@ -157,9 +161,12 @@ impl ControlPlane {
         let worker_auth = move |req| worker_token.check(req);
         let ctx = self.ctx;
         let reporter = health_reporter.clone();
+        let stopping = self.stopping;
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: draining requests");
+            // Watches and long-polls end now; unary calls in flight finish.
+            let _ = stopping.send(true);
             reporter.set_not_serving::<JobServiceServer<Jobs>>().await;
             reporter
                 .set_not_serving::<WorkerServiceServer<Workers>>()

@@ -576,6 +576,27 @@ mod cases {
         store.delete_file(&weights.id).await.unwrap();
     }
 
+    pub async fn a_system_failure_while_pausing_pauses_instead_of_retrying(store: S, _clock: C) {
+        let (job, _) = store.create_job(new_job(0, 3)).await.unwrap();
+        let w = worker(&store, "w").await;
+        let lease = store.claim_job(&w).await.unwrap().unwrap();
+        store.pause_job(&job.id).await.unwrap();
+        let reply = store
+            .fail_job(
+                fence(&job.id, &lease.lease_token),
+                FailureKind::System,
+                "disk full",
+            )
+            .await
+            .unwrap();
+        assert_eq!((reply.state, reply.will_retry), (JobState::Paused, false));
+        assert!(store.claim_job(&w).await.unwrap().is_none());
+        assert_eq!(
+            store.resume_job(&job.id).await.unwrap().state,
+            JobState::Queued
+        );
+    }
+
     pub async fn stop_early_reaches_the_worker_through_its_heartbeat(store: S, _clock: C) {
         let (job, _) = store.create_job(new_job(0, 3)).await.unwrap();
         assert!(matches!(
@@ -669,6 +690,7 @@ conformance!(
     label_filters_and_keyset_pages_cover_every_job_once,
     model_registry_keeps_its_files_and_refuses_in_use_deletes,
     stop_early_reaches_the_worker_through_its_heartbeat,
+    a_system_failure_while_pausing_pauses_instead_of_retrying,
 );
 
 /// PostgreSQL only: a change committed through one replica wakes waiters of another replica

@@ -311,3 +311,65 @@ async fn embedded_default_server_runs_on_sqlite_without_a_database_url() {
         "queued"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_watches_and_long_polls_promptly() {
+    use tuna_proto::v1 as pb;
+    use tuna_proto::v1::worker_service_client::WorkerServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    std::fs::write(&data, DATASET).unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let file = server.json(&["files", "upload", &data.display().to_string()]);
+    let job = server.json(&[
+        "jobs",
+        "create",
+        "--model",
+        "m",
+        "--training-file",
+        file["id"].as_str().unwrap(),
+    ]);
+    // A watcher that would otherwise wait forever on a queued job...
+    let mut watcher = std::process::Command::new(tuna_e2e::tuna_bin())
+        .args(["jobs", "watch", job["id"].as_str().unwrap()])
+        .env("TUNA_SERVER", &server.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // ...and a worker long-polling for a minute.
+    let mut w = WorkerServiceClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let reg = w
+        .register_worker(pb::RegisterWorkerRequest {
+            name: "idle".into(),
+            capabilities: Some(pb::WorkerCapabilities {
+                device: "cuda".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let poll = tokio::spawn(async move {
+        w.acquire_job(pb::AcquireJobRequest {
+            worker_id: reg.worker_id,
+            wait_ms: 60_000,
+        })
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    assert!(server.terminate(), "graceful exit");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let reply = poll.await.unwrap().unwrap().into_inner();
+    assert!(reply.lease.is_none(), "the long-poll was answered empty");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

@@ -239,6 +239,7 @@ impl JobService for Jobs {
         // Fail fast on an unknown job instead of opening an empty stream.
         store.get_job(&req.id).await.map_err(ApiError::from)?;
         let poll = Duration::from_millis(self.ctx.limits.poll_interval_ms);
+        let mut stopping = self.ctx.shutdown.clone();
         let id = req.id;
         let mut after = req.after_seq;
         let stream = async_stream::try_stream! {
@@ -260,9 +261,15 @@ impl JobService for Jobs {
                 if job.state.is_terminal() && after >= job.last_seq {
                     break;
                 }
-                tokio::select! {
-                    _ = changed(&mut rx, &id) => {}
-                    _ = tokio::time::sleep(poll) => {}
+                let stop = tokio::select! {
+                    _ = changed(&mut rx, &id) => false,
+                    _ = tokio::time::sleep(poll) => false,
+                    _ = stopping.wait_for(|s| *s) => true,
+                };
+                if stop {
+                    Err(Status::unavailable(format!(
+                        "server shutting down; reconnect with after_seq = {after}"
+                    )))?;
                 }
             }
         };

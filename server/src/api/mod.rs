@@ -48,6 +48,9 @@ pub struct ApiContext {
     pub blobs: Blobs,
     pub limits: Limits,
     pub metrics: ServiceMetrics,
+    /// Flips to true when the server starts shutting down, so long-lived calls (watches,
+    /// long-polls) end instead of holding the graceful shutdown open.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Checks a resource id's shape.

@@ -227,6 +227,7 @@ impl WorkerService for Workers {
             .map_err(ApiError::from)?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
         let poll = Duration::from_millis(self.ctx.limits.poll_interval_ms);
+        let mut stopping = self.ctx.shutdown.clone();
         loop {
             // Register for a wake-up before looking, so a job queued in between is not missed.
             let notified = store.notifier().queue().notified();
@@ -252,6 +253,10 @@ impl WorkerService for Workers {
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(wait) => {}
+                // Shutting down: answer "nothing now" so the drain is not held open.
+                _ = stopping.wait_for(|s| *s) => {
+                    return Ok(Response::new(pb::AcquireJobResponse { lease: None }));
+                }
             }
         }
     }

@@ -741,11 +741,15 @@ macro_rules! impl_store {
                 let now = self.clock.now_ms();
                 let mut tx = self.begin().await?;
                 let job = lock_fenced(&mut tx, fence).await?;
-                let retry = kind == FailureKind::System
+                let system = kind == FailureKind::System;
+                let retry = system
                     && job.attempt < job.max_attempts
-                    && job.state != JobState::Cancelling;
+                    && job.state == JobState::Running;
                 let (target, run_after) = if job.state == JobState::Cancelling {
                     (JobState::Cancelled, job.run_after)
+                } else if system && job.state == JobState::Pausing {
+                    // The user asked for a pause: honour it; resuming retries the work.
+                    (JobState::Paused, job.run_after)
                 } else if retry {
                     let delay = self.policy.retry_delay_ms(&job.id, job.attempt);
                     (JobState::Queued, now + delay)
