@@ -2,3 +2,4 @@
 //! (`agent`) and trains them (the engine).
 
 pub mod agent;
+pub mod engine;

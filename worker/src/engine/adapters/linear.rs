@@ -1,0 +1,197 @@
+//! The adapter-capable linear layer: a frozen base weight plus optional trainable
+//! LoRA/DoRA parameters, with merge/unmerge for export.
+
+use candle_core::{D, DType, Result, Tensor, Var};
+
+use super::Mode;
+use super::dropout;
+
+/// Trainable low-rank parameters attached to one linear layer, following PEFT's
+/// `LoraLayer`: `y = W x + b + s · B(A(dropout(x)))`, or DoRA's magnitude-rescaled form.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// PEFT module key, e.g. `base_model.model.model.layers.0.self_attn.q_proj`.
+    pub key: String,
+    /// `lora_A.weight` `[r, in]`.
+    pub a: Var,
+    /// `lora_B.weight` `[out, r]`.
+    pub b: Var,
+    /// DoRA `lora_magnitude_vector` `[out]`.
+    pub magnitude: Option<Var>,
+    /// `alpha / r`, or `alpha / sqrt(r)` for rsLoRA.
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+impl Lora {
+    /// `s · B · A`, the low-rank weight update `[out, in]`.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
+    }
+}
+
+/// A linear layer whose base weight `[out, in]` is a plain (frozen) tensor.
+#[derive(Debug, Clone)]
+pub struct AdaptedLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<Lora>,
+    /// The base weight from before [`Self::merge`], restored exactly by [`Self::unmerge`].
+    unmerged: Option<Tensor>,
+}
+
+impl AdaptedLinear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+            unmerged: None,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims().first().copied().unwrap_or(0)
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims().get(1).copied().unwrap_or(0)
+    }
+
+    pub fn is_merged(&self) -> bool {
+        self.unmerged.is_some()
+    }
+
+    /// Attaches (or replaces) the adapter.
+    pub fn attach(&mut self, lora: Lora) {
+        self.lora = Some(lora);
+    }
+
+    /// Removes the adapter, returning it (and restoring the base weight if merged).
+    pub fn detach(&mut self) -> Option<Lora> {
+        if let Some(w) = self.unmerged.take() {
+            self.weight = w;
+        }
+        self.lora.take()
+    }
+
+    /// Replaces the frozen base weight (PiSSA-style inits rewrite it to the residual).
+    pub fn set_base_weight(&mut self, weight: Tensor) {
+        self.weight = weight;
+    }
+
+    /// Folds the adapter into the base weight; the forward pass then ignores the adapter.
+    /// LoRA: `W' = W + sBA`; DoRA: `W' = m / ‖W + sBA‖_row · (W + sBA)`.
+    pub fn merge(&mut self) -> Result<()> {
+        let Some(lora) = &self.lora else {
+            return Ok(());
+        };
+        if self.unmerged.is_some() {
+            return Ok(());
+        }
+        let merged = merged_weight(&self.weight, lora)?;
+        self.unmerged = Some(std::mem::replace(&mut self.weight, merged));
+        Ok(())
+    }
+
+    /// Undoes [`Self::merge`], bit-exactly (the original weight was kept).
+    pub fn unmerge(&mut self) {
+        if let Some(w) = self.unmerged.take() {
+            self.weight = w;
+        }
+    }
+
+    /// `x` `[..., in]` → `[..., out]`.
+    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let base = matmul_t(x, &self.weight)?;
+        let lora = match &self.lora {
+            Some(l) if self.unmerged.is_none() => l,
+            _ => return add_bias(base, self.bias.as_ref()),
+        };
+        let wd = lora.a.dtype();
+        let dropped = match mode.dropout_stream(&lora.key, lora.dropout) {
+            Some(rng) => Some(dropout::apply(x, lora.dropout, rng)?),
+            None => None,
+        };
+        let xa = dropped.as_ref().unwrap_or(x).to_dtype(wd)?;
+        let delta =
+            (matmul_t(&matmul_t(&xa, lora.a.as_tensor())?, lora.b.as_tensor())? * lora.scale)?;
+        let update = match &lora.magnitude {
+            None => delta,
+            Some(m) => {
+                // PEFT dora.py: (m/‖W+sBA‖ - 1) · (x Wᵀ) + (m/‖W+sBA‖) · s·x AᵀBᵀ, the norm
+                // detached (DoRA paper §4.3). With dropout, x Wᵀ uses the dropped input too.
+                let w = self.weight.to_dtype(wd)?;
+                let norm = row_norm(&(w.clone() + lora.delta_weight()?)?)?.detach();
+                let mag = m.as_tensor().broadcast_div(&norm)?;
+                let base_x = match &dropped {
+                    Some(_) => matmul_t(&xa, &w)?,
+                    None => base.to_dtype(wd)?,
+                };
+                (base_x.broadcast_mul(&(mag.clone() - 1.0)?)? + delta.broadcast_mul(&mag)?)?
+            }
+        };
+        add_bias(
+            (base + update.to_dtype(self.weight.dtype())?)?,
+            self.bias.as_ref(),
+        )
+    }
+}
+
+/// The merged weight for `lora` on top of `weight`, in the base dtype.
+pub fn merged_weight(weight: &Tensor, lora: &Lora) -> Result<Tensor> {
+    let wd = lora.a.dtype();
+    let w = (weight.to_dtype(wd)? + lora.delta_weight()?)?;
+    let w = match &lora.magnitude {
+        None => w,
+        Some(m) => {
+            let scale = m.as_tensor().broadcast_div(&row_norm(&w)?)?;
+            w.broadcast_mul(&scale.unsqueeze(1)?)?
+        }
+    };
+    w.detach().to_dtype(weight.dtype())
+}
+
+/// L2 norm of each row of `[out, in]` → `[out]`.
+pub fn row_norm(w: &Tensor) -> Result<Tensor> {
+    w.sqr()?.sum(D::Minus1)?.sqrt()
+}
+
+/// `x Wᵀ` for `x` of any rank ≥ 2, flattened to one 2-D matmul (faster than a
+/// broadcast batched matmul on CPU).
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let in_f = dims.last().copied().unwrap_or(0);
+    let rows = x.elem_count() / in_f.max(1);
+    let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+    let mut out = dims;
+    if let Some(last) = out.last_mut() {
+        *last = y.dim(1)?;
+    }
+    y.reshape(out)
+}
+
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// Adapters train in f32 even over bf16/f16 base weights (candle_peft.md §1.5); an f64
+/// base (used by gradient checks) keeps f64.
+pub fn adapter_dtype(base: DType) -> DType {
+    crate::engine::model::ops::compute_dtype(base)
+}

@@ -1,0 +1,75 @@
+//! PEFT adapters: LoRA, rsLoRA and DoRA on an adapter-capable linear layer, with `Var`
+//! names equal to HF PEFT's file keys so the adapter set *is* the adapter file.
+
+pub mod config;
+pub mod dropout;
+pub mod init;
+pub mod linear;
+pub mod set;
+pub mod svd;
+pub mod targets;
+
+pub use config::{AdapterConfig, LoraInit, TargetModules};
+pub use linear::{AdaptedLinear, Lora};
+pub use set::AdapterSet;
+
+use rand_chacha::ChaCha8Rng;
+
+/// Prefix PEFT puts before the HF module path (`PeftModel.base_model` → `LoraModel.model`).
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// A model whose linear layers can carry adapters.
+pub trait Adaptable {
+    /// Every linear layer with its HF module path (`model.layers.0.self_attn.q_proj`), in a
+    /// fixed order.
+    fn linears(&self) -> Vec<(String, &AdaptedLinear)>;
+    /// Same as [`Self::linears`], mutably.
+    fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)>;
+    /// Output heads, which PEFT leaves out of `all-linear` (e.g. `lm_head`).
+    fn output_modules(&self) -> Vec<String>;
+}
+
+/// Whether a forward pass trains (dropout on, masks from a seeded stream) or evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Eval,
+    /// `pass` numbers forward passes (micro-batches) so each gets fresh, reproducible masks.
+    Train {
+        seed: u64,
+        pass: u64,
+    },
+}
+
+impl Mode {
+    /// The dropout stream for one module in this pass, or `None` when dropout is off.
+    pub fn dropout_stream(&self, key: &str, p: f32) -> Option<ChaCha8Rng> {
+        match self {
+            Mode::Train { seed, pass } if p > 0.0 => Some(crate::engine::rng::stream(
+                *seed,
+                &format!("dropout/{pass}/{key}"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A bad adapter configuration or adapter file.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("target module `{target}` matches no linear layer of the model (modules: {available})")]
+    UnknownTarget { target: String, available: String },
+    #[error("invalid adapter config: {0}")]
+    Invalid(String),
+    #[error("adapter tensor `{0}` is missing")]
+    MissingTensor(String),
+    #[error("adapter tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("unexpected adapter tensor `{0}` (no such adapted module)")]
+    UnexpectedTensor(String),
+    #[error("tensor op failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}

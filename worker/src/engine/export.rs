@@ -1,0 +1,281 @@
+//! HF PEFT export: `adapter_config.json` + `adapter_model.safetensors` (keys without the
+//! adapter name, `{"format":"pt"}` metadata), loading such a folder back, and a merged
+//! full-model export (`config.json` + `model.safetensors`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::engine::adapters::set::merge_all;
+use crate::engine::adapters::{
+    Adaptable, AdapterConfig, AdapterError, AdapterSet, LoraInit, TargetModules,
+};
+use crate::engine::model::Llama;
+
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("adapter_config.json: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error("tensor op failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The PEFT `task_type` written into the config.
+pub const CAUSAL_LM: &str = "CAUSAL_LM";
+
+/// The fields of PEFT's `adapter_config.json` that we read back.
+#[derive(Debug, Deserialize)]
+struct PeftConfigIn {
+    peft_type: String,
+    r: usize,
+    lora_alpha: f64,
+    #[serde(default)]
+    lora_dropout: f32,
+    target_modules: TargetModules,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    bias: Option<String>,
+    #[serde(default)]
+    modules_to_save: Option<serde_json::Value>,
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` for `set` into `dir`.
+/// `target_modules` is written as the sorted distinct module names that were adapted, as
+/// PEFT itself does after resolving `all-linear`.
+pub fn save_adapter(
+    dir: &Path,
+    set: &AdapterSet,
+    base_model_name_or_path: &str,
+    task_type: &str,
+) -> Result<(), ExportError> {
+    let write_err = |path: &Path, reason: String| ExportError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
+    let cfg = set.config();
+    let mut targets: Vec<&str> = set
+        .modules()
+        .iter()
+        .map(|m| m.rsplit('.').next().unwrap_or(m))
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let (tensors, r, lora_alpha) = if set.initial().is_empty() {
+        (set.tensors(), cfg.r, cfg.lora_alpha)
+    } else {
+        pissa_as_lora(set)?
+    };
+    let alpha = if lora_alpha.fract() == 0.0 && lora_alpha.abs() < 1e15 {
+        json!(lora_alpha as i64)
+    } else {
+        json!(lora_alpha)
+    };
+    let init = match cfg.init {
+        LoraInit::Gaussian => json!("gaussian"),
+        // Converted PiSSA is a plain LoRA on the original weights.
+        LoraInit::Default | LoraInit::Pissa => json!(true),
+    };
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": null,
+        "inference_mode": true,
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": cfg.lora_dropout,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": cfg.use_rslora,
+        "use_dora": cfg.use_dora,
+        "init_lora_weights": init,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    });
+    let path = dir.join(ADAPTER_CONFIG);
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| write_err(&path, e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
+    let path = dir.join(ADAPTER_WEIGHTS);
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize_to_file(&tensors, Some(meta), &path)
+        .map_err(|e| write_err(&path, e.to_string()))?;
+    Ok(())
+}
+
+/// PEFT's PiSSA conversion (`path_initial_model_for_weight_conversion`): the trained
+/// `s·BA` applies to the residual `W - s·B₀A₀`, so relative to the original `W` the update
+/// is `s(BA - B₀A₀) = s·[B | -B₀]·[A ; A₀]`: rank 2r, with alpha scaled so `s` is unchanged.
+fn pissa_as_lora(
+    set: &AdapterSet,
+) -> Result<(BTreeMap<String, candle_core::Tensor>, usize, f64), ExportError> {
+    let cfg = set.config();
+    let current = set.tensors();
+    let init = set.initial();
+    let mut out = BTreeMap::new();
+    for (name, t) in &current {
+        let t0 = init
+            .get(name)
+            .ok_or_else(|| ExportError::Config(format!("no initial PiSSA value for `{name}`")))?;
+        let joined = if name.ends_with("lora_A.weight") {
+            candle_core::Tensor::cat(&[t, t0], 0)?
+        } else {
+            candle_core::Tensor::cat(&[t, &t0.neg()?], 1)?
+        };
+        out.insert(name.clone(), joined);
+    }
+    let alpha = if cfg.use_rslora {
+        cfg.lora_alpha * std::f64::consts::SQRT_2
+    } else {
+        cfg.lora_alpha * 2.0
+    };
+    Ok((out, cfg.r * 2, alpha))
+}
+
+/// Reads a PEFT LoRA folder and attaches it to `model` (LoRA, rsLoRA or DoRA).
+pub fn load_adapter<M: Adaptable>(dir: &Path, model: &mut M) -> Result<AdapterSet, ExportError> {
+    let read_err = |path: &Path, reason: String| ExportError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e.to_string()))?;
+    let peft: PeftConfigIn =
+        serde_json::from_str(&text).map_err(|e| ExportError::Config(e.to_string()))?;
+    if peft.peft_type != "LORA" {
+        return Err(ExportError::Config(format!(
+            "peft_type `{}` is not supported (only LORA)",
+            peft.peft_type
+        )));
+    }
+    if peft.bias.as_deref().is_some_and(|b| b != "none") {
+        return Err(ExportError::Config(
+            "only bias = \"none\" is supported".into(),
+        ));
+    }
+    if peft.modules_to_save.as_ref().is_some_and(|m| !m.is_null()) {
+        return Err(ExportError::Config(
+            "modules_to_save is not supported".into(),
+        ));
+    }
+    let config = AdapterConfig {
+        r: peft.r,
+        lora_alpha: peft.lora_alpha,
+        lora_dropout: peft.lora_dropout,
+        target_modules: peft.target_modules,
+        use_rslora: peft.use_rslora,
+        use_dora: peft.use_dora,
+        init: LoraInit::Default,
+        seed: 0,
+    };
+    let set = AdapterSet::attach(model, &config)?;
+    let path = dir.join(ADAPTER_WEIGHTS);
+    let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e.to_string()))?;
+    let device = set
+        .vars()
+        .values()
+        .next()
+        .map(|v| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
+    set.load_tensors(&tensors)?;
+    Ok(set)
+}
+
+/// Folds the adapter into `model`'s weights and writes an HF model folder
+/// (`config.json` + `model.safetensors`). The model stays merged afterwards; call
+/// `unmerge_all` to keep training.
+pub fn save_merged(dir: &Path, model: &mut Llama) -> Result<(), ExportError> {
+    merge_all(model)?;
+    let write_err = |path: &Path, reason: String| ExportError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
+    let (tensors, tied) = model.state_dict();
+    let mut cfg = model.config().clone();
+    cfg.tie_word_embeddings = tied;
+    let mut config =
+        serde_json::to_value(ConfigOut::from(&cfg)).map_err(|e| write_err(dir, e.to_string()))?;
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+    }
+    let path = dir.join("config.json");
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| write_err(&path, e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
+    let path = dir.join("model.safetensors");
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let tensors: BTreeMap<String, candle_core::Tensor> = tensors;
+    safetensors::tensor::serialize_to_file(&tensors, Some(meta), &path)
+        .map_err(|e| write_err(&path, e.to_string()))?;
+    Ok(())
+}
+
+/// `config.json` as HF writes it for the fields we model.
+#[derive(Debug, Serialize)]
+struct ConfigOut<'a> {
+    model_type: &'a str,
+    hidden_size: usize,
+    intermediate_size: usize,
+    vocab_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    rope_theta: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rope_scaling: Option<&'a crate::engine::model::config::RopeScaling>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bos_token_id: Option<u32>,
+    max_position_embeddings: usize,
+    tie_word_embeddings: bool,
+    attention_bias: bool,
+    mlp_bias: bool,
+    hidden_act: &'a str,
+}
+
+impl<'a> From<&'a crate::engine::model::LlamaConfig> for ConfigOut<'a> {
+    fn from(c: &'a crate::engine::model::LlamaConfig) -> Self {
+        Self {
+            model_type: &c.model_type,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            vocab_size: c.vocab_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            num_key_value_heads: c.num_kv_heads(),
+            head_dim: c.head_dim,
+            rms_norm_eps: c.rms_norm_eps,
+            rope_theta: c.rope_theta,
+            rope_scaling: c.rope_scaling.as_ref(),
+            bos_token_id: c.bos_token_id,
+            max_position_embeddings: c.max_position_embeddings,
+            tie_word_embeddings: c.tie_word_embeddings,
+            attention_bias: c.attention_bias,
+            mlp_bias: c.mlp_bias,
+            hidden_act: "silu",
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! A differentiable Llama-family decoder (Llama, Mistral, Qwen2, SmolLM): GQA, RoPE,
+//! RMSNorm, SwiGLU, tied or untied embeddings. Unlike candle-transformers' inference model
+//! it returns logits for every position, keeps no KV cache, uses only ops with backward
+//! rules, and routes every linear through [`AdaptedLinear`] so adapters can attach.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor};
+
+use super::ModelError;
+use super::config::LlamaConfig;
+use super::ops::{Rope, causal_mask, compute_dtype, repeat_kv, rms_norm};
+use super::weights::Weights;
+use crate::engine::adapters::{Adaptable, AdaptedLinear, Mode};
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: AdaptedLinear,
+    k_proj: AdaptedLinear,
+    v_proj: AdaptedLinear,
+    o_proj: AdaptedLinear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: AdaptedLinear,
+    up_proj: AdaptedLinear,
+    down_proj: AdaptedLinear,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+/// The decoder with its LM head.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: AdaptedLinear,
+    inv_freq: Vec<f64>,
+}
+
+fn linear(
+    w: &Weights,
+    prefix: &str,
+    out_f: usize,
+    in_f: usize,
+    bias: bool,
+) -> Result<AdaptedLinear, ModelError> {
+    let weight = w.get(&format!("{prefix}.weight"), &[out_f, in_f])?;
+    let bias = if bias {
+        Some(w.get(&format!("{prefix}.bias"), &[out_f])?)
+    } else {
+        None
+    };
+    Ok(AdaptedLinear::new(weight, bias))
+}
+
+impl Llama {
+    /// Loads `config.json` and the safetensors weights from an HF model folder.
+    pub fn from_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::from_dir(dir, dtype, device)?;
+        Self::load(config, &weights)
+    }
+
+    /// Builds the model from named HF weights, checking every name and shape.
+    pub fn load(config: LlamaConfig, w: &Weights) -> Result<Self, ModelError> {
+        config.validate()?;
+        let h = config.hidden_size;
+        let hd = config.head_size();
+        let (nh, nkv) = (config.num_attention_heads, config.num_kv_heads());
+        let inter = config.intermediate_size;
+        let embed_tokens = w.get("model.embed_tokens.weight", &[config.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let qkv_bias = config.qkv_bias();
+            layers.push(Layer {
+                input_layernorm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                self_attn: Attention {
+                    q_proj: linear(w, &format!("{p}.self_attn.q_proj"), nh * hd, h, qkv_bias)?,
+                    k_proj: linear(w, &format!("{p}.self_attn.k_proj"), nkv * hd, h, qkv_bias)?,
+                    v_proj: linear(w, &format!("{p}.self_attn.v_proj"), nkv * hd, h, qkv_bias)?,
+                    o_proj: linear(
+                        w,
+                        &format!("{p}.self_attn.o_proj"),
+                        h,
+                        nh * hd,
+                        config.o_bias(),
+                    )?,
+                    heads: nh,
+                    kv_heads: nkv,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: w
+                    .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp: Mlp {
+                    gate_proj: linear(w, &format!("{p}.mlp.gate_proj"), inter, h, config.mlp_bias)?,
+                    up_proj: linear(w, &format!("{p}.mlp.up_proj"), inter, h, config.mlp_bias)?,
+                    down_proj: linear(w, &format!("{p}.mlp.down_proj"), h, inter, config.mlp_bias)?,
+                },
+            });
+        }
+        let norm = w.get("model.norm.weight", &[h])?;
+        // Some tied checkpoints still ship `lm_head.weight`; tying wins, as in HF.
+        let lm_head = if config.tie_word_embeddings {
+            AdaptedLinear::new(embed_tokens.clone(), None)
+        } else {
+            linear(w, "lm_head", config.vocab_size, h, false)?
+        };
+        let inv_freq = config.rope_inv_freq();
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// Base weights by HF name, as currently used by the forward pass (i.e. with adapters
+    /// folded in after `merge_all`). An adapted LM head on a tied model cannot stay tied,
+    /// so it is written as a separate `lm_head.weight`; `tied` says whether it stayed tied.
+    pub fn state_dict(&self) -> (BTreeMap<String, Tensor>, bool) {
+        let mut out = BTreeMap::new();
+        out.insert(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        );
+        out.insert("model.norm.weight".to_string(), self.norm.clone());
+        for (i, l) in self.layers.iter().enumerate() {
+            out.insert(
+                format!("model.layers.{i}.input_layernorm.weight"),
+                l.input_layernorm.clone(),
+            );
+            out.insert(
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.clone(),
+            );
+        }
+        let head_changed = self.lm_head.lora().is_some();
+        let tied = self.config.tie_word_embeddings && !head_changed;
+        for (path, lin) in self.linears() {
+            if path == "lm_head" && tied {
+                continue;
+            }
+            out.insert(format!("{path}.weight"), lin.weight().clone());
+            if let Some(b) = lin.bias() {
+                out.insert(format!("{path}.bias"), b.clone());
+            }
+        }
+        (out, tied)
+    }
+
+    /// Logits `[batch, seq, vocab]` (f32, or f64 for an f64 model) for token ids `[batch, seq]` (u32).
+    ///
+    /// Attention is causal only: batches are right-padded, so padding never sits before a
+    /// real token and cannot influence it; padded positions are excluded from the loss.
+    pub fn forward(&self, input_ids: &Tensor, mode: &Mode) -> Result<Tensor, ModelError> {
+        let (b, t) = input_ids.dims2()?;
+        let dtype = self.dtype();
+        let device = self.device();
+        let rope = Rope::new(&self.inv_freq, t, dtype, device)?;
+        let mask = causal_mask(t, dtype, device)?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        let eps = self.config.rms_norm_eps;
+        for layer in &self.layers {
+            let h = rms_norm(&x, &layer.input_layernorm, eps)?;
+            x = (x + layer.self_attn.forward(&h, &rope, &mask, mode)?)?;
+            let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+            x = (x + layer.mlp.forward(&h, mode)?)?;
+        }
+        let x = rms_norm(&x, &self.norm, eps)?;
+        Ok(self
+            .lm_head
+            .forward(&x, mode)?
+            .to_dtype(compute_dtype(dtype))?)
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: &Tensor,
+        mode: &Mode,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let split = |y: Tensor, heads: usize| {
+            y.reshape((b, t, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope.apply(&split(self.q_proj.forward(x, mode)?, self.heads)?)?;
+        let k = rope.apply(&split(self.k_proj.forward(x, mode)?, self.kv_heads)?)?;
+        let v = split(self.v_proj.forward(x, mode)?, self.kv_heads)?;
+        let n_rep = self.heads / self.kv_heads;
+        let k = repeat_kv(k, n_rep)?.contiguous()?;
+        let v = repeat_kv(v, n_rep)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?;
+        // ops::softmax (max/sub/exp/sum/div) keeps the gradient; softmax_last_dim does not.
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let y = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
+        self.o_proj.forward(&y, mode)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, mode: &Mode) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x, mode)?)?;
+        let up = self.up_proj.forward(x, mode)?;
+        self.down_proj.forward(&(gate * up)?, mode)
+    }
+}
+
+const ATTN: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+impl Adaptable for Llama {
+    fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let a = &l.self_attn;
+            for (name, lin) in ATTN
+                .iter()
+                .zip([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj])
+            {
+                out.push((format!("model.layers.{i}.self_attn.{name}"), lin));
+            }
+            let m = &l.mlp;
+            for (name, lin) in MLP.iter().zip([&m.gate_proj, &m.up_proj, &m.down_proj]) {
+                out.push((format!("model.layers.{i}.mlp.{name}"), lin));
+            }
+        }
+        out.push(("lm_head".to_string(), &self.lm_head));
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let a = &mut l.self_attn;
+            let attn = [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj];
+            for (name, lin) in ATTN.iter().zip(attn) {
+                out.push((format!("model.layers.{i}.self_attn.{name}"), lin));
+            }
+            let m = &mut l.mlp;
+            for (name, lin) in MLP
+                .iter()
+                .zip([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj])
+            {
+                out.push((format!("model.layers.{i}.mlp.{name}"), lin));
+            }
+        }
+        out.push(("lm_head".to_string(), &mut self.lm_head));
+        out
+    }
+
+    fn output_modules(&self) -> Vec<String> {
+        vec!["lm_head".to_string()]
+    }
+}

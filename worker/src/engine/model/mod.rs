@@ -1,0 +1,52 @@
+//! Differentiable model implementations and their loading from HF model folders.
+
+pub mod config;
+pub mod llama;
+pub mod ops;
+pub mod tiny;
+pub mod weights;
+
+pub use config::{ConfigError, LlamaConfig};
+pub use llama::Llama;
+pub use weights::{WeightError, Weights};
+
+/// A decoder that returns next-token logits for every position; what the trainer needs.
+pub trait CausalLm: crate::engine::adapters::Adaptable {
+    /// Logits `[batch, seq, vocab]` for ids `[batch, seq]`.
+    fn forward(
+        &self,
+        input_ids: &candle_core::Tensor,
+        mode: &crate::engine::adapters::Mode,
+    ) -> Result<candle_core::Tensor, ModelError>;
+    fn device(&self) -> &candle_core::Device;
+}
+
+impl CausalLm for Llama {
+    fn forward(
+        &self,
+        input_ids: &candle_core::Tensor,
+        mode: &crate::engine::adapters::Mode,
+    ) -> Result<candle_core::Tensor, ModelError> {
+        Llama::forward(self, input_ids, mode)
+    }
+
+    fn device(&self) -> &candle_core::Device {
+        Llama::device(self)
+    }
+}
+
+/// Errors from building or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error("cannot write model files to {path}: {reason}")]
+    Write {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("tensor op failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
