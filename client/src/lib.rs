@@ -9,7 +9,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -329,6 +329,68 @@ impl Client {
         let unpacked = tuna_worker::agent::pack::unpack(&tar, dir);
         let _ = tokio::fs::remove_file(&tar).await;
         unpacked.map_err(io)
+    }
+}
+
+/// The files to upload for a model path, with their names inside the model folder.
+pub fn model_files(path: &Path) -> Result<(pb::ModelFormat, Vec<PathBuf>), ClientError> {
+    let usage = |m: String| ClientError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(m),
+    };
+    if path.is_file() {
+        if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
+            return Err(usage("a single model file must be a .gguf file".into()));
+        }
+        return Ok((pb::ModelFormat::Gguf, vec![path.to_path_buf()]));
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| usage(e.to_string()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| usage(e.to_string()))?;
+        let p = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = name == "config.json"
+            || name == "tokenizer.json"
+            || name == "tokenizer_config.json"
+            || name == "generation_config.json"
+            || name == "special_tokens_map.json"
+            || name.ends_with(".safetensors")
+            || name == "model.safetensors.index.json";
+        if p.is_file() && wanted {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(usage(
+            "no model files (config.json, *.safetensors, tokenizer.json) found".into(),
+        ));
+    }
+    Ok((pb::ModelFormat::Hf, files))
+}
+
+impl Client {
+    /// Uploads a model (an HF folder or one .gguf file) and registers it under `name`.
+    pub async fn register_model(&self, name: &str, path: &Path) -> Result<pb::Model, ClientError> {
+        let (format, paths) = model_files(path)?;
+        let mut files = Vec::with_capacity(paths.len());
+        for p in &paths {
+            let uploaded = self
+                .upload_file(p, pb::FilePurpose::Model, pb::DatasetFormat::Unspecified)
+                .await?;
+            files.push(pb::ModelFile {
+                path: uploaded.name.clone(),
+                file_id: uploaded.id,
+                ..Default::default()
+            });
+        }
+        let req = pb::RegisterModelRequest {
+            name: name.to_string(),
+            format: format as i32,
+            files,
+        };
+        Ok(self.models().register_model(req).await?.into_inner())
     }
 }
 

@@ -34,15 +34,17 @@ pub enum TelemetryError {
     Exporter { endpoint: String, message: String },
 }
 
-/// Installs the global subscriber: `RUST_LOG`-style filtering (default `info`), text or JSON
+/// Installs the global subscriber: `RUST_LOG`-style filtering (default `default_filter`), text or JSON
 /// logs on stderr, and OTLP export of spans and metrics when `otlp_endpoint` is not empty. Calling it twice is
 /// harmless (the second call keeps the first subscriber).
 pub fn init(
     service_name: &str,
     json: bool,
     otlp_endpoint: &str,
+    default_filter: &str,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = if json {
         tracing_subscriber::fmt::layer()
             .json()

@@ -1,12 +1,14 @@
 //! Command-line parsing and dispatch. Every command accepts `--output json`.
 
 mod artifacts;
+mod demo;
 mod files;
 mod jobs;
 mod models;
 mod output;
 mod progress;
 mod server;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -49,6 +51,11 @@ pub enum Output {
 pub enum Command {
     /// Run the control plane (embedded SQLite under ./tuna-data unless --database-url is set).
     Server(server::ServerArgs),
+    /// Run everything in one process on the embedded default: control plane, a worker, a
+    /// tiny model, a LoRA job followed live, the adapter downloaded, a summary.
+    Demo(demo::DemoArgs),
+    /// Run a training worker that pulls jobs from the control plane.
+    Worker(worker::WorkerArgs),
     /// Upload and manage datasets and model files.
     #[command(subcommand)]
     Files(files::FilesCommand),
@@ -72,6 +79,8 @@ pub enum CliError {
     Serve(#[from] tuna_server::serve::ServeError),
     #[error(transparent)]
     Telemetry(#[from] tuna_server::telemetry::TelemetryError),
+    #[error(transparent)]
+    Agent(#[from] tuna_worker::agent::AgentError),
     #[error("{0}")]
     Usage(String),
 }
@@ -84,6 +93,8 @@ async fn connect(cli: &Cli) -> Result<Client, CliError> {
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match &cli.command {
         Command::Server(args) => server::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Worker(args) => worker::run(&cli.server, cli.api_key.clone(), args).await,
         Command::Files(cmd) => files::run(&cli, cmd).await,
         Command::Jobs(cmd) => jobs::run(&cli, cmd).await,
         Command::Models(cmd) => models::run(&cli, cmd).await,

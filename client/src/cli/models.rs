@@ -1,6 +1,6 @@
 //! `tuna models ...`: the base-model registry.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -18,6 +18,14 @@ pub enum ModelsCommand {
         #[arg(long)]
         path: PathBuf,
     },
+    /// Write a small deterministic Llama model folder (random weights from --seed, HF layout)
+    /// for tests and demos.
+    MakeTiny {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     Get {
         name: String,
     },
@@ -28,39 +36,12 @@ pub enum ModelsCommand {
     },
 }
 
-/// The files to upload for a model path, with their names inside the model folder.
-fn model_files(path: &Path) -> Result<(pb::ModelFormat, Vec<PathBuf>), CliError> {
-    let usage = |m: String| CliError::Usage(format!("{}: {m}", path.display()));
-    if path.is_file() {
-        if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
-            return Err(usage("a single model file must be a .gguf file".into()));
-        }
-        return Ok((pb::ModelFormat::Gguf, vec![path.to_path_buf()]));
-    }
-    let entries = std::fs::read_dir(path).map_err(|e| usage(e.to_string()))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| usage(e.to_string()))?;
-        let p = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let wanted = name == "config.json"
-            || name == "tokenizer.json"
-            || name == "tokenizer_config.json"
-            || name == "generation_config.json"
-            || name == "special_tokens_map.json"
-            || name.ends_with(".safetensors")
-            || name == "model.safetensors.index.json";
-        if p.is_file() && wanted {
-            files.push(p);
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        return Err(usage(
-            "no model files (config.json, *.safetensors, tokenizer.json) found".into(),
-        ));
-    }
-    Ok((pb::ModelFormat::Hf, files))
+/// Writes the tiny model folder.
+pub fn make_tiny(out: &std::path::Path, seed: u64) -> Result<(), CliError> {
+    tuna_worker::engine::model::tiny::TinySpec::default()
+        .write(out, seed)
+        .map(drop)
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 fn model_json(m: &pb::Model) -> serde_json::Value {
@@ -93,34 +74,27 @@ fn print_model(out: Output, m: &pb::Model) {
 }
 
 pub async fn run(cli: &Cli, cmd: &ModelsCommand) -> Result<ExitCode, CliError> {
+    if let ModelsCommand::MakeTiny { out, seed } = cmd {
+        make_tiny(out, *seed)?;
+        match cli.output {
+            Output::Json => {
+                output::print_json(&json!({ "out": out.display().to_string(), "seed": seed }))
+            }
+            Output::Text => println!(
+                "tiny Llama model (seed {seed}) written to {}",
+                out.display()
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = connect(cli).await?;
     let rpc = |s: tonic::Status| CliError::Client(ClientError::from(s));
     match cmd {
         ModelsCommand::Register { name, path } => {
-            let (format, paths) = model_files(path)?;
-            let mut files = Vec::with_capacity(paths.len());
-            for p in &paths {
-                let uploaded = client
-                    .upload_file(p, pb::FilePurpose::Model, pb::DatasetFormat::Unspecified)
-                    .await?;
-                files.push(pb::ModelFile {
-                    path: uploaded.name.clone(),
-                    file_id: uploaded.id,
-                    ..Default::default()
-                });
-            }
-            let model = client
-                .models()
-                .register_model(pb::RegisterModelRequest {
-                    name: name.clone(),
-                    format: format as i32,
-                    files,
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let model = client.register_model(name, path).await?;
             print_model(cli.output, &model);
         }
+        ModelsCommand::MakeTiny { .. } => {}
         ModelsCommand::Get { name } => {
             let req = pb::GetModelRequest { name: name.clone() };
             print_model(

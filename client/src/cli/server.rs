@@ -53,6 +53,7 @@ pub async fn run(args: &ServerArgs) -> Result<ExitCode, CliError> {
         "tuna-server",
         config.log_format == "json",
         &config.otlp_endpoint,
+        "info",
     )?;
     let plane = ControlPlane::open(&config).await?;
     tracing::info!(

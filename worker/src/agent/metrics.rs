@@ -27,6 +27,10 @@ pub async fn run(
     let mut backlog: VecDeque<pb::MetricPoint> = VecDeque::new();
     let mut dropped = 0u64;
     let mut open = true;
+    // One ticker for the whole run: a fresh sleep per loop would never fire while points
+    // keep arriving faster than `every`, and nothing would be sent until the end.
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while open || !backlog.is_empty() {
         if open {
             tokio::select! {
@@ -48,7 +52,7 @@ pub async fn run(
                     }
                     None => open = false,
                 },
-                _ = tokio::time::sleep(every) => {}
+                _ = tick.tick() => {}
             }
         }
         while !backlog.is_empty() {

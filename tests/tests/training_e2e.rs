@@ -1,0 +1,218 @@
+//! End to end with real processes: a `tuna server` on PostgreSQL and `tuna worker`
+//! processes train a LoRA adapter on a generated tiny model.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tuna_e2e::{ServerProcess, TestDb, tuna_bin};
+
+/// Single-digit additions: every `stride`-th of the 100 pairs.
+fn dataset(stride: usize) -> String {
+    (0..100)
+        .step_by(stride)
+        .map(|i| {
+            format!(
+                "{{\"prompt\":\"{}+{}=\",\"completion\":\"{}\"}}\n",
+                i / 10,
+                i % 10,
+                i / 10 + i % 10
+            )
+        })
+        .collect()
+}
+
+fn worker(server: &ServerProcess, dir: &std::path::Path, name: &str) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    Command::new(tuna_bin())
+        .args(["worker", "--name", name, "--cache-dir"])
+        .arg(dir.join(format!("{name}-cache")))
+        .env("TUNA_SERVER", &server.url)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+struct Setup {
+    model: String,
+    train: String,
+    valid: String,
+}
+
+fn setup(server: &ServerProcess, dir: &std::path::Path) -> Setup {
+    let model_dir = dir.join("tiny");
+    let out = server.cli(&[
+        "models",
+        "make-tiny",
+        "--out",
+        model_dir.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success());
+    server.json(&[
+        "models",
+        "register",
+        "tiny",
+        "--path",
+        model_dir.to_str().unwrap(),
+    ]);
+    let (t, v) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
+    std::fs::write(&t, dataset(1)).unwrap();
+    std::fs::write(&v, dataset(4)).unwrap();
+    let train = server.json(&["files", "upload", t.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let valid = server.json(&["files", "upload", v.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Setup {
+        model: "tiny".into(),
+        train,
+        valid,
+    }
+}
+
+fn create(server: &ServerProcess, s: &Setup, steps: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "jobs",
+        "create",
+        "--model",
+        &s.model,
+        "--training-file",
+        &s.train,
+        "--validation-file",
+        &s.valid,
+        "--r",
+        "8",
+        "--learning-rate",
+        "0.01",
+        "--max-steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "10",
+        "--seed",
+        "42",
+    ];
+    args.extend_from_slice(extra);
+    server.json(&args)["id"].as_str().unwrap().to_string()
+}
+
+/// Watches with `--output json` and returns the updates (one JSON object per line).
+fn history(server: &ServerProcess, id: &str) -> (Option<i32>, Vec<serde_json::Value>) {
+    let out = server.cli(&["jobs", "watch", id, "--output", "json"]);
+    let updates = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (out.status.code(), updates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_job_runs_on_a_worker_process_and_its_adapter_downloads_intact() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
+    let s = setup(&server, dir.path());
+    let mut w = worker(&server, dir.path(), "w1");
+    let id = create(&server, &s, "30", &[]);
+    let (code, updates) = history(&server, &id);
+    assert_eq!(code, Some(0), "job did not succeed: {updates:?}");
+    let seqs: Vec<i64> = updates.iter().map(|u| u["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "contiguous seq"
+    );
+    let states: Vec<&str> = updates.iter().filter_map(|u| u["state"].as_str()).collect();
+    assert!(
+        states.contains(&"queued") && states.contains(&"running") && states.contains(&"succeeded")
+    );
+    let evals: Vec<f64> = updates
+        .iter()
+        .filter_map(|u| u["values"]["eval_loss"].as_f64())
+        .collect();
+    assert!(evals.len() >= 3, "{evals:?}");
+    assert!(
+        evals.last().unwrap() < &evals[0],
+        "eval loss fell: {evals:?}"
+    );
+
+    let out = dir.path().join("adapter");
+    let got = server.json(&["artifacts", "download", &id, "--out", out.to_str().unwrap()]);
+    let listed = server.json(&["artifacts", "list", &id]);
+    assert_eq!(
+        got["artifact"]["sha256"],
+        listed["artifacts"].as_array().unwrap().last().unwrap()["sha256"]
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert!(out.join("adapter_model.safetensors").exists());
+    let _ = w.kill();
+    let _ = w.wait();
+    drop(server);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_job_resumes_from_its_checkpoint_on_another_worker() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--database-url", &db.url, "--lease-ms", "1500"],
+    );
+    let s = setup(&server, dir.path());
+    let id = create(&server, &s, "400", &["--label", "kill=me"]);
+    let mut w1 = worker(&server, dir.path(), "w1");
+    // Wait for a committed checkpoint (every 100 steps by default), then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ckpts = server.json(&["artifacts", "list", &id]);
+        if ckpts["artifacts"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    w1.kill().unwrap();
+    let _ = w1.wait();
+    let mut w2 = worker(&server, dir.path(), "w2");
+    let (code, updates) = history(&server, &id);
+    assert_eq!(
+        code,
+        Some(0),
+        "job did not succeed after the crash: {updates:?}"
+    );
+    let job = server.json(&["jobs", "get", &id]);
+    assert_eq!(job["attempt"], 2, "one reclaim");
+    // Steps of attempt 2 continue from the checkpoint instead of restarting at 1.
+    let first_step_2 = updates
+        .iter()
+        .filter(|u| u["type"] == "metrics" && u["attempt"] == 2 && u["values"]["loss"].is_number())
+        .map(|u| u["step"].as_i64().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        first_step_2 > 100,
+        "attempt 2 started at step {first_step_2}"
+    );
+    // Nothing the first attempt reported was lost.
+    let attempt1 = updates
+        .iter()
+        .filter(|u| u["type"] == "metrics" && u["attempt"] == 1)
+        .count();
+    let sample: Vec<_> = updates.iter().take(12).collect();
+    assert!(attempt1 >= 100, "attempt 1 metrics kept: {attempt1}; first updates: {sample:?}");
+    let _ = w2.kill();
+    let _ = w2.wait();
+    drop(server);
+    db.drop_db().await;
+}
