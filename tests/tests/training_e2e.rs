@@ -210,9 +210,47 @@ async fn a_killed_worker_s_job_resumes_from_its_checkpoint_on_another_worker() {
         .filter(|u| u["type"] == "metrics" && u["attempt"] == 1)
         .count();
     let sample: Vec<_> = updates.iter().take(12).collect();
-    assert!(attempt1 >= 100, "attempt 1 metrics kept: {attempt1}; first updates: {sample:?}");
+    assert!(
+        attempt1 >= 100,
+        "attempt 1 metrics kept: {attempt1}; first updates: {sample:?}"
+    );
     let _ = w2.kill();
     let _ = w2.wait();
     drop(server);
     db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_worker_server_runs_a_job_to_success_for_create_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--embedded-worker"]);
+    let s = setup(&server, dir.path());
+    let out = server.cli(&[
+        "jobs",
+        "create",
+        "--model",
+        &s.model,
+        "--training-file",
+        &s.train,
+        "--validation-file",
+        &s.valid,
+        "--max-steps",
+        "20",
+        "--learning-rate",
+        "0.01",
+        "--eval-every",
+        "10",
+        "--wait",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
+    assert!(
+        server.terminate(),
+        "the worker drains, then the server stops"
+    );
 }

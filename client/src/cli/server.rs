@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use tuna_server::config::ServerConfig;
-use tuna_server::serve::{ControlPlane, shutdown_signal};
+use tuna_server::serve::{ControlPlane, ServeError, shutdown_signal};
 
 use super::CliError;
 
@@ -29,6 +29,9 @@ pub struct ServerArgs {
     /// Largest accepted upload in bytes.
     #[arg(long)]
     max_upload_bytes: Option<i64>,
+    /// Also run a CPU training worker in this process (single-machine use).
+    #[arg(long)]
+    embedded_worker: bool,
 }
 
 pub async fn run(args: &ServerArgs) -> Result<ExitCode, CliError> {
@@ -61,7 +64,47 @@ pub async fn run(args: &ServerArgs) -> Result<ExitCode, CliError> {
         blobs = %config.blob_dir().display(),
         "store opened"
     );
-    plane.serve(&config.listen, shutdown_signal()).await?;
+    if !args.embedded_worker {
+        plane.serve(&config.listen, shutdown_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    // Shutdown order: the worker drains first (checkpoint, release the lease) while the
+    // server still answers, then the server stops.
+    let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+    let (stop_server, mut server_stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(plane.serve_on(listener, async move {
+        let _ = server_stopped.wait_for(|s| *s).await;
+    }));
+    // The worker reaches its own process over loopback, through the same API as any worker.
+    let worker_args = super::worker::WorkerArgs::in_process(config.data_dir.join("worker-cache"));
+    let mut agent_config =
+        super::worker::agent_config(&format!("http://{local}"), &worker_args, None);
+    agent_config.worker_token =
+        (!config.worker_token.is_empty()).then(|| config.worker_token.clone());
+    agent_config.api_key = (!config.api_key.is_empty()).then(|| config.api_key.clone());
+    let agent = tuna_worker::agent::Agent::register(
+        agent_config,
+        std::sync::Arc::new(tuna_worker::runner::EngineRunner),
+    )
+    .await?;
+    let worker = tokio::spawn(async move { agent.run(worker_stopped).await });
+    shutdown_signal().await;
+    let _ = stop_worker.send(true);
+    let _ = worker.await;
+    let _ = stop_server.send(true);
+    server
+        .await
+        .map_err(|e| CliError::Usage(format!("server task: {e}")))??;
     Ok(ExitCode::SUCCESS)
 }
 
