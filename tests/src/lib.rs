@@ -86,9 +86,18 @@ impl ServerProcess {
         Self::start_with_env(data_dir, extra, &[])
     }
 
+    /// Like [`Self::start`], on a given port (to restart a server where clients expect it).
+    pub fn start_on(data_dir: &Path, port: &str, extra: &[&str]) -> Self {
+        let port: u16 = port.parse().expect("a port number");
+        Self::spawn(data_dir, port, extra, &[])
+    }
+
     /// Like [`Self::start`], with extra environment variables.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::spawn(data_dir, free_port(), extra, env)
+    }
+
+    fn spawn(data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = data_dir.join(format!("server-{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         let listen = format!("127.0.0.1:{port}");

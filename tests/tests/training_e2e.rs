@@ -254,3 +254,150 @@ async fn an_embedded_worker_server_runs_a_job_to_success_for_create_wait() {
         "the worker drains, then the server stops"
     );
 }
+
+/// Polls `tuna jobs get` until `pred` holds for the job JSON.
+fn wait_for(
+    server: &ServerProcess,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = server.json(&["jobs", "get", id]);
+        if pred(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The highest training step the job has reported.
+fn last_step(server: &ServerProcess, id: &str) -> i64 {
+    let (_, updates) = history_now(server, id);
+    updates
+        .iter()
+        .filter(|u| u["type"] == "metrics")
+        .filter_map(|u| u["step"].as_i64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Reads the history so far without waiting for the end (watch with a timeout).
+fn history_now(server: &ServerProcess, id: &str) -> (Option<i32>, Vec<serde_json::Value>) {
+    let child = Command::new(tuna_bin())
+        .args(["jobs", "watch", id, "--output", "json"])
+        .env("TUNA_SERVER", &server.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let out = child.wait_with_output().unwrap();
+    let updates = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (out.status.code(), updates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_training_promptly_and_pause_resume_continues_from_the_pause_checkpoint() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--database-url", &db.url, "--lease-ms", "3000"],
+    );
+    let s = setup(&server, dir.path());
+    let mut w = worker(&server, dir.path(), "w1");
+
+    // Cancel: the worker stops within 2 s of its next heartbeat (every lease/3 = 1 s).
+    let id = create(&server, &s, "100000", &[]);
+    wait_for(&server, &id, "running", |j| j["state"] == "running");
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    server.json(&["jobs", "cancel", &id]);
+    wait_for(&server, &id, "cancelled", |j| j["state"] == "cancelled");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+
+    // Pause: the worker checkpoints and releases; resume continues from that checkpoint.
+    let id = create(&server, &s, "400", &[]);
+    wait_for(&server, &id, "running", |j| j["state"] == "running");
+    std::thread::sleep(Duration::from_millis(1500));
+    server.json(&["jobs", "pause", &id]);
+    wait_for(&server, &id, "paused", |j| j["state"] == "paused");
+    let paused_at = last_step(&server, &id);
+    let ckpts = server.json(&["artifacts", "list", &id]);
+    let pause_ckpt = ckpts["artifacts"].as_array().unwrap().last().unwrap()["step"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        pause_ckpt > 0 && pause_ckpt >= paused_at - 1,
+        "pause checkpoint at {pause_ckpt}, last step {paused_at}"
+    );
+    server.json(&["jobs", "resume", &id]);
+    let (code, updates) = history(&server, &id);
+    assert_eq!(code, Some(0));
+    let resumed_first = updates
+        .iter()
+        .filter(|u| u["type"] == "metrics" && u["attempt"] == 2 && u["values"]["loss"].is_number())
+        .filter_map(|u| u["step"].as_i64())
+        .min()
+        .unwrap();
+    assert_eq!(
+        resumed_first,
+        pause_ckpt + 1,
+        "attempt 2 continues right after the pause checkpoint"
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+    drop(server);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_run_does_not_stop_the_job() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--database-url", &db.url, "--lease-ms", "6000"],
+    );
+    let s = setup(&server, dir.path());
+    let url = server.url.clone();
+    let mut w = worker(&server, dir.path(), "w1");
+    let id = create(&server, &s, "300", &[]);
+    wait_for(&server, &id, "running", |j| j["state"] == "running");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(server.terminate());
+    std::thread::sleep(Duration::from_millis(1000));
+    // Same address, same database: the worker's heartbeats and reports resume.
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let server = ServerProcess::start_on(
+        dir.path(),
+        &port,
+        &["--database-url", &db.url, "--lease-ms", "6000"],
+    );
+    let (code, _) = history(&server, &id);
+    assert_eq!(code, Some(0), "the job completed after the restart");
+    assert_eq!(
+        server.json(&["jobs", "get", &id])["attempt"],
+        1,
+        "no reclaim was needed"
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+    drop(server);
+    db.drop_db().await;
+}
