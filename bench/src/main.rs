@@ -3,6 +3,11 @@
 //! `queue`: burn-down of N jobs through the real store (claim, heartbeat, one metrics report,
 //! complete) with W concurrent workers, against the single-worker run on the same backend
 //! (the baseline that concurrency must beat), on SQLite and, when reachable, PostgreSQL.
+//!
+//! `search`: the sweep algorithms on a deterministic simulator against random search and
+//! Optuna (see `search/mod.rs`).
+
+mod search;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +41,8 @@ enum Bench {
         )]
         database_url: String,
     },
+    /// Sweep algorithms (CARBS, ASHA, Hyperband, bandits) vs random search and Optuna.
+    Search(search::SearchArgs),
 }
 
 struct Run {
@@ -213,6 +220,7 @@ async fn main() -> std::process::ExitCode {
             workers,
             database_url,
         } => queue(jobs, workers.max(1), &database_url).await,
+        Bench::Search(a) => search::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod domain;
 pub mod error;
 pub mod metrics;
+pub mod search;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
