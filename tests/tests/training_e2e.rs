@@ -401,3 +401,111 @@ async fn a_server_restart_mid_run_does_not_stop_the_job() {
     drop(server);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_server_stops_on_its_own_and_the_job_finishes_elsewhere() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--database-url", db.url.as_str(), "--lease-ms", "2000"];
+    let server = ServerProcess::start(dir.path(), &args);
+    let s = setup(&server, dir.path());
+    let url = server.url.clone();
+    let mut w1 = worker(&server, dir.path(), "w1");
+    let id = create(&server, &s, "400", &[]);
+    wait_for(&server, &id, "running", |j| j["state"] == "running");
+    // Training is under way (not just the downloads) before the server goes away.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_step(&server, &id) < 5 {
+        assert!(Instant::now() < deadline, "training did not start");
+    }
+    assert!(server.terminate());
+    // Longer than the lease: the worker must give the job up by itself.
+    let log = dir.path().join("w1.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("lease expired without a renewal")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "w1 kept training without a lease; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    w1.kill().unwrap();
+    let _ = w1.wait();
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let server = ServerProcess::start_on(dir.path(), &port, &args);
+    let mut w2 = worker(&server, dir.path(), "w2");
+    let (code, _) = history(&server, &id);
+    assert_eq!(code, Some(0), "the job completed on the second worker");
+    let job = server.json(&["jobs", "get", &id]);
+    assert_eq!(job["attempt"], 2);
+    let _ = w2.kill();
+    let _ = w2.wait();
+    drop(server);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_run_twenty_jobs_exactly_once_in_priority_order() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
+    let s = setup(&server, dir.path());
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let priority = ((i * 7) % 5 * 10).to_string();
+        let id = create(
+            &server,
+            &s,
+            "3",
+            &["--priority", &priority],
+        );
+        ids.push(id);
+    }
+    let mut workers: Vec<Child> = (0..4)
+        .map(|i| worker(&server, dir.path(), &format!("w{i}")))
+        .collect();
+    let mut jobs = Vec::new();
+    for id in &ids {
+        jobs.push(wait_for(&server, id, "success", |j| {
+            j["state"] == "succeeded"
+        }));
+    }
+    for j in &jobs {
+        assert_eq!(j["attempt"], 1, "ran exactly once: {j}");
+        let adapters = server.json(&["artifacts", "list", j["id"].as_str().unwrap()]);
+        assert_eq!(
+            adapters["artifacts"].as_array().unwrap().len(),
+            1,
+            "one adapter per job"
+        );
+    }
+    // Claims follow priority: a job that started strictly earlier never has lower priority.
+    for a in &jobs {
+        for b in &jobs {
+            let (sa, sb) = (
+                a["started_at_ms"].as_i64().unwrap(),
+                b["started_at_ms"].as_i64().unwrap(),
+            );
+            if sa < sb {
+                assert!(
+                    a["priority"].as_i64() >= b["priority"].as_i64(),
+                    "{} (p{}) started before {} (p{})",
+                    a["id"],
+                    a["priority"],
+                    b["id"],
+                    b["priority"]
+                );
+            }
+        }
+    }
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    drop(server);
+    db.drop_db().await;
+}
