@@ -190,10 +190,10 @@ async fn demo_job(url: &str, dir: &Path, steps: i64) -> Result<Summary, CliError
     let mut evals: Vec<(i64, f64)> = Vec::new();
     let job = client
         .watch_job(&job.id, 0, |u| {
-            if let Some(pb::job_update::Kind::Metrics(m)) = &u.kind {
-                if let Some(v) = m.values.get("eval_loss") {
-                    evals.push((m.step, *v));
-                }
+            if let Some(pb::job_update::Kind::Metrics(m)) = &u.kind
+                && let Some(v) = m.values.get("eval_loss")
+            {
+                evals.push((m.step, *v));
             }
             view.update(u);
         })
