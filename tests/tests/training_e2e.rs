@@ -457,12 +457,7 @@ async fn four_workers_run_twenty_jobs_exactly_once_in_priority_order() {
     let mut ids = Vec::new();
     for i in 0..20 {
         let priority = ((i * 7) % 5 * 10).to_string();
-        let id = create(
-            &server,
-            &s,
-            "3",
-            &["--priority", &priority],
-        );
+        let id = create(&server, &s, "3", &["--priority", &priority]);
         ids.push(id);
     }
     let mut workers: Vec<Child> = (0..4)
