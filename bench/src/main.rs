@@ -7,6 +7,7 @@
 //! `search`: the sweep algorithms on a deterministic simulator against random search and
 //! Optuna (see `search/mod.rs`).
 
+mod latency;
 mod search;
 
 use std::sync::Arc;
@@ -43,6 +44,8 @@ enum Bench {
     },
     /// Sweep algorithms (CARBS, ASHA, Hyperband, bandits) vs random search and Optuna.
     Search(search::SearchArgs),
+    /// ReportMetrics -> WatchJob and CreateJob -> RUNNING latency on PostgreSQL.
+    Latency(latency::LatencyArgs),
 }
 
 struct Run {
@@ -221,6 +224,7 @@ async fn main() -> std::process::ExitCode {
             database_url,
         } => queue(jobs, workers.max(1), &database_url).await,
         Bench::Search(a) => search::run(a),
+        Bench::Latency(a) => latency::run(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -13,7 +13,7 @@ use super::{ApiContext, convert, page_token, require_id};
 use crate::domain::spec::JobSpec;
 use crate::domain::{FilePurpose, ids};
 use crate::error::ApiError;
-use crate::store::{JobFilter, NewJob, StoreError};
+use crate::store::{JobFilter, NewJob, StoreError, UpdateRecord};
 
 /// Largest batch of history read from the store per round of a watch.
 const WATCH_BATCH: u32 = 500;
@@ -257,8 +257,20 @@ impl JobService for Jobs {
                 if updates.len() as u32 == WATCH_BATCH {
                     continue;
                 }
-                let job = store.get_job(&id).await.map_err(|e| Status::from(ApiError::from(e)))?;
-                if job.state.is_terminal() && after >= job.last_seq {
+                // A terminal state is always the job's last event, so seeing it ends the
+                // stream without another query; only an empty read needs to ask the job.
+                let ended = match updates.last() {
+                    Some(UpdateRecord::Event(e)) => e.state.is_terminal(),
+                    Some(UpdateRecord::Metrics(_)) => false,
+                    None => {
+                        let job = store
+                            .get_job(&id)
+                            .await
+                            .map_err(|e| Status::from(ApiError::from(e)))?;
+                        job.state.is_terminal() && after >= job.last_seq
+                    }
+                };
+                if ended {
                     break;
                 }
                 let stop = tokio::select! {
