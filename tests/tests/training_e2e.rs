@@ -504,3 +504,52 @@ async fn four_workers_run_twenty_jobs_exactly_once_in_priority_order() {
     drop(server);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_worker_checkpoint_release_exit_and_the_next_worker_continues() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
+    let s = setup(&server, dir.path());
+    let mut w1 = worker(&server, dir.path(), "w1");
+    let id = create(&server, &s, "300", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_step(&server, &id) < 5 {
+        assert!(Instant::now() < deadline, "training did not start");
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &w1.id().to_string()])
+        .status();
+    let status = w1.wait().unwrap();
+    assert!(
+        status.success(),
+        "the worker exits cleanly after draining: {status:?}"
+    );
+    let job = server.json(&["jobs", "get", &id]);
+    assert_eq!(
+        job["state"], "queued",
+        "the lease was released, not left to expire"
+    );
+    let ckpts = server.json(&["artifacts", "list", &id]);
+    let drained_at = ckpts["artifacts"].as_array().unwrap().last().unwrap()["step"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        drained_at >= 5,
+        "a drain checkpoint was committed (step {drained_at})"
+    );
+    let mut w2 = worker(&server, dir.path(), "w2");
+    let (code, updates) = history(&server, &id);
+    assert_eq!(code, Some(0));
+    let first = updates
+        .iter()
+        .filter(|u| u["type"] == "metrics" && u["attempt"] == 2 && u["values"]["loss"].is_number())
+        .filter_map(|u| u["step"].as_i64())
+        .min()
+        .unwrap();
+    assert_eq!(first, drained_at + 1);
+    let _ = w2.kill();
+    let _ = w2.wait();
+    drop(server);
+    db.drop_db().await;
+}
