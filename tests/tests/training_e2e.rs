@@ -103,6 +103,18 @@ fn create(server: &ServerProcess, s: &Setup, steps: &str, extra: &[&str]) -> Str
     server.json(&args)["id"].as_str().unwrap().to_string()
 }
 
+/// The first training step an attempt reported (where it started or resumed).
+fn first_training_step(updates: &[serde_json::Value], attempt: i64) -> i64 {
+    updates
+        .iter()
+        .filter(|u| {
+            u["type"] == "metrics" && u["attempt"] == attempt && u["values"]["loss"].is_number()
+        })
+        .filter_map(|u| u["step"].as_i64())
+        .min()
+        .expect("the attempt reported training steps")
+}
+
 /// Watches with `--output json` and returns the updates (one JSON object per line).
 fn history(server: &ServerProcess, id: &str) -> (Option<i32>, Vec<serde_json::Value>) {
     let out = server.cli(&["jobs", "watch", id, "--output", "json"]);
@@ -194,12 +206,7 @@ async fn a_killed_worker_s_job_resumes_from_its_checkpoint_on_another_worker() {
     let job = server.json(&["jobs", "get", &id]);
     assert_eq!(job["attempt"], 2, "one reclaim");
     // Steps of attempt 2 continue from the checkpoint instead of restarting at 1.
-    let first_step_2 = updates
-        .iter()
-        .filter(|u| u["type"] == "metrics" && u["attempt"] == 2 && u["values"]["loss"].is_number())
-        .map(|u| u["step"].as_i64().unwrap())
-        .min()
-        .unwrap();
+    let first_step_2 = first_training_step(&updates, 2);
     assert!(
         first_step_2 > 100,
         "attempt 2 started at step {first_step_2}"
@@ -349,12 +356,7 @@ async fn cancel_stops_training_promptly_and_pause_resume_continues_from_the_paus
     server.json(&["jobs", "resume", &id]);
     let (code, updates) = history(&server, &id);
     assert_eq!(code, Some(0));
-    let resumed_first = updates
-        .iter()
-        .filter(|u| u["type"] == "metrics" && u["attempt"] == 2 && u["values"]["loss"].is_number())
-        .filter_map(|u| u["step"].as_i64())
-        .min()
-        .unwrap();
+    let resumed_first = first_training_step(&updates, 2);
     assert_eq!(
         resumed_first,
         pause_ckpt + 1,
@@ -541,12 +543,7 @@ async fn sigterm_drains_a_worker_checkpoint_release_exit_and_the_next_worker_con
     let mut w2 = worker(&server, dir.path(), "w2");
     let (code, updates) = history(&server, &id);
     assert_eq!(code, Some(0));
-    let first = updates
-        .iter()
-        .filter(|u| u["type"] == "metrics" && u["attempt"] == 2 && u["values"]["loss"].is_number())
-        .filter_map(|u| u["step"].as_i64())
-        .min()
-        .unwrap();
+    let first = first_training_step(&updates, 2);
     assert_eq!(first, drained_at + 1);
     let _ = w2.kill();
     let _ = w2.wait();
