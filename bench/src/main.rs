@@ -9,6 +9,7 @@
 
 mod latency;
 mod search;
+mod train;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ enum Bench {
     Search(search::SearchArgs),
     /// ReportMetrics -> WatchJob and CreateJob -> RUNNING latency on PostgreSQL.
     Latency(latency::LatencyArgs),
+    /// LoRA training throughput vs PyTorch + PEFT (run with RAYON_NUM_THREADS=2).
+    Train(train::TrainArgs),
 }
 
 struct Run {
@@ -225,6 +228,7 @@ async fn main() -> std::process::ExitCode {
         } => queue(jobs, workers.max(1), &database_url).await,
         Bench::Search(a) => search::run(a),
         Bench::Latency(a) => latency::run(a).await,
+        Bench::Train(a) => train::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

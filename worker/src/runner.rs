@@ -9,9 +9,10 @@ use tuna_proto::v1 as pb;
 
 use crate::agent::{Control, JobInputs, JobRunner, Progress, Reporter, RunError, RunOutcome, Stop};
 use crate::engine::adapters::{AdapterConfig, AdapterSet, LoraInit, TargetModules};
-use crate::engine::data::{ByteTokenizer, Example, Format, Loader, Tokenizer, jsonl};
+use crate::engine::data::tokenizer::load_for_model;
+use crate::engine::data::{Example, Format, Loader, Tokenizer, examples_from_records, jsonl};
 use crate::engine::export;
-use crate::engine::model::Llama;
+use crate::engine::model::{Llama, gguf};
 use crate::engine::optim::{AdamWConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::{TrainConfig, TrainError, Trainer};
 
@@ -70,11 +71,14 @@ fn detect_format(path: &Path) -> Result<Format, RunError> {
         .ok_or_else(|| user("the dataset is empty"))?;
     let value: serde_json::Value =
         serde_json::from_str(first).map_err(|e| user(format!("line 1: invalid JSON: {e}")))?;
-    if value.get("prompt").is_some() {
+    if value.get("messages").is_some() {
+        Ok(Format::Chat)
+    } else if value.get("prompt").is_some() {
         Ok(Format::PromptCompletion)
-    } else if value.get("messages").is_some() || value.get("label").is_some() {
+    } else if value.get("label").is_some() {
         Err(user(
-            "chat and classification datasets are not supported by this worker yet (text and prompt/completion are)",
+            "classification datasets need the BERT classifier path, which workers do not run yet \
+             (text, prompt/completion and chat datasets train causal LMs)",
         ))
     } else {
         Ok(Format::Text)
@@ -83,11 +87,33 @@ fn detect_format(path: &Path) -> Result<Format, RunError> {
 
 fn examples(path: &Path, tok: &dyn Tokenizer, max_len: usize) -> Result<Vec<Example>, RunError> {
     let format = detect_format(path)?;
-    let records = jsonl::read(path, format).map_err(user)?;
-    Ok(records
-        .iter()
-        .map(|r| Example::from_record(r, tok, max_len))
-        .collect())
+    let records = jsonl::read_numbered(path, format).map_err(user)?;
+    examples_from_records(&records, tok, max_len).map_err(user)
+}
+
+/// The model and the tokenizer that goes with it: an HF folder's tokenizer.json (the byte
+/// tokenizer when the folder has none), or the tokenizer rebuilt from GGUF metadata.
+fn load_model(inputs: &JobInputs) -> Result<(Llama, Box<dyn Tokenizer>), RunError> {
+    if inputs.model_format == pb::ModelFormat::Gguf {
+        let file = std::fs::read_dir(&inputs.model_dir)
+            .map_err(system)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .ok_or_else(|| user("the GGUF model has no .gguf file"))?;
+        let m = gguf::read(&file, DType::F32, &Device::Cpu).map_err(user)?;
+        let Some(tok) = m.tokenizer else {
+            return Err(user(format!(
+                "no tokenizer could be built from the GGUF metadata: {}",
+                m.tokenizer_error.unwrap_or_default()
+            )));
+        };
+        let model = Llama::load(m.config, &m.weights).map_err(user)?;
+        return Ok((model, Box::new(tok)));
+    }
+    let model = Llama::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).map_err(user)?;
+    let tok = load_for_model(&inputs.model_dir).map_err(user)?;
+    Ok((model, tok))
 }
 
 fn adapter_config(spec: &pb::JobSpec, seed: u64) -> Result<AdapterConfig, RunError> {
@@ -137,16 +163,11 @@ fn train(
     let spec = &inputs.spec;
     let h = spec.hyperparameters.clone().unwrap_or_default();
     let seed = h.seed.unwrap_or(0).max(0) as u64;
-    if inputs.model_format != pb::ModelFormat::Hf {
-        return Err(user(
-            "GGUF models are not supported by this worker yet (HF folders are)",
-        ));
-    }
-    let mut model = Llama::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).map_err(user)?;
-    let tok = ByteTokenizer;
+    let (mut model, tok) = load_model(inputs)?;
+    let tok = tok.as_ref();
     if model.config().vocab_size < tok.vocab_size() {
         return Err(user(format!(
-            "the model's vocabulary ({}) is smaller than the byte tokenizer's ({})",
+            "the model's vocabulary ({}) is smaller than its tokenizer's ({})",
             model.config().vocab_size,
             tok.vocab_size()
         )));
@@ -154,7 +175,7 @@ fn train(
     let max_len = h.max_seq_len.unwrap_or(512).max(2) as usize;
     let batch = h.batch_size.unwrap_or(8).max(1) as usize;
     let accum = h.grad_accumulation.unwrap_or(1).max(1) as usize;
-    let train_set = examples(&inputs.training_file, &tok, max_len)?;
+    let train_set = examples(&inputs.training_file, tok, max_len)?;
     let per_epoch = train_set.len().div_ceil(batch * accum).max(1) as u64;
     let total = match h.max_steps {
         Some(s) => s.max(1) as u64,
@@ -162,9 +183,9 @@ fn train(
     };
     let train_loader = Loader::new(train_set, batch, seed, tok.pad_id()).map_err(user)?;
     let eval_loader = match &inputs.validation_file {
-        Some(p) => Some(
-            Loader::new(examples(p, &tok, max_len)?, batch, seed, tok.pad_id()).map_err(user)?,
-        ),
+        Some(p) => {
+            Some(Loader::new(examples(p, tok, max_len)?, batch, seed, tok.pad_id()).map_err(user)?)
+        }
         None => None,
     };
     let adapters = AdapterSet::attach(&mut model, &adapter_config(spec, seed)?).map_err(user)?;

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::engine::adapters::set::merge_all;
 use crate::engine::adapters::{
-    Adaptable, AdapterConfig, AdapterError, AdapterSet, LoraInit, TargetModules,
+    Adaptable, AdapterConfig, AdapterError, AdapterSet, LoraInit, Method, TargetModules,
 };
 use crate::engine::model::Llama;
 
@@ -67,6 +67,9 @@ pub fn save_adapter(
         reason,
     };
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
+    if !matches!(set.method(), Method::Lora) {
+        return save_method(dir, set, base_model_name_or_path, task_type);
+    }
     let cfg = set.config();
     let mut targets: Vec<&str> = set
         .modules()
@@ -88,7 +91,7 @@ pub fn save_adapter(
     let init = match cfg.init {
         LoraInit::Gaussian => json!("gaussian"),
         // Converted PiSSA is a plain LoRA on the original weights.
-        LoraInit::Default | LoraInit::Pissa => json!(true),
+        LoraInit::Default | LoraInit::Pissa | LoraInit::LoraGa => json!(true),
     };
     let config = json!({
         "peft_type": "LORA",
@@ -118,6 +121,90 @@ pub fn save_adapter(
     let path = dir.join(ADAPTER_WEIGHTS);
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::tensor::serialize_to_file(&tensors, Some(meta), &path)
+        .map_err(|e| write_err(&path, e.to_string()))?;
+    Ok(())
+}
+
+/// Non-LoRA methods. IA3 and prompt tuning write PEFT's own config and keys
+/// (`…ia3_l`, `prompt_embeddings`); BitFit and full fine-tuning are not PEFT types, so
+/// they write the trained tensors under their HF names with `peft_type` `BITFIT`/`FULL`
+/// (only our loader reads these; use the merged-model export for other consumers).
+fn save_method(
+    dir: &Path,
+    set: &AdapterSet,
+    base_model_name_or_path: &str,
+    task_type: &str,
+) -> Result<(), ExportError> {
+    let write_err = |path: &Path, reason: String| ExportError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let short = |mods: &[String]| {
+        let mut v: Vec<String> = mods
+            .iter()
+            .map(|m| m.rsplit('.').next().unwrap_or(m).to_string())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let config = match set.method() {
+        Method::Ia3 { .. } => {
+            let ff: Vec<String> = set
+                .vars()
+                .iter()
+                .filter(|(_, v)| v.dims().first() == Some(&1) && v.dims().get(1) != Some(&1))
+                .filter_map(|(k, _)| {
+                    k.strip_suffix(".ia3_l")
+                        .and_then(|m| m.strip_prefix(crate::engine::adapters::PEFT_PREFIX))
+                        .map(String::from)
+                })
+                .collect();
+            json!({
+                "peft_type": "IA3",
+                "task_type": task_type,
+                "base_model_name_or_path": base_model_name_or_path,
+                "revision": null,
+                "inference_mode": true,
+                "target_modules": short(set.modules()),
+                "feedforward_modules": short(&ff),
+                "fan_in_fan_out": false,
+                "modules_to_save": null,
+                "init_ia3_weights": true,
+            })
+        }
+        Method::PromptTuning { num_virtual_tokens } => {
+            let token_dim = set
+                .vars()
+                .get("prompt_embeddings")
+                .and_then(|v| v.dims().get(1).copied())
+                .unwrap_or(0);
+            json!({
+                "peft_type": "PROMPT_TUNING",
+                "task_type": task_type,
+                "base_model_name_or_path": base_model_name_or_path,
+                "revision": null,
+                "inference_mode": true,
+                "num_virtual_tokens": num_virtual_tokens,
+                "token_dim": token_dim,
+                "num_transformer_submodules": 1,
+                "prompt_tuning_init": "RANDOM",
+            })
+        }
+        m => json!({
+            "peft_type": m.kind().to_uppercase(),
+            "task_type": task_type,
+            "base_model_name_or_path": base_model_name_or_path,
+            "parameters": set.vars().keys().collect::<Vec<_>>(),
+        }),
+    };
+    let path = dir.join(ADAPTER_CONFIG);
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| write_err(&path, e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
+    let path = dir.join(ADAPTER_WEIGHTS);
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize_to_file(&set.tensors(), Some(meta), &path)
         .map_err(|e| write_err(&path, e.to_string()))?;
     Ok(())
 }

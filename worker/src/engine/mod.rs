@@ -6,6 +6,8 @@
 //! ops that have backward rules (see `reference/candle_peft.md` §1.2).
 
 pub mod adapters;
+pub mod bench;
+pub mod classifier;
 pub mod data;
 pub mod export;
 pub mod model;

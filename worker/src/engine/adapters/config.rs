@@ -37,6 +37,10 @@ pub enum LoraInit {
     /// PiSSA: A, B from the top-r singular triplets of W, and the base weight becomes the
     /// residual `W - s·B·A` (PEFT `"pissa"`). Exported as a rank-2r LoRA on the original W.
     Pissa,
+    /// LoRA-GA: A, B from the SVD of the weight gradient on one batch, base offset like
+    /// PiSSA. Needs data, so it is attached with [`super::lora_ga::attach`], not
+    /// `AdapterSet::attach`.
+    LoraGa,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,9 +97,9 @@ impl AdapterConfig {
                 "lora_dropout must be in [0, 1)".into(),
             ));
         }
-        if self.init == LoraInit::Pissa && self.use_dora {
+        if matches!(self.init, LoraInit::Pissa | LoraInit::LoraGa) && self.use_dora {
             return Err(AdapterError::Invalid(
-                "PiSSA init cannot be combined with DoRA".into(),
+                "PiSSA and LoRA-GA inits cannot be combined with DoRA".into(),
             ));
         }
         match &self.target_modules {

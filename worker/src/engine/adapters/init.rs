@@ -25,7 +25,7 @@ pub fn lora_a(
             (0..n).map(|_| g.random_range(-bound..bound)).collect()
         }
         // PiSSA factors come from the weight (see `pissa`); this is only a fallback.
-        LoraInit::Gaussian | LoraInit::Pissa => {
+        LoraInit::Gaussian | LoraInit::Pissa | LoraInit::LoraGa => {
             let std = 1.0 / r as f64;
             (0..n).map(|_| (normal(&mut g) * std) as f32).collect()
         }

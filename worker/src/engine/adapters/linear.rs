@@ -30,14 +30,28 @@ impl Lora {
     }
 }
 
+/// IA3 (PEFT `IA3Layer`): a learned vector rescaling the layer's output (`[out, 1]`), or
+/// its input for feed-forward modules (`[1, in]`). Starts at ones (identity).
+#[derive(Debug, Clone)]
+pub struct Ia3 {
+    /// PEFT module key, e.g. `base_model.model.model.layers.0.self_attn.k_proj`.
+    pub key: String,
+    /// `ia3_l`: `[out, 1]`, or `[1, in]` when `on_input`.
+    pub l: Var,
+    pub on_input: bool,
+}
+
 /// A linear layer whose base weight `[out, in]` is a plain (frozen) tensor.
 #[derive(Debug, Clone)]
 pub struct AdaptedLinear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<Lora>,
+    ia3: Option<Ia3>,
     /// The base weight from before [`Self::merge`], restored exactly by [`Self::unmerge`].
     unmerged: Option<Tensor>,
+    /// The bias from before an IA3 merge (output scaling rescales the bias too).
+    unmerged_bias: Option<Option<Tensor>>,
 }
 
 impl AdaptedLinear {
@@ -46,8 +60,24 @@ impl AdaptedLinear {
             weight,
             bias,
             lora: None,
+            ia3: None,
             unmerged: None,
+            unmerged_bias: None,
         }
+    }
+
+    pub fn ia3(&self) -> Option<&Ia3> {
+        self.ia3.as_ref()
+    }
+
+    /// Attaches (or replaces) an IA3 vector.
+    pub fn attach_ia3(&mut self, ia3: Ia3) {
+        self.ia3 = Some(ia3);
+    }
+
+    /// Replaces the bias (BitFit and full fine-tuning swap in a trainable `Var`'s tensor).
+    pub fn set_bias(&mut self, bias: Option<Tensor>) {
+        self.bias = bias;
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -81,9 +111,7 @@ impl AdaptedLinear {
 
     /// Removes the adapter, returning it (and restoring the base weight if merged).
     pub fn detach(&mut self) -> Option<Lora> {
-        if let Some(w) = self.unmerged.take() {
-            self.weight = w;
-        }
+        self.unmerge();
         self.lora.take()
     }
 
@@ -94,13 +122,25 @@ impl AdaptedLinear {
 
     /// Folds the adapter into the base weight; the forward pass then ignores the adapter.
     /// LoRA: `W' = W + sBA`; DoRA: `W' = m / ‖W + sBA‖_row · (W + sBA)`.
+    /// IA3: `W' = diag(l)·W`, `b' = l·b` (output scaling) or `W' = W·diag(l)` (input).
     pub fn merge(&mut self) -> Result<()> {
-        let Some(lora) = &self.lora else {
-            return Ok(());
-        };
         if self.unmerged.is_some() {
             return Ok(());
         }
+        if let Some(ia3) = &self.ia3 {
+            let l = ia3.l.as_tensor().to_dtype(self.weight.dtype())?.detach();
+            let merged = self.weight.broadcast_mul(&l)?;
+            let bias = match (&self.bias, ia3.on_input) {
+                (Some(b), false) => Some(b.broadcast_mul(&l.flatten_all()?)?),
+                (b, _) => b.clone(),
+            };
+            self.unmerged_bias = Some(std::mem::replace(&mut self.bias, bias));
+            self.unmerged = Some(std::mem::replace(&mut self.weight, merged));
+            return Ok(());
+        }
+        let Some(lora) = &self.lora else {
+            return Ok(());
+        };
         let merged = merged_weight(&self.weight, lora)?;
         self.unmerged = Some(std::mem::replace(&mut self.weight, merged));
         Ok(())
@@ -111,10 +151,27 @@ impl AdaptedLinear {
         if let Some(w) = self.unmerged.take() {
             self.weight = w;
         }
+        if let Some(b) = self.unmerged_bias.take() {
+            self.bias = b;
+        }
     }
 
     /// `x` `[..., in]` → `[..., out]`.
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        match &self.ia3 {
+            Some(ia3) if self.unmerged.is_none() => {
+                let l = ia3.l.as_tensor().flatten_all()?.to_dtype(x.dtype())?;
+                if ia3.on_input {
+                    self.forward_inner(&x.broadcast_mul(&l)?, mode)
+                } else {
+                    self.forward_inner(x, mode)?.broadcast_mul(&l)
+                }
+            }
+            _ => self.forward_inner(x, mode),
+        }
+    }
+
+    fn forward_inner(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         let base = matmul_t(x, &self.weight)?;
         let lora = match &self.lora {
             Some(l) if self.unmerged.is_none() => l,
@@ -175,12 +232,58 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_f = dims.last().copied().unwrap_or(0);
     let rows = x.elem_count() / in_f.max(1);
-    let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((rows, in_f))?;
+    let y = if x2.track_op() && !w.track_op() && x2.device().is_cpu() {
+        let y = x2.detach().matmul(&w.t()?)?;
+        x2.apply_op1(FrozenMatmul { w: w.clone(), y })?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let mut out = dims;
     if let Some(last) = out.last_mut() {
         *last = y.dim(1)?;
     }
     y.reshape(out)
+}
+
+/// `x Wᵀ` for a constant `W` as a graph node whose backward computes only `dL/dx = g W`.
+/// candle's matmul backward always computes `dL/dW` too — a second full GEMM per frozen
+/// layer plus a zero-filled `[out, in]` gradient buffer — although nothing uses it. The
+/// product is computed outside the graph and handed over as this op's output (CPU only).
+struct FrozenMatmul {
+    w: Tensor,
+    y: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _storage: &candle_core::CpuStorage,
+        _layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (storage, layout) = self.y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(c)
+                if layout.is_contiguous()
+                    && layout.start_offset() == 0
+                    && c.as_slice::<f32>()
+                        .map_or(true, |s| s.len() == layout.shape().elem_count()) =>
+            {
+                Ok((c.clone(), layout.shape().clone()))
+            }
+            _ => Err(candle_core::Error::Msg(
+                "frozen-matmul: product is not a contiguous CPU tensor".into(),
+            )),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.w)?))
+    }
 }
 
 fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

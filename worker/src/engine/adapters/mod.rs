@@ -5,12 +5,15 @@ pub mod config;
 pub mod dropout;
 pub mod init;
 pub mod linear;
+pub mod lora_ga;
+pub mod methods;
 pub mod set;
 pub mod svd;
 pub mod targets;
 
 pub use config::{AdapterConfig, LoraInit, TargetModules};
-pub use linear::{AdaptedLinear, Lora};
+pub use linear::{AdaptedLinear, Ia3, Lora};
+pub use methods::{Method, MethodKind};
 pub use set::AdapterSet;
 
 use rand_chacha::ChaCha8Rng;
@@ -27,6 +30,27 @@ pub trait Adaptable {
     fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)>;
     /// Output heads, which PEFT leaves out of `all-linear` (e.g. `lm_head`).
     fn output_modules(&self) -> Vec<String>;
+    /// Base parameters that are not linear layers (embeddings, norms) by HF name, for
+    /// full fine-tuning and BitFit. Tied tensors appear once.
+    fn other_params_mut(&mut self) -> Vec<(String, &mut candle_core::Tensor)> {
+        Vec::new()
+    }
+    /// Installs (or removes) prompt-tuning virtual token embeddings `[n, hidden]`.
+    fn set_prompt(&mut self, prompt: Option<candle_core::Tensor>) -> Result<(), AdapterError> {
+        let _ = prompt;
+        Err(AdapterError::Invalid(
+            "prompt tuning is not supported by this model".into(),
+        ))
+    }
+    /// The input embedding matrix `[vocab, hidden]`, to initialise virtual tokens from.
+    fn input_embeddings(&self) -> Option<&candle_core::Tensor> {
+        None
+    }
+    /// Default IA3 targets and which of them scale their input (PEFT's
+    /// `TRANSFORMERS_MODELS_TO_IA3_*` mappings).
+    fn ia3_defaults(&self) -> (Vec<String>, Vec<String>) {
+        (Vec::new(), Vec::new())
+    }
 }
 
 /// Whether a forward pass trains (dropout on, masks from a seeded stream) or evaluates.

@@ -18,6 +18,8 @@ pub struct AdapterSet {
     /// PiSSA only: the initial A and B by var name. The base weight was replaced by
     /// `W - s·B₀A₀`, so export must ship `s(BA - B₀A₀)` to apply to the original `W`.
     initial: BTreeMap<String, Tensor>,
+    /// Which PEFT method these vars belong to (LoRA unless built by [`super::methods`]).
+    method: super::Method,
 }
 
 impl AdapterSet {
@@ -29,6 +31,11 @@ impl AdapterSet {
         config: &AdapterConfig,
     ) -> Result<Self, AdapterError> {
         config.validate()?;
+        if config.init == LoraInit::LoraGa {
+            return Err(AdapterError::Invalid(
+                "LoRA-GA init needs a gradient batch: use adapters::lora_ga::attach".into(),
+            ));
+        }
         let paths: Vec<String> = model.linears().into_iter().map(|(p, _)| p).collect();
         let selected = targets::select(&paths, &model.output_modules(), &config.target_modules)?;
         let mut vars = BTreeMap::new();
@@ -83,7 +90,35 @@ impl AdapterSet {
             modules: selected,
             vars,
             initial,
+            method: super::Method::Lora,
         })
+    }
+
+    /// A set for a non-LoRA method (see [`super::methods::attach`]); `config` only carries
+    /// the seed and targets there.
+    pub(crate) fn from_method(
+        config: AdapterConfig,
+        modules: Vec<String>,
+        vars: BTreeMap<String, Var>,
+        method: super::Method,
+    ) -> Self {
+        Self {
+            config,
+            modules,
+            vars,
+            initial: BTreeMap::new(),
+            method,
+        }
+    }
+
+    /// Records an initial factor for export conversion (inits that offset the base weight).
+    pub(crate) fn set_initial(&mut self, name: String, value: Tensor) {
+        self.initial.insert(name, value);
+    }
+
+    /// The method these vars implement.
+    pub fn method(&self) -> &super::Method {
+        &self.method
     }
 
     pub fn config(&self) -> &AdapterConfig {

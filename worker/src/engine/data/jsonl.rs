@@ -1,4 +1,5 @@
-//! JSONL parsing for the `{"text"}` and `{"prompt","completion"}` formats.
+//! JSONL parsing for the `{"text"}`, `{"prompt","completion"}`, `{"messages":[...]}` and
+//! `{"text","label"}` formats.
 
 use std::path::Path;
 
@@ -12,31 +13,56 @@ use super::DataError;
 pub enum Format {
     Text,
     PromptCompletion,
+    /// `{"messages":[{"role","content"}, ...]}`.
+    Chat,
+    /// `{"text","label"}` for sequence classification; the label may be a string or an
+    /// integer and is kept as text (class ids are assigned by [`super::classify`]).
+    Classification,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Text { text: String },
     PromptCompletion { prompt: String, completion: String },
+    Chat { messages: Vec<super::chat::Message> },
+    Classification { text: String, label: String },
 }
 
 /// Parses JSONL text; blank lines are skipped, anything else must be a JSON object with
 /// the format's string fields (extra fields are ignored, as HF datasets do).
 pub fn parse(text: &str, format: Format) -> Result<Vec<Record>, DataError> {
+    Ok(parse_numbered(text, format)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// Like [`parse`], keeping each record's 1-based line number for later error messages.
+pub fn parse_numbered(text: &str, format: Format) -> Result<Vec<(usize, Record)>, DataError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(parse_line(line, format).map_err(|reason| DataError::Line {
+        let record = parse_line(line, format).map_err(|reason| DataError::Line {
             line: i + 1,
             reason,
-        })?);
+        })?;
+        out.push((i + 1, record));
     }
     if out.is_empty() {
         return Err(DataError::Empty);
     }
     Ok(out)
+}
+
+/// Reads a JSONL file keeping line numbers (see [`parse_numbered`]).
+pub fn read_numbered(path: &Path, format: Format) -> Result<Vec<(usize, Record)>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    parse_numbered(&text, format)
 }
 
 /// Reads and parses a JSONL file.
@@ -67,6 +93,43 @@ fn parse_line(line: &str, format: Format) -> Result<Record, String> {
             prompt: field("prompt")?,
             completion: field("completion")?,
         }),
+        Format::Chat => {
+            let list = match obj.get("messages") {
+                Some(serde_json::Value::Array(list)) => list,
+                Some(_) => return Err("field `messages` must be an array".into()),
+                None => return Err("missing field `messages`".into()),
+            };
+            let mut messages = Vec::with_capacity(list.len());
+            for (i, m) in list.iter().enumerate() {
+                let get = |name: &str| match m.get(name) {
+                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                    Some(_) => Err(format!("messages[{i}].{name} must be a string")),
+                    None => Err(format!("messages[{i}] has no `{name}`")),
+                };
+                messages.push(super::chat::Message {
+                    role: get("role")?,
+                    content: get("content")?,
+                });
+            }
+            if messages.is_empty() {
+                return Err("field `messages` is empty".into());
+            }
+            Ok(Record::Chat { messages })
+        }
+        Format::Classification => {
+            let label = match obj.get("label") {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) if n.is_u64() => n.to_string(),
+                Some(_) => {
+                    return Err("field `label` must be a string or a non-negative integer".into());
+                }
+                None => return Err("missing field `label`".into()),
+            };
+            Ok(Record::Classification {
+                text: field("text")?,
+                label,
+            })
+        }
     }
 }
 
@@ -94,6 +157,36 @@ mod tests {
                 completion: "b".into()
             }
         );
+    }
+
+    #[test]
+    fn parses_chat_and_classification() {
+        let c = parse(
+            r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#,
+            Format::Chat,
+        )
+        .unwrap();
+        assert!(matches!(&c[0], Record::Chat { messages } if messages.len() == 2));
+        let k = parse(
+            "{\"text\":\"a\",\"label\":\"pos\"}\n{\"text\":\"b\",\"label\":2}",
+            Format::Classification,
+        )
+        .unwrap();
+        assert_eq!(
+            k[1],
+            Record::Classification {
+                text: "b".into(),
+                label: "2".into()
+            }
+        );
+        let err = parse("{\"messages\":[]}\n", Format::Chat).unwrap_err();
+        assert_eq!(err.to_string(), "line 1: field `messages` is empty");
+        let err = parse("\n{\"messages\":[{\"role\":\"user\"}]}", Format::Chat).unwrap_err();
+        assert_eq!(err.to_string(), "line 2: messages[0] has no `content`");
+        let err = parse("{\"text\":\"a\"}", Format::Classification).unwrap_err();
+        assert_eq!(err.to_string(), "line 1: missing field `label`");
+        let err = parse("{\"text\":\"a\",\"label\":1.5}", Format::Classification).unwrap_err();
+        assert!(err.to_string().contains("`label`"), "{err}");
     }
 
     #[test]

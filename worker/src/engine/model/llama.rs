@@ -49,6 +49,8 @@ pub struct Llama {
     norm: Tensor,
     lm_head: AdaptedLinear,
     inv_freq: Vec<f64>,
+    /// Prompt-tuning virtual token embeddings `[n, hidden]`, prepended to every sequence.
+    prompt: Option<Tensor>,
 }
 
 fn linear(
@@ -128,6 +130,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
+            prompt: None,
         })
     }
 
@@ -182,15 +185,25 @@ impl Llama {
     /// Attention is causal only: batches are right-padded, so padding never sits before a
     /// real token and cannot influence it; padded positions are excluded from the loss.
     pub fn forward(&self, input_ids: &Tensor, mode: &Mode) -> Result<Tensor, ModelError> {
-        let (b, t) = input_ids.dims2()?;
+        let (b, t_in) = input_ids.dims2()?;
         let dtype = self.dtype();
         let device = self.device();
-        let rope = Rope::new(&self.inv_freq, t, dtype, device)?;
-        let mask = causal_mask(t, dtype, device)?;
+        let h = self.config.hidden_size;
         let mut x = self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.hidden_size))?;
+            .reshape((b, t_in, h))?;
+        let n_virtual = self.prompt.as_ref().map_or(0, |p| p.dim(0).unwrap_or(0));
+        if let Some(p) = &self.prompt {
+            let p = p
+                .to_dtype(dtype)?
+                .unsqueeze(0)?
+                .broadcast_as((b, n_virtual, h))?;
+            x = Tensor::cat(&[&p, &x], 1)?;
+        }
+        let t = t_in + n_virtual;
+        let rope = Rope::new(&self.inv_freq, t, dtype, device)?;
+        let mask = causal_mask(t, dtype, device)?;
         let eps = self.config.rms_norm_eps;
         for layer in &self.layers {
             let h = rms_norm(&x, &layer.input_layernorm, eps)?;
@@ -198,7 +211,11 @@ impl Llama {
             let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
             x = (x + layer.mlp.forward(&h, mode)?)?;
         }
-        let x = rms_norm(&x, &self.norm, eps)?;
+        let mut x = rms_norm(&x, &self.norm, eps)?;
+        if n_virtual > 0 {
+            // Logits only for the real positions, so labels and masks line up unchanged.
+            x = x.narrow(1, n_virtual, t_in)?;
+        }
         Ok(self
             .lm_head
             .forward(&x, mode)?
@@ -290,5 +307,53 @@ impl Adaptable for Llama {
 
     fn output_modules(&self) -> Vec<String> {
         vec!["lm_head".to_string()]
+    }
+
+    fn other_params_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            &mut self.embed_tokens,
+        )];
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            out.push((
+                format!("model.layers.{i}.input_layernorm.weight"),
+                &mut l.input_layernorm,
+            ));
+            out.push((
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+                &mut l.post_attention_layernorm,
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), &mut self.norm));
+        out
+    }
+
+    fn set_prompt(
+        &mut self,
+        prompt: Option<Tensor>,
+    ) -> Result<(), crate::engine::adapters::AdapterError> {
+        if let Some(p) = &prompt {
+            let dims = p.dims();
+            if dims.len() != 2 || dims[1] != self.config.hidden_size {
+                return Err(crate::engine::adapters::AdapterError::Shape {
+                    name: "prompt_embeddings".into(),
+                    expected: vec![dims.first().copied().unwrap_or(0), self.config.hidden_size],
+                    actual: dims.to_vec(),
+                });
+            }
+        }
+        self.prompt = prompt;
+        Ok(())
+    }
+
+    fn input_embeddings(&self) -> Option<&Tensor> {
+        Some(&self.embed_tokens)
+    }
+
+    fn ia3_defaults(&self) -> (Vec<String>, Vec<String>) {
+        (
+            vec!["k_proj".into(), "v_proj".into(), "down_proj".into()],
+            vec!["down_proj".into()],
+        )
     }
 }

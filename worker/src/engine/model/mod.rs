@@ -1,11 +1,14 @@
 //! Differentiable model implementations and their loading from HF model folders.
 
+pub mod bert;
 pub mod config;
+pub mod gguf;
 pub mod llama;
 pub mod ops;
 pub mod tiny;
 pub mod weights;
 
+pub use bert::{Bert, BertConfig, ClassifierHead};
 pub use config::{ConfigError, LlamaConfig};
 pub use llama::Llama;
 pub use weights::{WeightError, Weights};
@@ -42,6 +45,8 @@ pub enum ModelError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Weights(#[from] WeightError),
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
     #[error("cannot write model files to {path}: {reason}")]
     Write {
         path: std::path::PathBuf,

@@ -27,7 +27,8 @@ pub struct TinySpec {
 }
 
 impl Default for TinySpec {
-    /// 2 layers, hidden 32, GQA 4/2 heads, byte-sized vocab: fast in debug test builds.
+    /// 2 layers, hidden 32, GQA 4/2 heads, a vocab just big enough for the generated
+    /// byte-level tokenizer (256 bytes + 3 specials + merges): fast in debug test builds.
     fn default() -> Self {
         Self {
             hidden: 32,
@@ -35,7 +36,7 @@ impl Default for TinySpec {
             layers: 2,
             heads: 4,
             kv_heads: 2,
-            vocab: 256,
+            vocab: crate::engine::data::tokenizer::TINY_TOKENIZER_VOCAB,
             tie_embeddings: false,
             rope_theta: 10_000.0,
             max_positions: 256,
@@ -119,7 +120,10 @@ impl TinySpec {
         Ok(out)
     }
 
-    /// Writes `config.json` and `model.safetensors` into `dir` (created if needed).
+    /// Writes `config.json`, `model.safetensors` and — when the vocab can hold it — the
+    /// deterministic byte-level BPE `tokenizer.json` + `tokenizer_config.json` (ChatML
+    /// template) into `dir` (created if needed). A smaller vocab gets no tokenizer files, so
+    /// [`load_for_model`](crate::engine::data::load_for_model) falls back to bytes.
     pub fn write(&self, dir: &Path, seed: u64) -> Result<LlamaConfig, ModelError> {
         let io = |e: std::io::Error| ModelError::Write {
             path: dir.to_path_buf(),
@@ -148,6 +152,19 @@ impl TinySpec {
             reason: e.to_string(),
         })?;
         std::fs::write(dir.join("config.json"), text).map_err(io)?;
+        if self.vocab >= crate::engine::data::tokenizer::TINY_TOKENIZER_VOCAB {
+            use crate::engine::data::tokenizer::{tiny_tokenizer_config, tiny_tokenizer_json};
+            for (file, json) in [
+                ("tokenizer.json", tiny_tokenizer_json()),
+                ("tokenizer_config.json", tiny_tokenizer_config()),
+            ] {
+                let text = serde_json::to_string_pretty(&json).map_err(|e| ModelError::Write {
+                    path: dir.join(file),
+                    reason: e.to_string(),
+                })?;
+                std::fs::write(dir.join(file), text).map_err(io)?;
+            }
+        }
         let weights = self.weights(seed)?;
         let path = dir.join("model.safetensors");
         let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);

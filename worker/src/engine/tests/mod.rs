@@ -1,7 +1,12 @@
 //! Cross-module engine tests (model + adapters + optimizer + trainer) on tiny random models.
 
+mod bert;
 mod export;
+mod gguf;
 mod grads;
+mod methods;
 mod oracle;
+mod real;
+mod tokenize;
 mod train;
 mod util;
