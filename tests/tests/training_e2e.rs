@@ -550,3 +550,57 @@ async fn sigterm_drains_a_worker_checkpoint_release_exit_and_the_next_worker_con
     drop(server);
     db.drop_db().await;
 }
+
+#[test]
+fn tuna_train_runs_the_engine_locally_and_writes_a_peft_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let data = dir.path().join("train.jsonl");
+    std::fs::write(&data, dataset(1)).unwrap();
+    let run = |args: &[&str]| Command::new(tuna_bin()).args(args).output().unwrap();
+    assert!(
+        run(&["models", "make-tiny", "--out", model.to_str().unwrap()])
+            .status
+            .success()
+    );
+    for method in ["lora", "dora", "ia3"] {
+        let out = dir.path().join(format!("adapter-{method}"));
+        let done = run(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--method",
+            method,
+            "--max-steps",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            done.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        assert!(
+            out.join("adapter_config.json").exists()
+                && out.join("adapter_model.safetensors").exists()
+        );
+    }
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\":\"ok\"}\n{\"text\":3}\n").unwrap();
+    let failed = run(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+}

@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use tuna_proto::v1 as pb;
 
 use crate::agent::{Control, JobInputs, JobRunner, Progress, Reporter, RunError, RunOutcome, Stop};
+use crate::engine::adapters::methods::{self, Method};
 use crate::engine::adapters::{AdapterConfig, AdapterSet, LoraInit, TargetModules};
 use crate::engine::data::tokenizer::load_for_model;
 use crate::engine::data::{Example, Format, Loader, Tokenizer, examples_from_records, jsonl};
@@ -123,7 +124,7 @@ fn adapter_config(spec: &pb::JobSpec, seed: u64) -> Result<AdapterConfig, RunErr
         "dora" => true,
         other => {
             return Err(user(format!(
-                "method {other:?} is not supported by this worker yet (lora and dora are)"
+                "method {other:?} is not one of lora, dora, ia3, prompt_tuning, bitfit, full"
             )));
         }
     };
@@ -188,7 +189,33 @@ fn train(
         }
         None => None,
     };
-    let adapters = AdapterSet::attach(&mut model, &adapter_config(spec, seed)?).map_err(user)?;
+    let method = spec.method.clone().unwrap_or_default();
+    let other = match method.r#type.as_str() {
+        "ia3" => {
+            let modules = method
+                .ia3
+                .map(|p| p.target_modules)
+                .filter(|m| !m.is_empty());
+            Some(Method::Ia3 {
+                target_modules: modules,
+                feedforward_modules: None,
+            })
+        }
+        "prompt_tuning" => Some(Method::PromptTuning {
+            num_virtual_tokens: method
+                .prompt_tuning
+                .and_then(|p| p.num_virtual_tokens)
+                .unwrap_or(20)
+                .max(1) as usize,
+        }),
+        "bitfit" => Some(Method::BitFit),
+        "full" => Some(Method::Full),
+        _ => None,
+    };
+    let adapters = match other {
+        Some(m) => methods::attach(&mut model, &m, seed).map_err(user)?,
+        None => AdapterSet::attach(&mut model, &adapter_config(spec, seed)?).map_err(user)?,
+    };
     let schedule_kind = match h.schedule.as_str() {
         "linear" => ScheduleKind::Linear,
         "constant" => ScheduleKind::Constant,

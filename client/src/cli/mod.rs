@@ -8,6 +8,7 @@ mod models;
 mod output;
 mod progress;
 mod server;
+mod train;
 mod worker;
 
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ pub enum Command {
     /// Run everything in one process on the embedded default: control plane, a worker, a
     /// tiny model, a LoRA job followed live, the adapter downloaded, a summary.
     Demo(demo::DemoArgs),
+    /// Train locally (no server): the worker's engine on a model folder and a JSONL file.
+    Train(Box<train::TrainArgs>),
     /// Run a training worker that pulls jobs from the control plane.
     Worker(worker::WorkerArgs),
     /// Upload and manage datasets and model files.
@@ -94,6 +97,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match &cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Train(args) => {
+            let args = args.clone();
+            tokio::task::spawn_blocking(move || train::run(&args))
+                .await
+                .map_err(|e| CliError::Usage(format!("training thread: {e}")))?
+        }
         Command::Worker(args) => worker::run(&cli.server, cli.api_key.clone(), args).await,
         Command::Files(cmd) => files::run(&cli, cmd).await,
         Command::Jobs(cmd) => jobs::run(&cli, cmd).await,
