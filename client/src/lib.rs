@@ -24,6 +24,7 @@ use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
 use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::job_service_client::JobServiceClient;
 use tuna_proto::v1::model_service_client::ModelServiceClient;
+use tuna_worker::agent::transfer::{TransferError, save_verified};
 
 /// Errors of the SDK.
 #[derive(Debug, thiserror::Error)]
@@ -232,11 +233,6 @@ impl Client {
 impl Client {
     /// Downloads a file to `out`, verifying its sha256; a mismatch removes the partial file.
     pub async fn download_file(&self, id: &str, out: &Path) -> Result<pb::File, ClientError> {
-        use tokio::io::AsyncWriteExt;
-        let io = |source| ClientError::Io {
-            path: out.display().to_string(),
-            source,
-        };
         let req = pb::DownloadFileRequest { id: id.to_string() };
         let mut stream = self.files().download(req).await?.into_inner();
         let meta = match stream.message().await? {
@@ -249,24 +245,13 @@ impl Client {
                 ));
             }
         };
-        let mut file = tokio::fs::File::create(out).await.map_err(io)?;
-        let mut hasher = Sha256::new();
-        while let Some(msg) = stream.message().await? {
-            if let Some(pb::download_file_response::Data::Chunk(c)) = msg.data {
-                hasher.update(&c);
-                file.write_all(&c).await.map_err(io)?;
-            }
-        }
-        file.flush().await.map_err(io)?;
-        let actual = hex::encode(hasher.finalize());
-        if actual != meta.sha256 {
-            let _ = tokio::fs::remove_file(out).await;
-            return Err(ClientError::Corrupt {
-                artifact: id.to_string(),
-                expected: meta.sha256,
-                actual,
-            });
-        }
+        let chunk = |m: pb::DownloadFileResponse| match m.data {
+            Some(pb::download_file_response::Data::Chunk(c)) => Some(c),
+            _ => None,
+        };
+        save_verified(&mut stream, chunk, out, &meta.sha256)
+            .await
+            .map_err(|e| transfer_error(e, id))?;
         Ok(meta)
     }
 }
@@ -296,7 +281,6 @@ impl Client {
         artifact: &pb::Artifact,
         dir: &Path,
     ) -> Result<(), ClientError> {
-        use tokio::io::AsyncWriteExt;
         let io = |source| ClientError::Io {
             path: dir.display().to_string(),
             source,
@@ -307,25 +291,13 @@ impl Client {
             artifact_id: artifact.id.clone(),
         };
         let mut stream = self.artifacts().download(req).await?.into_inner();
-        let mut file = tokio::fs::File::create(&tar).await.map_err(io)?;
-        let mut hasher = Sha256::new();
-        while let Some(msg) = stream.message().await? {
-            if let Some(pb::download_response::Data::Chunk(c)) = msg.data {
-                hasher.update(&c);
-                file.write_all(&c).await.map_err(io)?;
-            }
-        }
-        file.flush().await.map_err(io)?;
-        drop(file);
-        let actual = hex::encode(hasher.finalize());
-        if actual != artifact.sha256 {
-            let _ = tokio::fs::remove_file(&tar).await;
-            return Err(ClientError::Corrupt {
-                artifact: artifact.id.clone(),
-                expected: artifact.sha256.clone(),
-                actual,
-            });
-        }
+        let chunk = |m: pb::DownloadResponse| match m.data {
+            Some(pb::download_response::Data::Chunk(c)) => Some(c),
+            _ => None,
+        };
+        save_verified(&mut stream, chunk, &tar, &artifact.sha256)
+            .await
+            .map_err(|e| transfer_error(e, &artifact.id))?;
         let unpacked = tuna_worker::agent::pack::unpack(&tar, dir);
         let _ = tokio::fs::remove_file(&tar).await;
         unpacked.map_err(io)
@@ -391,6 +363,19 @@ impl Client {
             files,
         };
         Ok(self.models().register_model(req).await?.into_inner())
+    }
+}
+
+/// Maps a failed verified download to the SDK's error.
+fn transfer_error(e: TransferError, id: &str) -> ClientError {
+    match e {
+        TransferError::Rpc(status) => ClientError::Rpc(status),
+        TransferError::Io { path, source } => ClientError::Io { path, source },
+        TransferError::Corrupt { expected, actual } => ClientError::Corrupt {
+            artifact: id.to_string(),
+            expected,
+            actual,
+        },
     }
 }
 

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tuna_proto::v1 as pb;
 
 use super::conn::Conn;
+use super::transfer::{TransferError, save_verified};
 
 /// Cache failures, split by whose fault they are.
 #[derive(Debug, thiserror::Error)]
@@ -155,22 +155,19 @@ async fn download(
         .await
         .map_err(rpc)?
         .into_inner();
-    let mut file = tokio::fs::File::create(out).await.map_err(io(out))?;
-    let mut hasher = Sha256::new();
-    while let Some(msg) = stream.message().await.map_err(rpc)? {
-        if let Some(pb::download_file_response::Data::Chunk(c)) = msg.data {
-            hasher.update(&c);
-            file.write_all(&c).await.map_err(io(out))?;
-        }
-    }
-    file.flush().await.map_err(io(out))?;
-    let actual = hex::encode(hasher.finalize());
-    if actual != expected_sha256 {
-        return Err(CacheError::Corrupt {
-            id: id.to_string(),
-            expected: expected_sha256.to_string(),
-            actual,
-        });
-    }
-    Ok(())
+    let chunk = |m: pb::DownloadFileResponse| match m.data {
+        Some(pb::download_file_response::Data::Chunk(c)) => Some(c),
+        _ => None,
+    };
+    save_verified(&mut stream, chunk, out, expected_sha256)
+        .await
+        .map_err(|e| match e {
+            TransferError::Rpc(status) => rpc(status),
+            TransferError::Io { path, source } => CacheError::Io { path, source },
+            TransferError::Corrupt { expected, actual } => CacheError::Corrupt {
+                id: id.to_string(),
+                expected,
+                actual,
+            },
+        })
 }

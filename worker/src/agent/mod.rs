@@ -9,6 +9,7 @@ mod heartbeat;
 mod metrics;
 pub mod pack;
 pub mod runner;
+pub mod transfer;
 pub mod upload;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ use tuna_proto::v1 as pb;
 use super::cache::Cache;
 use super::conn::Conn;
 use super::pack;
+use super::transfer::{TransferError, save_verified};
 
 /// Upload failures.
 #[derive(Debug, thiserror::Error)]
@@ -114,34 +115,14 @@ pub async fn download_artifact(
     conn: &Conn,
     artifact: &pb::Artifact,
     out: &Path,
-) -> Result<(), UploadError> {
-    use tokio::io::AsyncWriteExt;
-    let io = |source| UploadError::Io {
-        path: out.display().to_string(),
-        source,
+) -> Result<(), TransferError> {
+    let req = pb::DownloadRequest {
+        artifact_id: artifact.id.clone(),
     };
-    let mut stream = conn
-        .artifacts()
-        .download(pb::DownloadRequest {
-            artifact_id: artifact.id.clone(),
-        })
-        .await?
-        .into_inner();
-    let mut file = tokio::fs::File::create(out).await.map_err(io)?;
-    let mut hasher = Sha256::new();
-    while let Some(msg) = stream.message().await? {
-        if let Some(pb::download_response::Data::Chunk(c)) = msg.data {
-            hasher.update(&c);
-            file.write_all(&c).await.map_err(io)?;
-        }
-    }
-    file.flush().await.map_err(io)?;
-    let actual = hex::encode(hasher.finalize());
-    if actual != artifact.sha256 {
-        return Err(UploadError::Rpc(tonic::Status::data_loss(format!(
-            "artifact {} downloaded with sha256 {actual}, expected {}",
-            artifact.id, artifact.sha256
-        ))));
-    }
-    Ok(())
+    let mut stream = conn.artifacts().download(req).await?.into_inner();
+    let chunk = |m: pb::DownloadResponse| match m.data {
+        Some(pb::download_response::Data::Chunk(c)) => Some(c),
+        _ => None,
+    };
+    save_verified(&mut stream, chunk, out, &artifact.sha256).await
 }
