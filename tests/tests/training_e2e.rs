@@ -22,16 +22,40 @@ fn dataset(stride: usize) -> String {
         .collect()
 }
 
-fn worker(server: &ServerProcess, dir: &std::path::Path, name: &str) -> Child {
+/// A `tuna worker` child process, killed when dropped so a failing test leaves none behind.
+struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker(server: &ServerProcess, dir: &std::path::Path, name: &str) -> Worker {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    Command::new(tuna_bin())
+    let child = Command::new(tuna_bin())
         .args(["worker", "--name", name, "--cache-dir"])
         .arg(dir.join(format!("{name}-cache")))
         .env("TUNA_SERVER", &server.url)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .unwrap()
+        .unwrap();
+    Worker(child)
 }
 
 struct Setup {
@@ -462,7 +486,7 @@ async fn four_workers_run_twenty_jobs_exactly_once_in_priority_order() {
         let id = create(&server, &s, "3", &["--priority", &priority]);
         ids.push(id);
     }
-    let mut workers: Vec<Child> = (0..4)
+    let mut workers: Vec<Worker> = (0..4)
         .map(|i| worker(&server, dir.path(), &format!("w{i}")))
         .collect();
     let mut jobs = Vec::new();
