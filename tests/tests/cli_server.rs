@@ -8,6 +8,34 @@ const DATASET: &str =
     "{\"prompt\":\"2+2=\",\"completion\":\"4\"}\n{\"prompt\":\"3+3=\",\"completion\":\"6\"}\n";
 const BAD_DATASET: &str = "{\"text\":\"a\"}\n{\"text\":\"b\"}\n{\"text\":7}\n";
 
+/// A gRPC worker client registered as `name` with `device`, and its worker id.
+async fn register_worker(
+    url: &str,
+    name: &str,
+    device: &str,
+) -> (
+    tuna_proto::v1::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
+    String,
+) {
+    use tuna_proto::v1 as pb;
+    let mut w =
+        tuna_proto::v1::worker_service_client::WorkerServiceClient::connect(url.to_string())
+            .await
+            .unwrap();
+    let reg = w
+        .register_worker(pb::RegisterWorkerRequest {
+            name: name.into(),
+            capabilities: Some(pb::WorkerCapabilities {
+                device: device.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (w, reg.worker_id)
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -124,7 +152,6 @@ async fn cli_drives_a_postgres_backed_server_and_state_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_exits_nonzero_when_the_job_fails_and_unknown_models_fail_fast() {
     use tuna_proto::v1 as pb;
-    use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
@@ -170,23 +197,10 @@ async fn watch_exits_nonzero_when_the_job_fails_and_unknown_models_fail_fast() {
 
     // A worker takes the runnable job (the unknown-model job fails on the way) and fails it
     // for a USER reason (no retry).
-    let mut w = WorkerServiceClient::connect(server.url.clone())
-        .await
-        .unwrap();
-    let reg = w
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "e2e".into(),
-            capabilities: Some(pb::WorkerCapabilities {
-                device: "cpu".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut w, worker_id) = register_worker(&server.url, "e2e", "cpu").await;
     let lease = w
         .acquire_job(pb::AcquireJobRequest {
-            worker_id: reg.worker_id,
+            worker_id,
             wait_ms: 5000,
         })
         .await
@@ -315,7 +329,6 @@ async fn embedded_default_server_runs_on_sqlite_without_a_database_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_open_watches_and_long_polls_promptly() {
     use tuna_proto::v1 as pb;
-    use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.jsonl");
@@ -339,23 +352,10 @@ async fn sigterm_ends_open_watches_and_long_polls_promptly() {
         .spawn()
         .unwrap();
     // ...and a worker long-polling for a minute.
-    let mut w = WorkerServiceClient::connect(server.url.clone())
-        .await
-        .unwrap();
-    let reg = w
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "idle".into(),
-            capabilities: Some(pb::WorkerCapabilities {
-                device: "cuda".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut w, worker_id) = register_worker(&server.url, "idle", "cuda").await;
     let poll = tokio::spawn(async move {
         w.acquire_job(pb::AcquireJobRequest {
-            worker_id: reg.worker_id,
+            worker_id,
             wait_ms: 60_000,
         })
         .await

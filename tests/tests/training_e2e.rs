@@ -155,7 +155,7 @@ async fn a_lora_job_runs_on_a_worker_process_and_its_adapter_downloads_intact() 
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
     let s = setup(&server, dir.path());
-    let mut w = worker(&server, dir.path(), "w1");
+    let w = worker(&server, dir.path(), "w1");
     let id = create(&server, &s, "30", &[]);
     let (code, updates) = history(&server, &id);
     assert_eq!(code, Some(0), "job did not succeed: {updates:?}");
@@ -191,8 +191,7 @@ async fn a_lora_job_runs_on_a_worker_process_and_its_adapter_downloads_intact() 
             .unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert!(out.join("adapter_model.safetensors").exists());
-    let _ = w.kill();
-    let _ = w.wait();
+    drop(w);
     drop(server);
     db.drop_db().await;
 }
@@ -220,7 +219,7 @@ async fn a_killed_worker_s_job_resumes_from_its_checkpoint_on_another_worker() {
     }
     w1.kill().unwrap();
     let _ = w1.wait();
-    let mut w2 = worker(&server, dir.path(), "w2");
+    let w2 = worker(&server, dir.path(), "w2");
     let (code, updates) = history(&server, &id);
     assert_eq!(
         code,
@@ -245,8 +244,7 @@ async fn a_killed_worker_s_job_resumes_from_its_checkpoint_on_another_worker() {
         attempt1 >= 100,
         "attempt 1 metrics kept: {attempt1}; first updates: {sample:?}"
     );
-    let _ = w2.kill();
-    let _ = w2.wait();
+    drop(w2);
     drop(server);
     db.drop_db().await;
 }
@@ -347,7 +345,7 @@ async fn cancel_stops_training_promptly_and_pause_resume_continues_from_the_paus
         &["--database-url", &db.url, "--lease-ms", "3000"],
     );
     let s = setup(&server, dir.path());
-    let mut w = worker(&server, dir.path(), "w1");
+    let w = worker(&server, dir.path(), "w1");
 
     // Cancel: the worker stops within 2 s of its next heartbeat (every lease/3 = 1 s).
     let id = create(&server, &s, "100000", &[]);
@@ -386,8 +384,7 @@ async fn cancel_stops_training_promptly_and_pause_resume_continues_from_the_paus
         pause_ckpt + 1,
         "attempt 2 continues right after the pause checkpoint"
     );
-    let _ = w.kill();
-    let _ = w.wait();
+    drop(w);
     drop(server);
     db.drop_db().await;
 }
@@ -402,7 +399,7 @@ async fn a_server_restart_mid_run_does_not_stop_the_job() {
     );
     let s = setup(&server, dir.path());
     let url = server.url.clone();
-    let mut w = worker(&server, dir.path(), "w1");
+    let w = worker(&server, dir.path(), "w1");
     let id = create(&server, &s, "300", &[]);
     wait_for(&server, &id, "running", |j| j["state"] == "running");
     std::thread::sleep(Duration::from_millis(1000));
@@ -422,8 +419,7 @@ async fn a_server_restart_mid_run_does_not_stop_the_job() {
         1,
         "no reclaim was needed"
     );
-    let _ = w.kill();
-    let _ = w.wait();
+    drop(w);
     drop(server);
     db.drop_db().await;
 }
@@ -463,13 +459,12 @@ async fn a_worker_cut_off_from_the_server_stops_on_its_own_and_the_job_finishes_
     let _ = w1.wait();
     let port = url.rsplit(':').next().unwrap().to_string();
     let server = ServerProcess::start_on(dir.path(), &port, &args);
-    let mut w2 = worker(&server, dir.path(), "w2");
+    let w2 = worker(&server, dir.path(), "w2");
     let (code, _) = history(&server, &id);
     assert_eq!(code, Some(0), "the job completed on the second worker");
     let job = server.json(&["jobs", "get", &id]);
     assert_eq!(job["attempt"], 2);
-    let _ = w2.kill();
-    let _ = w2.wait();
+    drop(w2);
     drop(server);
     db.drop_db().await;
 }
@@ -486,7 +481,7 @@ async fn four_workers_run_twenty_jobs_exactly_once_in_priority_order() {
         let id = create(&server, &s, "3", &["--priority", &priority]);
         ids.push(id);
     }
-    let mut workers: Vec<Worker> = (0..4)
+    let workers: Vec<Worker> = (0..4)
         .map(|i| worker(&server, dir.path(), &format!("w{i}")))
         .collect();
     let mut jobs = Vec::new();
@@ -523,10 +518,7 @@ async fn four_workers_run_twenty_jobs_exactly_once_in_priority_order() {
             }
         }
     }
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    drop(workers);
     drop(server);
     db.drop_db().await;
 }
@@ -564,13 +556,12 @@ async fn sigterm_drains_a_worker_checkpoint_release_exit_and_the_next_worker_con
         drained_at >= 5,
         "a drain checkpoint was committed (step {drained_at})"
     );
-    let mut w2 = worker(&server, dir.path(), "w2");
+    let w2 = worker(&server, dir.path(), "w2");
     let (code, updates) = history(&server, &id);
     assert_eq!(code, Some(0));
     let first = first_training_step(&updates, 2);
     assert_eq!(first, drained_at + 1);
-    let _ = w2.kill();
-    let _ = w2.wait();
+    drop(w2);
     drop(server);
     db.drop_db().await;
 }
