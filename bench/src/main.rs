@@ -77,6 +77,7 @@ async fn burn_down(store: Arc<dyn Store>, jobs: usize, workers: usize) -> Result
             spec: spec.clone(),
             request_id: None,
             sweep_id: None,
+            resume_from_job: None,
         };
         store.create_job(job).await.map_err(|e| e.to_string())?;
     }

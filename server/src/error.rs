@@ -106,6 +106,8 @@ fn store_status(err: StoreError, message: String) -> Status {
     match err {
         StoreError::NotFound { .. } => Status::not_found(message),
         StoreError::InvalidTransition { .. }
+        | StoreError::SweepFinished { .. }
+        | StoreError::SweepConflict { .. }
         | StoreError::FileInUse { .. }
         | StoreError::InUse { .. } => Status::failed_precondition(message),
         StoreError::AlreadyExists { .. } => Status::already_exists(message),

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod search;
 pub mod serve;
 pub mod store;
+pub mod sweeps;
 pub mod telemetry;

@@ -1,5 +1,5 @@
-//! The composition root: store, blob store, services, health, reflection, background reaper,
-//! graceful shutdown.
+//! The composition root: store, blob store, services, health, reflection, background reaper
+//! and sweep controller, graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,12 +13,14 @@ use tuna_proto::v1::artifact_service_server::ArtifactServiceServer;
 use tuna_proto::v1::file_service_server::FileServiceServer;
 use tuna_proto::v1::job_service_server::JobServiceServer;
 use tuna_proto::v1::model_service_server::ModelServiceServer;
+use tuna_proto::v1::sweep_service_server::SweepServiceServer;
 use tuna_proto::v1::worker_service_server::WorkerServiceServer;
 
 use crate::api::artifacts::Artifacts;
 use crate::api::files::Files;
 use crate::api::jobs::Jobs;
 use crate::api::models::Models;
+use crate::api::sweeps::Sweeps;
 use crate::api::workers::Workers;
 use crate::api::{ApiContext, Limits};
 use crate::auth::Token;
@@ -26,6 +28,7 @@ use crate::blobs::{BlobError, Blobs};
 use crate::config::{ConfigError, ServerConfig};
 use crate::metrics::{ServiceMetrics, sample_forever};
 use crate::store::{self, Clock, Store, StoreError, SystemClock};
+use crate::sweeps::Controller;
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,9 @@ impl ControlPlane {
         health_reporter
             .set_serving::<ModelServiceServer<Models>>()
             .await;
+        health_reporter
+            .set_serving::<SweepServiceServer<Sweeps>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tuna_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -149,6 +155,9 @@ impl ControlPlane {
             self.ctx.metrics.clone(),
             Duration::from_millis(self.ctx.limits.poll_interval_ms),
         ));
+        let tick = Duration::from_millis(self.ctx.limits.poll_interval_ms.clamp(100, 2_000));
+        let controller =
+            tokio::spawn(Controller::new(self.ctx.store.clone(), tick).run_forever(tick));
         let sampler = tokio::spawn(sample_forever(
             self.ctx.store.clone(),
             self.ctx.metrics.clone(),
@@ -194,6 +203,10 @@ impl ControlPlane {
             ))
             .add_service(ModelServiceServer::with_interceptor(
                 Models::new(ctx.clone()),
+                client_auth.clone(),
+            ))
+            .add_service(SweepServiceServer::with_interceptor(
+                Sweeps::new(ctx.clone()),
                 client_auth,
             ))
             .add_service(WorkerServiceServer::with_interceptor(
@@ -203,6 +216,7 @@ impl ControlPlane {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         reaper.abort();
+        controller.abort();
         sampler.abort();
         result?;
         tracing::info!("tuna control plane stopped");

@@ -9,11 +9,11 @@ use tonic::{Request, Response, Status};
 use tuna_proto::v1 as pb;
 use tuna_proto::v1::job_service_server::JobService;
 
-use super::{ApiContext, convert, page_token, require_id};
+use super::{ApiContext, convert, page_token, require_dataset, require_id};
+use crate::domain::ids;
 use crate::domain::spec::JobSpec;
-use crate::domain::{FilePurpose, ids};
 use crate::error::ApiError;
-use crate::store::{JobFilter, NewJob, StoreError, UpdateRecord};
+use crate::store::{JobFilter, NewJob, UpdateRecord};
 
 /// Largest batch of history read from the store per round of a watch.
 const WATCH_BATCH: u32 = 500;
@@ -26,23 +26,6 @@ pub struct Jobs {
 impl Jobs {
     pub fn new(ctx: ApiContext) -> Self {
         Self { ctx }
-    }
-
-    /// A job may only name dataset files that exist, so a typo fails at submission rather
-    /// than minutes later on a worker.
-    async fn require_dataset(&self, field: &str, id: &str) -> Result<(), ApiError> {
-        require_id(field, ids::FILE, id)?;
-        match self.ctx.store.get_file(id).await {
-            Ok(f) if f.purpose == FilePurpose::Dataset => Ok(()),
-            Ok(f) => Err(ApiError::field(
-                field,
-                format!("file {id} is a {} file, not a dataset", f.purpose),
-            )),
-            Err(StoreError::NotFound { .. }) => {
-                Err(ApiError::field(field, format!("file {id} does not exist")))
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 }
 
@@ -106,10 +89,9 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::Job>, Status> {
         let req = request.into_inner();
         let spec = JobSpec::from_proto(req.spec.as_ref()).map_err(ApiError::from)?;
-        self.require_dataset("spec.training_file", &spec.training_file)
-            .await?;
+        require_dataset(&self.ctx, "spec.training_file", &spec.training_file).await?;
         if let Some(v) = &spec.validation_file {
-            self.require_dataset("spec.validation_file", v).await?;
+            require_dataset(&self.ctx, "spec.validation_file", v).await?;
         }
         if req.request_id.len() > 128 {
             return Err(ApiError::field("request_id", "must be at most 128 characters").into());
@@ -121,6 +103,7 @@ impl JobService for Jobs {
                 spec,
                 request_id: (!req.request_id.is_empty()).then_some(req.request_id),
                 sweep_id: None,
+                resume_from_job: None,
             })
             .await
             .map_err(ApiError::from)?;

@@ -7,6 +7,7 @@ pub mod files;
 pub mod jobs;
 pub mod models;
 pub mod page_token;
+pub mod sweeps;
 pub mod workers;
 
 use std::sync::Arc;
@@ -65,6 +66,23 @@ pub fn require_id(field: &str, prefix: &str, id: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// A job may only name dataset files that exist, so a typo fails at submission rather than
+/// minutes later on a worker.
+pub async fn require_dataset(ctx: &ApiContext, field: &str, id: &str) -> Result<(), ApiError> {
+    require_id(field, ids::FILE, id)?;
+    match ctx.store.get_file(id).await {
+        Ok(f) if f.purpose == crate::domain::FilePurpose::Dataset => Ok(()),
+        Ok(f) => Err(ApiError::field(
+            field,
+            format!("file {id} is a {} file, not a dataset", f.purpose),
+        )),
+        Err(crate::store::StoreError::NotFound { .. }) => {
+            Err(ApiError::field(field, format!("file {id} does not exist")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Checks a file or artifact name: 1..=255 chars, no path separators or control characters.

@@ -13,6 +13,8 @@ pub const FILE: &str = "file";
 pub const ARTIFACT: &str = "art";
 /// Prefix of worker ids.
 pub const WORKER: &str = "wrk";
+/// Prefix of sweep ids.
+pub const SWEEP: &str = "swp";
 
 /// Checks the shape of an id with `prefix`, so malformed ids fail as INVALID_ARGUMENT
 /// rather than NOT_FOUND.

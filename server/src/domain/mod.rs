@@ -125,3 +125,19 @@ text_enum!(
         Gguf => "gguf",
     }
 );
+
+text_enum!(
+    /// Sweep lifecycle state (see `proto/tuna/v1/sweep.proto`).
+    SweepState {
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl SweepState {
+    pub fn is_terminal(self) -> bool {
+        self != Self::Running
+    }
+}

@@ -23,7 +23,7 @@ pub use retry::QueuePolicy;
 use crate::domain::spec::JobSpec;
 use crate::domain::{
     ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState, ModelFormat,
-    Outcome,
+    Outcome, SweepState,
 };
 
 /// Errors of the store; mapped to gRPC codes once, in `crate::error`.
@@ -55,6 +55,11 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("sweep {id} is {state}: cannot cancel")]
+    SweepFinished { id: String, state: SweepState },
+    /// Another controller advanced the sweep first (optimistic concurrency on its event log).
+    #[error("sweep {id} changed concurrently (expected event seq {expected})")]
+    SweepConflict { id: String, expected: i64 },
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
 }
@@ -90,6 +95,9 @@ pub struct NewJob {
     /// Idempotency key: the same key returns the job it created first.
     pub request_id: Option<String>,
     pub sweep_id: Option<String>,
+    /// Start from this other job's latest checkpoint when the job has none of its own
+    /// (an ASHA promotion resumes the previous run of its trial).
+    pub resume_from_job: Option<String>,
 }
 
 /// Filters of `list_jobs`; all must match.
@@ -257,6 +265,101 @@ pub struct ModelRecord {
     pub created_at: i64,
 }
 
+/// A sweep as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepRecord {
+    pub id: String,
+    pub state: SweepState,
+    /// The validated `tuna.v1.SweepSpec`, protobuf-encoded.
+    pub spec: Vec<u8>,
+    pub message: String,
+    pub request_id: Option<String>,
+    /// Number of events in the sweep's log.
+    pub last_seq: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// One call made on a sweep's search algorithm, in the order it was made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepEventRecord {
+    pub seq: i64,
+    pub kind: String,
+    pub payload: String,
+}
+
+/// One run of a trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRecord {
+    pub sweep_id: String,
+    pub trial: i64,
+    pub run: i32,
+    /// None when the suggestion was dropped (max_trials reached).
+    pub job_id: Option<String>,
+    /// The searched parameters as JSON.
+    pub params: String,
+    pub budget: Option<f64>,
+    pub resume: bool,
+    pub reported_seq: i64,
+    pub steps: i64,
+    pub last_value: Option<f64>,
+    pub stop_requested: bool,
+    pub observed: bool,
+    pub objective: Option<f64>,
+    pub cost: Option<f64>,
+    pub failed: bool,
+    pub created_at: i64,
+}
+
+/// A new run to insert with its job (None: a dropped suggestion, no job).
+#[derive(Debug, Clone)]
+pub struct NewTrial {
+    pub trial: i64,
+    pub run: i32,
+    pub params: String,
+    pub budget: Option<f64>,
+    pub resume: bool,
+    pub job: Option<NewJob>,
+}
+
+/// Progress of a running trial: metric reports consumed up to `reported_seq`.
+#[derive(Debug, Clone)]
+pub struct TrialProgress {
+    pub trial: i64,
+    pub run: i32,
+    pub reported_seq: i64,
+    pub steps: i64,
+    pub last_value: Option<f64>,
+    /// The algorithm decided to stop this run early.
+    pub stop_requested: bool,
+}
+
+/// A finished run's result as fed to the algorithm.
+#[derive(Debug, Clone)]
+pub struct TrialResult {
+    pub trial: i64,
+    pub run: i32,
+    pub objective: Option<f64>,
+    pub cost: f64,
+    pub failed: bool,
+}
+
+/// One controller step of a sweep, applied atomically and only if the sweep's event log is
+/// still at `expected_seq` (so two controllers can never both apply a step).
+#[derive(Debug, Clone, Default)]
+pub struct SweepAdvance {
+    pub sweep_id: String,
+    pub expected_seq: i64,
+    /// `(kind, payload)` appended with seq `expected_seq + 1 ..`.
+    pub events: Vec<(String, String)>,
+    pub progress: Vec<TrialProgress>,
+    pub results: Vec<TrialResult>,
+    pub new_trials: Vec<NewTrial>,
+    /// End the sweep in this state with this message.
+    pub finish: Option<(SweepState, String)>,
+}
+
 /// The durable state behind the API. Every method is one transaction.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -355,6 +458,31 @@ pub trait Store: Send + Sync + 'static {
         job_id: &str,
         kind: Option<ArtifactKind>,
     ) -> Result<Vec<ArtifactRecord>>;
+
+    /// Inserts a RUNNING sweep; with a `request_id` seen before, returns the earlier sweep and
+    /// `false` (or `IdempotencyConflict` if the spec differs).
+    async fn create_sweep(
+        &self,
+        spec: &[u8],
+        request_id: Option<&str>,
+    ) -> Result<(SweepRecord, bool)>;
+    async fn get_sweep(&self, id: &str) -> Result<SweepRecord>;
+    /// Newest first, strictly after `after`.
+    async fn list_sweeps(&self, after: Option<&Cursor>, limit: u32) -> Result<Vec<SweepRecord>>;
+    /// The sweeps a controller must drive, oldest first.
+    async fn list_running_sweeps(&self) -> Result<Vec<SweepRecord>>;
+    /// RUNNING -> CANCELLED (no-op when already cancelled; other terminal states are
+    /// `InvalidTransition`). The caller cancels the trial jobs.
+    async fn cancel_sweep(&self, id: &str) -> Result<SweepRecord>;
+    /// Runs in (trial, run) order.
+    async fn list_trials(&self, sweep_id: &str) -> Result<Vec<TrialRecord>>;
+    /// The whole event log, in seq order.
+    async fn list_sweep_events(&self, sweep_id: &str) -> Result<Vec<SweepEventRecord>>;
+    /// Applies one controller step atomically (events, trial updates, new trial jobs, end of
+    /// the sweep); `SweepConflict` if the log moved on or the sweep is no longer running.
+    async fn advance_sweep(&self, step: &SweepAdvance) -> Result<Vec<JobRecord>>;
+    /// Takes or renews the lease on a singleton role; true while `holder` leads.
+    async fn acquire_leadership(&self, role: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
 
     /// Number of jobs per state (states without jobs are absent).
     async fn count_jobs_by_state(&self) -> Result<Vec<(JobState, i64)>>;

@@ -28,6 +28,19 @@ macro_rules! file_columns {
     };
 }
 
+macro_rules! sweep_columns {
+    () => {
+        "id, state, spec, message, request_id, last_seq, created_at, updated_at, finished_at"
+    };
+}
+
+macro_rules! trial_columns {
+    () => {
+        "sweep_id, trial, run, job_id, params, budget, resume, reported_seq, steps, last_value, \
+         stop_requested, observed, objective, cost, failed, created_at"
+    };
+}
+
 macro_rules! impl_store {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         use std::collections::BTreeMap;
@@ -39,13 +52,14 @@ macro_rules! impl_store {
         use $crate::domain::transitions::{self, Action, Transition};
         use $crate::domain::{
             ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState,
-            ModelFormat, Outcome,
+            ModelFormat, Outcome, SweepState,
         };
         use $crate::store::notify::{JOB_CHANNEL, QUEUE_CHANNEL};
         use $crate::store::{
             ArtifactRecord, Cursor, EventRecord, FailReply, Fence, FileRecord, HeartbeatReply,
             JobFilter, JobRecord, Lease, MetricInput, MetricRecord, ModelFileRecord, ModelRecord,
-            NewArtifact, NewJob, Result, StoreError, UpdateRecord, WorkerRecord,
+            NewArtifact, NewJob, Result, StoreError, SweepAdvance, SweepEventRecord, SweepRecord,
+            TrialRecord, UpdateRecord, WorkerRecord,
         };
 
         type Tx = sqlx::Transaction<'static, $Db>;
@@ -349,39 +363,8 @@ macro_rules! impl_store {
 
             async fn insert_job(&self, job: &NewJob, spec_json: &str, hash: &str) -> Result<JobRecord> {
                 let now = self.clock.now_ms();
-                let id = ids::new_id(ids::JOB);
-                let spec = &job.spec;
                 let mut tx = self.begin().await?;
-                sqlx::query(
-                    "INSERT INTO jobs (id, state, spec, base_model, training_file, validation_file, \
-                     priority, device, min_memory_bytes, max_attempts, run_after, sweep_id, \
-                     request_id, request_hash, created_at, updated_at) \
-                     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $10, $10)",
-                )
-                .bind(&id)
-                .bind(spec_json)
-                .bind(&spec.base_model)
-                .bind(&spec.training_file)
-                .bind(&spec.validation_file)
-                .bind(spec.priority)
-                .bind(&spec.device)
-                .bind(spec.min_memory_bytes)
-                .bind(spec.max_attempts)
-                .bind(now)
-                .bind(&job.sweep_id)
-                .bind(&job.request_id)
-                .bind(job.request_id.as_ref().map(|_| hash))
-                .execute(&mut *tx)
-                .await?;
-                for (key, value) in &spec.labels {
-                    sqlx::query("INSERT INTO job_labels (job_id, key, value) VALUES ($1, $2, $3)")
-                        .bind(&id)
-                        .bind(key)
-                        .bind(value)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                push_event(&mut tx, &id, "created", JobState::Queued, "job created", 0, now).await?;
+                let id = insert_job_tx(&mut tx, job, spec_json, hash, now).await?;
                 self.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
                 self.notify_in_tx(&mut tx, JOB_CHANNEL, &id).await?;
                 let job = lock_job(&mut tx, &id).await?.job;
@@ -390,6 +373,112 @@ macro_rules! impl_store {
                 self.notifier.job_changed(&id);
                 Ok(job)
             }
+        }
+
+        /// Inserts a QUEUED job, its labels and its `created` event inside `tx`; returns its id.
+        async fn insert_job_tx(
+            tx: &mut Tx,
+            job: &NewJob,
+            spec_json: &str,
+            hash: &str,
+            now: i64,
+        ) -> Result<String> {
+            let id = ids::new_id(ids::JOB);
+            let spec = &job.spec;
+            sqlx::query(
+                "INSERT INTO jobs (id, state, spec, base_model, training_file, validation_file, \
+                 priority, device, min_memory_bytes, max_attempts, run_after, sweep_id, \
+                 request_id, request_hash, created_at, updated_at, resume_from_job) \
+                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $10, $10, $14)",
+            )
+            .bind(&id)
+            .bind(spec_json)
+            .bind(&spec.base_model)
+            .bind(&spec.training_file)
+            .bind(&spec.validation_file)
+            .bind(spec.priority)
+            .bind(&spec.device)
+            .bind(spec.min_memory_bytes)
+            .bind(spec.max_attempts)
+            .bind(now)
+            .bind(&job.sweep_id)
+            .bind(&job.request_id)
+            .bind(job.request_id.as_ref().map(|_| hash))
+            .bind(&job.resume_from_job)
+            .execute(&mut **tx)
+            .await?;
+            for (key, value) in &spec.labels {
+                sqlx::query("INSERT INTO job_labels (job_id, key, value) VALUES ($1, $2, $3)")
+                    .bind(&id)
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            push_event(tx, &id, "created", JobState::Queued, "job created", 0, now).await?;
+            Ok(id)
+        }
+
+
+        fn sweep_from_row(row: &DbRow) -> Result<SweepRecord> {
+            let state: String = row.try_get("state")?;
+            Ok(SweepRecord {
+                id: row.try_get("id")?,
+                state: parse_text("sweeps", &state, SweepState::parse)?,
+                spec: row.try_get("spec")?,
+                message: row.try_get("message")?,
+                request_id: row.try_get("request_id")?,
+                last_seq: row.try_get("last_seq")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                finished_at: row.try_get("finished_at")?,
+            })
+        }
+
+        fn trial_from_row(row: &DbRow) -> Result<TrialRecord> {
+            Ok(TrialRecord {
+                sweep_id: row.try_get("sweep_id")?,
+                trial: row.try_get("trial")?,
+                run: row.try_get("run")?,
+                job_id: row.try_get("job_id")?,
+                params: row.try_get("params")?,
+                budget: row.try_get("budget")?,
+                resume: row.try_get("resume")?,
+                reported_seq: row.try_get("reported_seq")?,
+                steps: row.try_get("steps")?,
+                last_value: row.try_get("last_value")?,
+                stop_requested: row.try_get("stop_requested")?,
+                observed: row.try_get("observed")?,
+                objective: row.try_get("objective")?,
+                cost: row.try_get("cost")?,
+                failed: row.try_get("failed")?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        async fn find_sweep_by_request_id(
+            pool: &sqlx::Pool<$Db>,
+            request_id: &str,
+            hash: &str,
+        ) -> Result<Option<SweepRecord>> {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                sweep_columns!(),
+                ", request_hash FROM sweeps WHERE tenant = 'default' AND request_id = $1"
+            ))
+            .bind(request_id)
+            .fetch_optional(pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let sweep = sweep_from_row(&row)?;
+            let stored: Option<String> = row.try_get("request_hash")?;
+            if stored.as_deref() != Some(hash) {
+                return Err(StoreError::IdempotencyConflict {
+                    request_id: request_id.to_string(),
+                    job_id: sweep.id,
+                });
+            }
+            Ok(Some(sweep))
         }
 
         #[tonic::async_trait]
@@ -581,7 +670,18 @@ macro_rules! impl_store {
                 let msg = format!("attempt {attempt} claimed by worker {} ({})", worker.id, worker.name);
                 push_event(&mut tx, &job.id, "claimed", JobState::Running, &msg, attempt, now).await?;
                 self.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
-                let resume_from = latest_checkpoint(&mut tx, &job.id).await?;
+                let mut resume_from = latest_checkpoint(&mut tx, &job.id).await?;
+                if resume_from.is_none() {
+                    // An ASHA promotion starts from the previous run's checkpoint.
+                    let other: Option<String> =
+                        sqlx::query_scalar("SELECT resume_from_job FROM jobs WHERE id = $1")
+                            .bind(&job.id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if let Some(other) = other {
+                        resume_from = latest_checkpoint(&mut tx, &other).await?;
+                    }
+                }
                 let job = lock_job(&mut tx, &job.id).await?.job;
                 tx.commit().await?;
                 self.notifier.job_changed(&job.id);
@@ -1177,6 +1277,282 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(artifact_from_row).collect()
+            }
+
+            async fn create_sweep(
+                &self,
+                spec: &[u8],
+                request_id: Option<&str>,
+            ) -> Result<(SweepRecord, bool)> {
+                let hash = {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(spec))
+                };
+                if let Some(rid) = request_id {
+                    if let Some(existing) = find_sweep_by_request_id(&self.pool, rid, &hash).await? {
+                        return Ok((existing, false));
+                    }
+                }
+                let now = self.clock.now_ms();
+                let id = ids::new_id(ids::SWEEP);
+                let inserted = sqlx::query(
+                    "INSERT INTO sweeps (id, state, spec, request_id, request_hash, created_at, \
+                     updated_at) VALUES ($1, 'running', $2, $3, $4, $5, $5)",
+                )
+                .bind(&id)
+                .bind(spec)
+                .bind(request_id)
+                .bind(request_id.map(|_| hash.clone()))
+                .bind(now)
+                .execute(&self.pool)
+                .await;
+                match inserted {
+                    Ok(_) => Ok((self.get_sweep(&id).await?, true)),
+                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                        let rid = request_id.unwrap_or_default();
+                        match find_sweep_by_request_id(&self.pool, rid, &hash).await? {
+                            Some(existing) => Ok((existing, false)),
+                            None => Err(StoreError::Database(e)),
+                        }
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn get_sweep(&self, id: &str) -> Result<SweepRecord> {
+                let row = sqlx::query(concat!("SELECT ", sweep_columns!(), " FROM sweeps WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "sweep",
+                        id: id.to_string(),
+                    })?;
+                sweep_from_row(&row)
+            }
+
+            async fn list_sweeps(&self, after: Option<&Cursor>, limit: u32) -> Result<Vec<SweepRecord>> {
+                let mut q = QueryBuilder::<$Db>::new(concat!(
+                    "SELECT ",
+                    sweep_columns!(),
+                    " FROM sweeps WHERE tenant = 'default'"
+                ));
+                if let Some(c) = after {
+                    q.push(" AND (created_at < ")
+                        .push_bind(c.created_at)
+                        .push(" OR (created_at = ")
+                        .push_bind(c.created_at)
+                        .push(" AND id < ")
+                        .push_bind(c.id.clone())
+                        .push("))");
+                }
+                q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                    .push_bind(i64::from(limit));
+                let rows = q.build().fetch_all(&self.pool).await?;
+                rows.iter().map(sweep_from_row).collect()
+            }
+
+            async fn list_running_sweeps(&self) -> Result<Vec<SweepRecord>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    sweep_columns!(),
+                    " FROM sweeps WHERE state = 'running' ORDER BY created_at, id"
+                ))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(sweep_from_row).collect()
+            }
+
+            async fn cancel_sweep(&self, id: &str) -> Result<SweepRecord> {
+                let now = self.clock.now_ms();
+                let sweep = self.get_sweep(id).await?;
+                match sweep.state {
+                    SweepState::Cancelled => return Ok(sweep),
+                    SweepState::Running => {}
+                    other => {
+                        return Err(StoreError::SweepFinished {
+                            id: id.to_string(),
+                            state: other,
+                        });
+                    }
+                }
+                sqlx::query(
+                    "UPDATE sweeps SET state = 'cancelled', message = 'cancelled by request', \
+                     updated_at = $2, finished_at = $2 WHERE id = $1 AND state = 'running'",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                self.get_sweep(id).await
+            }
+
+            async fn list_trials(&self, sweep_id: &str) -> Result<Vec<TrialRecord>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    trial_columns!(),
+                    " FROM sweep_trials WHERE sweep_id = $1 ORDER BY trial, run"
+                ))
+                .bind(sweep_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(trial_from_row).collect()
+            }
+
+            async fn list_sweep_events(&self, sweep_id: &str) -> Result<Vec<SweepEventRecord>> {
+                let rows = sqlx::query(
+                    "SELECT seq, kind, payload FROM sweep_events WHERE sweep_id = $1 ORDER BY seq",
+                )
+                .bind(sweep_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(SweepEventRecord {
+                            seq: r.try_get("seq")?,
+                            kind: r.try_get("kind")?,
+                            payload: r.try_get("payload")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            #[tracing::instrument(skip_all, fields(sweep = %step.sweep_id, seq = step.expected_seq))]
+            async fn advance_sweep(&self, step: &SweepAdvance) -> Result<Vec<JobRecord>> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin().await?;
+                let next = step.expected_seq + step.events.len() as i64;
+                let (state, message, finished) = match &step.finish {
+                    Some((state, message)) => (state.as_str(), Some(message.as_str()), Some(now)),
+                    None => ("running", None, None),
+                };
+                let fenced = sqlx::query(
+                    "UPDATE sweeps SET last_seq = $3, state = $4, message = COALESCE($5, message), \
+                     finished_at = $6, updated_at = $7 \
+                     WHERE id = $1 AND last_seq = $2 AND state = 'running'",
+                )
+                .bind(&step.sweep_id)
+                .bind(step.expected_seq)
+                .bind(next)
+                .bind(state)
+                .bind(message)
+                .bind(finished)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if fenced.rows_affected() != 1 {
+                    return Err(StoreError::SweepConflict {
+                        id: step.sweep_id.clone(),
+                        expected: step.expected_seq,
+                    });
+                }
+                for (i, (kind, payload)) in step.events.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO sweep_events (sweep_id, seq, kind, payload, created_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&step.sweep_id)
+                    .bind(step.expected_seq + 1 + i as i64)
+                    .bind(kind)
+                    .bind(payload)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for p in &step.progress {
+                    sqlx::query(
+                        "UPDATE sweep_trials SET reported_seq = $4, steps = $5, last_value = $6, \
+                         stop_requested = stop_requested OR $7 \
+                         WHERE sweep_id = $1 AND trial = $2 AND run = $3",
+                    )
+                    .bind(&step.sweep_id)
+                    .bind(p.trial)
+                    .bind(p.run)
+                    .bind(p.reported_seq)
+                    .bind(p.steps)
+                    .bind(p.last_value)
+                    .bind(p.stop_requested)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for r in &step.results {
+                    sqlx::query(
+                        "UPDATE sweep_trials SET observed = TRUE, objective = $4, cost = $5, \
+                         failed = $6 WHERE sweep_id = $1 AND trial = $2 AND run = $3",
+                    )
+                    .bind(&step.sweep_id)
+                    .bind(r.trial)
+                    .bind(r.run)
+                    .bind(r.objective)
+                    .bind(r.cost)
+                    .bind(r.failed)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let mut created = Vec::new();
+                for t in &step.new_trials {
+                    let job_id = match &t.job {
+                        Some(job) => {
+                            let spec_json = serde_json::to_string(&job.spec).map_err(|e| {
+                                corrupt("jobs", format!("spec does not serialize: {e}"))
+                            })?;
+                            let hash = spec_hash(&spec_json);
+                            Some(insert_job_tx(&mut tx, job, &spec_json, &hash, now).await?)
+                        }
+                        None => None,
+                    };
+                    sqlx::query(
+                        "INSERT INTO sweep_trials (sweep_id, trial, run, job_id, params, budget, \
+                         resume, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(&step.sweep_id)
+                    .bind(t.trial)
+                    .bind(t.run)
+                    .bind(&job_id)
+                    .bind(&t.params)
+                    .bind(t.budget)
+                    .bind(t.resume)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if let Some(id) = job_id {
+                        self.notify_in_tx(&mut tx, JOB_CHANNEL, &id).await?;
+                        created.push(id);
+                    }
+                }
+                if !created.is_empty() {
+                    self.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
+                }
+                let mut jobs = Vec::with_capacity(created.len());
+                for id in &created {
+                    jobs.push(lock_job(&mut tx, id).await?.job);
+                }
+                tx.commit().await?;
+                if !created.is_empty() {
+                    self.notifier.queue_changed();
+                }
+                for id in &created {
+                    self.notifier.job_changed(id);
+                }
+                Ok(jobs)
+            }
+
+            async fn acquire_leadership(&self, role: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+                let now = self.clock.now_ms();
+                let row = sqlx::query(
+                    "INSERT INTO leader_leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     expires_at = excluded.expires_at \
+                     WHERE leader_leases.holder = excluded.holder OR leader_leases.expires_at <= $4 \
+                     RETURNING holder",
+                )
+                .bind(role)
+                .bind(holder)
+                .bind(now + ttl_ms)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.is_some())
             }
 
             async fn count_jobs_by_state(&self) -> Result<Vec<(JobState, i64)>> {

@@ -65,6 +65,7 @@ pub fn new_job(priority: i32, max_attempts: i32) -> NewJob {
         spec: JobSpec::from_proto(Some(&proto_spec(priority, max_attempts))).unwrap(),
         request_id: None,
         sweep_id: None,
+        resume_from_job: None,
     }
 }
 

@@ -1,0 +1,348 @@
+//! `tuna.v1.SweepService`: validation at the edge, the sweep as stored plus what its trials
+//! say (best trial, Pareto front). The controller (`crate::sweeps`) does the driving.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use tonic::{Request, Response, Status};
+use tuna_proto::v1 as pb;
+use tuna_proto::v1::sweep_service_server::SweepService;
+
+use super::{ApiContext, convert, page_token, require_dataset, require_id};
+use crate::domain::{JobState, SweepState, ids};
+use crate::error::ApiError;
+use crate::store::{Cursor, JobFilter, StoreError, SweepRecord, TrialRecord};
+use crate::sweeps::SweepPlan;
+
+/// The sweep service.
+pub struct Sweeps {
+    ctx: ApiContext,
+}
+
+impl Sweeps {
+    pub fn new(ctx: ApiContext) -> Self {
+        Self { ctx }
+    }
+}
+
+/// States of every trial job of a sweep.
+async fn trial_job_states(
+    ctx: &ApiContext,
+    sweep_id: &str,
+) -> Result<HashMap<String, JobState>, ApiError> {
+    let filter = JobFilter {
+        sweep_id: Some(sweep_id.to_string()),
+        ..Default::default()
+    };
+    let mut states = HashMap::new();
+    let mut after: Option<Cursor> = None;
+    loop {
+        let page = ctx.store.list_jobs(&filter, after.as_ref(), 1000).await?;
+        for j in &page {
+            states.insert(j.id.clone(), j.state);
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => {
+                after = Some(Cursor {
+                    created_at: last.created_at,
+                    id: last.id.clone(),
+                })
+            }
+            _ => break,
+        }
+    }
+    Ok(states)
+}
+
+fn sweep_state(s: SweepState) -> pb::SweepState {
+    match s {
+        SweepState::Running => pb::SweepState::Running,
+        SweepState::Succeeded => pb::SweepState::Succeeded,
+        SweepState::Failed => pb::SweepState::Failed,
+        SweepState::Cancelled => pb::SweepState::Cancelled,
+    }
+}
+
+fn trial_proto(t: &TrialRecord, states: &HashMap<String, JobState>) -> pb::Trial {
+    pb::Trial {
+        trial: t.trial,
+        run: t.run,
+        job_id: t.job_id.clone().unwrap_or_default(),
+        job_state: t
+            .job_id
+            .as_ref()
+            .and_then(|j| states.get(j))
+            .map_or(pb::JobState::Unspecified, |s| convert::job_state(*s))
+            as i32,
+        params_json: t.params.clone(),
+        budget: t.budget.unwrap_or(0.0),
+        observed: t.observed,
+        objective: t.objective,
+        cost: t.cost,
+        failed: t.failed,
+        stopped_early: t.stop_requested,
+        steps: t.steps,
+        last_value: t.last_value,
+    }
+}
+
+/// The sweep with its derived summary (counts, cost, best trial, Pareto front) and its trials.
+async fn snapshot(
+    ctx: &ApiContext,
+    rec: &SweepRecord,
+) -> Result<(pb::Sweep, Vec<pb::Trial>), ApiError> {
+    let spec = pb::SweepSpec::decode(rec.spec.as_slice()).map_err(|e| {
+        ApiError::Store(StoreError::Corrupt {
+            table: "sweeps",
+            detail: format!("spec: {e}"),
+        })
+    })?;
+    let maximize = spec
+        .objective
+        .as_ref()
+        .is_some_and(|o| o.direction == pb::Direction::Maximize as i32);
+    let records = ctx.store.list_trials(&rec.id).await?;
+    let states = trial_job_states(ctx, &rec.id).await?;
+    let trials: Vec<pb::Trial> = records
+        .iter()
+        .filter(|t| t.job_id.is_some())
+        .map(|t| trial_proto(t, &states))
+        .collect();
+    let better = |a: f64, b: f64| if maximize { a > b } else { a < b };
+    let done: Vec<&pb::Trial> = trials
+        .iter()
+        .filter(|t| t.observed && !t.failed && t.objective.is_some())
+        .collect();
+    let best_trial = done
+        .iter()
+        .fold(None::<&pb::Trial>, |best, t| match best {
+            Some(b)
+                if !better(
+                    t.objective.unwrap_or_default(),
+                    b.objective.unwrap_or_default(),
+                ) =>
+            {
+                Some(b)
+            }
+            _ => Some(t),
+        })
+        .cloned();
+    // Pareto front: sorted by cost, keep each trial that beats every cheaper one.
+    let mut by_cost = done.clone();
+    by_cost.sort_by(|a, b| {
+        a.cost
+            .unwrap_or_default()
+            .total_cmp(&b.cost.unwrap_or_default())
+            .then(a.trial.cmp(&b.trial))
+    });
+    let mut pareto_front = Vec::new();
+    let mut best_so_far: Option<f64> = None;
+    for t in by_cost {
+        let v = t.objective.unwrap_or_default();
+        if best_so_far.is_none_or(|b| better(v, b)) {
+            best_so_far = Some(v);
+            pareto_front.push(t.clone());
+        }
+    }
+    let sweep = pb::Sweep {
+        id: rec.id.clone(),
+        state: sweep_state(rec.state) as i32,
+        spec: Some(spec),
+        message: rec.message.clone(),
+        trials_created: trials.iter().filter(|t| t.run == 0).count() as i32,
+        trials_finished: trials.iter().filter(|t| t.observed).count() as i32,
+        trials_running: trials.iter().filter(|t| !t.observed).count() as i32,
+        total_cost: trials.iter().filter_map(|t| t.cost).sum(),
+        best_trial,
+        pareto_front,
+        created_at: Some(tuna_proto::ts_from_ms(rec.created_at)),
+        updated_at: Some(tuna_proto::ts_from_ms(rec.updated_at)),
+        finished_at: rec.finished_at.map(tuna_proto::ts_from_ms),
+        request_id: rec.request_id.clone().unwrap_or_default(),
+    };
+    Ok((sweep, trials))
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::SweepSnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SweepService for Sweeps {
+    #[tracing::instrument(skip_all)]
+    async fn create_sweep(
+        &self,
+        request: Request<pb::CreateSweepRequest>,
+    ) -> Result<Response<pb::Sweep>, Status> {
+        let req = request.into_inner();
+        let plan = SweepPlan::from_proto(req.spec.as_ref()).map_err(ApiError::from)?;
+        if req.request_id.len() > 128 {
+            return Err(ApiError::field("request_id", "must be at most 128 characters").into());
+        }
+        let t = &plan.template;
+        require_dataset(&self.ctx, "spec.template.training_file", &t.training_file).await?;
+        if !t.validation_file.is_empty() {
+            require_dataset(
+                &self.ctx,
+                "spec.template.validation_file",
+                &t.validation_file,
+            )
+            .await?;
+        }
+        let bytes = plan.proto.encode_to_vec();
+        let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
+        let (rec, created) = self
+            .ctx
+            .store
+            .create_sweep(&bytes, request_id)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(sweep = %rec.id, created, algorithm = %plan.algorithm, "create sweep");
+        Ok(Response::new(snapshot(&self.ctx, &rec).await?.0))
+    }
+
+    async fn get_sweep(
+        &self,
+        request: Request<pb::GetSweepRequest>,
+    ) -> Result<Response<pb::Sweep>, Status> {
+        let req = request.into_inner();
+        require_id("id", ids::SWEEP, &req.id)?;
+        let rec = self
+            .ctx
+            .store
+            .get_sweep(&req.id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(snapshot(&self.ctx, &rec).await?.0))
+    }
+
+    async fn list_sweeps(
+        &self,
+        request: Request<pb::ListSweepsRequest>,
+    ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        let req = request.into_inner();
+        let limit =
+            page_token::page_size("page_size", req.page_size, page_token::DEFAULT_PAGE_SIZE)?;
+        let canon = "sweeps";
+        let after = page_token::decode(&req.page_token, canon)?;
+        let mut recs = self
+            .ctx
+            .store
+            .list_sweeps(after.as_ref(), limit + 1)
+            .await
+            .map_err(ApiError::from)?;
+        let more = recs.len() > limit as usize;
+        recs.truncate(limit as usize);
+        let next_page_token = match recs.last() {
+            Some(last) if more => page_token::encode(
+                &Cursor {
+                    created_at: last.created_at,
+                    id: last.id.clone(),
+                },
+                canon,
+            ),
+            _ => String::new(),
+        };
+        let mut sweeps = Vec::with_capacity(recs.len());
+        for r in &recs {
+            sweeps.push(snapshot(&self.ctx, r).await?.0);
+        }
+        Ok(Response::new(pb::ListSweepsResponse {
+            sweeps,
+            next_page_token,
+        }))
+    }
+
+    async fn list_trials(
+        &self,
+        request: Request<pb::ListTrialsRequest>,
+    ) -> Result<Response<pb::ListTrialsResponse>, Status> {
+        let req = request.into_inner();
+        require_id("sweep_id", ids::SWEEP, &req.sweep_id)?;
+        let rec = self
+            .ctx
+            .store
+            .get_sweep(&req.sweep_id)
+            .await
+            .map_err(ApiError::from)?;
+        let (_, trials) = snapshot(&self.ctx, &rec).await?;
+        Ok(Response::new(pb::ListTrialsResponse { trials }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn cancel_sweep(
+        &self,
+        request: Request<pb::CancelSweepRequest>,
+    ) -> Result<Response<pb::Sweep>, Status> {
+        let req = request.into_inner();
+        require_id("id", ids::SWEEP, &req.id)?;
+        let store = &self.ctx.store;
+        let rec = store.cancel_sweep(&req.id).await.map_err(ApiError::from)?;
+        // The controller no longer touches a cancelled sweep; its trials are cancelled here.
+        for (job, state) in trial_job_states(&self.ctx, &req.id).await? {
+            if state.is_terminal() {
+                continue;
+            }
+            match store.cancel_job(&job).await {
+                Ok(_) | Err(StoreError::InvalidTransition { .. }) => {}
+                Err(e) => return Err(ApiError::from(e).into()),
+            }
+        }
+        tracing::info!(sweep = %rec.id, "sweep cancelled");
+        Ok(Response::new(snapshot(&self.ctx, &rec).await?.0))
+    }
+
+    type WatchSweepStream = WatchStream;
+
+    async fn watch_sweep(
+        &self,
+        request: Request<pb::WatchSweepRequest>,
+    ) -> Result<Response<Self::WatchSweepStream>, Status> {
+        let req = request.into_inner();
+        require_id("id", ids::SWEEP, &req.id)?;
+        let ctx = self.ctx.clone();
+        ctx.store.get_sweep(&req.id).await.map_err(ApiError::from)?;
+        let poll = Duration::from_millis(ctx.limits.poll_interval_ms.min(1000));
+        let mut stopping = ctx.shutdown.clone();
+        let id = req.id;
+        let stream = async_stream::try_stream! {
+            let mut last: Option<pb::SweepSnapshot> = None;
+            loop {
+                let rec = ctx.store.get_sweep(&id).await.map_err(|e| Status::from(ApiError::from(e)))?;
+                let (sweep, trials) = snapshot(&ctx, &rec).await.map_err(Status::from)?;
+                let snap = pb::SweepSnapshot { sweep: Some(sweep), trials };
+                // Ignore updated_at-only changes: a snapshot is sent when something a viewer
+                // sees changed.
+                if last.as_ref() != Some(&snap) {
+                    last = Some(snap.clone());
+                    yield snap;
+                }
+                let settled = rec.state.is_terminal()
+                    && last.as_ref().is_some_and(|s| {
+                        s.trials.iter().all(|t| {
+                            pb::JobState::try_from(t.job_state).is_ok_and(|st| {
+                                matches!(
+                                    st,
+                                    pb::JobState::Succeeded
+                                        | pb::JobState::Failed
+                                        | pb::JobState::Cancelled
+                                )
+                            })
+                        })
+                    });
+                if settled {
+                    break;
+                }
+                let stop = tokio::select! {
+                    _ = tokio::time::sleep(poll) => false,
+                    _ = stopping.wait_for(|s| *s) => true,
+                };
+                if stop {
+                    Err(Status::unavailable("server shutting down; watch again"))?;
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
