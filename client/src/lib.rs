@@ -9,6 +9,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod spec_file;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
 use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::job_service_client::JobServiceClient;
 use tuna_proto::v1::model_service_client::ModelServiceClient;
+use tuna_proto::v1::sweep_service_client::SweepServiceClient;
 use tuna_worker::agent::transfer::{TransferError, save_verified};
 
 /// Errors of the SDK.
@@ -49,6 +52,8 @@ pub enum ClientError {
         expected: String,
         actual: String,
     },
+    #[error("{path}: {message}")]
+    SpecFile { path: String, message: String },
     #[error("the server sent an unexpected message: {0}")]
     Protocol(String),
 }
@@ -119,6 +124,10 @@ impl Client {
 
     pub fn models(&self) -> ModelServiceClient<Svc> {
         ModelServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn sweeps(&self) -> SweepServiceClient<Svc> {
+        SweepServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     pub fn artifacts(&self) -> ArtifactServiceClient<Svc> {
@@ -231,6 +240,41 @@ impl Client {
 }
 
 impl Client {
+    /// Follows a sweep until it and its trial jobs finished, calling `on_snapshot` on every
+    /// change; reconnects on transient errors (a restarting server). Returns the final sweep.
+    pub async fn watch_sweep(
+        &self,
+        id: &str,
+        mut on_snapshot: impl FnMut(&pb::SweepSnapshot),
+    ) -> Result<pb::Sweep, ClientError> {
+        let mut failures = 0u32;
+        loop {
+            let req = pb::WatchSweepRequest { id: id.to_string() };
+            let result = async {
+                let mut stream = self.sweeps().watch_sweep(req).await?.into_inner();
+                while let Some(snap) = stream.message().await? {
+                    on_snapshot(&snap);
+                }
+                Ok::<(), Status>(())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    let req = pb::GetSweepRequest { id: id.to_string() };
+                    let sweep = self.sweeps().get_sweep(req).await?.into_inner();
+                    if sweep.state() != pb::SweepState::Running {
+                        return Ok(sweep);
+                    }
+                }
+                Err(s) if is_transient(&s) && failures < 60 => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+    }
+
     /// Downloads a file to `out`, verifying its sha256; a mismatch removes the partial file.
     pub async fn download_file(&self, id: &str, out: &Path) -> Result<pb::File, ClientError> {
         let req = pb::DownloadFileRequest { id: id.to_string() };

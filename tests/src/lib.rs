@@ -187,3 +187,98 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Single-digit additions as prompt/completion JSONL: every `stride`-th of the 100 pairs.
+pub fn dataset(stride: usize) -> String {
+    (0..100)
+        .step_by(stride)
+        .map(|i| {
+            format!(
+                "{{\"prompt\":\"{}+{}=\",\"completion\":\"{}\"}}\n",
+                i / 10,
+                i % 10,
+                i / 10 + i % 10
+            )
+        })
+        .collect()
+}
+
+/// A `tuna worker` child process, killed when dropped so a failing test leaves none behind.
+pub struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn worker(server: &ServerProcess, dir: &std::path::Path, name: &str) -> Worker {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(tuna_bin())
+        .args(["worker", "--name", name, "--cache-dir"])
+        .arg(dir.join(format!("{name}-cache")))
+        .env("TUNA_SERVER", &server.url)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Worker(child)
+}
+
+/// A registered tiny model and uploaded training / validation files.
+pub struct Setup {
+    pub model: String,
+    pub train: String,
+    pub valid: String,
+}
+
+/// Makes and registers the tiny model `tiny` and uploads the addition datasets.
+pub fn setup(server: &ServerProcess, dir: &std::path::Path) -> Setup {
+    let model_dir = dir.join("tiny");
+    let out = server.cli(&[
+        "models",
+        "make-tiny",
+        "--out",
+        model_dir.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success());
+    server.json(&[
+        "models",
+        "register",
+        "tiny",
+        "--path",
+        model_dir.to_str().unwrap(),
+    ]);
+    let (t, v) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
+    std::fs::write(&t, dataset(1)).unwrap();
+    std::fs::write(&v, dataset(4)).unwrap();
+    let train = server.json(&["files", "upload", t.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let valid = server.json(&["files", "upload", v.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Setup {
+        model: "tiny".into(),
+        train,
+        valid,
+    }
+}

@@ -2,103 +2,10 @@
 //! processes train a LoRA adapter on a generated tiny model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tuna_e2e::{ServerProcess, TestDb, tuna_bin};
-
-/// Single-digit additions: every `stride`-th of the 100 pairs.
-fn dataset(stride: usize) -> String {
-    (0..100)
-        .step_by(stride)
-        .map(|i| {
-            format!(
-                "{{\"prompt\":\"{}+{}=\",\"completion\":\"{}\"}}\n",
-                i / 10,
-                i % 10,
-                i / 10 + i % 10
-            )
-        })
-        .collect()
-}
-
-/// A `tuna worker` child process, killed when dropped so a failing test leaves none behind.
-struct Worker(Child);
-
-impl std::ops::Deref for Worker {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Worker {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn worker(server: &ServerProcess, dir: &std::path::Path, name: &str) -> Worker {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(tuna_bin())
-        .args(["worker", "--name", name, "--cache-dir"])
-        .arg(dir.join(format!("{name}-cache")))
-        .env("TUNA_SERVER", &server.url)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Worker(child)
-}
-
-struct Setup {
-    model: String,
-    train: String,
-    valid: String,
-}
-
-fn setup(server: &ServerProcess, dir: &std::path::Path) -> Setup {
-    let model_dir = dir.join("tiny");
-    let out = server.cli(&[
-        "models",
-        "make-tiny",
-        "--out",
-        model_dir.to_str().unwrap(),
-        "--seed",
-        "3",
-    ]);
-    assert!(out.status.success());
-    server.json(&[
-        "models",
-        "register",
-        "tiny",
-        "--path",
-        model_dir.to_str().unwrap(),
-    ]);
-    let (t, v) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
-    std::fs::write(&t, dataset(1)).unwrap();
-    std::fs::write(&v, dataset(4)).unwrap();
-    let train = server.json(&["files", "upload", t.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let valid = server.json(&["files", "upload", v.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    Setup {
-        model: "tiny".into(),
-        train,
-        valid,
-    }
-}
+use tuna_e2e::{ServerProcess, Setup, TestDb, Worker, dataset, setup, tuna_bin, worker};
 
 fn create(server: &ServerProcess, s: &Setup, steps: &str, extra: &[&str]) -> String {
     let mut args = vec![

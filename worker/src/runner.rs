@@ -334,10 +334,11 @@ fn train(
                 .collect(),
             });
         }
-        if !last
-            && config
-                .checkpoint_every
-                .is_some_and(|n| step.is_multiple_of(n))
+        // Including the final step when it is due: a sweep's ASHA promotion resumes a run
+        // that ended at its rung from exactly there.
+        if config
+            .checkpoint_every
+            .is_some_and(|n| step.is_multiple_of(n))
         {
             checkpoint(&trainer, reporter)?;
         }

@@ -110,7 +110,8 @@ pub struct CreateArgs {
     /// Follow the job until it ends; the exit code is that of `tuna jobs watch`.
     #[arg(long)]
     wait: bool,
-    /// Read the whole JobSpec from a JSON file instead (the flags above are then ignored).
+    /// Read the whole JobSpec from a JSON or TOML file instead (the flags above are then
+    /// ignored); see `examples/job.json`.
     #[arg(long)]
     spec_file: Option<PathBuf>,
 }
@@ -317,83 +318,7 @@ pub async fn run(cli: &Cli, cmd: &JobsCommand) -> Result<ExitCode, CliError> {
 }
 
 /// Reads a JobSpec from JSON: the same field names as the proto (snake_case).
+/// The whole JobSpec from a JSON or TOML file (protobuf JSON mapping, unknown fields refused).
 fn read_spec(path: &PathBuf) -> Result<pb::JobSpec, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("{}: invalid JSON: {e}", path.display())))?;
-    let s = |k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let method = v.get("method").cloned().unwrap_or_default();
-    let lora = method.get("lora").map(|l| pb::LoraParams {
-        r: l.get("r").and_then(|x| x.as_i64()).map(|x| x as i32),
-        alpha: l.get("alpha").and_then(|x| x.as_f64()),
-        dropout: l.get("dropout").and_then(|x| x.as_f64()),
-        target_modules: l
-            .get("target_modules")
-            .and_then(|x| x.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| m.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        use_rslora: l
-            .get("use_rslora")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(false),
-        init: l
-            .get("init")
-            .and_then(|x| x.as_str())
-            .unwrap_or_default()
-            .to_string(),
-        lr_ratio_b: l.get("lr_ratio_b").and_then(|x| x.as_f64()),
-    });
-    let h = v.get("hyperparameters").cloned().unwrap_or_default();
-    let hi = |k: &str| h.get(k).and_then(|x| x.as_i64());
-    Ok(pb::JobSpec {
-        base_model: s("base_model"),
-        training_file: s("training_file"),
-        validation_file: s("validation_file"),
-        method: Some(pb::Method {
-            r#type: method
-                .get("type")
-                .and_then(|x| x.as_str())
-                .unwrap_or_default()
-                .to_string(),
-            lora,
-            ..Default::default()
-        }),
-        hyperparameters: Some(pb::Hyperparameters {
-            learning_rate: h.get("learning_rate").and_then(|x| x.as_f64()),
-            epochs: hi("epochs").map(|x| x as i32),
-            max_steps: hi("max_steps"),
-            batch_size: hi("batch_size").map(|x| x as i32),
-            seed: hi("seed"),
-            eval_every: hi("eval_every"),
-            schedule: h
-                .get("schedule")
-                .and_then(|x| x.as_str())
-                .unwrap_or_default()
-                .to_string(),
-            ..Default::default()
-        }),
-        resources: None,
-        priority: v.get("priority").and_then(|x| x.as_i64()).unwrap_or(0) as i32,
-        max_attempts: v.get("max_attempts").and_then(|x| x.as_i64()).unwrap_or(0) as i32,
-        labels: v
-            .get("labels")
-            .and_then(|x| x.as_object())
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        task: s("task"),
-    })
+    Ok(tuna::spec_file::read(path, "tuna.v1.JobSpec")?)
 }

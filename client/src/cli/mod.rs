@@ -8,6 +8,7 @@ mod models;
 mod output;
 mod progress;
 mod server;
+mod sweeps;
 mod train;
 mod worker;
 
@@ -71,6 +72,9 @@ pub enum Command {
     /// List and download adapters and checkpoints.
     #[command(subcommand)]
     Artifacts(artifacts::ArtifactsCommand),
+    /// Hyperparameter sweeps: each trial is a job; CARBS, ASHA, Hyperband, bandits.
+    #[command(subcommand)]
+    Sweeps(sweeps::SweepsCommand),
 }
 
 /// Errors of the CLI.
@@ -108,5 +112,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Jobs(cmd) => jobs::run(&cli, cmd).await,
         Command::Models(cmd) => models::run(&cli, cmd).await,
         Command::Artifacts(cmd) => artifacts::run(&cli, cmd).await,
+        Command::Sweeps(cmd) => sweeps::run(&cli, cmd).await,
     }
 }

@@ -232,7 +232,8 @@ impl Controller {
                     }
                 }
             }
-            p.stop_requested = stop;
+            // A decision about a run that already ended is moot: it was not stopped early.
+            p.stop_requested = stop && !job.state.is_terminal();
             let changed = p.reported_seq != t.reported_seq;
             if job.state.is_terminal() {
                 let obs = observation(&driver.plan, &job, &p, sign);
