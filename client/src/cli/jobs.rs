@@ -319,6 +319,6 @@ pub async fn run(cli: &Cli, cmd: &JobsCommand) -> Result<ExitCode, CliError> {
 
 /// Reads a JobSpec from JSON: the same field names as the proto (snake_case).
 /// The whole JobSpec from a JSON or TOML file (protobuf JSON mapping, unknown fields refused).
-fn read_spec(path: &PathBuf) -> Result<pb::JobSpec, CliError> {
+fn read_spec(path: &std::path::Path) -> Result<pb::JobSpec, CliError> {
     Ok(tuna::spec_file::read(path, "tuna.v1.JobSpec")?)
 }

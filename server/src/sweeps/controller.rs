@@ -376,10 +376,9 @@ impl Controller {
                 .iter()
                 .find(|t| t.trial == p.trial && t.run == p.run)
                 .and_then(|t| t.job_id.clone())
+                && !stop_now.contains(&job)
             {
-                if !stop_now.contains(&job) {
-                    stop_now.push(job);
-                }
+                stop_now.push(job);
             }
         }
         request_stops(&store, &stop_now).await

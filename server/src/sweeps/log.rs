@@ -113,7 +113,7 @@ mod tests {
             Event::Report {
                 trial: 1,
                 step: 8.0,
-                value: 2.718281828459045,
+                value: 1.234_567_890_123_456_7,
             },
         ];
         for e in &events {

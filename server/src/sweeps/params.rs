@@ -85,13 +85,13 @@ pub fn apply(spec: &mut pb::JobSpec, name: &str, value: &Value) -> Result<(), St
         let c = value
             .as_choice()
             .ok_or_else(|| format!("{name} takes one of its choices, got {value:?}"))?;
-        if let Kind::Choice(Some(allowed)) = kind {
-            if !allowed.contains(&c) {
-                return Err(format!(
-                    "{name}: unknown choice {c:?}; expected one of {}",
-                    allowed.join(", ")
-                ));
-            }
+        if let Kind::Choice(Some(allowed)) = kind
+            && !allowed.contains(&c)
+        {
+            return Err(format!(
+                "{name}: unknown choice {c:?}; expected one of {}",
+                allowed.join(", ")
+            ));
         }
         Ok(c.to_string())
     };

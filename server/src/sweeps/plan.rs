@@ -230,17 +230,16 @@ impl SweepPlan {
             }
             None => None,
         };
-        if let (Some(_), Some(t)) = (&asha, &template_spec) {
-            if metric.starts_with("eval_") && t.hyperparameters.eval_every <= 0 {
-                c.fail(
-                    "spec.template.hyperparameters.eval_every",
-                    format!(
-                        "must be > 0 when stopping early on {metric} (no reports reach the rungs)"
-                    ),
-                );
-            }
+        if let (Some(_), Some(t)) = (&asha, &template_spec)
+            && metric.starts_with("eval_")
+            && t.hyperparameters.eval_every <= 0
+        {
+            c.fail(
+                "spec.template.hyperparameters.eval_every",
+                format!("must be > 0 when stopping early on {metric} (no reports reach the rungs)"),
+            );
         }
-        let carbs_opts = alg.carbs.clone().unwrap_or_default();
+        let carbs_opts = alg.carbs.unwrap_or_default();
         let mut carbs = CarbsConfig {
             seed,
             ..CarbsConfig::default()
@@ -464,13 +463,13 @@ fn asha_from_proto(
             format!("must be at least min_resource ({min}), got {max}"),
         );
     }
-    if let Some(s) = max_steps {
-        if max > s as f64 {
-            c.fail(
-                &format!("{f}.max_resource"),
-                format!("{max} exceeds spec.template.hyperparameters.max_steps ({s})"),
-            );
-        }
+    if let Some(s) = max_steps
+        && max > s as f64
+    {
+        c.fail(
+            &format!("{f}.max_resource"),
+            format!("{max} exceeds spec.template.hyperparameters.max_steps ({s})"),
+        );
     }
     let grace = a.grace.unwrap_or(eta as i32);
     if grace < 1 {
@@ -557,17 +556,17 @@ fn space_from_proto(
                     if p.choices[..j].contains(choice) {
                         c.fail(&f("choices"), format!("{choice:?} appears twice"));
                     }
-                    if let Some(allowed) = allowed {
-                        if !allowed.contains(&choice.as_str()) {
-                            c.fail(
-                                &format!("spec.parameters[{i}].choices[{j}]"),
-                                format!(
-                                    "{choice:?} is not a value of {}; expected one of {}",
-                                    p.name,
-                                    allowed.join(", ")
-                                ),
-                            );
-                        }
+                    if let Some(allowed) = allowed
+                        && !allowed.contains(&choice.as_str())
+                    {
+                        c.fail(
+                            &format!("spec.parameters[{i}].choices[{j}]"),
+                            format!(
+                                "{choice:?} is not a value of {}; expected one of {}",
+                                p.name,
+                                allowed.join(", ")
+                            ),
+                        );
                     }
                 }
                 Domain::Categorical(p.choices.clone())
