@@ -2,5 +2,6 @@
 //! (`agent`) and trains them (the engine).
 
 pub mod agent;
+mod classify_runner;
 pub mod engine;
 pub mod runner;

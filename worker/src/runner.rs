@@ -43,16 +43,16 @@ impl JobRunner for EngineRunner {
     }
 }
 
-fn user(e: impl std::fmt::Display) -> RunError {
+pub(crate) fn user(e: impl std::fmt::Display) -> RunError {
     RunError::User(e.to_string())
 }
 
-fn system(e: impl std::fmt::Display) -> RunError {
+pub(crate) fn system(e: impl std::fmt::Display) -> RunError {
     RunError::System(e.to_string())
 }
 
 /// Bad data or a bad model is the user's problem; anything else may pass on a retry.
-fn classify(e: TrainError) -> RunError {
+pub(crate) fn classify(e: TrainError) -> RunError {
     match e {
         TrainError::Data(_)
         | TrainError::Model(_)
@@ -78,8 +78,9 @@ fn detect_format(path: &Path) -> Result<Format, RunError> {
         Ok(Format::PromptCompletion)
     } else if value.get("label").is_some() {
         Err(user(
-            "classification datasets need the BERT classifier path, which workers do not run yet \
-             (text, prompt/completion and chat datasets train causal LMs)",
+            "this dataset has labels: create the job with task = classification (an encoder \
+             such as BERT with a classification head); causal LMs train on text, \
+             prompt/completion and chat datasets",
         ))
     } else {
         Ok(Format::Text)
@@ -117,7 +118,7 @@ fn load_model(inputs: &JobInputs) -> Result<(Llama, Box<dyn Tokenizer>), RunErro
     Ok((model, tok))
 }
 
-fn adapter_config(spec: &pb::JobSpec, seed: u64) -> Result<AdapterConfig, RunError> {
+pub(crate) fn adapter_config(spec: &pb::JobSpec, seed: u64) -> Result<AdapterConfig, RunError> {
     let method = spec.method.clone().unwrap_or_default();
     let dora = match method.r#type.as_str() {
         "lora" => false,
@@ -162,6 +163,9 @@ fn train(
     reporter: &mut dyn Reporter,
 ) -> Result<RunOutcome, RunError> {
     let spec = &inputs.spec;
+    if spec.task == "classification" {
+        return crate::classify_runner::train(inputs, control, reporter);
+    }
     let h = spec.hyperparameters.clone().unwrap_or_default();
     let seed = h.seed.unwrap_or(0).max(0) as u64;
     let (mut model, tok) = load_model(inputs)?;
