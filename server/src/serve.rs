@@ -156,8 +156,10 @@ impl ControlPlane {
             Duration::from_millis(self.ctx.limits.poll_interval_ms),
         ));
         let tick = Duration::from_millis(self.ctx.limits.poll_interval_ms.clamp(100, 2_000));
-        let controller =
-            tokio::spawn(Controller::new(self.ctx.store.clone(), tick).run_forever(tick));
+        let controller = tokio::spawn(
+            Controller::new(self.ctx.store.clone(), tick)
+                .run_until(tick, self.ctx.shutdown.clone()),
+        );
         let sampler = tokio::spawn(sample_forever(
             self.ctx.store.clone(),
             self.ctx.metrics.clone(),
@@ -216,7 +218,13 @@ impl ControlPlane {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         reaper.abort();
-        controller.abort();
+        // It saw the shutdown signal; give it a moment to release its lease.
+        if tokio::time::timeout(Duration::from_secs(2), controller)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the sweep controller did not stop in time");
+        }
         sampler.abort();
         result?;
         tracing::info!("tuna control plane stopped");

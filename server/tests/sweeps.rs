@@ -559,3 +559,30 @@ async fn the_embedded_sqlite_store_drives_a_sweep_too() {
     assert_no_duplicates(&trials);
     assert_eq!(trials.iter().filter(|t| t.run == 0).count(), 5);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_stopping_controller_hands_leadership_over_at_once(pool: sqlx::PgPool) {
+    let (store, _clock) = support::pg_store(pool).await;
+    let sweep = create(&store, spec("random", "stopping", 4, 2)).await;
+    let tick = Duration::from_millis(20);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let a = tokio::spawn(Controller::new(store.clone(), tick).run_until(tick, stopping));
+    for _ in 0..100 {
+        if store.list_trials(&sweep.id).await.unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    a.await.unwrap();
+    // No clock advance: b leads right away because a released its lease.
+    let mut w = SimWorker::new(&store).await;
+    for _ in 0..10 {
+        w.tick(2).await;
+    }
+    let mut b = Controller::new(store.clone(), tick);
+    b.round().await.unwrap();
+    let trials = store.list_trials(&sweep.id).await.unwrap();
+    assert_eq!(trials.len(), 4, "b continued the sweep: {trials:?}");
+    assert_no_duplicates(&trials);
+}

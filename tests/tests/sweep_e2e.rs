@@ -105,6 +105,10 @@ async fn a_lora_sweep_with_asha_survives_a_server_kill_and_yields_a_downloadable
         trials.iter().all(|t| t["job_state"] == "succeeded"),
         "{trials:?}"
     );
+    let listed = server.json(&["jobs", "list", "--sweep", &id, "--page-size", "100"]);
+    let listed = listed["jobs"].as_array().unwrap();
+    assert_eq!(listed.len(), 8, "jobs list --sweep");
+    assert!(listed.iter().all(|j| j["sweep_id"] == id.as_str()));
     let stopped: Vec<_> = trials
         .iter()
         .filter(|t| t["stopped_early"] == true && t["steps"].as_i64().unwrap() < 24)

@@ -27,6 +27,9 @@ pub enum JobsCommand {
         /// Only jobs with this label (key=value); repeatable.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Only the trial jobs of this sweep.
+        #[arg(long)]
+        sweep: Option<String>,
         #[arg(long, default_value_t = 0)]
         page_size: i32,
         #[arg(long, default_value = "")]
@@ -216,6 +219,7 @@ pub async fn run(cli: &Cli, cmd: &JobsCommand) -> Result<ExitCode, CliError> {
         JobsCommand::List {
             states,
             labels,
+            sweep,
             page_size,
             page_token,
         } => {
@@ -230,7 +234,7 @@ pub async fn run(cli: &Cli, cmd: &JobsCommand) -> Result<ExitCode, CliError> {
                     page_token: page_token.clone(),
                     states,
                     labels: labels.iter().cloned().collect(),
-                    sweep_id: String::new(),
+                    sweep_id: sweep.clone().unwrap_or_default(),
                 })
                 .await
                 .map_err(rpc)?

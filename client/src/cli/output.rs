@@ -50,6 +50,7 @@ pub fn job_json(j: &pb::Job) -> Value {
             "kind": f.kind().as_str_name().trim_start_matches("FAILURE_KIND_").to_ascii_lowercase(),
             "message": f.message,
         })),
+        "sweep_id": j.sweep_id,
         "last_seq": j.last_seq,
         "request_id": j.request_id,
     })

@@ -483,6 +483,8 @@ pub trait Store: Send + Sync + 'static {
     async fn advance_sweep(&self, step: &SweepAdvance) -> Result<Vec<JobRecord>>;
     /// Takes or renews the lease on a singleton role; true while `holder` leads.
     async fn acquire_leadership(&self, role: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
+    /// Gives the role up (graceful shutdown), so another replica takes over at once.
+    async fn release_leadership(&self, role: &str, holder: &str) -> Result<()>;
 
     /// Number of jobs per state (states without jobs are absent).
     async fn count_jobs_by_state(&self) -> Result<Vec<(JobState, i64)>>;

@@ -1555,6 +1555,15 @@ macro_rules! impl_store {
                 Ok(row.is_some())
             }
 
+            async fn release_leadership(&self, role: &str, holder: &str) -> Result<()> {
+                sqlx::query("DELETE FROM leader_leases WHERE name = $1 AND holder = $2")
+                    .bind(role)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn count_jobs_by_state(&self) -> Result<Vec<(JobState, i64)>> {
                 let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
                     .fetch_all(&self.pool)

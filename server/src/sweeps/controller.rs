@@ -63,15 +63,26 @@ impl Controller {
         }
     }
 
-    /// Runs a round every `tick` until the task is aborted.
-    pub async fn run_forever(mut self, tick: Duration) {
+    /// Runs a round every `tick` until `stopping` turns true, then gives up leadership so
+    /// another replica (or this server restarted) takes over without waiting for the lease.
+    pub async fn run_until(
+        mut self,
+        tick: Duration,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            interval.tick().await;
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stopping.wait_for(|s| *s) => break,
+            }
             if let Err(e) = self.round().await {
                 tracing::warn!(error = %e, "sweep controller round failed");
             }
+        }
+        if let Err(e) = self.store.release_leadership(ROLE, &self.holder).await {
+            tracing::warn!(error = %e, "could not release the sweep controller lease");
         }
     }
 
