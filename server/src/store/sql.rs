@@ -420,6 +420,19 @@ macro_rules! impl_store {
         }
 
 
+        /// Keyset pagination of newest-first listings: rows strictly after `after`.
+        fn push_after(q: &mut QueryBuilder<$Db>, after: Option<&Cursor>) {
+            if let Some(c) = after {
+                q.push(" AND (created_at < ")
+                    .push_bind(c.created_at)
+                    .push(" OR (created_at = ")
+                    .push_bind(c.created_at)
+                    .push(" AND id < ")
+                    .push_bind(c.id.clone())
+                    .push("))");
+            }
+        }
+
         fn sweep_from_row(row: &DbRow) -> Result<SweepRecord> {
             let state: String = row.try_get("state")?;
             Ok(SweepRecord {
@@ -550,15 +563,7 @@ macro_rules! impl_store {
                         .push_bind(v.clone())
                         .push(")");
                 }
-                if let Some(c) = after {
-                    q.push(" AND (created_at < ")
-                        .push_bind(c.created_at)
-                        .push(" OR (created_at = ")
-                        .push_bind(c.created_at)
-                        .push(" AND id < ")
-                        .push_bind(c.id.clone())
-                        .push("))");
-                }
+                push_after(&mut q, after);
                 q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
                     .push_bind(i64::from(limit));
                 let rows = q.build().fetch_all(&self.pool).await?;
@@ -1040,15 +1045,7 @@ macro_rules! impl_store {
                 if let Some(p) = purpose {
                     q.push(" AND purpose = ").push_bind(p.as_str());
                 }
-                if let Some(c) = after {
-                    q.push(" AND (created_at < ")
-                        .push_bind(c.created_at)
-                        .push(" OR (created_at = ")
-                        .push_bind(c.created_at)
-                        .push(" AND id < ")
-                        .push_bind(c.id.clone())
-                        .push("))");
-                }
+                push_after(&mut q, after);
                 q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
                     .push_bind(i64::from(limit));
                 let rows = q.build().fetch_all(&self.pool).await?;
@@ -1337,15 +1334,7 @@ macro_rules! impl_store {
                     sweep_columns!(),
                     " FROM sweeps WHERE tenant = 'default'"
                 ));
-                if let Some(c) = after {
-                    q.push(" AND (created_at < ")
-                        .push_bind(c.created_at)
-                        .push(" OR (created_at = ")
-                        .push_bind(c.created_at)
-                        .push(" AND id < ")
-                        .push_bind(c.id.clone())
-                        .push("))");
-                }
+                push_after(&mut q, after);
                 q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
                     .push_bind(i64::from(limit));
                 let rows = q.build().fetch_all(&self.pool).await?;
