@@ -124,10 +124,8 @@ pub fn run(shape: &BenchShape, warmup: usize, steps: usize) -> Result<BenchResul
     let mut last_loss = f64::NAN;
     for i in 0..warmup + steps {
         let t0 = Instant::now();
-        let logits = model.forward(&input, &Mode::Eval)?;
-        let v = logits.dim(2)?;
-        let loss = (masked_nll_sum(&logits.reshape((b * (t - 1), v))?, &labels, &mask)?
-            / (b * (t - 1)) as f64)?;
+        let logits = model.forward_flat(&input, &Mode::Eval)?;
+        let loss = (masked_nll_sum(&logits, &labels, &mask)? / (b * (t - 1)) as f64)?;
         last_loss = loss.to_scalar::<f32>()? as f64;
         let t1 = Instant::now();
         let store = loss.backward()?;

@@ -258,9 +258,7 @@ impl<'a, M: CausalLm> Trainer<'a, M> {
     }
 
     fn nll_sum(&self, batch: &Batch, mode: &Mode) -> Result<Tensor, TrainError> {
-        let logits = self.model.forward(&batch.input_ids, mode)?;
-        let (b, t, v) = logits.dims3()?;
-        let logits = logits.reshape((b * t, v))?;
+        let logits = self.model.forward_flat(&batch.input_ids, mode)?;
         Ok(masked_nll_sum(&logits, &batch.labels, &batch.mask)?)
     }
 

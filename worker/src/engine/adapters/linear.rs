@@ -5,6 +5,7 @@ use candle_core::{D, DType, Result, Tensor, Var};
 
 use super::Mode;
 use super::dropout;
+use crate::engine::model::fused;
 
 /// Trainable low-rank parameters attached to one linear layer, following PEFT's
 /// `LoraLayer`: `y = W x + b + s · B(A(dropout(x)))`, or DoRA's magnitude-rescaled form.
@@ -172,16 +173,40 @@ impl AdaptedLinear {
     }
 
     fn forward_inner(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        let base = matmul_t(x, &self.weight)?;
         let lora = match &self.lora {
             Some(l) if self.unmerged.is_none() => l,
-            _ => return add_bias(base, self.bias.as_ref()),
+            _ => return add_bias(matmul_t(x, &self.weight)?, self.bias.as_ref()),
         };
         let wd = lora.a.dtype();
         let dropped = match mode.dropout_stream(&lora.key, lora.dropout) {
             Some(rng) => Some(dropout::apply(x, lora.dropout, rng)?),
             None => None,
         };
+        if dropped.is_none()
+            && lora.magnitude.is_none()
+            && fused::supported(x)
+            && wd == x.dtype()
+            && self.weight.dtype() == x.dtype()
+            && self.weight.device().is_cpu()
+        {
+            // Plain LoRA: base product, low-rank update and all three gradients in one node.
+            let dims = x.dims().to_vec();
+            let in_f = dims.last().copied().unwrap_or(0);
+            let x2 = x.reshape((x.elem_count() / in_f.max(1), in_f))?;
+            let y = fused::lora_linear(
+                &x2,
+                &self.weight,
+                lora.a.as_tensor(),
+                lora.b.as_tensor(),
+                lora.scale,
+            )?;
+            let mut out = dims;
+            if let Some(last) = out.last_mut() {
+                *last = y.dim(1)?;
+            }
+            return add_bias(y.reshape(out)?, self.bias.as_ref());
+        }
+        let base = matmul_t(x, &self.weight)?;
         let xa = dropped.as_ref().unwrap_or(x).to_dtype(wd)?;
         let delta =
             (matmul_t(&matmul_t(&xa, lora.a.as_tensor())?, lora.b.as_tensor())? * lora.scale)?;
@@ -234,8 +259,7 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows = x.elem_count() / in_f.max(1);
     let x2 = x.reshape((rows, in_f))?;
     let y = if x2.track_op() && !w.track_op() && x2.device().is_cpu() {
-        let y = x2.detach().matmul(&w.t()?)?;
-        x2.apply_op1(FrozenMatmul { w: w.clone(), y })?
+        x2.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?
     } else {
         x2.matmul(&w.t()?)?
     };
@@ -249,10 +273,9 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `x Wᵀ` for a constant `W` as a graph node whose backward computes only `dL/dx = g W`.
 /// candle's matmul backward always computes `dL/dW` too — a second full GEMM per frozen
 /// layer plus a zero-filled `[out, in]` gradient buffer — although nothing uses it. The
-/// product is computed outside the graph and handed over as this op's output (CPU only).
+/// forward runs candle's CPU matmul directly on the storages (CPU only).
 struct FrozenMatmul {
     w: Tensor,
-    y: Tensor,
 }
 
 impl candle_core::CustomOp1 for FrozenMatmul {
@@ -262,21 +285,27 @@ impl candle_core::CustomOp1 for FrozenMatmul {
 
     fn cpu_fwd(
         &self,
-        _storage: &candle_core::CpuStorage,
-        _layout: &candle_core::Layout,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (storage, layout) = self.y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(c)
-                if layout.is_contiguous()
-                    && layout.start_offset() == 0
-                    && c.as_slice::<f32>()
-                        .map_or(true, |s| s.len() == layout.shape().elem_count()) =>
-            {
-                Ok((c.clone(), layout.shape().clone()))
+        use candle_core::backend::BackendStorage;
+        let (m, k) = layout.shape().dims2()?;
+        let (n, wk) = self.w.dims2()?;
+        if wk != k {
+            return Err(candle_core::Error::Msg(
+                "frozen-matmul: shape mismatch".into(),
+            ));
+        }
+        let (w_storage, w_layout) = self.w.storage_and_layout();
+        match &*w_storage {
+            candle_core::Storage::Cpu(w) => {
+                // The product straight into this node's storage (no copy of a detached result).
+                let wt = w_layout.transpose(0, 1)?;
+                let y = storage.matmul(w, (1, m, n, k), layout, &wt)?;
+                Ok((y, candle_core::Shape::from((m, n))))
             }
             _ => Err(candle_core::Error::Msg(
-                "frozen-matmul: product is not a contiguous CPU tensor".into(),
+                "frozen-matmul: weight is not a CPU tensor".into(),
             )),
         }
     }

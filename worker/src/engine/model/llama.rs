@@ -185,36 +185,49 @@ impl Llama {
     /// Attention is causal only: batches are right-padded, so padding never sits before a
     /// real token and cannot influence it; padded positions are excluded from the loss.
     pub fn forward(&self, input_ids: &Tensor, mode: &Mode) -> Result<Tensor, ModelError> {
+        let (b, t) = input_ids.dims2()?;
+        let logits = self.forward_flat(input_ids, mode)?;
+        let v = logits.dim(1)?;
+        Ok(logits.reshape((b, t, v))?)
+    }
+
+    /// [`Self::forward`] with the logits flattened to `[batch·seq, vocab]` (row `i·seq + j`
+    /// is position `j` of sequence `i`), the layout the loss takes. Hidden states stay 2-D
+    /// `[batch·seq, hidden]` throughout: every reshape is a graph node whose backward costs a
+    /// zero-filled buffer and an add over the whole tensor.
+    pub fn forward_flat(&self, input_ids: &Tensor, mode: &Mode) -> Result<Tensor, ModelError> {
         let (b, t_in) = input_ids.dims2()?;
         let dtype = self.dtype();
         let device = self.device();
         let h = self.config.hidden_size;
         let mut x = self
             .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t_in, h))?;
+            .index_select(&input_ids.flatten_all()?, 0)?;
         let n_virtual = self.prompt.as_ref().map_or(0, |p| p.dim(0).unwrap_or(0));
         if let Some(p) = &self.prompt {
             let p = p
                 .to_dtype(dtype)?
                 .unsqueeze(0)?
                 .broadcast_as((b, n_virtual, h))?;
-            x = Tensor::cat(&[&p, &x], 1)?;
+            x = Tensor::cat(&[&p, &x.reshape((b, t_in, h))?], 1)?
+                .reshape((b * (t_in + n_virtual), h))?;
         }
         let t = t_in + n_virtual;
         let rope = Rope::new(&self.inv_freq, t, dtype, device)?;
-        let mask = causal_mask(t, dtype, device)?;
         let eps = self.config.rms_norm_eps;
         for layer in &self.layers {
-            let h = rms_norm(&x, &layer.input_layernorm, eps)?;
-            x = (x + layer.self_attn.forward(&h, &rope, &mask, mode)?)?;
-            let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
-            x = (x + layer.mlp.forward(&h, mode)?)?;
+            let hs = rms_norm(&x, &layer.input_layernorm, eps)?;
+            x = (x + layer.self_attn.forward(&hs, (b, t), &rope, mode)?)?;
+            let hs = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+            x = (x + layer.mlp.forward(&hs, mode)?)?;
         }
         let mut x = rms_norm(&x, &self.norm, eps)?;
         if n_virtual > 0 {
             // Logits only for the real positions, so labels and masks line up unchanged.
-            x = x.narrow(1, n_virtual, t_in)?;
+            x = x
+                .reshape((b, t, h))?
+                .narrow(1, n_virtual, t_in)?
+                .reshape((b * t_in, h))?;
         }
         Ok(self
             .lm_head
@@ -224,41 +237,63 @@ impl Llama {
 }
 
 impl Attention {
+    /// `x` `[b·t, hidden]` → `[b·t, hidden]`.
     fn forward(
         &self,
         x: &Tensor,
+        (b, t): (usize, usize),
         rope: &Rope,
-        mask: &Tensor,
         mode: &Mode,
     ) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+        let q = self.q_proj.forward(x, mode)?;
+        let k = self.k_proj.forward(x, mode)?;
+        let v = self.v_proj.forward(x, mode)?;
+        if super::fused::supported(x) && q.dtype() == x.dtype() {
+            let (cos, sin) = rope.tables(t)?;
+            let y = super::fused::causal_attention(
+                &q,
+                &k,
+                &v,
+                &cos,
+                &sin,
+                (b, t),
+                (self.heads, self.kv_heads),
+            )?;
+            return self.o_proj.forward(&y, mode);
+        }
         let split = |y: Tensor, heads: usize| {
             y.reshape((b, t, heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = rope.apply(&split(self.q_proj.forward(x, mode)?, self.heads)?)?;
-        let k = rope.apply(&split(self.k_proj.forward(x, mode)?, self.kv_heads)?)?;
-        let v = split(self.v_proj.forward(x, mode)?, self.kv_heads)?;
+        let q = rope.apply(&split(q, self.heads)?)?;
+        let k = rope.apply(&split(k, self.kv_heads)?)?;
+        let v = split(v, self.kv_heads)?;
         let n_rep = self.heads / self.kv_heads;
         let k = repeat_kv(k, n_rep)?.contiguous()?;
         let v = repeat_kv(v, n_rep)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?;
+        let mask = causal_mask(t, q.dtype(), q.device())?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
         // ops::softmax (max/sub/exp/sum/div) keeps the gradient; softmax_last_dim does not.
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let y = probs
             .matmul(&v)?
             .transpose(1, 2)?
-            .reshape((b, t, self.heads * self.head_dim))?;
+            .reshape((b * t, self.heads * self.head_dim))?;
         self.o_proj.forward(&y, mode)
     }
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor, mode: &Mode) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x, mode)?)?;
+        let gate = self.gate_proj.forward(x, mode)?;
         let up = self.up_proj.forward(x, mode)?;
-        self.down_proj.forward(&(gate * up)?, mode)
+        let h = if super::fused::supported(&gate) && up.dtype() == gate.dtype() {
+            super::fused::silu_mul(&gate, &up)?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
+        self.down_proj.forward(&h, mode)
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod fused;
 pub mod gguf;
 pub mod llama;
 pub mod ops;
@@ -21,6 +22,16 @@ pub trait CausalLm: crate::engine::adapters::Adaptable {
         input_ids: &candle_core::Tensor,
         mode: &crate::engine::adapters::Mode,
     ) -> Result<candle_core::Tensor, ModelError>;
+    /// Logits flattened to `[batch·seq, vocab]`, the loss's layout.
+    fn forward_flat(
+        &self,
+        input_ids: &candle_core::Tensor,
+        mode: &crate::engine::adapters::Mode,
+    ) -> Result<candle_core::Tensor, ModelError> {
+        let logits = self.forward(input_ids, mode)?;
+        let (b, t, v) = logits.dims3()?;
+        Ok(logits.reshape((b * t, v))?)
+    }
     fn device(&self) -> &candle_core::Device;
 }
 
@@ -31,6 +42,14 @@ impl CausalLm for Llama {
         mode: &crate::engine::adapters::Mode,
     ) -> Result<candle_core::Tensor, ModelError> {
         Llama::forward(self, input_ids, mode)
+    }
+
+    fn forward_flat(
+        &self,
+        input_ids: &candle_core::Tensor,
+        mode: &crate::engine::adapters::Mode,
+    ) -> Result<candle_core::Tensor, ModelError> {
+        Llama::forward_flat(self, input_ids, mode)
     }
 
     fn device(&self) -> &candle_core::Device {

@@ -14,8 +14,17 @@ pub fn compute_dtype(dtype: DType) -> DType {
     }
 }
 
-/// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32 (or f64).
+/// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32 (or f64). One fused node
+/// on the CPU for f32/f64 ([`super::fused::rms_norm`]), composed ops otherwise.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if super::fused::supported(x) && weight.dtype() == x.dtype() && weight.device().is_cpu() {
+        return super::fused::rms_norm(x, weight, eps);
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+/// [`rms_norm`] from primitive ops (any dtype/device; the reference for the fused kernel).
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(compute_dtype(dtype))?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -65,6 +74,11 @@ impl Rope {
         x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
     }
 
+    /// The `[seq, head_dim]` cos and sin tables for positions `0..seq`.
+    pub fn tables(&self, seq: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.narrow(0, 0, seq)?, self.sin.narrow(0, 0, seq)?))
+    }
+
     pub fn max_len(&self) -> usize {
         self.cos.dims().first().copied().unwrap_or(0)
     }
@@ -93,6 +107,14 @@ pub fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
 /// masked negative log-likelihoods; the caller divides by the token count of the whole
 /// accumulation window so micro-batches of different sizes weigh tokens equally.
 pub fn masked_nll_sum(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if super::fused::supported(logits) {
+        return super::fused::masked_nll_sum(logits, labels, mask);
+    }
+    masked_nll_sum_composed(logits, labels, mask)
+}
+
+/// [`masked_nll_sum`] from primitive ops (the reference for the fused kernel).
+pub fn masked_nll_sum_composed(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let dtype = compute_dtype(logits.dtype());
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(dtype)?, D::Minus1)?;
     let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;

@@ -1,0 +1,1104 @@
+//! Fused CPU kernels with hand-written backward passes, for the training hot path.
+//!
+//! candle records one graph node per primitive op, and its backward allocates a zero-filled
+//! accumulator plus a sum for every node input; a composed RMSNorm, causal softmax or
+//! cross-entropy is a dozen such nodes over large tensors. The ops here are single nodes
+//! (`CustomOp1/2/3` with `bwd`), computed with row-parallel loops on candle's CPU pool and
+//! candle's own (gemm) matmul. They cover f32 and f64 on the CPU; other dtypes and devices
+//! use the composed versions in [`super::ops`], which are also the reference the unit
+//! tests compare every forward and gradient against.
+
+use std::sync::Mutex;
+
+use candle_core::{
+    CpuStorage, DType, Error, Layout, Result, Shape, Storage, StorageRef, Tensor, WithDType,
+};
+
+/// The float types the fused kernels run in.
+pub(crate) trait Real: WithDType {
+    fn exp_(self) -> Self;
+    fn ln_(self) -> Self;
+    fn sqrt_(self) -> Self;
+    fn neg_infinity() -> Self;
+}
+
+impl Real for f32 {
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+    fn ln_(self) -> Self {
+        self.ln()
+    }
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+    fn neg_infinity() -> Self {
+        f32::NEG_INFINITY
+    }
+}
+
+impl Real for f64 {
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+    fn ln_(self) -> Self {
+        self.ln()
+    }
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+    fn neg_infinity() -> Self {
+        f64::NEG_INFINITY
+    }
+}
+
+/// Whether the fused kernels handle `t` (CPU, f32 or f64).
+pub fn supported(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+fn msg(m: impl Into<String>) -> Error {
+    Error::Msg(m.into())
+}
+
+/// A read guard on a contiguous CPU tensor's storage.
+struct View<'a> {
+    guard: StorageRef<'a>,
+    lo: usize,
+    hi: usize,
+}
+
+impl View<'_> {
+    fn of(t: &Tensor) -> Result<View<'_>> {
+        let (guard, layout) = t.storage_and_layout();
+        let (lo, hi) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| msg("fused op: input is not contiguous"))?;
+        Ok(View { guard, lo, hi })
+    }
+
+    fn slice<T: Real>(&self) -> Result<&[T]> {
+        match &*self.guard {
+            Storage::Cpu(c) => T::cpu_storage_as_slice(c)?
+                .get(self.lo..self.hi)
+                .ok_or_else(|| msg("fused op: storage too short")),
+            _ => Err(msg("fused op: not a CPU tensor")),
+        }
+    }
+}
+
+fn storage_slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let (lo, hi) = l
+        .contiguous_offsets()
+        .ok_or_else(|| msg("fused op: input is not contiguous"))?;
+    T::cpu_storage_as_slice(s)?
+        .get(lo..hi)
+        .ok_or_else(|| msg("fused op: storage too short"))
+}
+
+fn tensor<T: Real>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
+}
+
+/// Runs `f(i, chunk_i)` over the `chunk`-sized pieces of `out`, in parallel on candle's CPU
+/// pool when there is enough work (`work` ≈ element operations in total). Every piece is
+/// written by exactly one call, so results do not depend on the thread count.
+fn par_chunks<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let chunk = chunk.max(1);
+    let pool = candle_core::utils::barrier_pool();
+    if pool.n_workers() == 0 || work < 32 * 1024 || out.len() <= chunk {
+        for (i, c) in out.chunks_mut(chunk).enumerate() {
+            f(i, c);
+        }
+        return;
+    }
+    let cells: Vec<Mutex<&mut [T]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
+    pool.execute_chunked(cells.len(), |range| {
+        for i in range {
+            if let Some(Ok(mut c)) = cells.get(i).map(|m| m.lock()) {
+                f(i, &mut c);
+            }
+        }
+    });
+}
+
+macro_rules! dispatch {
+    ($s:expr, $f:ident ( $($arg:expr),* )) => {
+        match $s {
+            CpuStorage::F32(_) => $f::<f32>($($arg),*),
+            CpuStorage::F64(_) => $f::<f64>($($arg),*),
+            _ => Err(msg("fused op: only f32/f64 are supported")),
+        }
+    };
+}
+
+macro_rules! dispatch_dtype {
+    ($dt:expr, $f:ident ( $($arg:expr),* )) => {
+        match $dt {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F64 => $f::<f64>($($arg),*),
+            _ => Err(msg("fused op: only f32/f64 are supported")),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// RMSNorm
+
+/// RMSNorm `x / sqrt(mean(x²) + eps) * w` over the last dim as one node; `x` and `w` in the
+/// same dtype (f32/f64, CPU).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    x.apply_op2(&w, RmsNormOp { eps })
+}
+
+struct RmsNormOp {
+    eps: f64,
+}
+
+fn rms_fwd<T: Real>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    eps: f64,
+) -> Result<(CpuStorage, Shape)> {
+    let x = storage_slice::<T>(s1, l1)?;
+    let w = storage_slice::<T>(s2, l2)?;
+    let h = w.len();
+    if h == 0 || x.len() % h != 0 || l1.dims().last() != Some(&h) {
+        return Err(msg("rms_norm: weight does not match the last dim"));
+    }
+    let mut y = vec![T::zero(); x.len()];
+    let eps = T::from_f64(eps);
+    let hn = T::from_f64(h as f64);
+    par_chunks(&mut y, h, x.len() * 3, |r, out| {
+        let xr = &x[r * h..(r + 1) * h];
+        let mut ss = T::zero();
+        for &v in xr {
+            ss += v * v;
+        }
+        let denom = (ss / hn + eps).sqrt_();
+        for ((o, &v), &wv) in out.iter_mut().zip(xr).zip(w) {
+            *o = v / denom * wv;
+        }
+    });
+    Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+}
+
+fn rms_bwd<T: Real>(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f64,
+    want_w: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (xv, wv, gv) = (View::of(x)?, View::of(w)?, View::of(g)?);
+    let (xs, ws, gs) = (xv.slice::<T>()?, wv.slice::<T>()?, gv.slice::<T>()?);
+    let h = ws.len();
+    let rows = xs.len() / h.max(1);
+    let eps = T::from_f64(eps);
+    let hn = T::from_f64(h as f64);
+    let mut dx = vec![T::zero(); xs.len()];
+    par_chunks(&mut dx, h, xs.len() * 5, |r, out| {
+        let xr = &xs[r * h..(r + 1) * h];
+        let gr = &gs[r * h..(r + 1) * h];
+        let mut ss = T::zero();
+        for &v in xr {
+            ss += v * v;
+        }
+        let inv = T::one() / (ss / hn + eps).sqrt_();
+        // y = x·inv·w; dx = inv·(g∘w) − x·inv³·Σ(g∘w∘x)/h
+        let mut dot = T::zero();
+        for ((&gj, &wj), &xj) in gr.iter().zip(ws).zip(xr) {
+            dot += gj * wj * xj;
+        }
+        let c = inv * inv * inv * dot / hn;
+        for (((o, &gj), &wj), &xj) in out.iter_mut().zip(gr).zip(ws).zip(xr) {
+            *o = inv * gj * wj - xj * c;
+        }
+    });
+    let dw = if want_w {
+        let mut acc = vec![T::zero(); h];
+        for r in 0..rows {
+            let xr = &xs[r * h..(r + 1) * h];
+            let gr = &gs[r * h..(r + 1) * h];
+            let mut ss = T::zero();
+            for &v in xr {
+                ss += v * v;
+            }
+            let denom = (ss / hn + eps).sqrt_();
+            for ((a, &gj), &xj) in acc.iter_mut().zip(gr).zip(xr) {
+                *a += gj * (xj / denom);
+            }
+        }
+        Some(tensor(acc, w.shape())?)
+    } else {
+        None
+    };
+    Ok((tensor(dx, x.shape())?, dw))
+}
+
+impl candle_core::CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(s1, rms_fwd(s1, l1, s2, l2, self.eps))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let (dx, dw) = dispatch_dtype!(x.dtype(), rms_bwd(x, w, &g, self.eps, w.track_op()))?;
+        Ok((x.track_op().then_some(dx), dw))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Causal attention with RoPE
+
+/// Causal grouped-query attention with RoPE, as one node: `q` `[b·t, heads·d]`, `k`, `v`
+/// `[b·t, kv_heads·d]` straight from the projections (or the same as `[b, t, ·]`); `cos`,
+/// `sin` `[t, d]` (HF layout); returns `q`'s shape, ready for `o_proj`. Equals
+/// `softmax(rope(q)·rope(k)ᵀ/√d + causal) · v` with KV heads repeated.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    (b, t): (usize, usize),
+    (heads, kv_heads): (usize, usize),
+) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    let qw = q.dims().last().copied().unwrap_or(0);
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !qw.is_multiple_of(heads) {
+        return Err(msg("attention: bad head counts"));
+    }
+    let d = qw / heads;
+    if q.elem_count() != b * t * qw
+        || k.elem_count() != b * t * kv_heads * d
+        || v.elem_count() != b * t * kv_heads * d
+        || k.dims().last() != Some(&(kv_heads * d))
+    {
+        return Err(msg("attention: q/k/v shapes do not match"));
+    }
+    if cos.dims2()? != (t, d) || sin.dims2()? != (t, d) || !d.is_multiple_of(2) {
+        return Err(msg("attention: rope tables do not match"));
+    }
+    let dims = AttnDims {
+        b,
+        t,
+        heads,
+        kv_heads,
+        d,
+    };
+    let op = dispatch_dtype!(q.dtype(), attn_fwd(&q, &k, &v, &cos, &sin, dims))?;
+    q.apply_op3(&k, &v, op)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AttnDims {
+    b: usize,
+    t: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+}
+
+struct AttnOp {
+    dims: AttnDims,
+    /// RoPE'd queries `[b·kv, rep·t, d]`, keys `[b·kv, t, d]`, values `[b·kv, t, d]`.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// Attention probabilities `[b·kv, rep·t, t]` (zero above the diagonal).
+    p: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    out: Mutex<Option<CpuStorage>>,
+}
+
+/// `[b, t, n·d]` → `[b, n, t, d]`, rotated by RoPE when given the `[t, d]` tables.
+fn split_heads<T: Real>(
+    x: &[T],
+    rope: Option<(&[T], &[T])>,
+    b: usize,
+    t: usize,
+    n: usize,
+    d: usize,
+) -> Vec<T> {
+    let _ = b;
+    let mut out = vec![T::zero(); x.len()];
+    let half = d / 2;
+    par_chunks(&mut out, t * d, x.len() * 2, |bh, dst| {
+        let (bi, hi) = (bh / n, bh % n);
+        for ti in 0..t {
+            let src = &x[(bi * t + ti) * n * d + hi * d..][..d];
+            let o = &mut dst[ti * d..(ti + 1) * d];
+            match rope {
+                None => o.copy_from_slice(src),
+                Some((cos, sin)) => {
+                    let (c, s) = (&cos[ti * d..(ti + 1) * d], &sin[ti * d..(ti + 1) * d]);
+                    for i in 0..half {
+                        o[i] = src[i] * c[i] + (T::zero() - src[i + half]) * s[i];
+                        let j = i + half;
+                        o[j] = src[j] * c[j] + src[i] * s[j];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Inverse of [`split_heads`]: `[b, n, t, d]` → `[b, t, n·d]`, applying the transpose of
+/// the RoPE rotation (the gradient of the forward rotation) when given tables.
+fn merge_heads<T: Real>(
+    x: &[T],
+    rope: Option<(&[T], &[T])>,
+    b: usize,
+    t: usize,
+    n: usize,
+    d: usize,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    let half = d / 2;
+    let _ = b;
+    par_chunks(&mut out, n * d, x.len() * 2, |bt, dst| {
+        let (bi, ti) = (bt / t, bt % t);
+        for hi in 0..n {
+            let src = &x[((bi * n + hi) * t + ti) * d..][..d];
+            let o = &mut dst[hi * d..(hi + 1) * d];
+            match rope {
+                None => o.copy_from_slice(src),
+                Some((cos, sin)) => {
+                    let (c, s) = (&cos[ti * d..(ti + 1) * d], &sin[ti * d..(ti + 1) * d]);
+                    for i in 0..half {
+                        let j = i + half;
+                        o[i] = src[i] * c[i] + src[j] * s[j];
+                        o[j] = src[j] * c[j] - src[i] * s[i];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+fn attn_fwd<T: Real>(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    dims: AttnDims,
+) -> Result<AttnOp> {
+    let AttnDims {
+        b,
+        t,
+        heads,
+        kv_heads,
+        d,
+    } = dims;
+    let rep = heads / kv_heads;
+    let (cv, sv) = (View::of(cos)?, View::of(sin)?);
+    let rope = Some((cv.slice::<T>()?, sv.slice::<T>()?));
+    let (qs, ks, vs) = {
+        let (qv, kv, vv) = (View::of(q)?, View::of(k)?, View::of(v)?);
+        (
+            split_heads(qv.slice::<T>()?, rope, b, t, heads, d),
+            split_heads(kv.slice::<T>()?, rope, b, t, kv_heads, d),
+            split_heads(vv.slice::<T>()?, None, b, t, kv_heads, d),
+        )
+    };
+    let qt = tensor(qs, (b * kv_heads, rep * t, d))?;
+    let kt = tensor(ks, (b * kv_heads, t, d))?;
+    let vt = tensor(vs, (b * kv_heads, t, d))?;
+    let s = qt.matmul(&kt.t()?)?;
+    let scale = T::from_f64(1.0 / (d as f64).sqrt());
+    let mut p = vec![T::zero(); b * heads * t * t];
+    {
+        let sview = View::of(&s)?;
+        let ss = sview.slice::<T>()?;
+        par_chunks(&mut p, t, ss.len() * 3, |row, pr| {
+            let tq = row % t;
+            let sr = &ss[row * t..row * t + tq + 1];
+            let mut m = T::neg_infinity();
+            for &x in sr {
+                let x = x * scale;
+                if x > m {
+                    m = x;
+                }
+            }
+            let mut sum = T::zero();
+            for (o, &x) in pr.iter_mut().zip(sr) {
+                let e = (x * scale - m).exp_();
+                *o = e;
+                sum += e;
+            }
+            for o in pr.iter_mut().take(tq + 1) {
+                *o /= sum;
+            }
+        });
+    }
+    let pt = tensor(p, (b * kv_heads, rep * t, t))?;
+    let o = pt.matmul(&vt)?;
+    let out = {
+        let ov = View::of(&o)?;
+        merge_heads(ov.slice::<T>()?, None, b, t, heads, d)
+    };
+    Ok(AttnOp {
+        dims,
+        q: qt,
+        k: kt,
+        v: vt,
+        p: pt,
+        cos: cos.clone(),
+        sin: sin.clone(),
+        out: Mutex::new(Some(T::to_cpu_storage_owned(out))),
+    })
+}
+
+type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+fn attn_bwd<T: Real>(
+    op: &AttnOp,
+    g: &Tensor,
+    want: [bool; 3],
+    shapes: [&Shape; 3],
+) -> Result<Grads3> {
+    let AttnDims {
+        b,
+        t,
+        heads,
+        kv_heads,
+        d,
+    } = op.dims;
+    let rep = heads / kv_heads;
+    let d_o = {
+        let gv = View::of(g)?;
+        tensor(
+            split_heads(gv.slice::<T>()?, None, b, t, heads, d),
+            (b * kv_heads, rep * t, d),
+        )?
+    };
+    let (cv, sv) = (View::of(&op.cos)?, View::of(&op.sin)?);
+    let rope = Some((cv.slice::<T>()?, sv.slice::<T>()?));
+    let dv = if want[2] {
+        let dv = op.p.t()?.matmul(&d_o)?;
+        let view = View::of(&dv)?;
+        Some(tensor(
+            merge_heads(view.slice::<T>()?, None, b, t, kv_heads, d),
+            shapes[2],
+        )?)
+    } else {
+        None
+    };
+    if !want[0] && !want[1] {
+        return Ok((None, None, dv));
+    }
+    let dp = d_o.matmul(&op.v.t()?)?;
+    let scale = T::from_f64(1.0 / (d as f64).sqrt());
+    let mut ds = vec![T::zero(); b * heads * t * t];
+    {
+        let (pv, dpv) = (View::of(&op.p)?, View::of(&dp)?);
+        let (ps, dps) = (pv.slice::<T>()?, dpv.slice::<T>()?);
+        par_chunks(&mut ds, t, ps.len() * 3, |row, out| {
+            let n = row % t + 1;
+            let pr = &ps[row * t..row * t + n];
+            let gr = &dps[row * t..row * t + n];
+            let mut dot = T::zero();
+            for (&pj, &gj) in pr.iter().zip(gr) {
+                dot += pj * gj;
+            }
+            for ((o, &pj), &gj) in out.iter_mut().zip(pr).zip(gr) {
+                *o = pj * (gj - dot) * scale;
+            }
+        });
+    }
+    let ds = tensor(ds, (b * kv_heads, rep * t, t))?;
+    let dq = if want[0] {
+        let dq = ds.matmul(&op.k)?;
+        let view = View::of(&dq)?;
+        Some(tensor(
+            merge_heads(view.slice::<T>()?, rope, b, t, heads, d),
+            shapes[0],
+        )?)
+    } else {
+        None
+    };
+    let dk = if want[1] {
+        let dk = ds.t()?.matmul(&op.q)?;
+        let view = View::of(&dk)?;
+        Some(tensor(
+            merge_heads(view.slice::<T>()?, rope, b, t, kv_heads, d),
+            shapes[1],
+        )?)
+    } else {
+        None
+    };
+    Ok((dq, dk, dv))
+}
+
+impl candle_core::CustomOp3 for AttnOp {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        l1: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = self
+            .out
+            .lock()
+            .map_err(|_| msg("attention: poisoned"))?
+            .take()
+            .ok_or_else(|| msg("attention: output already taken"))?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Grads3> {
+        let g = g.contiguous()?;
+        let want = [q.track_op(), k.track_op(), v.track_op()];
+        let shapes = [q.shape(), k.shape(), v.shape()];
+        dispatch_dtype!(q.dtype(), attn_bwd(self, &g, want, shapes))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Masked cross-entropy
+
+/// Sum over rows of `mask[i] · (logsumexp(logits[i]) − logits[i, labels[i]])`, as one node.
+/// `logits` `[n, vocab]` f32/f64 on the CPU, `labels` `[n]` u32, `mask` `[n]`.
+pub fn masked_nll_sum(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let logits = logits.contiguous()?;
+    let (n, vocab) = logits.dims2()?;
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if labels.len() != n || labels.iter().any(|&l| l as usize >= vocab) {
+        return Err(msg("masked_nll_sum: labels out of range or wrong length"));
+    }
+    let mask = mask.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    if mask.len() != n {
+        return Err(msg("masked_nll_sum: mask has the wrong length"));
+    }
+    let op = dispatch_dtype!(logits.dtype(), ce_fwd(&logits, labels, mask))?;
+    logits.apply_op1(op)
+}
+
+struct CeOp {
+    labels: Vec<u32>,
+    mask: Vec<f64>,
+    /// Per-row log-sum-exp, as f64.
+    lse: Vec<f64>,
+    out: Mutex<Option<CpuStorage>>,
+}
+
+fn ce_fwd<T: Real>(logits: &Tensor, labels: Vec<u32>, mask: Vec<f64>) -> Result<CeOp> {
+    let (n, vocab) = logits.dims2()?;
+    let view = View::of(logits)?;
+    let ls = view.slice::<T>()?;
+    // Per row: [lse, nll]
+    let mut rows = vec![T::zero(); 2 * n];
+    par_chunks(&mut rows, 2, n * vocab * 2, |i, out| {
+        let r = &ls[i * vocab..(i + 1) * vocab];
+        let mut m = T::neg_infinity();
+        for &x in r {
+            if x > m {
+                m = x;
+            }
+        }
+        let mut sum = T::zero();
+        for &x in r {
+            sum += (x - m).exp_();
+        }
+        let lse = sum.ln_() + m;
+        out[0] = lse;
+        out[1] = lse - r[labels[i] as usize];
+    });
+    let mut total = T::zero();
+    for (i, &m) in mask.iter().enumerate() {
+        total += rows[2 * i + 1] * T::from_f64(m);
+    }
+    Ok(CeOp {
+        lse: (0..n).map(|i| rows[2 * i].to_f64()).collect(),
+        labels,
+        mask,
+        out: Mutex::new(Some(T::to_cpu_storage_owned(vec![total]))),
+    })
+}
+
+fn ce_bwd<T: Real>(op: &CeOp, logits: &Tensor, g: f64) -> Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    let view = View::of(logits)?;
+    let ls = view.slice::<T>()?;
+    let mut d = vec![T::zero(); n * vocab];
+    par_chunks(&mut d, vocab, n * vocab * 2, |i, out| {
+        let scale = T::from_f64(g * op.mask[i]);
+        if op.mask[i] == 0.0 {
+            return;
+        }
+        let lse = T::from_f64(op.lse[i]);
+        let r = &ls[i * vocab..(i + 1) * vocab];
+        for (o, &x) in out.iter_mut().zip(r) {
+            *o = (x - lse).exp_() * scale;
+        }
+        let y = op.labels[i] as usize;
+        out[y] -= scale;
+    });
+    tensor(d, (n, vocab))
+}
+
+impl candle_core::CustomOp1 for CeOp {
+    fn name(&self) -> &'static str {
+        "fused-masked-nll"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = self
+            .out
+            .lock()
+            .map_err(|_| msg("masked_nll: poisoned"))?
+            .take()
+            .ok_or_else(|| msg("masked_nll: output already taken"))?;
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(&self, logits: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        dispatch_dtype!(logits.dtype(), ce_bwd(self, logits, g)).map(Some)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SwiGLU
+
+/// `silu(gate) · up` as one node (same shapes, f32/f64, CPU).
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let gate = gate.contiguous()?;
+    let up = up.contiguous()?;
+    if gate.shape() != up.shape() {
+        return Err(msg("silu_mul: shapes differ"));
+    }
+    gate.apply_op2(&up, SiluMulOp)
+}
+
+struct SiluMulOp;
+
+fn silu_mul_fwd<T: Real>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let g = storage_slice::<T>(s1, l1)?;
+    let u = storage_slice::<T>(s2, l2)?;
+    let mut y = vec![T::zero(); g.len()];
+    par_chunks(&mut y, 4096, g.len() * 4, |c, out| {
+        let lo = c * 4096;
+        for ((o, &gv), &uv) in out.iter_mut().zip(&g[lo..]).zip(&u[lo..]) {
+            *o = gv / (T::one() + (T::zero() - gv).exp_()) * uv;
+        }
+    });
+    Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+}
+
+fn silu_mul_bwd<T: Real>(
+    gate: &Tensor,
+    up: &Tensor,
+    grad: &Tensor,
+    want: [bool; 2],
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (gv, uv, dv) = (View::of(gate)?, View::of(up)?, View::of(grad)?);
+    let (gs, us, ds) = (gv.slice::<T>()?, uv.slice::<T>()?, dv.slice::<T>()?);
+    let n = gs.len();
+    let sig = |x: T| T::one() / (T::one() + (T::zero() - x).exp_());
+    let dg = if want[0] {
+        let mut dg = vec![T::zero(); n];
+        par_chunks(&mut dg, 4096, n * 6, |c, out| {
+            let lo = c * 4096;
+            for (i, o) in out.iter_mut().enumerate() {
+                let (x, u, dy) = (gs[lo + i], us[lo + i], ds[lo + i]);
+                let s = sig(x);
+                // d silu/dx = sig · (1 + x · (1 − sig))
+                *o = dy * u * (s * (T::one() + x * (T::one() - s)));
+            }
+        });
+        Some(tensor(dg, gate.shape())?)
+    } else {
+        None
+    };
+    let du = if want[1] {
+        let mut du = vec![T::zero(); n];
+        par_chunks(&mut du, 4096, n * 4, |c, out| {
+            let lo = c * 4096;
+            for (i, o) in out.iter_mut().enumerate() {
+                let x = gs[lo + i];
+                *o = ds[lo + i] * (x / (T::one() + (T::zero() - x).exp_()));
+            }
+        });
+        Some(tensor(du, up.shape())?)
+    } else {
+        None
+    };
+    Ok((dg, du))
+}
+
+impl candle_core::CustomOp2 for SiluMulOp {
+    fn name(&self) -> &'static str {
+        "fused-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(s1, silu_mul_fwd(s1, l1, s2, l2))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let want = [gate.track_op(), up.track_op()];
+        dispatch_dtype!(gate.dtype(), silu_mul_bwd(gate, up, &g, want))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// LoRA linear over a frozen weight
+
+/// `x Wᵀ + scale · (x Aᵀ) Bᵀ` for `x` `[n, in]`, a frozen `w` `[out, in]` (no gradient) and
+/// trainable `a` `[r, in]`, `b` `[out, r]`, as one node. The backward computes `dL/dx`
+/// (only when `x` needs it), `dL/dA` and `dL/dB`, never `dL/dW`.
+pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (_, in_f) = x.dims2()?;
+    let (out_f, w_in) = w.dims2()?;
+    let (r, a_in) = a.dims2()?;
+    if w_in != in_f || a_in != in_f || b.dims2()? != (out_f, r) {
+        return Err(msg("lora_linear: shapes do not match"));
+    }
+    let w = w.detach();
+    let base = x.detach().matmul(&w.t()?)?;
+    let xa = x.detach().matmul(&a.detach().t()?)?;
+    let upd = xa.matmul(&b.detach().t()?)?;
+    let out = dispatch_dtype!(x.dtype(), axpy_owned(&base, &upd, scale))?;
+    x.apply_op3(
+        a,
+        b,
+        LoraOp {
+            w,
+            xa,
+            scale,
+            out: Mutex::new(Some(out)),
+        },
+    )
+}
+
+/// `y + s · u` into a fresh storage (both contiguous, same shape).
+fn axpy_owned<T: Real>(y: &Tensor, u: &Tensor, s: f64) -> Result<CpuStorage> {
+    let (yv, uv) = (View::of(y)?, View::of(u)?);
+    let (ys, us) = (yv.slice::<T>()?, uv.slice::<T>()?);
+    if ys.len() != us.len() {
+        return Err(msg("axpy: length mismatch"));
+    }
+    let s = T::from_f64(s);
+    let mut out = vec![T::zero(); ys.len()];
+    par_chunks(&mut out, 8192, ys.len(), |c, o| {
+        let lo = c * 8192;
+        for ((o, &a), &b) in o.iter_mut().zip(&ys[lo..]).zip(&us[lo..]) {
+            *o = a + b * s;
+        }
+    });
+    Ok(T::to_cpu_storage_owned(out))
+}
+
+struct LoraOp {
+    w: Tensor,
+    /// `x Aᵀ` `[n, r]` from the forward pass.
+    xa: Tensor,
+    scale: f64,
+    out: Mutex<Option<CpuStorage>>,
+}
+
+impl candle_core::CustomOp3 for LoraOp {
+    fn name(&self) -> &'static str {
+        "fused-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        l1: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = self
+            .out
+            .lock()
+            .map_err(|_| msg("lora_linear: poisoned"))?
+            .take()
+            .ok_or_else(|| msg("lora_linear: output already taken"))?;
+        let n = l1.dims().first().copied().unwrap_or(0);
+        Ok((out, Shape::from((n, self.w.dim(0)?))))
+    }
+
+    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Grads3> {
+        let g = g.contiguous()?;
+        let (a_d, b_d) = (a.detach(), b.detach());
+        // g·B, the gradient reaching the low-rank activations (before the scale).
+        let gb = g.matmul(&b_d)?;
+        let dx = if x.track_op() {
+            let base = g.matmul(&self.w)?;
+            let low = gb.matmul(&a_d)?;
+            let out = dispatch_dtype!(x.dtype(), axpy_owned(&base, &low, self.scale))?;
+            Some(Tensor::from_storage(
+                Storage::Cpu(out),
+                x.shape(),
+                candle_core::op::BackpropOp::none(),
+                false,
+            ))
+        } else {
+            None
+        };
+        let da = a
+            .track_op()
+            .then(|| gb.t()?.matmul(&x.detach())? * self.scale)
+            .transpose()?;
+        let db = b
+            .track_op()
+            .then(|| g.t()?.matmul(&self.xa)? * self.scale)
+            .transpose()?;
+        Ok((dx, da, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::ops;
+    use candle_core::{D, Device, Var};
+
+    fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+        use rand::Rng;
+        let mut g = crate::engine::rng::stream(seed, "fused-test");
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| g.random_range(-1.5..1.5)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+        let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+        let diff = (&a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let scale = b.abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        diff / scale.max(1.0)
+    }
+
+    /// Forward values and the gradients of `sum(f(inputs) · r)` for both implementations.
+    fn compare(
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+        composed: impl Fn(&[Tensor]) -> Result<Tensor>,
+        tol: f64,
+    ) {
+        let run = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
+            let vars: Vec<Var> = inputs
+                .iter()
+                .map(|t| Var::from_tensor(t).unwrap())
+                .collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = f(&ts).unwrap();
+            let r = rand(y.dims(), 77, y.dtype());
+            let loss = (&y * &r).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let gs: Vec<Tensor> = vars
+                .iter()
+                .map(|v| grads.get(v).expect("gradient reaches every input").clone())
+                .collect();
+            (y, gs)
+        };
+        let (yf, gf) = run(&fused);
+        let (yc, gc) = run(&composed);
+        assert_eq!(yf.dims(), yc.dims());
+        assert!(
+            rel_diff(&yf, &yc) <= tol,
+            "forward differs: {}",
+            rel_diff(&yf, &yc)
+        );
+        for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
+            assert!(
+                rel_diff(a, b) <= tol,
+                "gradient {i} differs: {}",
+                rel_diff(a, b)
+            );
+        }
+    }
+
+    #[test]
+    fn fused_rms_norm_matches_composed() {
+        for dtype in [DType::F32, DType::F64] {
+            // Enough rows to take the parallel path.
+            let x = rand(&[3, 70, 200], 1, dtype);
+            let w = rand(&[200], 2, dtype);
+            compare(
+                &[x, w],
+                |t| rms_norm(&t[0], &t[1], 1e-5),
+                |t| ops::rms_norm_composed(&t[0], &t[1], 1e-5),
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn fused_silu_mul_matches_composed() {
+        for dtype in [DType::F32, DType::F64] {
+            let g = rand(&[5, 30, 700], 3, dtype);
+            let u = rand(&[5, 30, 700], 4, dtype);
+            compare(
+                &[g, u],
+                |t| silu_mul(&t[0], &t[1]),
+                |t| candle_nn::ops::silu(&t[0])? * &t[1],
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn fused_masked_nll_matches_composed() {
+        for dtype in [DType::F32, DType::F64] {
+            let (n, v) = (37, 1500);
+            let logits = (rand(&[n, v], 5, dtype) * 4.0).unwrap();
+            let labels: Vec<u32> = (0..n as u32).map(|i| (i * 97 + 13) % v as u32).collect();
+            let labels = Tensor::new(labels, &Device::Cpu).unwrap();
+            let mask: Vec<f32> = (0..n).map(|i| if i % 5 == 3 { 0.0 } else { 1.0 }).collect();
+            let mask = Tensor::new(mask, &Device::Cpu).unwrap();
+            compare(
+                &[logits],
+                |t| masked_nll_sum(&t[0], &labels, &mask),
+                |t| ops::masked_nll_sum_composed(&t[0], &labels, &mask),
+                1e-5,
+            );
+        }
+    }
+
+    /// The composed attention of `Llama` (before fusion): RoPE, repeat_kv, additive causal
+    /// mask, `ops::softmax`.
+    fn composed_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rope: &ops::Rope,
+        heads: usize,
+        kv: usize,
+    ) -> Result<Tensor> {
+        let (b, t, qw) = q.dims3()?;
+        let d = qw / heads;
+        let split = |y: &Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
+        let q = rope.apply(&split(q, heads)?)?;
+        let k = rope.apply(&split(k, kv)?)?;
+        let v = split(v, kv)?;
+        let k = ops::repeat_kv(k, heads / kv)?.contiguous()?;
+        let v = ops::repeat_kv(v, heads / kv)?.contiguous()?;
+        let mask = ops::causal_mask(t, q.dtype(), q.device())?;
+        let s = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(&mask)?;
+        let p = candle_nn::ops::softmax(&s, D::Minus1)?;
+        p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, heads * d))
+    }
+
+    #[test]
+    fn fused_attention_matches_composed() {
+        for dtype in [DType::F32, DType::F64] {
+            for (heads, kv) in [(4, 2), (3, 3), (6, 1)] {
+                let (b, t, d) = (2, 19, 16);
+                let inv: Vec<f64> = (0..d / 2)
+                    .map(|i| 1.0 / 10_000f64.powf(2.0 * i as f64 / d as f64))
+                    .collect();
+                let rope = ops::Rope::new(&inv, t, dtype, &Device::Cpu).unwrap();
+                let (cos, sin) = rope.tables(t).unwrap();
+                let q = rand(&[b, t, heads * d], 6, dtype);
+                let k = rand(&[b, t, kv * d], 7, dtype);
+                let v = rand(&[b, t, kv * d], 8, dtype);
+                compare(
+                    &[q, k, v],
+                    |x| causal_attention(&x[0], &x[1], &x[2], &cos, &sin, (b, t), (heads, kv)),
+                    |x| composed_attention(&x[0], &x[1], &x[2], &rope, heads, kv),
+                    1e-5,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_ops_skip_gradients_of_constants() {
+        let x = Var::from_tensor(&rand(&[4, 64], 9, DType::F32)).unwrap();
+        let w = rand(&[64], 10, DType::F32);
+        let y = rms_norm(x.as_tensor(), &w, 1e-5).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(x.as_tensor()).is_some());
+        assert!(grads.get(&w).is_none());
+    }
+
+    #[test]
+    fn fused_lora_linear_matches_composed() {
+        for dtype in [DType::F32, DType::F64] {
+            let x = rand(&[150, 48], 11, dtype);
+            let w = rand(&[40, 48], 12, dtype);
+            let a = rand(&[4, 48], 13, dtype);
+            let b = rand(&[40, 4], 14, dtype);
+            let w2 = w.clone();
+            compare(
+                &[x, a, b],
+                |t| lora_linear(&t[0], &w, &t[1], &t[2], 2.5),
+                |t| t[0].matmul(&w2.t()?)? + (t[0].matmul(&t[1].t()?)?.matmul(&t[2].t()?)? * 2.5)?,
+                1e-5,
+            );
+        }
+    }
+}
