@@ -99,6 +99,125 @@ impl Cell {
     }
 }
 
+/// Smallest budget (on a 0.05-unit grid) at which `cell`'s median regret is at most `level`.
+fn budget_to_reach(cell: &Cell, level: f64, max_budget: f64) -> Option<f64> {
+    let steps = (max_budget / 0.05).round() as usize;
+    (1..=steps)
+        .map(|i| i as f64 * 0.05)
+        .find(|&b| cell.stats(b).0 <= level)
+}
+
+/// One explicit line per acceptance target (W = 1 medians over seeds).
+fn targets(
+    suite: &[Box<dyn Problem>],
+    cells: &[Cell],
+    optuna_ok: bool,
+    max_budget: f64,
+    elapsed: f64,
+) {
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let find = |name: &str, m: Method| {
+        let pi = suite.iter().position(|p| p.name() == name)?;
+        cells
+            .iter()
+            .find(|c| c.problem == pi && c.method == m && c.workers == 1)
+    };
+    let med = |name: &str, m: Method, b: f64| find(name, m).map(|c| c.stats(b).0);
+    // 1. CARBS beats random at budgets 20 and 50 on MF-Branin and MF-Hartmann6.
+    for name in ["mf-branin", "mf-hartmann6"] {
+        for b in [20.0, 50.0] {
+            if let (Some(c), Some(r)) = (med(name, Method::Carbs, b), med(name, Method::Random, b))
+            {
+                println!(
+                    "target carbs<random {name} B={b}: carbs {} random {} {}",
+                    fmt(c),
+                    fmt(r),
+                    verdict(c < r)
+                );
+            }
+        }
+    }
+    // 2. CARBS's Pareto regret area below random's on the Chinchilla-style problem.
+    for b in [20.0, 50.0] {
+        if let (Some(c), Some(r)) = (
+            med("chinchilla", Method::Carbs, b),
+            med("chinchilla", Method::Random, b),
+        ) {
+            println!(
+                "target carbs<random chinchilla pareto-area B={b}: carbs {} random {} {}",
+                fmt(c),
+                fmt(r),
+                verdict(c < r)
+            );
+        }
+    }
+    // 3. ASHA reaches random-at-full-fidelity's regret (at the largest budget) with at most a
+    //    third of random's cost: cost ratio = (first budget where ASHA's median regret is at
+    //    most random's median regret at B_max) / B_max.
+    if let (Some(a), Some(r)) = (
+        find("lora-sim", Method::Asha),
+        med("lora-sim", Method::Random, max_budget),
+    ) {
+        let reach = budget_to_reach(a, r, max_budget);
+        let ratio = reach.map_or(f64::INFINITY, |b| b / max_budget);
+        println!(
+            "target asha-lora-sim cost ratio: {} (≤ 0.333; random's regret {} at B={max_budget}, asha reaches it at B={}) {}",
+            fmt(ratio),
+            fmt(r),
+            reach.map_or("never".to_string(), fmt),
+            verdict(ratio <= 1.0 / 3.0 + 1e-9)
+        );
+    }
+    // 4. CARBS (the bandit on the categorical table) at most Optuna TPE at budget 20.
+    if optuna_ok {
+        let mut wins = Vec::new();
+        let mut total = 0;
+        for p in suite {
+            let ours = if p.fidelity().is_none() && !p.space().is_flat_real() {
+                Method::BanditCarbs
+            } else {
+                Method::Carbs
+            };
+            if let (Some(c), Some(t)) = (
+                med(p.name(), ours, 20.0),
+                med(p.name(), Method::OptunaTpe, 20.0),
+            ) {
+                total += 1;
+                if c <= t {
+                    wins.push(p.name());
+                }
+            }
+        }
+        println!(
+            "target carbs<=optuna-tpe B=20: {} of {total} problems ({}) (≥ 3) {}",
+            wins.len(),
+            wins.join(", "),
+            verdict(wins.len() >= 3)
+        );
+    } else {
+        println!("target carbs<=optuna-tpe B=20: optuna unavailable");
+    }
+    // 5. The categorical bandit beats random on the categorical table.
+    for b in [20.0, 50.0] {
+        if let (Some(c), Some(r)) = (
+            med("categorical", Method::BanditCarbs, b),
+            med("categorical", Method::Random, b),
+        ) {
+            println!(
+                "target bandit<random categorical B={b}: bandit-ucb {} random {} {}",
+                fmt(c),
+                fmt(r),
+                verdict(c < r)
+            );
+        }
+    }
+    // 6. The whole run within 2 minutes.
+    println!(
+        "target wall time: {elapsed:.1}s (< 120s) {}",
+        verdict(elapsed < 120.0)
+    );
+}
+
 fn load_space(path: &PathBuf) -> Result<Space, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let params = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -356,6 +475,13 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
             optuna
         );
     }
+    targets(
+        &suite,
+        &cells,
+        optuna_ok,
+        args.budget,
+        started.elapsed().as_secs_f64(),
+    );
     if errors.is_empty() {
         Ok(())
     } else {

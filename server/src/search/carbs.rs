@@ -462,19 +462,49 @@ impl Carbs {
             None
         };
         let log_norm = -(r * (2.0 * std::f64::consts::PI).sqrt()).ln();
-        let mut best: Option<(f64, usize)> = None;
+        // Cross-covariances with the shared training inputs, evaluated once per candidate and
+        // reused by the cost, output and success GPs (their inputs all start with them).
+        let kern = sur.cost.kernel().clone();
+        let base = sur.cost.inputs();
+        let extra = |gp: &Gp, x: &[f64], k: &mut Vec<f64>| {
+            k.extend(gp.inputs()[base.len()..].iter().map(|xi| kern.eval(xi, x)));
+        };
+        let mut keep: Vec<usize> = Vec::with_capacity(cands.len());
+        let mut costs = Vec::with_capacity(cands.len());
+        let mut kout = Vec::with_capacity(cands.len());
+        let mut ksucc = Vec::new();
+        let mut kxx = Vec::with_capacity(cands.len());
         for (k, x) in cands.iter().enumerate() {
-            let lc = sur.cost.mean(x);
+            let kb: Vec<f64> = base.iter().map(|xi| kern.eval(xi, x)).collect();
+            let lc = sur.cost.mean_from(&kb);
             if let Some(m) = self.cfg.max_suggestion_cost
                 && sur.cost_scale.invert(lc).exp() >= m
             {
                 continue;
             }
+            if let Some(gp) = &sur.success {
+                let mut ks = kb.clone();
+                extra(gp, x, &mut ks);
+                ksucc.push(ks);
+            }
+            let mut ko = kb;
+            extra(&sur.output, x, &mut ko);
+            kout.push(ko);
+            kxx.push(kern.eval(x, x));
+            costs.push(lc);
+            keep.push(k);
+        }
+        let outs = sur.output.predict_many(&kout, &kxx);
+        let succ = sur.success.as_ref().map(|gp| gp.predict_many(&ksucc, &kxx));
+        let mut best: Option<(f64, usize)> = None;
+        for (j, &k) in keep.iter().enumerate() {
+            let x = &cands[k];
+            let lc = costs[j];
             let mut target = sur.pareto.mean(&[lc.clamp(plo, phi)]);
             if let Some(t) = thr {
                 target = target.max(t);
             }
-            let (mu, var) = sur.output.predict(x);
+            let (mu, var) = outs[j];
             let sd = var.sqrt();
             let zz = (mu - target - self.cfg.exploration_bias) / sd;
             let log_ei = sd.ln() + log_ei_factor(zz);
@@ -483,10 +513,10 @@ impl Carbs {
                 .map(|o| o.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f64>())
                 .fold(f64::INFINITY, f64::min);
             let log_density = log_norm - dist2 / (2.0 * r * r);
-            let log_success = match &sur.success {
+            let log_success = match &succ {
                 // DEVIATION: the scale is the standard deviation (CARBS passes the variance).
-                Some(gp) => {
-                    let (m, v) = gp.predict(x);
+                Some(s) => {
+                    let (m, v) = s[j];
                     norm_cdf(-m / v.sqrt()).max(1e-300).ln()
                 }
                 None => 0.0,

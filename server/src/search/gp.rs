@@ -173,6 +173,67 @@ impl Gp {
         self.x.is_empty()
     }
 
+    /// Training inputs, in fit order.
+    pub fn inputs(&self) -> &[Vec<f64>] {
+        &self.x
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// Posterior mean from precomputed cross-covariances `k(X, x)` (O(n)).
+    pub fn mean_from(&self, k: &[f64]) -> f64 {
+        k.iter().zip(&self.alpha).map(|(a, b)| a * b).sum()
+    }
+
+    /// Posterior means and latent variances for many points at once, from their
+    /// cross-covariances `ks[j] = k(X, x_j)` and prior variances `kxx[j] = k(x_j, x_j)`.
+    /// Same arithmetic as [`Gp::predict`], with the triangular solve batched over points so
+    /// its inner loop runs across points (vectorisable).
+    pub fn predict_many(&self, ks: &[Vec<f64>], kxx: &[f64]) -> Vec<(f64, f64)> {
+        let n = self.x.len();
+        let m = ks.len();
+        let mut out = Vec::with_capacity(m);
+        const BLOCK: usize = 64;
+        let mut v = vec![0.0; n * BLOCK];
+        for start in (0..m).step_by(BLOCK) {
+            let b = BLOCK.min(m - start);
+            for i in 0..n {
+                for j in 0..b {
+                    v[i * BLOCK + j] = ks[start + j][i];
+                }
+            }
+            for i in 0..n {
+                let (done, rest) = v.split_at_mut(i * BLOCK);
+                let row = &mut rest[..BLOCK];
+                for k in 0..i {
+                    let l = self.chol[i * n + k];
+                    let src = &done[k * BLOCK..k * BLOCK + BLOCK];
+                    for j in 0..b {
+                        row[j] -= l * src[j];
+                    }
+                }
+                let d = self.chol[i * n + i];
+                for r in row.iter_mut().take(b) {
+                    *r /= d;
+                }
+            }
+            let mut quad = [0.0; BLOCK];
+            for i in 0..n {
+                let row = &v[i * BLOCK..i * BLOCK + BLOCK];
+                for j in 0..b {
+                    quad[j] += row[j] * row[j];
+                }
+            }
+            for j in 0..b {
+                let mean = self.mean_from(&ks[start + j]);
+                out.push((mean, (kxx[start + j] - quad[j]).max(1e-12)));
+            }
+        }
+        out
+    }
+
     /// Posterior mean only (no triangular solve: O(n)).
     pub fn mean(&self, x: &[f64]) -> f64 {
         self.x
