@@ -76,6 +76,9 @@ pub struct CreateArgs {
     /// lora, dora, ia3, prompt_tuning, bitfit or full.
     #[arg(long, default_value = "lora")]
     method: String,
+    /// causal_lm (default) or classification (a BERT-family model and `{"text","label"}` data).
+    #[arg(long, default_value = "")]
+    task: String,
     #[arg(long)]
     r: Option<i32>,
     #[arg(long)]
@@ -167,7 +170,7 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
         priority: a.priority,
         max_attempts: a.max_attempts,
         labels: a.labels.iter().cloned().collect::<HashMap<_, _>>(),
-        task: String::new(),
+        task: a.task.clone(),
     }
 }
 
