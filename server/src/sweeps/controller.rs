@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{JobState, SweepState};
-use crate::search::{self, Decision, Event, Observation, Params, Searcher};
+use crate::search::{self, Decision, Event, Observation, Searcher};
 use crate::store::{
     JobRecord, NewJob, NewTrial, Store, StoreError, SweepAdvance, SweepRecord, TrialProgress,
     TrialRecord, TrialResult, UpdateRecord,
@@ -476,9 +476,4 @@ fn verdict(
             format!("{reason}; no trial produced {}", plan.metric),
         ),
     }
-}
-
-/// The params of a trial as stored.
-pub fn parse_params(json: &str) -> Params {
-    serde_json::from_str(json).unwrap_or_default()
 }

@@ -561,6 +561,14 @@ fn attn_bwd<T: Real>(
     Ok((dq, dk, dv))
 }
 
+/// The output a fused op computed before entering candle's graph, handed over once.
+fn take_output(out: &Mutex<Option<CpuStorage>>, op: &str) -> Result<CpuStorage> {
+    out.lock()
+        .map_err(|_| msg(format!("{op}: poisoned")))?
+        .take()
+        .ok_or_else(|| msg(format!("{op}: output already taken")))
+}
+
 impl candle_core::CustomOp3 for AttnOp {
     fn name(&self) -> &'static str {
         "fused-causal-attention"
@@ -575,12 +583,7 @@ impl candle_core::CustomOp3 for AttnOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self
-            .out
-            .lock()
-            .map_err(|_| msg("attention: poisoned"))?
-            .take()
-            .ok_or_else(|| msg("attention: output already taken"))?;
+        let out = take_output(&self.out, "attention")?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -681,12 +684,7 @@ impl candle_core::CustomOp1 for CeOp {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = self
-            .out
-            .lock()
-            .map_err(|_| msg("masked_nll: poisoned"))?
-            .take()
-            .ok_or_else(|| msg("masked_nll: output already taken"))?;
+        let out = take_output(&self.out, "masked_nll")?;
         Ok((out, Shape::from(())))
     }
 
@@ -869,12 +867,7 @@ impl candle_core::CustomOp3 for LoraOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self
-            .out
-            .lock()
-            .map_err(|_| msg("lora_linear: poisoned"))?
-            .take()
-            .ok_or_else(|| msg("lora_linear: output already taken"))?;
+        let out = take_output(&self.out, "lora_linear")?;
         let n = l1.dims().first().copied().unwrap_or(0);
         Ok((out, Shape::from((n, self.w.dim(0)?))))
     }
