@@ -12,8 +12,11 @@ use super::problems::Problem;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Random,
-    /// Random configurations, ASHA stopping (η = 3, first rung the problem's `min_rung`).
+    /// ASHA as published: random configurations, promotion (pause and resume from the
+    /// checkpoint; η = 3, first rung the problem's `min_rung`).
     Asha,
+    /// Random configurations, ASHA's stopping variant (η = 3, same rungs).
+    AshaStop,
     /// Brackets of promotion ASHA (η = 3, first rung the problem's `min_rung`).
     Hyperband,
     /// CARBS with the fidelity as a searched (cost) dimension.
@@ -30,9 +33,10 @@ pub enum Method {
 
 impl Method {
     /// Methods run in the Rust thread pool (Optuna runs separately).
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Method::Random,
         Method::Asha,
+        Method::AshaStop,
         Method::Hyperband,
         Method::Carbs,
         Method::CarbsStop,
@@ -44,6 +48,7 @@ impl Method {
         match self {
             Method::Random => "random",
             Method::Asha => "asha",
+            Method::AshaStop => "asha-stop",
             Method::Hyperband => "hyperband",
             Method::Carbs => "carbs",
             Method::CarbsStop => "carbs+stop",
@@ -65,22 +70,36 @@ impl Method {
         let categorical = !space.is_flat_real();
         match self {
             Method::Random | Method::OptunaTpe => true,
-            Method::Asha | Method::Hyperband | Method::OptunaTpeSh => p.fidelity().is_some(),
+            Method::Asha | Method::AshaStop | Method::Hyperband | Method::OptunaTpeSh => {
+                p.fidelity().is_some()
+            }
             Method::CarbsStop => p.fidelity().is_some() && !categorical,
             Method::Carbs => !categorical,
             Method::BanditCarbs | Method::Thompson => categorical,
         }
     }
 
-    fn carbs_config(seed: u64) -> CarbsConfig {
-        CarbsConfig {
+    fn carbs_config(p: &dyn Problem, seed: u64) -> CarbsConfig {
+        let mut cfg = CarbsConfig {
             seed,
             // Bench sizes (defaults 100 and 256) keep the whole suite, CARBS sweeps of up to
             // 300 suggestions included, within its 2-minute budget on 2 cores.
             candidates_per_dim: 40,
             max_gp_points: 80,
+            // Each problem's centre (its neutral midpoint, or the cheap corner where CARBS is
+            // meant to start) is a baseline worth running as is.
+            suggest_center_first: true,
             ..Default::default()
+        };
+        if p.pareto_metric().is_some() {
+            // The whole cost-performance front is scored, so none of it is written off as too
+            // cheap (CARBS's default ignores the cheapest 20% when it picks where to search),
+            // and the random phase around the cheap-corner centre lasts three draws per
+            // dimension (the CARBS maintainer advises at least one per dimension).
+            cfg.min_pareto_cost_fraction = 0.0;
+            cfg.num_random_samples = 3 * p.space().params().len();
         }
+        cfg
     }
 
     fn carbs_space(p: &dyn Problem) -> Result<Space, SearchError> {
@@ -108,23 +127,27 @@ impl Method {
         };
         Ok(match self {
             Method::Random => Box::new(RandomSearch::new(p.space(), seed)),
-            Method::Asha => Box::new(Asha::new(p.space(), rungs()?, Variant::Stopping, seed)?),
+            Method::Asha => Box::new(Asha::new(p.space(), rungs()?, Variant::Promotion, seed)?),
+            Method::AshaStop => Box::new(Asha::new(p.space(), rungs()?, Variant::Stopping, seed)?),
             Method::Hyperband => Box::new(Hyperband::new(
                 p.space(),
                 rungs()?,
                 Variant::Promotion,
                 seed,
             )?),
-            Method::Carbs => Box::new(Carbs::new(Self::carbs_space(p)?, Self::carbs_config(seed))?),
+            Method::Carbs => Box::new(Carbs::new(
+                Self::carbs_space(p)?,
+                Self::carbs_config(p, seed),
+            )?),
             Method::CarbsStop => Box::new(WithStopping {
-                inner: Carbs::new(Self::carbs_space(p)?, Self::carbs_config(seed))?,
+                inner: Carbs::new(Self::carbs_space(p)?, Self::carbs_config(p, seed))?,
                 stopper: StopRule::new(rungs()?)?,
             }),
             Method::BanditCarbs => Box::new(Bandit::new(
                 p.space(),
                 BanditConfig {
                     seed,
-                    carbs: Self::carbs_config(seed),
+                    carbs: Self::carbs_config(p, seed),
                     ..Default::default()
                 },
             )?),
@@ -134,7 +157,7 @@ impl Method {
                     seed,
                     policy: Policy::Thompson { sigma: 0.5 },
                     hierarchical: false,
-                    carbs: Self::carbs_config(seed),
+                    carbs: Self::carbs_config(p, seed),
                 },
             )?),
             Method::OptunaTpe | Method::OptunaTpeSh => {

@@ -11,8 +11,10 @@
 //! 0 twice and fails the benchmark if the two traces hash differently. Optuna runs at W = 1
 //! only. On problems without a categorical parameter the summary's `carbs` is CARBS; on the
 //! categorical table it is the bandit (hierarchical UCB, CARBS for any real rest), since CARBS
-//! itself searches real parameters only. Methods that need a fidelity (ASHA, Hyperband, CARBS +
-//! stopping, TPE + SuccessiveHalving) are `n/a` on problems without one.
+//! itself searches real parameters only. The summary's `asha` is ASHA as published (promotion:
+//! pause at a rung, resume from the checkpoint when promoted); `asha-stop` in the table is its
+//! stopping variant. Methods that need a fidelity (both ASHAs, Hyperband, CARBS + stopping,
+//! TPE + SuccessiveHalving) are `n/a` on problems without one.
 //!
 //! Debugging: `TUNA_BENCH_TRACE=1` prints every completed run of seed 0 at W = 1 to stderr.
 

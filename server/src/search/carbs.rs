@@ -52,6 +52,10 @@ pub struct CarbsConfig {
     pub noise: f64,
     /// DEVIATION: GP training set cap for speed; Pareto members are always kept.
     pub max_gp_points: usize,
+    /// Extension (off by default, as CARBS has it): the first suggestion is the search centre
+    /// itself (the user's baseline, like Ax's status-quo arm or Optuna's enqueued trial), so
+    /// the front is anchored exactly there; CARBS itself only ever perturbs the centre.
+    pub suggest_center_first: bool,
 }
 
 impl Default for CarbsConfig {
@@ -70,6 +74,7 @@ impl Default for CarbsConfig {
             thompson_fantasies: true,
             noise: 0.01,
             max_gp_points: 256,
+            suggest_center_first: false,
         }
     }
 }
@@ -552,7 +557,9 @@ impl Carbs {
         self.next += 1;
         let mut rng = rng_for(self.cfg.seed, STREAM, trial);
         let n_success = self.success.len();
-        let x = if n_success < self.cfg.num_random_samples {
+        let x = if trial == 0 && self.cfg.suggest_center_first && !self.is_repeat(&self.center) {
+            self.center.clone()
+        } else if n_success < self.cfg.num_random_samples {
             self.random_around(std::slice::from_ref(&self.center), &mut rng)
         } else {
             let groups = self.groups();
@@ -709,6 +716,34 @@ mod tests {
             }
         }
         assert!(c.observe(1000, &Observation::default()).is_err());
+    }
+
+    #[test]
+    fn centre_is_the_first_suggestion_only_when_asked() {
+        let sp = Space::new(vec![
+            ParamDef::real("lr", RealSpec::log(1e-5, 1e-1)).with_center(Value::Real(1e-5)),
+            ParamDef::real("steps", RealSpec::log(10.0, 1000.0)).with_center(Value::Real(40.0)),
+        ])
+        .unwrap();
+        let first = |on: bool| {
+            let cfg = CarbsConfig {
+                seed: 5,
+                suggest_center_first: on,
+                ..Default::default()
+            };
+            let mut c = Carbs::new(sp.clone(), cfg).unwrap();
+            c.suggest(2).unwrap()
+        };
+        let on = first(true);
+        // The centre sits on the lr bound, which perturbations never reach.
+        assert!((on[0].params["lr"].as_f64().unwrap() - 1e-5).abs() < 1e-15);
+        assert!((on[0].params["steps"].as_f64().unwrap() - 40.0).abs() < 1e-9);
+        assert!(on[1].params["lr"].as_f64().unwrap() > 1.001e-5);
+        assert!(
+            first(false)
+                .iter()
+                .all(|s| s.params["lr"].as_f64().unwrap() > 1.001e-5)
+        );
     }
 
     #[test]

@@ -272,6 +272,7 @@ impl SweepPlan {
             }
             carbs.max_suggestion_cost = Some(carbs_opts.max_suggestion_cost);
         }
+        carbs.suggest_center_first = carbs_opts.suggest_center_first.unwrap_or(false);
         let grid_levels = alg.grid_levels.unwrap_or(3);
         if !(2..=100).contains(&grid_levels) {
             c.fail(
@@ -296,6 +297,7 @@ impl SweepPlan {
                 num_random_samples: Some(carbs.num_random_samples as i32),
                 search_radius: Some(carbs.search_radius),
                 max_suggestion_cost: carbs.max_suggestion_cost.unwrap_or(0.0),
+                suggest_center_first: Some(carbs.suggest_center_first),
             }),
             grid_levels: Some(grid_levels),
         });
