@@ -15,7 +15,7 @@ use super::{ApiContext, convert, page_token, require_dataset, require_id};
 use crate::domain::{JobState, SweepState, ids};
 use crate::error::ApiError;
 use crate::store::{Cursor, JobFilter, StoreError, SweepRecord, TrialRecord};
-use crate::sweeps::SweepPlan;
+use crate::sweeps::{SweepPlan, ranking};
 
 /// The sweep service.
 pub struct Sweeps {
@@ -89,6 +89,13 @@ fn trial_proto(t: &TrialRecord, states: &HashMap<String, JobState>) -> pb::Trial
     }
 }
 
+fn job_ended(state: i32) -> bool {
+    matches!(
+        pb::JobState::try_from(state),
+        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    )
+}
+
 /// The sweep with its derived summary (counts, cost, best trial, Pareto front) and its trials.
 async fn snapshot(
     ctx: &ApiContext,
@@ -111,42 +118,22 @@ async fn snapshot(
         .filter(|t| t.job_id.is_some())
         .map(|t| trial_proto(t, &states))
         .collect();
-    let better = |a: f64, b: f64| if maximize { a > b } else { a < b };
-    let done: Vec<&pb::Trial> = trials
+    // Finished, successful runs in (trial, run) order, the order ranking's ties follow.
+    let mut done: Vec<(&pb::Trial, f64)> = trials
         .iter()
-        .filter(|t| t.observed && !t.failed && t.objective.is_some())
+        .filter(|t| t.observed && !t.failed)
+        .filter_map(|t| t.objective.map(|v| (t, v)))
         .collect();
-    let best_trial = done
-        .iter()
-        .fold(None::<&pb::Trial>, |best, t| match best {
-            Some(b)
-                if !better(
-                    t.objective.unwrap_or_default(),
-                    b.objective.unwrap_or_default(),
-                ) =>
-            {
-                Some(b)
-            }
-            _ => Some(t),
-        })
-        .cloned();
-    // Pareto front: sorted by cost, keep each trial that beats every cheaper one.
-    let mut by_cost = done.clone();
-    by_cost.sort_by(|a, b| {
-        a.cost
-            .unwrap_or_default()
-            .total_cmp(&b.cost.unwrap_or_default())
-            .then(a.trial.cmp(&b.trial))
-    });
-    let mut pareto_front = Vec::new();
-    let mut best_so_far: Option<f64> = None;
-    for t in by_cost {
-        let v = t.objective.unwrap_or_default();
-        if best_so_far.is_none_or(|b| better(v, b)) {
-            best_so_far = Some(v);
-            pareto_front.push(t.clone());
-        }
-    }
+    done.sort_by_key(|(t, _)| (t.trial, t.run));
+    let best_trial = ranking::best(done.iter().copied(), maximize).map(|(t, _)| t.clone());
+    let pareto_front = ranking::pareto_front(
+        done.iter()
+            .map(|&(t, v)| (t, v, t.cost.unwrap_or_default())),
+        maximize,
+    )
+    .into_iter()
+    .cloned()
+    .collect();
     let sweep = pb::Sweep {
         id: rec.id.clone(),
         state: sweep_state(rec.state) as i32,
@@ -154,7 +141,11 @@ async fn snapshot(
         message: rec.message.clone(),
         trials_created: trials.iter().filter(|t| t.run == 0).count() as i32,
         trials_finished: trials.iter().filter(|t| t.observed).count() as i32,
-        trials_running: trials.iter().filter(|t| !t.observed).count() as i32,
+        // A run whose job already ended waits for the controller's next tick, not a worker.
+        trials_running: trials
+            .iter()
+            .filter(|t| !t.observed && !job_ended(t.job_state))
+            .count() as i32,
         total_cost: trials.iter().filter_map(|t| t.cost).sum(),
         best_trial,
         pareto_front,

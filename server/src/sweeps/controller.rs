@@ -459,14 +459,7 @@ fn verdict(
             values.insert((r.trial, r.run), v);
         }
     }
-    let better = |a: f64, b: f64| if plan.maximize { a > b } else { a < b };
-    let best = values
-        .iter()
-        .fold(None::<((i64, i32), f64)>, |acc, (k, v)| match acc {
-            Some((_, bv)) if !better(*v, bv) => acc,
-            _ => Some((*k, *v)),
-        });
-    match best {
+    match super::ranking::best(values, plan.maximize) {
         Some(((trial, _), v)) => (
             SweepState::Succeeded,
             format!("{reason}; best trial {trial}: {} = {v:.6}", plan.metric),

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod log;
 pub mod params;
 pub mod plan;
+pub mod ranking;
 
 pub use controller::Controller;
 pub use plan::SweepPlan;
