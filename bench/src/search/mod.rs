@@ -16,6 +16,10 @@
 //! stopping variant. Methods that need a fidelity (both ASHAs, Hyperband, CARBS + stopping,
 //! TPE + SuccessiveHalving) are `n/a` on problems without one.
 //!
+//! Optuna comes from `$TUNA_BENCH_PYTHON`, `target/anchor-venv` or `python3`; when none can
+//! import it, the bench installs the pinned release into `target/anchor-venv` first (once,
+//! outside the timed part; `--install-optuna false` or `--no-optuna` to avoid it).
+//!
 //! Debugging: `TUNA_BENCH_TRACE=1` prints every completed run of seed 0 at W = 1 to stderr.
 
 mod methods;
@@ -63,6 +67,10 @@ pub struct SearchArgs {
     /// Skip Optuna even when it is installed.
     #[arg(long)]
     pub no_optuna: bool,
+    /// Whether to install Optuna (pinned, from PyPI) into `target/anchor-venv` when no Python
+    /// on hand can import it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub install_optuna: bool,
 }
 
 pub const BUDGETS: [f64; 4] = [5.0, 10.0, 20.0, 50.0];
@@ -237,6 +245,14 @@ fn fmt(r: f64) -> String {
 }
 
 pub fn run(args: SearchArgs) -> Result<(), String> {
+    // Before the clock starts: a one-off Optuna install is not the benchmark's time.
+    let python = if args.no_optuna || args.problem_cmd.is_some() {
+        None
+    } else {
+        optuna::python(args.install_optuna)
+            .map_err(|e| println!("optuna: unavailable: {e}"))
+            .ok()
+    };
     let started = Instant::now();
     let mut suite: Vec<Box<dyn Problem>> = match &args.problem_cmd {
         Some(cmd) => {
@@ -335,8 +351,8 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
     let ours_s = started.elapsed().as_secs_f64();
 
     // Optuna (W = 1 only), through one long-lived Python process.
-    let optuna_ok = !args.no_optuna && args.problem_cmd.is_none() && optuna::available();
-    if optuna_ok {
+    let optuna_ok = python.is_some();
+    if let Some(python) = &python {
         let mut studies = Vec::new();
         for (pi, p) in suite.iter().enumerate() {
             for (m, pruner) in [(Method::OptunaTpe, false), (Method::OptunaTpeSh, true)] {
@@ -353,7 +369,7 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
-                    let Some(mut client) = optuna::Client::start() else {
+                    let Some(mut client) = optuna::Client::start(python) else {
                         return;
                     };
                     loop {

@@ -3,7 +3,9 @@
 //! exactly the same problems, noise, budgets and regret computation as our methods.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
 
 use serde_json::{Value as Json, json};
 use tuna_server::search::{
@@ -16,14 +18,72 @@ pub fn script() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/anchors/optuna_anchor.py").to_string()
 }
 
-/// True when `python3 -c "import optuna"` works.
-pub fn available() -> bool {
-    Command::new("python3")
+/// The Optuna release the anchor numbers were taken with; a provisioned venv gets exactly it.
+const OPTUNA_PIN: &str = "optuna==5.0.0";
+
+/// Where the bench provisions its own Optuna (inside the workspace's `target/`).
+fn venv() -> PathBuf {
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench.parent().unwrap_or(bench).join("target/anchor-venv")
+}
+
+fn imports_optuna(python: &Path) -> bool {
+    Command::new(python)
         .args(["-c", "import optuna"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// A Python that can import Optuna: `$TUNA_BENCH_PYTHON`, the bench's own venv, or `python3`
+/// on PATH. With `install`, and none of them has it, Optuna (pinned) is installed once into
+/// `target/anchor-venv` from PyPI, so the anchor comparison needs no manual setup.
+pub fn python(install: bool) -> Result<PathBuf, String> {
+    let own = venv().join("bin/python3");
+    let mut candidates: Vec<PathBuf> = std::env::var_os("TUNA_BENCH_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    candidates.extend([own.clone(), PathBuf::from("python3")]);
+    if let Some(p) = candidates.iter().find(|p| imports_optuna(p)) {
+        return Ok(p.clone());
+    }
+    if !install {
+        return Err(
+            "Optuna is not importable (allow --install-optuna true, or set TUNA_BENCH_PYTHON)"
+                .into(),
+        );
+    }
+    let started = Instant::now();
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            Err(format!("{cmd:?} failed: {last}"))
+        }
+    };
+    println!(
+        "optuna: not importable; installing {OPTUNA_PIN} into {} (once)",
+        venv().display()
+    );
+    run(Command::new("python3").arg("-m").arg("venv").arg(venv()))?;
+    run(Command::new(&own).args(["-m", "pip", "install", "--quiet", OPTUNA_PIN]))?;
+    if !imports_optuna(&own) {
+        return Err(format!("{} still cannot import optuna", own.display()));
+    }
+    println!(
+        "optuna: installed in {:.1}s (not counted in the bench's time)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(own)
 }
 
 /// One long-lived Python process serving many studies.
@@ -34,8 +94,8 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn start() -> Option<Self> {
-        let mut child = Command::new("python3")
+    pub fn start(python: &Path) -> Option<Self> {
+        let mut child = Command::new(python)
             .arg(script())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
