@@ -395,7 +395,7 @@ mod cases {
         let lease = store.claim_job(&w).await.unwrap().unwrap();
         let f = fence(&job.id, &lease.lease_token);
         let points: Vec<_> = (1..=25).map(|s| metric(s, 10.0 / s as f64)).collect();
-        let last = store.record_metrics(f, &points).await.unwrap();
+        let last = store.record_metrics(f, &points).await.unwrap().last_seq;
         store.complete_job(f, Outcome::Succeeded).await.unwrap();
         let all = store.list_updates(&job.id, 0, 1000).await.unwrap();
         let seqs: Vec<i64> = all.iter().map(UpdateRecord::seq).collect();
@@ -597,7 +597,10 @@ mod cases {
         );
     }
 
-    pub async fn stop_early_reaches_the_worker_through_its_heartbeat(store: S, _clock: C) {
+    pub async fn stop_early_reaches_the_worker_through_heartbeats_and_metrics_reports(
+        store: S,
+        _clock: C,
+    ) {
         let (job, _) = store.create_job(new_job(0, 3)).await.unwrap();
         assert!(matches!(
             store.request_stop_early(&job.id, "rung 1").await,
@@ -610,6 +613,8 @@ mod cases {
             store.heartbeat(f).await.unwrap().directive,
             Directive::Continue
         );
+        let reply = store.record_metrics(f, &[metric(4, 1.5)]).await.unwrap();
+        assert_eq!(reply.directive, Directive::Continue);
         store
             .request_stop_early(&job.id, "ASHA rung 1")
             .await
@@ -622,12 +627,16 @@ mod cases {
             store.heartbeat(f).await.unwrap().directive,
             Directive::StopEarly
         );
+        let reply = store.record_metrics(f, &[metric(5, 1.0)]).await.unwrap();
+        assert_eq!(reply.directive, Directive::StopEarly);
         // Cancel outranks stopping early.
         store.cancel_job(&job.id).await.unwrap();
         assert_eq!(
             store.heartbeat(f).await.unwrap().directive,
             Directive::Cancel
         );
+        let reply = store.record_metrics(f, &[metric(6, 1.0)]).await.unwrap();
+        assert_eq!(reply.directive, Directive::Cancel);
         let events = store.list_events(&job.id, 0, 100).await.unwrap();
         let stops = events
             .iter()
@@ -689,7 +698,7 @@ conformance!(
     files_used_by_active_jobs_cannot_be_deleted,
     label_filters_and_keyset_pages_cover_every_job_once,
     model_registry_keeps_its_files_and_refuses_in_use_deletes,
-    stop_early_reaches_the_worker_through_its_heartbeat,
+    stop_early_reaches_the_worker_through_heartbeats_and_metrics_reports,
     a_system_failure_while_pausing_pauses_instead_of_retrying,
 );
 

@@ -66,7 +66,14 @@ fn sweep_state(s: SweepState) -> pb::SweepState {
     }
 }
 
-fn trial_proto(t: &TrialRecord, states: &HashMap<String, JobState>) -> pb::Trial {
+/// `full_steps`: the template's step budget when it has one. A stop decision that reached a
+/// run only after its last step does not make it "stopped early".
+fn trial_proto(
+    t: &TrialRecord,
+    states: &HashMap<String, JobState>,
+    full_steps: Option<i64>,
+) -> pb::Trial {
+    let planned = t.budget.map(|b| b.round() as i64).or(full_steps);
     pb::Trial {
         trial: t.trial,
         run: t.run,
@@ -83,7 +90,7 @@ fn trial_proto(t: &TrialRecord, states: &HashMap<String, JobState>) -> pb::Trial
         objective: t.objective,
         cost: t.cost,
         failed: t.failed,
-        stopped_early: t.stop_requested,
+        stopped_early: t.stop_requested && planned.is_none_or(|p| t.steps < p),
         steps: t.steps,
         last_value: t.last_value,
     }
@@ -111,12 +118,17 @@ async fn snapshot(
         .objective
         .as_ref()
         .is_some_and(|o| o.direction == pb::Direction::Maximize as i32);
+    let full_steps = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.hyperparameters.as_ref())
+        .and_then(|h| h.max_steps);
     let records = ctx.store.list_trials(&rec.id).await?;
     let states = trial_job_states(ctx, &rec.id).await?;
     let trials: Vec<pb::Trial> = records
         .iter()
         .filter(|t| t.job_id.is_some())
-        .map(|t| trial_proto(t, &states))
+        .map(|t| trial_proto(t, &states, full_steps))
         .collect();
     // Finished, successful runs in (trial, run) order, the order ranking's ties follow.
     let mut done: Vec<(&pb::Trial, f64)> = trials

@@ -288,13 +288,16 @@ impl WorkerService for Workers {
                 self.ctx.metrics.tokens_per_s(*v);
             }
         }
-        let last_seq = self
+        let reply = self
             .ctx
             .store
             .record_metrics(f, &points)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(pb::ReportMetricsResponse { last_seq }))
+        Ok(Response::new(pb::ReportMetricsResponse {
+            last_seq: reply.last_seq,
+            directive: directive(reply.directive) as i32,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(job))]

@@ -152,6 +152,25 @@ pub struct HeartbeatReply {
     pub expires_at: i64,
 }
 
+/// What a metrics report stored, and the directive, so a worker that reports often learns
+/// of a stop sooner than its next heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsReply {
+    pub last_seq: i64,
+    pub directive: Directive,
+}
+
+/// The directive for a leased job in `state`: a cancel or pause in progress wins over an
+/// early stop.
+pub fn directive_for(state: JobState, stop_requested: bool) -> Directive {
+    match state {
+        JobState::Cancelling => Directive::Cancel,
+        JobState::Pausing => Directive::Pause,
+        _ if stop_requested => Directive::StopEarly,
+        _ => Directive::Continue,
+    }
+}
+
 /// What a failure did to the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailReply {
@@ -391,10 +410,14 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_job(&self, worker: &WorkerRecord) -> Result<Option<Lease>>;
     async fn heartbeat(&self, fence: Fence<'_>) -> Result<HeartbeatReply>;
     /// Asks the worker of a RUNNING job to stop early (sweep early stopping); the next
-    /// heartbeat answers STOP_EARLY. Idempotent; other states are `InvalidTransition`.
+    /// heartbeat (or metrics report) answers STOP_EARLY. Idempotent; other states are `InvalidTransition`.
     async fn request_stop_early(&self, id: &str, reason: &str) -> Result<JobRecord>;
-    /// Appends metric points, one `seq` each; returns the last seq.
-    async fn record_metrics(&self, fence: Fence<'_>, points: &[MetricInput]) -> Result<i64>;
+    /// Appends metric points, one `seq` each; returns the last seq and the job's directive.
+    async fn record_metrics(
+        &self,
+        fence: Fence<'_>,
+        points: &[MetricInput],
+    ) -> Result<MetricsReply>;
     async fn complete_job(&self, fence: Fence<'_>, outcome: Outcome) -> Result<JobState>;
     async fn fail_job(
         &self,

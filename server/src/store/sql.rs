@@ -51,15 +51,15 @@ macro_rules! impl_store {
         use $crate::domain::spec::JobSpec;
         use $crate::domain::transitions::{self, Action, Transition};
         use $crate::domain::{
-            ArtifactKind, DatasetFormat, Directive, FailureKind, FilePurpose, JobState,
+            ArtifactKind, DatasetFormat, FailureKind, FilePurpose, JobState,
             ModelFormat, Outcome, SweepState,
         };
         use $crate::store::notify::{JOB_CHANNEL, QUEUE_CHANNEL};
         use $crate::store::{
             ArtifactRecord, Cursor, EventRecord, FailReply, Fence, FileRecord, HeartbeatReply,
-            JobFilter, JobRecord, Lease, MetricInput, MetricRecord, ModelFileRecord, ModelRecord,
-            NewArtifact, NewJob, Result, StoreError, SweepAdvance, SweepEventRecord, SweepRecord,
-            TrialRecord, UpdateRecord, WorkerRecord,
+            JobFilter, JobRecord, Lease, MetricInput, MetricRecord, MetricsReply, ModelFileRecord,
+            ModelRecord, NewArtifact, NewJob, Result, StoreError, SweepAdvance, SweepEventRecord,
+            SweepRecord, TrialRecord, UpdateRecord, WorkerRecord, directive_for,
         };
 
         type Tx = sqlx::Transaction<'static, $Db>;
@@ -717,12 +717,7 @@ macro_rules! impl_store {
                 })?;
                 let state: String = row.try_get("state")?;
                 let stop: bool = row.try_get("stop_requested")?;
-                let directive = match parse_text("jobs", &state, JobState::parse)? {
-                    JobState::Cancelling => Directive::Cancel,
-                    JobState::Pausing => Directive::Pause,
-                    _ if stop => Directive::StopEarly,
-                    _ => Directive::Continue,
-                };
+                let directive = directive_for(parse_text("jobs", &state, JobState::parse)?, stop);
                 Ok(HeartbeatReply {
                     directive,
                     expires_at,
@@ -763,10 +758,18 @@ macro_rules! impl_store {
                 Ok(job)
             }
 
-            async fn record_metrics(&self, fence: Fence<'_>, points: &[MetricInput]) -> Result<i64> {
+            async fn record_metrics(
+                &self,
+                fence: Fence<'_>,
+                points: &[MetricInput],
+            ) -> Result<MetricsReply> {
                 let now = self.clock.now_ms();
                 let mut tx = self.begin().await?;
                 let job = lock_fenced(&mut tx, fence).await?;
+                let stop: bool = sqlx::query_scalar("SELECT stop_requested FROM jobs WHERE id = $1")
+                    .bind(&job.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 let mut last = job.last_seq;
                 let mut rows = Vec::new();
                 for p in points {
@@ -794,7 +797,10 @@ macro_rules! impl_store {
                 self.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
                 tx.commit().await?;
                 self.notifier.job_changed(&job.id);
-                Ok(last)
+                Ok(MetricsReply {
+                    last_seq: last,
+                    directive: directive_for(job.state, stop),
+                })
             }
 
             #[tracing::instrument(skip(self), fields(job = fence.job_id))]

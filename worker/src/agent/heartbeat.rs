@@ -21,6 +21,16 @@ pub struct Lease {
     pub duration: Duration,
 }
 
+/// Turns a server directive (from a heartbeat or a metrics report) into a stop request.
+pub fn apply(control: &Control, directive: pb::Directive) {
+    match directive {
+        pb::Directive::Cancel => control.request(Stop::Cancel),
+        pb::Directive::Pause => control.request(Stop::Pause),
+        pb::Directive::StopEarly => control.request(Stop::StopEarly),
+        pb::Directive::Continue | pb::Directive::Unspecified => {}
+    }
+}
+
 /// Renews the lease every `interval` until `done` flips; returns when the lease is lost.
 pub async fn run(
     conn: Conn,
@@ -44,12 +54,7 @@ pub async fn run(
         match client.heartbeat(req).await {
             Ok(reply) => {
                 renewed = Instant::now();
-                match reply.into_inner().directive() {
-                    pb::Directive::Cancel => control.request(Stop::Cancel),
-                    pb::Directive::Pause => control.request(Stop::Pause),
-                    pb::Directive::StopEarly => control.request(Stop::StopEarly),
-                    _ => {}
-                }
+                apply(&control, reply.into_inner().directive());
             }
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 tracing::warn!(job = %lease.job_id, "lease lost: {}", status.message());

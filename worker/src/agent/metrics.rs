@@ -1,14 +1,18 @@
 //! Batched, bounded metric reporting: training pushes points without waiting; this task sends
-//! them in batches and keeps a bounded backlog while the server is unreachable.
+//! them in batches and keeps a bounded backlog while the server is unreachable. Each reply
+//! carries the job's directive, so a stop reaches training within one report interval rather
+//! than one heartbeat interval.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tuna_proto::v1 as pb;
 
 use super::conn::Conn;
-use super::runner::Progress;
+use super::heartbeat;
+use super::runner::{Control, Progress};
 
 /// Points kept while the server is unreachable; the oldest are dropped beyond this.
 pub const BACKLOG: usize = 10_000;
@@ -22,6 +26,7 @@ pub async fn run(
     token: String,
     mut rx: mpsc::Receiver<Progress>,
     every: Duration,
+    control: Arc<Control>,
 ) -> u64 {
     let mut client = conn.worker();
     let mut backlog: VecDeque<pb::MetricPoint> = VecDeque::new();
@@ -64,8 +69,9 @@ pub async fn run(
                 points,
             };
             match client.report_metrics(req).await {
-                Ok(_) => {
+                Ok(reply) => {
                     backlog.drain(..n);
+                    heartbeat::apply(&control, reply.into_inner().directive());
                 }
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                     // Not our job any more: nothing we hold may be written.

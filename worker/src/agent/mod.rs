@@ -220,6 +220,7 @@ impl Agent {
             lease.lease_token.clone(),
             metrics_rx,
             self.config.metrics_every,
+            control.clone(),
         ));
         let (ckpt_tx, ckpt_rx) = mpsc::unbounded_channel();
         // Checkpoints are uploaded while training goes on, so a crash loses at most the steps
