@@ -11,14 +11,19 @@ pub fn tuna_bin() -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/tuna
     let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = profile_dir.join("tuna");
-    if !bin.exists() {
+    // Always (once per test process) let cargo bring the binary up to date: a stale `tuna`
+    // from an earlier build would test old server and worker code. A no-op when it is current.
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "tuna", "--bin", "tuna"])
-            .status()
-            .expect("run cargo build");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "tuna", "--bin", "tuna"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building the tuna binary failed");
-    }
+    });
     bin
 }
 
@@ -88,8 +93,18 @@ impl ServerProcess {
 
     /// Like [`Self::start`], on a given port (to restart a server where clients expect it).
     pub fn start_on(data_dir: &Path, port: &str, extra: &[&str]) -> Self {
+        Self::start_on_with_env(data_dir, port, extra, &[])
+    }
+
+    /// Like [`Self::start_on`], with extra environment variables.
+    pub fn start_on_with_env(
+        data_dir: &Path,
+        port: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let port: u16 = port.parse().expect("a port number");
-        Self::spawn(data_dir, port, extra, &[])
+        Self::spawn(data_dir, port, extra, env)
     }
 
     /// Like [`Self::start`], with extra environment variables.

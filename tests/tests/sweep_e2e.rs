@@ -17,7 +17,10 @@ async fn a_lora_sweep_with_asha_survives_a_server_kill_and_yields_a_downloadable
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
     let args = ["--database-url", db.url.as_str(), "--lease-ms", "6000"];
-    let server = ServerProcess::start(dir.path(), &args);
+    // The tiny model trains a trial in about 2 s: the controller ticks every 200 ms so its
+    // stop decisions land (through the workers' metrics replies) while trials still run.
+    let env = [("TUNA_POLL_INTERVAL_MS", "200")];
+    let server = ServerProcess::start_with_env(dir.path(), &args, &env);
     let s = setup(&server, dir.path());
     let _w1 = worker(&server, dir.path(), "w1");
     let _w2 = worker(&server, dir.path(), "w2");
@@ -56,7 +59,7 @@ async fn a_lora_sweep_with_asha_survives_a_server_kill_and_yields_a_downloadable
     let before = server.json(&["sweeps", "trials", &id]);
     drop(server); // SIGKILL
     std::thread::sleep(Duration::from_millis(500));
-    let server = ServerProcess::start_on(dir.path(), &port, &args);
+    let server = ServerProcess::start_on_with_env(dir.path(), &port, &args, &env);
 
     // Follow it to the end: exit code 0 means SUCCEEDED.
     let out = server.cli(&["sweeps", "watch", &id, "--output", "json"]);
