@@ -13,7 +13,6 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
 use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules};
-use crate::engine::model::ops::masked_nll_sum;
 use crate::engine::model::tiny::TinySpec;
 use crate::engine::model::{Llama, Weights};
 use crate::engine::optim::{AdamW, AdamWConfig, Grads};
@@ -123,16 +122,19 @@ pub fn run(shape: &BenchShape, warmup: usize, steps: usize) -> Result<BenchResul
     let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
     let mut last_loss = f64::NAN;
     for i in 0..warmup + steps {
-        let t0 = Instant::now();
-        let logits = model.forward_flat(&input, &Mode::Eval)?;
-        let loss = (masked_nll_sum(&logits, &labels, &mask)? / (b * (t - 1)) as f64)?;
-        last_loss = loss.to_scalar::<f32>()? as f64;
-        let t1 = Instant::now();
-        let store = loss.backward()?;
-        let t2 = Instant::now();
-        let grads = Grads::collect(&store, set.vars()).map_err(TrainError::GradientCut)?;
-        opt.step(&grads, 1e-3)?;
-        let t3 = Instant::now();
+        let (t0, t1, t2, t3, l) = crate::engine::threads::run(|| {
+            let t0 = Instant::now();
+            let nll = model.masked_nll_sum_flat(&input, &labels, &mask, &Mode::Eval)?;
+            let loss = (nll / (b * (t - 1)) as f64)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            let t1 = Instant::now();
+            let store = loss.backward()?;
+            let t2 = Instant::now();
+            let grads = Grads::collect(&store, set.vars()).map_err(TrainError::GradientCut)?;
+            opt.step(&grads, 1e-3)?;
+            Ok::<_, TrainError>((t0, t1, t2, Instant::now(), l))
+        })?;
+        last_loss = l;
         if i >= warmup {
             fwd += (t1 - t0).as_secs_f64();
             bwd += (t2 - t1).as_secs_f64();

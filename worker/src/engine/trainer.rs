@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::adapters::{AdapterError, AdapterSet, Mode};
 use crate::engine::data::{Batch, Cursor, DataError, Loader};
-use crate::engine::model::ops::masked_nll_sum;
 use crate::engine::model::{CausalLm, ModelError};
 use crate::engine::optim::{AdamW, AdamWConfig, Grads, OptimError, Schedule};
 
@@ -258,8 +257,9 @@ impl<'a, M: CausalLm> Trainer<'a, M> {
     }
 
     fn nll_sum(&self, batch: &Batch, mode: &Mode) -> Result<Tensor, TrainError> {
-        let logits = self.model.forward_flat(&batch.input_ids, mode)?;
-        Ok(masked_nll_sum(&logits, &batch.labels, &batch.mask)?)
+        Ok(self
+            .model
+            .masked_nll_sum_flat(&batch.input_ids, &batch.labels, &batch.mask, mode)?)
     }
 
     /// Writes adapter, optimizer state and trainer state into `dir`.

@@ -101,6 +101,13 @@ impl AdaptedLinear {
         self.weight.dims().get(1).copied().unwrap_or(0)
     }
 
+    /// The weight when [`Self::forward`] is exactly `x Wᵀ` with `W` a constant: no adapter
+    /// in effect (none attached, or merged), no bias, and no gradient flowing to `W`.
+    pub fn frozen_weight(&self) -> Option<&Tensor> {
+        let adapted = self.unmerged.is_none() && (self.lora.is_some() || self.ia3.is_some());
+        (!adapted && self.bias.is_none() && !self.weight.track_op()).then_some(&self.weight)
+    }
+
     pub fn is_merged(&self) -> bool {
         self.unmerged.is_some()
     }

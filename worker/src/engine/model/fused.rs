@@ -100,31 +100,30 @@ fn tensor<T: Real>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
 }
 
-/// Runs `f(i, chunk_i)` over the `chunk`-sized pieces of `out`, in parallel on candle's CPU
-/// pool when there is enough work (`work` ≈ element operations in total). Every piece is
-/// written by exactly one call, so results do not depend on the thread count.
+/// Runs `f(i, chunk_i)` over the `chunk`-sized pieces of `out`, in parallel on rayon's
+/// current pool (the one candle's matmuls also use) when there is enough work (`work` ≈
+/// element operations in total). Every piece is written by exactly one call, so results do
+/// not depend on the thread count.
+///
+/// Not candle's barrier pool: its worker spins for a while after each job, and on a small
+/// machine that spinning takes a core away from the rayon threads running the next GEMM.
 fn par_chunks<T: Send>(
     out: &mut [T],
     chunk: usize,
     work: usize,
     f: impl Fn(usize, &mut [T]) + Sync,
 ) {
+    use rayon::prelude::*;
     let chunk = chunk.max(1);
-    let pool = candle_core::utils::barrier_pool();
-    if pool.n_workers() == 0 || work < 32 * 1024 || out.len() <= chunk {
+    if rayon::current_num_threads() <= 1 || work < 32 * 1024 || out.len() <= chunk {
         for (i, c) in out.chunks_mut(chunk).enumerate() {
             f(i, c);
         }
         return;
     }
-    let cells: Vec<Mutex<&mut [T]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
-    pool.execute_chunked(cells.len(), |range| {
-        for i in range {
-            if let Some(Ok(mut c)) = cells.get(i).map(|m| m.lock()) {
-                f(i, &mut c);
-            }
-        }
-    });
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, c)| f(i, c));
 }
 
 macro_rules! dispatch {
@@ -695,6 +694,166 @@ impl candle_core::CustomOp1 for CeOp {
 }
 
 // ---------------------------------------------------------------------------------------
+// LM head fused with the masked cross-entropy
+
+/// The CPU storage behind a tensor (any layout), for candle's storage-level matmul.
+fn cpu_storage<'a>(guard: &'a StorageRef<'_>) -> Result<&'a CpuStorage> {
+    match &**guard {
+        Storage::Cpu(c) => Ok(c),
+        _ => Err(msg("fused op: not a CPU tensor")),
+    }
+}
+
+/// `lhs · rhs` for `[m, k]` and `[k, n]` views given by their layouts, with candle's CPU
+/// matmul (gemm, threaded like every candle matmul); the result is an owned `[m, n]`.
+fn matmul_views(
+    lhs: &CpuStorage,
+    lhs_l: &Layout,
+    rhs: &CpuStorage,
+    rhs_l: &Layout,
+    (m, n, k): (usize, usize, usize),
+) -> Result<CpuStorage> {
+    use candle_core::backend::BackendStorage;
+    lhs.matmul(rhs, (1, m, n, k), lhs_l, rhs_l)
+}
+
+/// Rows of the LM head handled per chunk: the chunk's logits (`rows × vocab`) are computed,
+/// turned into the loss and their gradient, and multiplied back before the next chunk.
+const HEAD_CHUNK_ROWS: usize = 128;
+
+/// `Σ_i mask[i] · nll(x[i] · Wᵀ, labels[i])` for a constant LM head `w` `[vocab, h]` and
+/// hidden states `x` `[n, h]`, as one node: [`masked_nll_sum`] of `x Wᵀ` without the
+/// `[n, vocab]` logits. Rows go through in fixed chunks: logits → log-softmax → loss and,
+/// when `x` needs a gradient, `mask · (softmax − onehot)` in place → that chunk's `dL/dx`
+/// (`· W`). The gradient is computed here in the forward pass (the loss is linear in the
+/// upstream gradient, which the backward applies), so the full logits, probabilities and
+/// their gradient never exist at once. f32/f64 on the CPU; `w` gets no gradient.
+pub fn lm_head_nll_sum(x: &Tensor, w: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (n, h) = x.dims2()?;
+    let w = w.detach().contiguous()?;
+    let (vocab, wh) = w.dims2()?;
+    if wh != h || w.dtype() != x.dtype() {
+        return Err(msg(
+            "lm_head_nll_sum: head does not match the hidden states",
+        ));
+    }
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if labels.len() != n || labels.iter().any(|&l| l as usize >= vocab) {
+        return Err(msg("lm_head_nll_sum: labels out of range or wrong length"));
+    }
+    let mask = mask.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    if mask.len() != n {
+        return Err(msg("lm_head_nll_sum: mask has the wrong length"));
+    }
+    let want_dx = x.track_op();
+    let op = dispatch_dtype!(x.dtype(), head_ce_fwd(&x, &w, &labels, &mask, want_dx))?;
+    x.apply_op1(op)
+}
+
+struct HeadCeOp {
+    /// `dL/dx` for an upstream gradient of 1 (when `x` needs one).
+    dx: Option<Tensor>,
+    out: Mutex<Option<CpuStorage>>,
+}
+
+fn head_ce_fwd<T: Real>(
+    x: &Tensor,
+    w: &Tensor,
+    labels: &[u32],
+    mask: &[f64],
+    want_dx: bool,
+) -> Result<HeadCeOp> {
+    let (n, h) = x.dims2()?;
+    let (vocab, _) = w.dims2()?;
+    let (xg, xl) = x.storage_and_layout();
+    let (wg, wl) = w.storage_and_layout();
+    let (xs, ws) = (cpu_storage(&xg)?, cpu_storage(&wg)?);
+    let wt = wl.transpose(0, 1)?;
+    let mut nll = vec![T::zero(); n];
+    let mut dx: Vec<T> = Vec::with_capacity(if want_dx { n * h } else { 0 });
+    for r0 in (0..n).step_by(HEAD_CHUNK_ROWS) {
+        let c = HEAD_CHUNK_ROWS.min(n - r0);
+        let lx = Layout::contiguous_with_offset((c, h), xl.start_offset() + r0 * h);
+        let logits = matmul_views(xs, &lx, ws, &wt, (c, vocab, h))?;
+        let mut lg = T::cpu_storage_data(logits)?;
+        {
+            let mut rows: Vec<(&mut [T], &mut T)> = lg
+                .chunks_mut(vocab)
+                .zip(nll.get_mut(r0..r0 + c).unwrap_or_default())
+                .collect();
+            par_chunks(&mut rows, 1, c * vocab * 4, |i, item| {
+                let Some((row, out)) = item.first_mut() else {
+                    return;
+                };
+                let r = r0 + i;
+                let y = labels[r] as usize;
+                let xy = row[y];
+                let mut m = T::neg_infinity();
+                for &v in row.iter() {
+                    if v > m {
+                        m = v;
+                    }
+                }
+                let mut sum = T::zero();
+                for v in row.iter_mut() {
+                    let e = (*v - m).exp_();
+                    *v = e;
+                    sum += e;
+                }
+                **out = sum.ln_() + m - xy;
+                if want_dx {
+                    // mask · (softmax − onehot): the gradient of this row's masked nll.
+                    let sc = T::from_f64(mask[r]);
+                    let f = sc / sum;
+                    for v in row.iter_mut() {
+                        *v *= f;
+                    }
+                    row[y] -= sc;
+                }
+            });
+        }
+        if want_dx {
+            let d = T::to_cpu_storage_owned(lg);
+            let dxc = matmul_views(&d, &Layout::contiguous((c, vocab)), ws, wl, (c, h, vocab))?;
+            dx.extend_from_slice(T::cpu_storage_as_slice(&dxc)?);
+        }
+    }
+    let mut total = T::zero();
+    for (&l, &m) in nll.iter().zip(mask) {
+        total += l * T::from_f64(m);
+    }
+    let dx = if want_dx {
+        Some(tensor(dx, (n, h))?)
+    } else {
+        None
+    };
+    Ok(HeadCeOp {
+        dx,
+        out: Mutex::new(Some(T::to_cpu_storage_owned(vec![total]))),
+    })
+}
+
+impl candle_core::CustomOp1 for HeadCeOp {
+    fn name(&self) -> &'static str {
+        "fused-lm-head-nll"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = take_output(&self.out, "lm_head_nll")?;
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        match &self.dx {
+            Some(dx) => Ok(Some((dx * g)?)),
+            None => Err(msg("lm_head_nll: no gradient was prepared for the input")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // SwiGLU
 
 /// `silu(gate) · up` as one node (same shapes, f32/f64, CPU).
@@ -811,10 +970,26 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -
         return Err(msg("lora_linear: shapes do not match"));
     }
     let w = w.detach();
-    let base = x.detach().matmul(&w.t()?)?;
-    let xa = x.detach().matmul(&a.detach().t()?)?;
-    let upd = xa.matmul(&b.detach().t()?)?;
-    let out = dispatch_dtype!(x.dtype(), axpy_owned(&base, &upd, scale))?;
+    // One GEMM with the effective weight `W + s·B·A` (an `[out, in]` update costing `r/n` of
+    // the product) instead of a base GEMM, a low-rank GEMM and a sum over `[n, out]`.
+    let w_eff = effective_weight(&w, a, b, scale)?;
+    let out = {
+        let (xg, xl) = x.storage_and_layout();
+        let (wg, wl) = w_eff.storage_and_layout();
+        let n = x.dim(0)?;
+        matmul_views(
+            cpu_storage(&xg)?,
+            xl,
+            cpu_storage(&wg)?,
+            &wl.transpose(0, 1)?,
+            (n, out_f, in_f),
+        )?
+    };
+    let xa = if b.track_op() {
+        Some(x.detach().matmul(&a.detach().t()?)?)
+    } else {
+        None
+    };
     x.apply_op3(
         a,
         b,
@@ -825,6 +1000,19 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -
             out: Mutex::new(Some(out)),
         },
     )
+}
+
+/// `W + s · B · A` `[out, in]`, contiguous and detached.
+fn effective_weight(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    let delta = b.detach().matmul(&a.detach())?;
+    let w = w.contiguous()?;
+    let sum = dispatch_dtype!(w.dtype(), axpy_owned(&w, &delta, scale))?;
+    Ok(Tensor::from_storage(
+        Storage::Cpu(sum),
+        w.shape(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    ))
 }
 
 /// `y + s · u` into a fresh storage (both contiguous, same shape).
@@ -847,8 +1035,8 @@ fn axpy_owned<T: Real>(y: &Tensor, u: &Tensor, s: f64) -> Result<CpuStorage> {
 
 struct LoraOp {
     w: Tensor,
-    /// `x Aᵀ` `[n, r]` from the forward pass.
-    xa: Tensor,
+    /// `x Aᵀ` `[n, r]` from the forward pass (when `B` needs a gradient).
+    xa: Option<Tensor>,
     scale: f64,
     out: Mutex<Option<CpuStorage>>,
 }
@@ -874,30 +1062,25 @@ impl candle_core::CustomOp3 for LoraOp {
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Grads3> {
         let g = g.contiguous()?;
-        let (a_d, b_d) = (a.detach(), b.detach());
-        // g·B, the gradient reaching the low-rank activations (before the scale).
-        let gb = g.matmul(&b_d)?;
+        // dx = g · (W + s·B·A): the effective weight is rebuilt (cheap) rather than kept.
         let dx = if x.track_op() {
-            let base = g.matmul(&self.w)?;
-            let low = gb.matmul(&a_d)?;
-            let out = dispatch_dtype!(x.dtype(), axpy_owned(&base, &low, self.scale))?;
-            Some(Tensor::from_storage(
-                Storage::Cpu(out),
-                x.shape(),
-                candle_core::op::BackpropOp::none(),
-                false,
-            ))
+            let w_eff = effective_weight(&self.w, a, b, self.scale)?;
+            Some(g.matmul(&w_eff)?)
         } else {
             None
         };
-        let da = a
-            .track_op()
-            .then(|| gb.t()?.matmul(&x.detach())? * self.scale)
-            .transpose()?;
-        let db = b
-            .track_op()
-            .then(|| g.t()?.matmul(&self.xa)? * self.scale)
-            .transpose()?;
+        // g·B, the gradient reaching the low-rank activations (before the scale).
+        let da = if a.track_op() {
+            let gb = g.matmul(&b.detach())?;
+            Some((gb.t()?.matmul(&x.detach())? * self.scale)?)
+        } else {
+            None
+        };
+        let db = match (&self.xa, b.track_op()) {
+            (Some(xa), true) => Some((g.t()?.matmul(xa)? * self.scale)?),
+            (None, true) => Err(msg("lora_linear: x·Aᵀ was not kept for dL/dB"))?,
+            _ => None,
+        };
         Ok((dx, da, db))
     }
 }
@@ -1019,6 +1202,36 @@ mod tests {
                 1e-5,
             );
         }
+    }
+
+    #[test]
+    fn fused_lm_head_nll_matches_composed() {
+        for dtype in [DType::F32, DType::F64] {
+            // More rows than one chunk, and a ragged last chunk.
+            let (n, h, v) = (2 * HEAD_CHUNK_ROWS + 37, 24, 700);
+            let x = rand(&[n, h], 15, dtype);
+            let w = rand(&[v, h], 16, dtype);
+            let labels: Vec<u32> = (0..n as u32).map(|i| (i * 31 + 7) % v as u32).collect();
+            let labels = Tensor::new(labels, &Device::Cpu).unwrap();
+            let mask: Vec<f32> = (0..n).map(|i| if i % 7 == 2 { 0.0 } else { 1.0 }).collect();
+            let mask = Tensor::new(mask, &Device::Cpu).unwrap();
+            let w2 = w.clone();
+            compare(
+                &[x],
+                |t| lm_head_nll_sum(&t[0], &w, &labels, &mask),
+                |t| ops::masked_nll_sum_composed(&t[0].matmul(&w2.t()?)?, &labels, &mask),
+                1e-5,
+            );
+        }
+        // Without a gradient to prepare, only the loss.
+        let x = rand(&[5, 8], 17, DType::F32);
+        let w = rand(&[11, 8], 18, DType::F32);
+        let labels = Tensor::new(&[1u32, 2, 3, 4, 10], &Device::Cpu).unwrap();
+        let mask = Tensor::ones(5, DType::F32, &Device::Cpu).unwrap();
+        let a = lm_head_nll_sum(&x, &w, &labels, &mask).unwrap();
+        let b = ops::masked_nll_sum_composed(&x.matmul(&w.t().unwrap()).unwrap(), &labels, &mask)
+            .unwrap();
+        assert!(rel_diff(&a, &b) < 1e-5);
     }
 
     /// The composed attention of `Llama` (before fusion): RoPE, repeat_kv, additive causal

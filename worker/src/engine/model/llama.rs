@@ -196,6 +196,41 @@ impl Llama {
     /// `[batch·seq, hidden]` throughout: every reshape is a graph node whose backward costs a
     /// zero-filled buffer and an add over the whole tensor.
     pub fn forward_flat(&self, input_ids: &Tensor, mode: &Mode) -> Result<Tensor, ModelError> {
+        let x = self.hidden_flat(input_ids, mode)?;
+        Ok(self
+            .lm_head
+            .forward(&x, mode)?
+            .to_dtype(compute_dtype(self.dtype()))?)
+    }
+
+    /// `masked_nll_sum(forward_flat(input_ids), labels, mask)`: the summed causal-LM loss
+    /// over `[batch·seq]` flat labels. With a constant, unadapted LM head on the CPU (f32/f64)
+    /// the head and the loss run as one fused node that never materialises the
+    /// `[batch·seq, vocab]` logits or their gradient.
+    pub fn masked_nll_sum_flat(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        mask: &Tensor,
+        mode: &Mode,
+    ) -> Result<Tensor, ModelError> {
+        let x = self.hidden_flat(input_ids, mode)?;
+        if let Some(w) = self.lm_head.frozen_weight()
+            && super::fused::supported(&x)
+            && w.dtype() == x.dtype()
+            && w.device().is_cpu()
+        {
+            return Ok(super::fused::lm_head_nll_sum(&x, w, labels, mask)?);
+        }
+        let logits = self
+            .lm_head
+            .forward(&x, mode)?
+            .to_dtype(compute_dtype(self.dtype()))?;
+        Ok(super::ops::masked_nll_sum(&logits, labels, mask)?)
+    }
+
+    /// The final-norm hidden states `[batch·seq, hidden]` of the real positions.
+    fn hidden_flat(&self, input_ids: &Tensor, mode: &Mode) -> Result<Tensor, ModelError> {
         let (b, t_in) = input_ids.dims2()?;
         let dtype = self.dtype();
         let device = self.device();
@@ -229,10 +264,7 @@ impl Llama {
                 .narrow(1, n_virtual, t_in)?
                 .reshape((b * t_in, h))?;
         }
-        Ok(self
-            .lm_head
-            .forward(&x, mode)?
-            .to_dtype(compute_dtype(dtype))?)
+        Ok(x)
     }
 }
 

@@ -32,6 +32,18 @@ pub trait CausalLm: crate::engine::adapters::Adaptable {
         let (b, t, v) = logits.dims3()?;
         Ok(logits.reshape((b * t, v))?)
     }
+    /// The summed masked next-token loss over flat `[batch·seq]` labels and mask
+    /// (`ops::masked_nll_sum` of [`Self::forward_flat`]); models may fuse head and loss.
+    fn masked_nll_sum_flat(
+        &self,
+        input_ids: &candle_core::Tensor,
+        labels: &candle_core::Tensor,
+        mask: &candle_core::Tensor,
+        mode: &crate::engine::adapters::Mode,
+    ) -> Result<candle_core::Tensor, ModelError> {
+        let logits = self.forward_flat(input_ids, mode)?;
+        Ok(ops::masked_nll_sum(&logits, labels, mask)?)
+    }
     fn device(&self) -> &candle_core::Device;
 }
 
@@ -50,6 +62,16 @@ impl CausalLm for Llama {
         mode: &crate::engine::adapters::Mode,
     ) -> Result<candle_core::Tensor, ModelError> {
         Llama::forward_flat(self, input_ids, mode)
+    }
+
+    fn masked_nll_sum_flat(
+        &self,
+        input_ids: &candle_core::Tensor,
+        labels: &candle_core::Tensor,
+        mask: &candle_core::Tensor,
+        mode: &crate::engine::adapters::Mode,
+    ) -> Result<candle_core::Tensor, ModelError> {
+        Llama::masked_nll_sum_flat(self, input_ids, labels, mask, mode)
     }
 
     fn device(&self) -> &candle_core::Device {
