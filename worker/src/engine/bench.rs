@@ -122,19 +122,16 @@ pub fn run(shape: &BenchShape, warmup: usize, steps: usize) -> Result<BenchResul
     let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
     let mut last_loss = f64::NAN;
     for i in 0..warmup + steps {
-        let (t0, t1, t2, t3, l) = crate::engine::threads::run(|| {
-            let t0 = Instant::now();
-            let nll = model.masked_nll_sum_flat(&input, &labels, &mask, &Mode::Eval)?;
-            let loss = (nll / (b * (t - 1)) as f64)?;
-            let l = loss.to_scalar::<f32>()? as f64;
-            let t1 = Instant::now();
-            let store = loss.backward()?;
-            let t2 = Instant::now();
-            let grads = Grads::collect(&store, set.vars()).map_err(TrainError::GradientCut)?;
-            opt.step(&grads, 1e-3)?;
-            Ok::<_, TrainError>((t0, t1, t2, Instant::now(), l))
-        })?;
-        last_loss = l;
+        let t0 = Instant::now();
+        let nll = model.masked_nll_sum_flat(&input, &labels, &mask, &Mode::Eval)?;
+        let loss = (nll / (b * (t - 1)) as f64)?;
+        last_loss = loss.to_scalar::<f32>()? as f64;
+        let t1 = Instant::now();
+        let store = loss.backward()?;
+        let t2 = Instant::now();
+        let grads = Grads::collect(&store, set.vars()).map_err(TrainError::GradientCut)?;
+        opt.step(&grads, 1e-3)?;
+        let t3 = Instant::now();
         if i >= warmup {
             fwd += (t1 - t0).as_secs_f64();
             bwd += (t2 - t1).as_secs_f64();

@@ -13,7 +13,6 @@ pub mod export;
 pub mod model;
 pub mod optim;
 pub mod rng;
-pub mod threads;
 pub mod trainer;
 
 #[cfg(test)]

@@ -22,35 +22,26 @@ pub(crate) trait Real: WithDType {
     fn neg_infinity() -> Self;
 }
 
-impl Real for f32 {
-    fn exp_(self) -> Self {
-        self.exp()
-    }
-    fn ln_(self) -> Self {
-        self.ln()
-    }
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-    fn neg_infinity() -> Self {
-        f32::NEG_INFINITY
-    }
+macro_rules! impl_real {
+    ($($t:ident),*) => {$(
+        impl Real for $t {
+            fn exp_(self) -> Self {
+                self.exp()
+            }
+            fn ln_(self) -> Self {
+                self.ln()
+            }
+            fn sqrt_(self) -> Self {
+                self.sqrt()
+            }
+            fn neg_infinity() -> Self {
+                $t::NEG_INFINITY
+            }
+        }
+    )*};
 }
 
-impl Real for f64 {
-    fn exp_(self) -> Self {
-        self.exp()
-    }
-    fn ln_(self) -> Self {
-        self.ln()
-    }
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-    fn neg_infinity() -> Self {
-        f64::NEG_INFINITY
-    }
-}
+impl_real!(f32, f64);
 
 /// Whether the fused kernels handle `t` (CPU, f32 or f64).
 pub fn supported(t: &Tensor) -> bool {
