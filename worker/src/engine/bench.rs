@@ -1,8 +1,9 @@
 //! Training-throughput benchmark (issue 3): LoRA r=16 (alpha 32) on all seven linear
 //! projections of a random-weight Llama, f32, AdamW lr 1e-3, causal-LM loss over every
 //! position — the same work as `shared/bench/torch_peft_lora_bench.py`, so the two
-//! tokens/s figures compare directly. Times are split into forward, backward and
-//! optimizer (gradient collection + AdamW) to show where the time goes.
+//! tokens/s figures compare directly. Each step goes through the trainer's own
+//! [`loss_and_grads`]; times are split into forward, backward and optimizer (AdamW) to
+//! show where the time goes.
 //!
 //! Threads: candle's CPU kernels follow `RAYON_NUM_THREADS`; set it (e.g. to 2) before
 //! the first tensor op, as the bench binary does.
@@ -13,11 +14,12 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
 use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules};
+use crate::engine::data::Batch;
 use crate::engine::model::tiny::TinySpec;
 use crate::engine::model::{Llama, Weights};
-use crate::engine::optim::{AdamW, AdamWConfig, Grads};
+use crate::engine::optim::{AdamW, AdamWConfig};
 use crate::engine::rng;
-use crate::engine::trainer::TrainError;
+use crate::engine::trainer::{TrainError, loss_and_grads};
 
 /// A model shape plus the batch it trains on.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,26 +118,25 @@ pub fn run(shape: &BenchShape, warmup: usize, steps: usize) -> Result<BenchResul
         .map(|_| g.random_range(0..shape.spec.vocab as u32))
         .collect();
     let ids = Tensor::from_vec(ids, (b, t), &dev)?;
-    let input = ids.narrow(1, 0, t - 1)?;
-    let labels = ids.narrow(1, 1, t - 1)?.flatten_all()?;
-    let mask = Tensor::ones(b * (t - 1), DType::F32, &dev)?;
+    let targets = b * (t - 1);
+    let batch = Batch {
+        input_ids: ids.narrow(1, 0, t - 1)?.contiguous()?,
+        labels: ids.narrow(1, 1, t - 1)?.flatten_all()?,
+        mask: Tensor::ones(targets, DType::F32, &dev)?,
+        num_targets: targets,
+        num_tokens: targets,
+    };
     let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
     let mut last_loss = f64::NAN;
     for i in 0..warmup + steps {
-        let t0 = Instant::now();
-        let nll = model.masked_nll_sum_flat(&input, &labels, &mask, &Mode::Eval)?;
-        let loss = (nll / (b * (t - 1)) as f64)?;
-        last_loss = loss.to_scalar::<f32>()? as f64;
-        let t1 = Instant::now();
-        let store = loss.backward()?;
+        let pass = loss_and_grads(&model, &set, &batch, &Mode::Eval, 1.0 / targets as f64)?;
+        last_loss = pass.loss;
         let t2 = Instant::now();
-        let grads = Grads::collect(&store, set.vars()).map_err(TrainError::GradientCut)?;
-        opt.step(&grads, 1e-3)?;
-        let t3 = Instant::now();
+        opt.step(&pass.grads, 1e-3)?;
         if i >= warmup {
-            fwd += (t1 - t0).as_secs_f64();
-            bwd += (t2 - t1).as_secs_f64();
-            optim += (t3 - t2).as_secs_f64();
+            fwd += pass.forward.as_secs_f64();
+            bwd += pass.backward.as_secs_f64();
+            optim += t2.elapsed().as_secs_f64();
         }
     }
     let n = steps.max(1) as f64;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,60 @@ pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 
+/// One micro-batch's loss, its gradients, and where the time went.
+#[derive(Debug)]
+pub struct Pass {
+    /// `loss_scale · Σ mask · nll`.
+    pub loss: f64,
+    pub grads: Grads,
+    pub forward: Duration,
+    pub backward: Duration,
+}
+
+/// The loss `loss_scale · Σ mask · nll` of `batch` and its gradient for every adapter
+/// parameter: through the model's hand-written backward where it has one for these
+/// adapters ([`CausalLm::loss_tape`]), else through candle's autograd. The training loop
+/// and the train benchmark both step through here, so the benchmark times what trains.
+pub fn loss_and_grads<M: CausalLm>(
+    model: &M,
+    adapters: &AdapterSet,
+    batch: &Batch,
+    mode: &Mode,
+    loss_scale: f64,
+) -> Result<Pass, TrainError> {
+    let started = Instant::now();
+    if let Some(tape) = model.loss_tape(&batch.input_ids, &batch.labels, &batch.mask, mode)? {
+        let loss = tape.nll_sum * loss_scale;
+        let forward = started.elapsed();
+        let mut all = tape.backward(loss_scale)?;
+        let mut grads = Grads::default();
+        for name in adapters.vars().keys() {
+            let g = all
+                .remove(name)
+                .ok_or_else(|| TrainError::GradientCut(name.clone()))?;
+            grads.0.insert(name.clone(), g);
+        }
+        return Ok(Pass {
+            loss,
+            grads,
+            forward,
+            backward: started.elapsed() - forward,
+        });
+    }
+    let nll = model.masked_nll_sum_flat(&batch.input_ids, &batch.labels, &batch.mask, mode)?;
+    let loss = (nll * loss_scale)?;
+    let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let forward = started.elapsed();
+    let store = loss.backward()?;
+    let grads = Grads::collect(&store, adapters.vars()).map_err(TrainError::GradientCut)?;
+    Ok(Pass {
+        loss: value,
+        grads,
+        forward,
+        backward: started.elapsed() - forward,
+    })
+}
+
 pub struct Trainer<'a, M: CausalLm> {
     model: &'a M,
     adapters: &'a AdapterSet,
@@ -198,13 +252,10 @@ impl<'a, M: CausalLm> Trainer<'a, M> {
                 seed: self.config.seed,
                 pass: self.step * accum as u64 + i as u64,
             };
-            let loss = (self.nll_sum(batch, &mode)? / denom)?;
-            loss_total += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let pass = loss_and_grads(self.model, self.adapters, batch, &mode, 1.0 / denom)?;
+            loss_total += pass.loss;
             tokens += batch.num_tokens;
-            let store = loss.backward()?;
-            let g =
-                Grads::collect(&store, self.adapters.vars()).map_err(TrainError::GradientCut)?;
-            grads.accumulate(g)?;
+            grads.accumulate(pass.grads)?;
         }
         if !loss_total.is_finite() {
             return Err(TrainError::NonFinite {

@@ -263,14 +263,42 @@ impl candle_core::CustomOp2 for RmsNormOp {
     }
 }
 
+/// `dL/dx` of [`rms_norm`] (a constant `w`) for the output gradient `g`, outside the graph.
+pub(crate) fn rms_norm_backward(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+    let (x, w, g) = (x.contiguous()?, w.contiguous()?, g.contiguous()?);
+    Ok(dispatch_dtype!(x.dtype(), rms_bwd(&x, &w, &g, eps, false))?.0)
+}
+
+/// `a + b` (same shape, contiguous f32/f64 on the CPU) on rayon's pool, outside the graph;
+/// candle's own elementwise ops run on its spinning barrier pool (see [`par_chunks`]).
+pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(msg("add: shapes differ"));
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    dispatch_dtype!(a.dtype(), add_typed(&a, &b))
+}
+
+fn add_typed<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (av, bv) = (View::of(a)?, View::of(b)?);
+    let (xs, ys) = (av.slice::<T>()?, bv.slice::<T>()?);
+    let mut out = vec![T::zero(); xs.len()];
+    par_chunks(&mut out, 8192, xs.len(), |c, o| {
+        let lo = c * 8192;
+        for ((o, &x), &y) in o.iter_mut().zip(&xs[lo..]).zip(&ys[lo..]) {
+            *o = x + y;
+        }
+    });
+    tensor(out, a.shape())
+}
+
 // ---------------------------------------------------------------------------------------
 // Causal attention with RoPE
 
-/// Causal grouped-query attention with RoPE, as one node: `q` `[b·t, heads·d]`, `k`, `v`
-/// `[b·t, kv_heads·d]` straight from the projections (or the same as `[b, t, ·]`); `cos`,
-/// `sin` `[t, d]` (HF layout); returns `q`'s shape, ready for `o_proj`. Equals
-/// `softmax(rope(q)·rope(k)ᵀ/√d + causal) · v` with KV heads repeated.
-pub fn causal_attention(
+type Prepared = (Tensor, Tensor, Tensor, AttnOp);
+
+/// Checks the attention inputs and runs the forward pass, keeping what the backward needs.
+fn attention_prepare(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -278,7 +306,7 @@ pub fn causal_attention(
     sin: &Tensor,
     (b, t): (usize, usize),
     (heads, kv_heads): (usize, usize),
-) -> Result<Tensor> {
+) -> Result<Prepared> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
     let qw = q.dims().last().copied().unwrap_or(0);
@@ -304,7 +332,77 @@ pub fn causal_attention(
         d,
     };
     let op = dispatch_dtype!(q.dtype(), attn_fwd(&q, &k, &v, &cos, &sin, dims))?;
+    Ok((q, k, v, op))
+}
+
+/// Causal grouped-query attention with RoPE, as one node: `q` `[b·t, heads·d]`, `k`, `v`
+/// `[b·t, kv_heads·d]` straight from the projections (or the same as `[b, t, ·]`); `cos`,
+/// `sin` `[t, d]` (HF layout); returns `q`'s shape, ready for `o_proj`. Equals
+/// `softmax(rope(q)·rope(k)ᵀ/√d + causal) · v` with KV heads repeated.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    bt: (usize, usize),
+    heads: (usize, usize),
+) -> Result<Tensor> {
+    let (q, k, v, op) = attention_prepare(q, k, v, cos, sin, bt, heads)?;
     q.apply_op3(&k, &v, op)
+}
+
+/// What [`attention_backward`] needs from an [`attention_forward`].
+pub(crate) struct AttentionSaved(AttnOp);
+
+/// [`causal_attention`] outside candle's graph: the output `[b·t, heads·d]` and what the
+/// backward needs, for hand-written backward passes.
+pub(crate) fn attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    bt: (usize, usize),
+    heads: (usize, usize),
+) -> Result<(Tensor, AttentionSaved)> {
+    let (q, _, _, op) = attention_prepare(q, k, v, cos, sin, bt, heads)?;
+    let out = take_output(&op.out, "attention")?;
+    let y = Tensor::from_storage(
+        Storage::Cpu(out),
+        q.shape(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    Ok((y, AttentionSaved(op)))
+}
+
+/// `(dq, dk, dv)` for the output gradient `g` of an [`attention_forward`], in the shapes
+/// of its inputs (`[b·t, ·]`).
+pub(crate) fn attention_backward(
+    saved: &AttentionSaved,
+    g: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = g.contiguous()?;
+    let AttnDims {
+        b,
+        t,
+        heads,
+        kv_heads,
+        d,
+    } = saved.0.dims;
+    let (qs, kvs) = (
+        Shape::from((b * t, heads * d)),
+        Shape::from((b * t, kv_heads * d)),
+    );
+    let (dq, dk, dv) = dispatch_dtype!(
+        g.dtype(),
+        attn_bwd(&saved.0, &g, [true; 3], [&qs, &kvs, &kvs])
+    )?;
+    match (dq, dk, dv) {
+        (Some(dq), Some(dk), Some(dv)) => Ok((dq, dk, dv)),
+        _ => Err(msg("attention: backward skipped a wanted gradient")),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -720,6 +818,19 @@ const HEAD_CHUNK_ROWS: usize = 128;
 /// upstream gradient, which the backward applies), so the full logits, probabilities and
 /// their gradient never exist at once. f32/f64 on the CPU; `w` gets no gradient.
 pub fn lm_head_nll_sum(x: &Tensor, w: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (x, w, labels, mask) = head_inputs(x, w, labels, mask)?;
+    let want_dx = x.track_op();
+    let op = dispatch_dtype!(x.dtype(), head_ce_fwd(&x, &w, &labels, &mask, want_dx))?;
+    x.apply_op1(op)
+}
+
+/// The checked, contiguous inputs of the fused LM head + loss.
+fn head_inputs(
+    x: &Tensor,
+    w: &Tensor,
+    labels: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, Tensor, Vec<u32>, Vec<f64>)> {
     let x = x.contiguous()?;
     let (n, h) = x.dims2()?;
     let w = w.detach().contiguous()?;
@@ -737,9 +848,29 @@ pub fn lm_head_nll_sum(x: &Tensor, w: &Tensor, labels: &Tensor, mask: &Tensor) -
     if mask.len() != n {
         return Err(msg("lm_head_nll_sum: mask has the wrong length"));
     }
-    let want_dx = x.track_op();
-    let op = dispatch_dtype!(x.dtype(), head_ce_fwd(&x, &w, &labels, &mask, want_dx))?;
-    x.apply_op1(op)
+    Ok((x, w, labels, mask))
+}
+
+/// [`lm_head_nll_sum`] outside the graph: the summed masked loss and its gradient with
+/// respect to `x` (`[n, h]`, for an upstream gradient of 1).
+pub(crate) fn lm_head_nll_grad(
+    x: &Tensor,
+    w: &Tensor,
+    labels: &Tensor,
+    mask: &Tensor,
+) -> Result<(f64, Tensor)> {
+    let (x, w, labels, mask) = head_inputs(x, w, labels, mask)?;
+    let op = dispatch_dtype!(x.dtype(), head_ce_fwd(&x, &w, &labels, &mask, true))?;
+    let total = match take_output(&op.out, "lm_head_nll")? {
+        CpuStorage::F32(v) => v.first().map(|&t| f64::from(t)),
+        CpuStorage::F64(v) => v.first().copied(),
+        _ => None,
+    }
+    .ok_or_else(|| msg("lm_head_nll: no loss was computed"))?;
+    let dx = op
+        .dx
+        .ok_or_else(|| msg("lm_head_nll: no gradient was computed"))?;
+    Ok((total, dx))
 }
 
 struct HeadCeOp {
@@ -946,6 +1077,19 @@ impl candle_core::CustomOp2 for SiluMulOp {
     }
 }
 
+/// `(dL/dgate, dL/dup)` of [`silu_mul`] for the output gradient `g`, outside the graph.
+pub(crate) fn silu_mul_backward(
+    gate: &Tensor,
+    up: &Tensor,
+    g: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (gate, up, g) = (gate.contiguous()?, up.contiguous()?, g.contiguous()?);
+    match dispatch_dtype!(gate.dtype(), silu_mul_bwd(&gate, &up, &g, [true, true]))? {
+        (Some(dg), Some(du)) => Ok((dg, du)),
+        _ => Err(msg("silu_mul: backward skipped a wanted gradient")),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // LoRA linear over a frozen weight
 
@@ -994,7 +1138,7 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -
 }
 
 /// `W + s · B · A` `[out, in]`, contiguous and detached.
-fn effective_weight(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+pub(crate) fn effective_weight(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
     let delta = b.detach().matmul(&a.detach())?;
     let w = w.contiguous()?;
     let sum = dispatch_dtype!(w.dtype(), axpy_owned(&w, &delta, scale))?;

@@ -14,6 +14,9 @@ use super::ops::{Rope, causal_mask, compute_dtype, repeat_kv, rms_norm};
 use super::weights::Weights;
 use crate::engine::adapters::{Adaptable, AdaptedLinear, Mode};
 
+mod tape;
+pub use tape::LossTape;
+
 #[derive(Debug, Clone)]
 struct Attention {
     q_proj: AdaptedLinear,

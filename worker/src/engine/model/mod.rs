@@ -11,7 +11,7 @@ pub mod weights;
 
 pub use bert::{Bert, BertConfig, ClassifierHead};
 pub use config::{ConfigError, LlamaConfig};
-pub use llama::Llama;
+pub use llama::{Llama, LossTape};
 pub use weights::{WeightError, Weights};
 
 /// A decoder that returns next-token logits for every position; what the trainer needs.
@@ -44,6 +44,18 @@ pub trait CausalLm: crate::engine::adapters::Adaptable {
         let logits = self.forward_flat(input_ids, mode)?;
         Ok(ops::masked_nll_sum(&logits, labels, mask)?)
     }
+    /// The forward pass of [`Self::masked_nll_sum_flat`] recorded for a hand-written
+    /// backward, where the model has one for its current adapters; `None` means the caller
+    /// differentiates with candle's autograd.
+    fn loss_tape(
+        &self,
+        _input_ids: &candle_core::Tensor,
+        _labels: &candle_core::Tensor,
+        _mask: &candle_core::Tensor,
+        _mode: &crate::engine::adapters::Mode,
+    ) -> Result<Option<LossTape<'_>>, ModelError> {
+        Ok(None)
+    }
     fn device(&self) -> &candle_core::Device;
 }
 
@@ -72,6 +84,16 @@ impl CausalLm for Llama {
         mode: &crate::engine::adapters::Mode,
     ) -> Result<candle_core::Tensor, ModelError> {
         Llama::masked_nll_sum_flat(self, input_ids, labels, mask, mode)
+    }
+
+    fn loss_tape(
+        &self,
+        input_ids: &candle_core::Tensor,
+        labels: &candle_core::Tensor,
+        mask: &candle_core::Tensor,
+        mode: &crate::engine::adapters::Mode,
+    ) -> Result<Option<LossTape<'_>>, ModelError> {
+        Ok(Llama::loss_tape(self, input_ids, labels, mask, mode)?)
     }
 
     fn device(&self) -> &candle_core::Device {

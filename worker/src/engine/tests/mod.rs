@@ -7,6 +7,7 @@ mod grads;
 mod methods;
 mod oracle;
 mod real;
+mod tape;
 mod tokenize;
 mod train;
 mod util;

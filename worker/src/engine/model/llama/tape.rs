@@ -1,0 +1,315 @@
+//! The LoRA training step with a hand-written backward pass, outside candle's autograd.
+//!
+//! candle's backward allocates a zero-filled accumulator and adds into it for every input of
+//! every graph node, and its elementwise ops run on a pool that spins after each job; on
+//! the small models this service trains on CPUs that bookkeeping costs about as much as
+//! the matrix products. When every trainable parameter is a plain LoRA pair (no DoRA, no
+//! dropout in this pass, no IA3, bias, prompt or trainable base tensor) the decoder's
+//! gradient has a fixed shape, so this module runs the forward pass keeping exactly the
+//! activations the backward needs and then computes `dL/dA`, `dL/dB` layer by layer with
+//! the fused kernels and candle's matmul. Any other configuration returns `None` and the
+//! trainer uses autograd; the tests compare both paths' gradients.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Result, Tensor};
+
+use super::super::fused;
+use super::super::ops::Rope;
+use super::{Layer, Llama};
+use crate::engine::adapters::{AdaptedLinear, Mode};
+
+/// A forward pass recorded for [`LossTape::backward`]: the summed masked loss and what the
+/// backward pass needs.
+pub struct LossTape<'m> {
+    /// `Σ mask · nll` over the batch, as [`Llama::masked_nll_sum_flat`] returns it.
+    pub nll_sum: f64,
+    eps: f64,
+    layers: Vec<LayerTape<'m>>,
+    /// The last layer's output and the final norm's weight.
+    x_last: Tensor,
+    norm: &'m Tensor,
+    /// `dL/d(final norm output)` for an upstream gradient of 1 (computed with the loss).
+    d_head: Tensor,
+}
+
+/// A linear layer as the tape runs it: a constant weight plus, for LoRA, its factors.
+struct Lin<'m> {
+    w: &'m Tensor,
+    lora: Option<LoraTape<'m>>,
+}
+
+struct LoraTape<'m> {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+    key: &'m str,
+    /// `x Aᵀ` `[n, r]` from the forward pass, for `dL/dB`.
+    xa: Tensor,
+}
+
+struct LayerTape<'m> {
+    layer: &'m Layer,
+    x: Tensor,
+    hs1: Tensor,
+    qkv: [Lin<'m>; 3],
+    attn: fused::AttentionSaved,
+    y: Tensor,
+    o: Lin<'m>,
+    x_mid: Tensor,
+    hs2: Tensor,
+    gate_up: [Lin<'m>; 2],
+    gate: Tensor,
+    up: Tensor,
+    act: Tensor,
+    down: Lin<'m>,
+}
+
+/// Whether `lin` is one the tape can run: a constant weight, no bias, no IA3, and either no
+/// adapter or an unmerged plain LoRA without dropout in this pass, all in `x`'s dtype.
+fn supported(lin: &AdaptedLinear, mode: &Mode, x: &Tensor) -> bool {
+    let w = lin.weight();
+    if lin.ia3().is_some()
+        || lin.bias().is_some()
+        || lin.is_merged()
+        || w.track_op()
+        || w.dtype() != x.dtype()
+        || !w.device().is_cpu()
+    {
+        return false;
+    }
+    match lin.lora() {
+        None => true,
+        Some(l) => {
+            l.magnitude.is_none()
+                && mode.dropout_stream(&l.key, l.dropout).is_none()
+                && l.a.dtype() == x.dtype()
+                && l.b.dtype() == x.dtype()
+        }
+    }
+}
+
+/// `x Wᵀ` for a constant `w` `[out, in]` and `x` `[n, in]`.
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.matmul(&w.t()?)
+}
+
+fn lin_forward<'m>(lin: &'m AdaptedLinear, x: &Tensor) -> Result<(Tensor, Lin<'m>)> {
+    let w = lin.weight();
+    match lin.lora() {
+        None => Ok((matmul_t(x, w)?, Lin { w, lora: None })),
+        Some(l) => {
+            let (a, b) = (l.a.as_tensor().detach(), l.b.as_tensor().detach());
+            let w_eff = fused::effective_weight(w, &a, &b, l.scale)?;
+            let y = matmul_t(x, &w_eff)?;
+            let xa = matmul_t(x, &a)?;
+            let lora = LoraTape {
+                a,
+                b,
+                scale: l.scale,
+                key: &l.key,
+                xa,
+            };
+            Ok((
+                y,
+                Lin {
+                    w,
+                    lora: Some(lora),
+                },
+            ))
+        }
+    }
+}
+
+/// Adds `dL/dA`, `dL/dB` of `lin` (input `x`, output gradient `g`) to `grads`, and returns
+/// `dL/dx` when `want_dx`.
+fn lin_backward(
+    lin: &Lin<'_>,
+    x: &Tensor,
+    g: &Tensor,
+    want_dx: bool,
+    grads: &mut BTreeMap<String, Tensor>,
+) -> Result<Option<Tensor>> {
+    let Some(l) = &lin.lora else {
+        return want_dx.then(|| g.matmul(lin.w)).transpose();
+    };
+    let db = (g.t()?.matmul(&l.xa)? * l.scale)?;
+    let gb = g.matmul(&l.b)?;
+    let da = (gb.t()?.matmul(x)? * l.scale)?;
+    grads.insert(format!("{}.lora_A.weight", l.key), da);
+    grads.insert(format!("{}.lora_B.weight", l.key), db);
+    if !want_dx {
+        return Ok(None);
+    }
+    // The effective weight is rebuilt (cheap next to the product) rather than kept: kept,
+    // it would add a full copy of every adapted weight to the step's memory.
+    let w_eff = fused::effective_weight(lin.w, &l.a, &l.b, l.scale)?;
+    Ok(Some(g.matmul(&w_eff)?))
+}
+
+/// `Σ dL/dx` over the linears sharing the input `x`.
+fn lins_backward(
+    lins: &[Lin<'_>],
+    x: &Tensor,
+    gs: &[&Tensor],
+    want_dx: bool,
+    grads: &mut BTreeMap<String, Tensor>,
+) -> Result<Option<Tensor>> {
+    let mut sum: Option<Tensor> = None;
+    for (lin, g) in lins.iter().zip(gs) {
+        let dx = lin_backward(lin, x, g, want_dx, grads)?;
+        sum = match (sum, dx) {
+            (Some(s), Some(d)) => Some(fused::add(&s, &d)?),
+            (s, d) => s.or(d),
+        };
+    }
+    Ok(sum)
+}
+
+impl Llama {
+    /// Runs the forward pass of [`Self::masked_nll_sum_flat`] for the hand-written backward
+    /// ([`LossTape::backward`]), or returns `None` when this model's configuration needs
+    /// candle's autograd (see the module docs).
+    pub fn loss_tape(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        mask: &Tensor,
+        mode: &Mode,
+    ) -> Result<Option<LossTape<'_>>> {
+        if !self.tape_supported(mode) {
+            return Ok(None);
+        }
+        let Some(head) = self.lm_head.frozen_weight() else {
+            return Ok(None);
+        };
+        let (b, t) = input_ids.dims2()?;
+        let dtype = self.dtype();
+        let eps = self.config.rms_norm_eps;
+        let rope = Rope::new(&self.inv_freq, t, dtype, self.device())?;
+        let (cos, sin) = rope.tables(t)?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let a = &layer.self_attn;
+            let hs1 = fused::rms_norm(&x, &layer.input_layernorm, eps)?;
+            let (q, lq) = lin_forward(&a.q_proj, &hs1)?;
+            let (k, lk) = lin_forward(&a.k_proj, &hs1)?;
+            let (v, lv) = lin_forward(&a.v_proj, &hs1)?;
+            let (y, attn) =
+                fused::attention_forward(&q, &k, &v, &cos, &sin, (b, t), (a.heads, a.kv_heads))?;
+            let (o, lo) = lin_forward(&a.o_proj, &y)?;
+            let x_mid = fused::add(&x, &o)?;
+            let m = &layer.mlp;
+            let hs2 = fused::rms_norm(&x_mid, &layer.post_attention_layernorm, eps)?;
+            let (gate, lg) = lin_forward(&m.gate_proj, &hs2)?;
+            let (up, lu) = lin_forward(&m.up_proj, &hs2)?;
+            let act = fused::silu_mul(&gate, &up)?;
+            let (down, ld) = lin_forward(&m.down_proj, &act)?;
+            let x_next = fused::add(&x_mid, &down)?;
+            layers.push(LayerTape {
+                layer,
+                x,
+                hs1,
+                qkv: [lq, lk, lv],
+                attn,
+                y,
+                o: lo,
+                x_mid,
+                hs2,
+                gate_up: [lg, lu],
+                gate,
+                up,
+                act,
+                down: ld,
+            });
+            x = x_next;
+        }
+        let hf = fused::rms_norm(&x, &self.norm, eps)?;
+        let (nll_sum, d_head) = fused::lm_head_nll_grad(&hf, head, labels, mask)?;
+        Ok(Some(LossTape {
+            nll_sum,
+            eps,
+            layers,
+            x_last: x,
+            norm: &self.norm,
+            d_head,
+        }))
+    }
+
+    /// Every trainable tensor is a plain LoRA factor the tape differentiates, and nothing
+    /// else in the model needs a gradient.
+    fn tape_supported(&self, mode: &Mode) -> bool {
+        let probe = &self.embed_tokens;
+        if !fused::supported(probe)
+            || self.prompt.is_some()
+            || probe.track_op()
+            || self.norm.track_op()
+        {
+            return false;
+        }
+        self.layers.iter().all(|l| {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            !l.input_layernorm.track_op()
+                && !l.post_attention_layernorm.track_op()
+                && [
+                    &a.q_proj,
+                    &a.k_proj,
+                    &a.v_proj,
+                    &a.o_proj,
+                    &m.gate_proj,
+                    &m.up_proj,
+                    &m.down_proj,
+                ]
+                .into_iter()
+                .all(|lin| supported(lin, mode, probe))
+        })
+    }
+}
+
+impl LossTape<'_> {
+    /// The gradient of `loss_scale · nll_sum` with respect to every LoRA factor, keyed like
+    /// the adapter's parameters (`<module key>.lora_A.weight`, `….lora_B.weight`).
+    pub fn backward(self, loss_scale: f64) -> Result<BTreeMap<String, Tensor>> {
+        let eps = self.eps;
+        let mut grads = BTreeMap::new();
+        let mut dx = fused::rms_norm_backward(&self.x_last, self.norm, &self.d_head, eps)?;
+        for (i, lt) in self.layers.iter().enumerate().rev() {
+            let layer = lt.layer;
+            // MLP block: x_next = x_mid + down(silu(gate(hs2)) · up(hs2)).
+            let d_act = lin_backward(&lt.down, &lt.act, &dx, true, &mut grads)?
+                .ok_or_else(|| candle_core::Error::Msg("tape: no gradient for down".into()))?;
+            let (d_gate, d_up) = fused::silu_mul_backward(&lt.gate, &lt.up, &d_act)?;
+            let d_hs2 = lins_backward(&lt.gate_up, &lt.hs2, &[&d_gate, &d_up], true, &mut grads)?
+                .ok_or_else(|| {
+                candle_core::Error::Msg("tape: no gradient for the MLP".into())
+            })?;
+            let d_mid =
+                fused::rms_norm_backward(&lt.x_mid, &layer.post_attention_layernorm, &d_hs2, eps)?;
+            let d_mid = fused::add(&dx, &d_mid)?;
+            // Attention block: x_mid = x + o(attn(q(hs1), k(hs1), v(hs1))).
+            let d_y = lin_backward(&lt.o, &lt.y, &d_mid, true, &mut grads)?
+                .ok_or_else(|| candle_core::Error::Msg("tape: no gradient for o".into()))?;
+            let (dq, dk, dv) = fused::attention_backward(&lt.attn, &d_y)?;
+            // The embeddings are constant: below the first layer only the LoRA factors
+            // need the gradient, not the input.
+            let want_dx = i > 0;
+            let d_hs1 = lins_backward(&lt.qkv, &lt.hs1, &[&dq, &dk, &dv], want_dx, &mut grads)?;
+            dx = match d_hs1 {
+                Some(d_hs1) => {
+                    let d = fused::rms_norm_backward(&lt.x, &layer.input_layernorm, &d_hs1, eps)?;
+                    fused::add(&d_mid, &d)?
+                }
+                None => d_mid,
+            };
+        }
+        if loss_scale != 1.0 {
+            for g in grads.values_mut() {
+                *g = (&*g * loss_scale)?;
+            }
+        }
+        Ok(grads)
+    }
+}
