@@ -7,6 +7,10 @@
 //! `search`: the sweep algorithms on a deterministic simulator against random search and
 //! Optuna (see `search/mod.rs`).
 
+/// The allocator of the `tuna` binary, so the train benchmark measures what workers run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod latency;
 mod search;
 mod train;

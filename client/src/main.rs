@@ -2,6 +2,11 @@
 
 mod cli;
 
+/// Training frees and reallocates multi-megabyte activations every step; glibc's malloc
+/// hands such blocks back to the OS and page-faults them in again, mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;

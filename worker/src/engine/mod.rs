@@ -12,6 +12,7 @@ pub mod data;
 pub mod export;
 pub mod model;
 pub mod optim;
+pub mod pool;
 pub mod rng;
 pub mod trainer;
 

@@ -120,7 +120,18 @@ pub struct Pass {
 /// parameter: through the model's hand-written backward where it has one for these
 /// adapters ([`CausalLm::loss_tape`]), else through candle's autograd. The training loop
 /// and the train benchmark both step through here, so the benchmark times what trains.
+/// Runs on the training pool ([`crate::engine::pool`]).
 pub fn loss_and_grads<M: CausalLm>(
+    model: &M,
+    adapters: &AdapterSet,
+    batch: &Batch,
+    mode: &Mode,
+    loss_scale: f64,
+) -> Result<Pass, TrainError> {
+    crate::engine::pool::install(|| pass_on_this_thread(model, adapters, batch, mode, loss_scale))
+}
+
+fn pass_on_this_thread<M: CausalLm>(
     model: &M,
     adapters: &AdapterSet,
     batch: &Batch,

@@ -15,7 +15,7 @@ pub use llama::{Llama, LossTape};
 pub use weights::{WeightError, Weights};
 
 /// A decoder that returns next-token logits for every position; what the trainer needs.
-pub trait CausalLm: crate::engine::adapters::Adaptable {
+pub trait CausalLm: crate::engine::adapters::Adaptable + Sync {
     /// Logits `[batch, seq, vocab]` for ids `[batch, seq]`.
     fn forward(
         &self,
