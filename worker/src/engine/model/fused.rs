@@ -17,9 +17,56 @@ use candle_core::{
 /// The float types the fused kernels run in.
 pub(crate) trait Real: WithDType {
     fn exp_(self) -> Self;
+    /// `x ← eˣ` over a slice; f32 uses a polynomial the compiler vectorises.
+    fn exp_in_place(xs: &mut [Self]);
     fn ln_(self) -> Self;
     fn sqrt_(self) -> Self;
     fn neg_infinity() -> Self;
+}
+
+/// `eˣ` for f32 without a libm call, so loops over it vectorise: `x = n·ln2 + r` with
+/// `|r| ≤ ln2/2`, Cephes' degree-6 polynomial for `eʳ` (relative error ≈ 1e-7, the same
+/// as `expf`), and `2ⁿ` built in the exponent bits. Inputs are clamped to where f32's
+/// `eˣ` is finite and normal; below that it returns ≈ 1e-38 rather than 0 — negligible
+/// next to the 1 every softmax row sums to.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so `n · LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer (SSE2-friendly).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let z = r * r;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let e = p * z + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+impl Real for f32 {
+    fn exp_(self) -> Self {
+        exp_f32(self)
+    }
+    fn exp_in_place(xs: &mut [Self]) {
+        for x in xs {
+            *x = exp_f32(*x);
+        }
+    }
+    fn ln_(self) -> Self {
+        self.ln()
+    }
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+    fn neg_infinity() -> Self {
+        f32::NEG_INFINITY
+    }
 }
 
 macro_rules! impl_real {
@@ -27,6 +74,11 @@ macro_rules! impl_real {
         impl Real for $t {
             fn exp_(self) -> Self {
                 self.exp()
+            }
+            fn exp_in_place(xs: &mut [Self]) {
+                for x in xs {
+                    *x = x.exp();
+                }
             }
             fn ln_(self) -> Self {
                 self.ln()
@@ -41,7 +93,46 @@ macro_rules! impl_real {
     )*};
 }
 
-impl_real!(f32, f64);
+impl_real!(f64);
+
+/// Sum over 8 interleaved lanes: vectorisable, and a fixed order (deterministic).
+fn lane_sum<T: Real>(xs: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    let mut total = T::zero();
+    for a in acc {
+        total += a;
+    }
+    for &x in rest {
+        total += x;
+    }
+    total
+}
+
+/// Maximum over 8 interleaved lanes (vectorisable); `-inf` for an empty slice.
+fn lane_max<T: Real>(xs: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    let mut m = T::neg_infinity();
+    for x in acc.into_iter().chain(rest.iter().copied()) {
+        if x > m {
+            m = x;
+        }
+    }
+    m
+}
 
 /// Whether the fused kernels handle `t` (CPU, f32 or f64).
 pub fn supported(t: &Tensor) -> bool {
@@ -532,21 +623,16 @@ fn attn_fwd<T: Real>(
         par_chunks(&mut p, t, ss.len() * 3, |row, pr| {
             let tq = row % t;
             let sr = &ss[row * t..row * t + tq + 1];
-            let mut m = T::neg_infinity();
-            for &x in sr {
-                let x = x * scale;
-                if x > m {
-                    m = x;
-                }
-            }
-            let mut sum = T::zero();
+            // max(x·scale) = max(x)·scale for the positive scale.
+            let m = lane_max(sr) * scale;
+            let pr = &mut pr[..tq + 1];
             for (o, &x) in pr.iter_mut().zip(sr) {
-                let e = (x * scale - m).exp_();
-                *o = e;
-                sum += e;
+                *o = x * scale - m;
             }
-            for o in pr.iter_mut().take(tq + 1) {
-                *o /= sum;
+            T::exp_in_place(pr);
+            let inv = T::one() / lane_sum(pr);
+            for o in pr.iter_mut() {
+                *o *= inv;
             }
         });
     }
@@ -911,18 +997,12 @@ fn head_ce_fwd<T: Real>(
                 let r = r0 + i;
                 let y = labels[r] as usize;
                 let xy = row[y];
-                let mut m = T::neg_infinity();
-                for &v in row.iter() {
-                    if v > m {
-                        m = v;
-                    }
-                }
-                let mut sum = T::zero();
+                let m = lane_max(row);
                 for v in row.iter_mut() {
-                    let e = (*v - m).exp_();
-                    *v = e;
-                    sum += e;
+                    *v -= m;
                 }
+                T::exp_in_place(row);
+                let sum = lane_sum(row);
                 **out = sum.ln_() + m - xy;
                 if want_dx {
                     // mask · (softmax − onehot): the gradient of this row's masked nll.
@@ -1001,8 +1081,14 @@ fn silu_mul_fwd<T: Real>(
     let mut y = vec![T::zero(); g.len()];
     par_chunks(&mut y, 4096, g.len() * 4, |c, out| {
         let lo = c * 4096;
-        for ((o, &gv), &uv) in out.iter_mut().zip(&g[lo..]).zip(&u[lo..]) {
-            *o = gv / (T::one() + (T::zero() - gv).exp_()) * uv;
+        let (gs, us) = (&g[lo..lo + out.len()], &u[lo..lo + out.len()]);
+        // e^(−g) in place first, so the exp loop vectorises.
+        for (o, &gv) in out.iter_mut().zip(gs) {
+            *o = T::zero() - gv;
+        }
+        T::exp_in_place(out);
+        for ((o, &gv), &uv) in out.iter_mut().zip(gs).zip(us) {
+            *o = gv / (T::one() + *o) * uv;
         }
     });
     Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
@@ -1017,14 +1103,22 @@ fn silu_mul_bwd<T: Real>(
     let (gv, uv, dv) = (View::of(gate)?, View::of(up)?, View::of(grad)?);
     let (gs, us, ds) = (gv.slice::<T>()?, uv.slice::<T>()?, dv.slice::<T>()?);
     let n = gs.len();
-    let sig = |x: T| T::one() / (T::one() + (T::zero() - x).exp_());
+    // `out ← e^(−x)` for this chunk's gate values (a vectorised pass before the formula).
+    let neg_exp = |lo: usize, out: &mut [T]| {
+        let len = out.len();
+        for (o, &x) in out.iter_mut().zip(&gs[lo..lo + len]) {
+            *o = T::zero() - x;
+        }
+        T::exp_in_place(out);
+    };
     let dg = if want[0] {
         let mut dg = vec![T::zero(); n];
         par_chunks(&mut dg, 4096, n * 6, |c, out| {
             let lo = c * 4096;
+            neg_exp(lo, out);
             for (i, o) in out.iter_mut().enumerate() {
                 let (x, u, dy) = (gs[lo + i], us[lo + i], ds[lo + i]);
-                let s = sig(x);
+                let s = T::one() / (T::one() + *o);
                 // d silu/dx = sig · (1 + x · (1 − sig))
                 *o = dy * u * (s * (T::one() + x * (T::one() - s)));
             }
@@ -1037,9 +1131,10 @@ fn silu_mul_bwd<T: Real>(
         let mut du = vec![T::zero(); n];
         par_chunks(&mut du, 4096, n * 4, |c, out| {
             let lo = c * 4096;
+            neg_exp(lo, out);
             for (i, o) in out.iter_mut().enumerate() {
                 let x = gs[lo + i];
-                *o = ds[lo + i] * (x / (T::one() + (T::zero() - x).exp_()));
+                *o = ds[lo + i] * (x / (T::one() + *o));
             }
         });
         Some(tensor(du, up.shape())?)
@@ -1290,6 +1385,25 @@ mod tests {
                 rel_diff(a, b)
             );
         }
+    }
+
+    #[test]
+    fn vectorised_exp_matches_libm_and_lane_reductions_match_serial() {
+        let mut worst = 0.0f64;
+        let xs: Vec<f32> = (-8700..8800).map(|i| i as f32 * 0.01 + 0.003).collect();
+        let mut ys = xs.clone();
+        f32::exp_in_place(&mut ys);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = (x as f64).exp();
+            worst = worst.max(((y as f64) - want).abs() / want);
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        // Underflow stays finite and tiny instead of NaN; 0 maps to exactly 1.
+        assert!(exp_f32(-1e4) < 1e-37 && exp_f32(0.0) == 1.0);
+        let v: Vec<f64> = (0..37).map(|i| ((i * 7919) % 101) as f64 - 50.0).collect();
+        assert_eq!(lane_sum(&v), v.iter().sum::<f64>());
+        assert_eq!(lane_max(&v), 50.0);
+        assert_eq!(lane_max::<f64>(&[]), f64::NEG_INFINITY);
     }
 
     #[test]
