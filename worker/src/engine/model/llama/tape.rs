@@ -133,21 +133,32 @@ fn lin_backward(
     let Some(l) = &lin.lora else {
         return want_dx.then(|| g.matmul(lin.w)).transpose();
     };
-    let db = (g.t()?.matmul(&l.xa)? * l.scale)?;
-    let gb = g.matmul(&l.b)?;
-    let da = (gb.t()?.matmul(x)? * l.scale)?;
+    // The small low-rank products run beside the big `dL/dx` product: on their own they
+    // leave cores idle.
+    let (low_rank, dx) = rayon::join(
+        || -> Result<(Tensor, Tensor)> {
+            let db = (g.t()?.matmul(&l.xa)? * l.scale)?;
+            let gb = g.matmul(&l.b)?;
+            let da = (gb.t()?.matmul(x)? * l.scale)?;
+            Ok((da, db))
+        },
+        || -> Result<Option<Tensor>> {
+            if !want_dx {
+                return Ok(None);
+            }
+            // The effective weight is rebuilt (cheap next to the product) rather than
+            // kept: kept, it would add a copy of every adapted weight to the step's memory.
+            let w_eff = fused::effective_weight(lin.w, &l.a, &l.b, l.scale)?;
+            Ok(Some(g.matmul(&w_eff)?))
+        },
+    );
+    let (da, db) = low_rank?;
     grads.insert(format!("{}.lora_A.weight", l.key), da);
     grads.insert(format!("{}.lora_B.weight", l.key), db);
-    if !want_dx {
-        return Ok(None);
-    }
-    // The effective weight is rebuilt (cheap next to the product) rather than kept: kept,
-    // it would add a full copy of every adapted weight to the step's memory.
-    let w_eff = fused::effective_weight(lin.w, &l.a, &l.b, l.scale)?;
-    Ok(Some(g.matmul(&w_eff)?))
+    dx
 }
 
-/// `Σ dL/dx` over the linears sharing the input `x`.
+/// `Σ dL/dx` over the linears sharing the input `x` (run concurrently, summed in order).
 fn lins_backward(
     lins: &[Lin<'_>],
     x: &Tensor,
@@ -155,15 +166,39 @@ fn lins_backward(
     want_dx: bool,
     grads: &mut BTreeMap<String, Tensor>,
 ) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let parts = lins
+        .par_iter()
+        .zip(gs.par_iter())
+        .map(|(lin, g)| {
+            let mut local = BTreeMap::new();
+            let dx = lin_backward(lin, x, g, want_dx, &mut local)?;
+            Ok((dx, local))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut sum: Option<Tensor> = None;
-    for (lin, g) in lins.iter().zip(gs) {
-        let dx = lin_backward(lin, x, g, want_dx, grads)?;
+    for (dx, local) in parts {
+        grads.extend(local);
         sum = match (sum, dx) {
             (Some(s), Some(d)) => Some(fused::add(&s, &d)?),
             (s, d) => s.or(d),
         };
     }
     Ok(sum)
+}
+
+/// [`lin_forward`] of several linears over the same input, concurrently.
+fn lins_forward<'m, const N: usize>(
+    lins: [&'m AdaptedLinear; N],
+    x: &Tensor,
+) -> Result<[(Tensor, Lin<'m>); N]> {
+    use rayon::prelude::*;
+    let outs = lins
+        .into_par_iter()
+        .map(|lin| lin_forward(lin, x))
+        .collect::<Result<Vec<_>>>()?;
+    outs.try_into()
+        .map_err(|_| candle_core::Error::Msg("tape: lost a linear's output".into()))
 }
 
 impl Llama {
@@ -195,17 +230,15 @@ impl Llama {
         for layer in &self.layers {
             let a = &layer.self_attn;
             let hs1 = fused::rms_norm(&x, &layer.input_layernorm, eps)?;
-            let (q, lq) = lin_forward(&a.q_proj, &hs1)?;
-            let (k, lk) = lin_forward(&a.k_proj, &hs1)?;
-            let (v, lv) = lin_forward(&a.v_proj, &hs1)?;
+            let [(q, lq), (k, lk), (v, lv)] =
+                lins_forward([&a.q_proj, &a.k_proj, &a.v_proj], &hs1)?;
             let (y, attn) =
                 fused::attention_forward(&q, &k, &v, &cos, &sin, (b, t), (a.heads, a.kv_heads))?;
             let (o, lo) = lin_forward(&a.o_proj, &y)?;
             let x_mid = fused::add(&x, &o)?;
             let m = &layer.mlp;
             let hs2 = fused::rms_norm(&x_mid, &layer.post_attention_layernorm, eps)?;
-            let (gate, lg) = lin_forward(&m.gate_proj, &hs2)?;
-            let (up, lu) = lin_forward(&m.up_proj, &hs2)?;
+            let [(gate, lg), (up, lu)] = lins_forward([&m.gate_proj, &m.up_proj], &hs2)?;
             let act = fused::silu_mul(&gate, &up)?;
             let (down, ld) = lin_forward(&m.down_proj, &act)?;
             let x_next = fused::add(&x_mid, &down)?;
