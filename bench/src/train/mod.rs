@@ -7,7 +7,8 @@
 //! `$TUNA_BENCH_PYTHON`, else `python3`.
 //!
 //! Timings on a shared 2-core machine drift by ±15% from minute to minute, so each shape
-//! runs in rounds (Tuna, then the anchor) and the summary compares the medians.
+//! runs in rounds (Tuna and the anchor, alternating which goes first) and the summary
+//! compares the medians.
 //!
 //! Wiring (for `main.rs`): `mod train;`, a subcommand `Train(train::TrainArgs)`, and
 //! `Bench::Train(a) => train::run(a)`; `bench/Cargo.toml` needs `tuna-worker.workspace = true`.
@@ -28,8 +29,9 @@ pub struct TrainArgs {
     /// Timed steps per shape and round (after two warm-up steps), for both sides.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
-    /// Rounds per shape: each round runs Tuna and then the anchor, and the summary takes
-    /// the median round of each, so a slow minute of a shared machine hits both sides.
+    /// Rounds per shape: each round runs Tuna and the anchor (alternating who goes first),
+    /// and the summary takes the median round of each, so a slow minute of a shared
+    /// machine hits both sides.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// The PyTorch + PEFT anchor script.
@@ -78,6 +80,17 @@ fn pytorch_tok_s(args: &TrainArgs, shape: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("anchor output has no tokens_per_s: {line}"))
 }
 
+/// One anchor run of `shape`, printed and (when it worked) recorded in `theirs`.
+fn run_anchor(args: &TrainArgs, shape: &str, round: usize, theirs: &mut Vec<f64>) {
+    match pytorch_tok_s(args, shape) {
+        Ok(v) => {
+            println!("train {shape} round {round}: pytorch {v:.1} tok/s");
+            theirs.push(v);
+        }
+        Err(e) => println!("train {shape} round {round}: {e}"),
+    }
+}
+
 /// The median of `xs` (the mean of the middle two for an even count); `None` when empty.
 fn median(mut xs: Vec<f64>) -> Option<f64> {
     xs.sort_by(f64::total_cmp);
@@ -113,6 +126,12 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         let shape = bench::shape(name).ok_or_else(|| format!("unknown shape `{name}`"))?;
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 1..=args.rounds.max(1) {
+            // Alternate who goes first, so a machine that speeds up or slows down over
+            // the run does not favour one side.
+            let anchor_first = round % 2 == 0;
+            if torch && anchor_first {
+                run_anchor(&args, name, round, &mut theirs);
+            }
             let r = bench::run(&shape, 2, args.steps).map_err(|e| e.to_string())?;
             println!(
                 "train {name} round {round}: batch {}x{}, {} trainable params, step {:.3}s = forward {:.3}s + backward {:.3}s + optimizer {:.3}s, loss {:.3}, {:.1} tok/s",
@@ -127,14 +146,8 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
                 r.tokens_per_sec
             );
             ours.push(r.tokens_per_sec);
-            if torch {
-                match pytorch_tok_s(&args, name) {
-                    Ok(v) => {
-                        println!("train {name} round {round}: pytorch {v:.1} tok/s");
-                        theirs.push(v);
-                    }
-                    Err(e) => println!("train {name} round {round}: {e}"),
-                }
+            if torch && !anchor_first {
+                run_anchor(&args, name, round, &mut theirs);
             }
         }
         let tuna = median(ours).unwrap_or(0.0);
