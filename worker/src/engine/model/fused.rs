@@ -273,15 +273,26 @@ fn rms_fwd<T: Real>(
     Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
 }
 
+/// `dL/dx` of RMSNorm (plus `residual`, when given: the gradient arriving at `x` along
+/// the skip connection, added in the same pass) and, with `want_w`, `dL/dw`.
 fn rms_bwd<T: Real>(
     x: &Tensor,
     w: &Tensor,
     g: &Tensor,
     eps: f64,
     want_w: bool,
+    residual: Option<&Tensor>,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (xv, wv, gv) = (View::of(x)?, View::of(w)?, View::of(g)?);
     let (xs, ws, gs) = (xv.slice::<T>()?, wv.slice::<T>()?, gv.slice::<T>()?);
+    let rv = residual.map(View::of).transpose()?;
+    let rs = match &rv {
+        Some(v) => Some(v.slice::<T>()?),
+        None => None,
+    };
+    if rs.is_some_and(|r| r.len() != xs.len()) {
+        return Err(msg("rms_norm backward: residual does not match x"));
+    }
     let h = ws.len();
     let rows = xs.len() / h.max(1);
     let eps = T::from_f64(eps);
@@ -303,6 +314,11 @@ fn rms_bwd<T: Real>(
         let c = inv * inv * inv * dot / hn;
         for (((o, &gj), &wj), &xj) in out.iter_mut().zip(gr).zip(ws).zip(xr) {
             *o = inv * gj * wj - xj * c;
+        }
+        if let Some(rs) = rs {
+            for (o, &rj) in out.iter_mut().zip(&rs[r * h..(r + 1) * h]) {
+                *o += rj;
+            }
         }
     });
     let dw = if want_w {
@@ -349,15 +365,81 @@ impl candle_core::CustomOp2 for RmsNormOp {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
-        let (dx, dw) = dispatch_dtype!(x.dtype(), rms_bwd(x, w, &g, self.eps, w.track_op()))?;
+        let (dx, dw) = dispatch_dtype!(x.dtype(), rms_bwd(x, w, &g, self.eps, w.track_op(), None))?;
         Ok((x.track_op().then_some(dx), dw))
     }
 }
 
-/// `dL/dx` of [`rms_norm`] (a constant `w`) for the output gradient `g`, outside the graph.
-pub(crate) fn rms_norm_backward(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+/// `residual + dL/dx` of [`rms_norm`] (a constant `w`) for the output gradient `g`,
+/// outside the graph: the gradient reaching a residual-stream tensor that feeds both a
+/// norm and the skip connection, in one pass.
+pub(crate) fn rms_norm_backward_add(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f64,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     let (x, w, g) = (x.contiguous()?, w.contiguous()?, g.contiguous()?);
-    Ok(dispatch_dtype!(x.dtype(), rms_bwd(&x, &w, &g, eps, false))?.0)
+    let residual = residual.map(Tensor::contiguous).transpose()?;
+    let r = residual.as_ref();
+    Ok(dispatch_dtype!(x.dtype(), rms_bwd(&x, &w, &g, eps, false, r))?.0)
+}
+
+/// `(x + y, rms_norm(x + y, w))` in one pass, outside the graph: a residual add and the
+/// norm that follows it.
+pub(crate) fn add_rms_norm(
+    x: &Tensor,
+    y: &Tensor,
+    w: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    if x.shape() != y.shape() {
+        return Err(msg("add_rms_norm: shapes differ"));
+    }
+    let (x, y, w) = (x.contiguous()?, y.contiguous()?, w.contiguous()?);
+    dispatch_dtype!(x.dtype(), add_rms_typed(&x, &y, &w, eps))
+}
+
+fn add_rms_typed<T: Real>(
+    x: &Tensor,
+    y: &Tensor,
+    w: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    use rayon::prelude::*;
+    let (xv, yv, wv) = (View::of(x)?, View::of(y)?, View::of(w)?);
+    let (xs, ys, ws) = (xv.slice::<T>()?, yv.slice::<T>()?, wv.slice::<T>()?);
+    let h = ws.len();
+    if h == 0 || xs.len() % h != 0 || x.dims().last() != Some(&h) {
+        return Err(msg("add_rms_norm: weight does not match the last dim"));
+    }
+    let (eps, hn) = (T::from_f64(eps), T::from_f64(h as f64));
+    let mut sum = vec![T::zero(); xs.len()];
+    let mut normed = vec![T::zero(); xs.len()];
+    let row = |r: usize, sr: &mut [T], nr: &mut [T]| {
+        let (xr, yr) = (&xs[r * h..(r + 1) * h], &ys[r * h..(r + 1) * h]);
+        let mut ss = T::zero();
+        for ((o, &a), &b) in sr.iter_mut().zip(xr).zip(yr) {
+            *o = a + b;
+            ss += *o * *o;
+        }
+        let denom = (ss / hn + eps).sqrt_();
+        for ((o, &v), &wv) in nr.iter_mut().zip(sr.iter()).zip(ws) {
+            *o = v / denom * wv;
+        }
+    };
+    if rayon::current_num_threads() > 1 && xs.len() >= 32 * 1024 {
+        sum.par_chunks_mut(h)
+            .zip(normed.par_chunks_mut(h))
+            .enumerate()
+            .for_each(|(r, (sr, nr))| row(r, sr, nr));
+    } else {
+        for (r, (sr, nr)) in sum.chunks_mut(h).zip(normed.chunks_mut(h)).enumerate() {
+            row(r, sr, nr);
+        }
+    }
+    Ok((tensor(sum, x.shape())?, tensor(normed, x.shape())?))
 }
 
 /// `a + b` (same shape, contiguous f32/f64 on the CPU) on rayon's pool, outside the graph;

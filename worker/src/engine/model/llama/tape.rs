@@ -227,21 +227,28 @@ impl Llama {
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?;
         let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        // The norm after each residual add runs in the add's pass: `hs` is always the
+        // normed `x` for whatever comes next (a layer's attention, or the LM head).
+        let norm_after = |i: usize| {
+            self.layers
+                .get(i)
+                .map_or(&self.norm, |l: &Layer| &l.input_layernorm)
+        };
+        let mut hs = fused::rms_norm(&x, norm_after(0), eps)?;
+        for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.self_attn;
-            let hs1 = fused::rms_norm(&x, &layer.input_layernorm, eps)?;
+            let hs1 = hs;
             let [(q, lq), (k, lk), (v, lv)] =
                 lins_forward([&a.q_proj, &a.k_proj, &a.v_proj], &hs1)?;
             let (y, attn) =
                 fused::attention_forward(&q, &k, &v, &cos, &sin, (b, t), (a.heads, a.kv_heads))?;
             let (o, lo) = lin_forward(&a.o_proj, &y)?;
-            let x_mid = fused::add(&x, &o)?;
             let m = &layer.mlp;
-            let hs2 = fused::rms_norm(&x_mid, &layer.post_attention_layernorm, eps)?;
+            let (x_mid, hs2) = fused::add_rms_norm(&x, &o, &layer.post_attention_layernorm, eps)?;
             let [(gate, lg), (up, lu)] = lins_forward([&m.gate_proj, &m.up_proj], &hs2)?;
             let act = fused::silu_mul(&gate, &up)?;
             let (down, ld) = lin_forward(&m.down_proj, &act)?;
-            let x_next = fused::add(&x_mid, &down)?;
+            let (x_next, hs_next) = fused::add_rms_norm(&x_mid, &down, norm_after(i + 1), eps)?;
             layers.push(LayerTape {
                 layer,
                 x,
@@ -259,8 +266,9 @@ impl Llama {
                 down: ld,
             });
             x = x_next;
+            hs = hs_next;
         }
-        let hf = fused::rms_norm(&x, &self.norm, eps)?;
+        let hf = hs;
         let (nll_sum, d_head) = fused::lm_head_nll_grad(&hf, head, labels, mask)?;
         Ok(Some(LossTape {
             nll_sum,
@@ -308,7 +316,8 @@ impl LossTape<'_> {
     pub fn backward(self, loss_scale: f64) -> Result<BTreeMap<String, Tensor>> {
         let eps = self.eps;
         let mut grads = BTreeMap::new();
-        let mut dx = fused::rms_norm_backward(&self.x_last, self.norm, &self.d_head, eps)?;
+        let mut dx =
+            fused::rms_norm_backward_add(&self.x_last, self.norm, &self.d_head, eps, None)?;
         for (i, lt) in self.layers.iter().enumerate().rev() {
             let layer = lt.layer;
             // MLP block: x_next = x_mid + down(silu(gate(hs2)) · up(hs2)).
@@ -319,9 +328,13 @@ impl LossTape<'_> {
                 .ok_or_else(|| {
                 candle_core::Error::Msg("tape: no gradient for the MLP".into())
             })?;
-            let d_mid =
-                fused::rms_norm_backward(&lt.x_mid, &layer.post_attention_layernorm, &d_hs2, eps)?;
-            let d_mid = fused::add(&dx, &d_mid)?;
+            let d_mid = fused::rms_norm_backward_add(
+                &lt.x_mid,
+                &layer.post_attention_layernorm,
+                &d_hs2,
+                eps,
+                Some(&dx),
+            )?;
             // Attention block: x_mid = x + o(attn(q(hs1), k(hs1), v(hs1))).
             let d_y = lin_backward(&lt.o, &lt.y, &d_mid, true, &mut grads)?
                 .ok_or_else(|| candle_core::Error::Msg("tape: no gradient for o".into()))?;
@@ -331,10 +344,13 @@ impl LossTape<'_> {
             let want_dx = i > 0;
             let d_hs1 = lins_backward(&lt.qkv, &lt.hs1, &[&dq, &dk, &dv], want_dx, &mut grads)?;
             dx = match d_hs1 {
-                Some(d_hs1) => {
-                    let d = fused::rms_norm_backward(&lt.x, &layer.input_layernorm, &d_hs1, eps)?;
-                    fused::add(&d_mid, &d)?
-                }
+                Some(d_hs1) => fused::rms_norm_backward_add(
+                    &lt.x,
+                    &layer.input_layernorm,
+                    &d_hs1,
+                    eps,
+                    Some(&d_mid),
+                )?,
                 None => d_mid,
             };
         }
