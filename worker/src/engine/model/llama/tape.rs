@@ -61,6 +61,8 @@ struct LayerTape<'m> {
     gate_up: [Lin<'m>; 2],
     gate: Tensor,
     up: Tensor,
+    /// `sigmoid(gate)`, kept for the SwiGLU backward.
+    sig: Tensor,
     act: Tensor,
     down: Lin<'m>,
 }
@@ -246,7 +248,7 @@ impl Llama {
             let m = &layer.mlp;
             let (x_mid, hs2) = fused::add_rms_norm(&x, &o, &layer.post_attention_layernorm, eps)?;
             let [(gate, lg), (up, lu)] = lins_forward([&m.gate_proj, &m.up_proj], &hs2)?;
-            let act = fused::silu_mul(&gate, &up)?;
+            let (act, sig) = fused::silu_mul_forward(&gate, &up)?;
             let (down, ld) = lin_forward(&m.down_proj, &act)?;
             let (x_next, hs_next) = fused::add_rms_norm(&x_mid, &down, norm_after(i + 1), eps)?;
             layers.push(LayerTape {
@@ -262,6 +264,7 @@ impl Llama {
                 gate_up: [lg, lu],
                 gate,
                 up,
+                sig,
                 act,
                 down: ld,
             });
@@ -323,7 +326,7 @@ impl LossTape<'_> {
             // MLP block: x_next = x_mid + down(silu(gate(hs2)) · up(hs2)).
             let d_act = lin_backward(&lt.down, &lt.act, &dx, true, &mut grads)?
                 .ok_or_else(|| candle_core::Error::Msg("tape: no gradient for down".into()))?;
-            let (d_gate, d_up) = fused::silu_mul_backward(&lt.gate, &lt.up, &d_act)?;
+            let (d_gate, d_up) = fused::silu_mul_backward(&lt.gate, &lt.up, &lt.sig, &d_act)?;
             let d_hs2 = lins_backward(&lt.gate_up, &lt.hs2, &[&d_gate, &d_up], true, &mut grads)?
                 .ok_or_else(|| {
                 candle_core::Error::Msg("tape: no gradient for the MLP".into())
