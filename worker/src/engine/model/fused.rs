@@ -49,35 +49,15 @@ fn exp_f32(x: f32) -> f32 {
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-impl Real for f32 {
-    fn exp_(self) -> Self {
-        exp_f32(self)
-    }
-    fn exp_in_place(xs: &mut [Self]) {
-        for x in xs {
-            *x = exp_f32(*x);
-        }
-    }
-    fn ln_(self) -> Self {
-        self.ln()
-    }
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-    fn neg_infinity() -> Self {
-        f32::NEG_INFINITY
-    }
-}
-
 macro_rules! impl_real {
-    ($($t:ident),*) => {$(
+    ($($t:ident => $exp:path),*) => {$(
         impl Real for $t {
             fn exp_(self) -> Self {
-                self.exp()
+                $exp(self)
             }
             fn exp_in_place(xs: &mut [Self]) {
                 for x in xs {
-                    *x = x.exp();
+                    *x = $exp(*x);
                 }
             }
             fn ln_(self) -> Self {
@@ -93,7 +73,7 @@ macro_rules! impl_real {
     )*};
 }
 
-impl_real!(f64);
+impl_real!(f32 => exp_f32, f64 => f64::exp);
 
 /// Sum over 8 interleaved lanes: vectorisable, and a fixed order (deterministic).
 fn lane_sum<T: Real>(xs: &[T]) -> T {
