@@ -128,46 +128,38 @@ pub fn loss_and_grads<M: CausalLm>(
     mode: &Mode,
     loss_scale: f64,
 ) -> Result<Pass, TrainError> {
-    crate::engine::pool::install(|| pass_on_this_thread(model, adapters, batch, mode, loss_scale))
-}
-
-fn pass_on_this_thread<M: CausalLm>(
-    model: &M,
-    adapters: &AdapterSet,
-    batch: &Batch,
-    mode: &Mode,
-    loss_scale: f64,
-) -> Result<Pass, TrainError> {
-    let started = Instant::now();
-    if let Some(tape) = model.loss_tape(&batch.input_ids, &batch.labels, &batch.mask, mode)? {
-        let loss = tape.nll_sum * loss_scale;
-        let forward = started.elapsed();
-        let mut all = tape.backward(loss_scale)?;
-        let mut grads = Grads::default();
-        for name in adapters.vars().keys() {
-            let g = all
-                .remove(name)
-                .ok_or_else(|| TrainError::GradientCut(name.clone()))?;
-            grads.0.insert(name.clone(), g);
+    crate::engine::pool::install(|| {
+        let started = Instant::now();
+        if let Some(tape) = model.loss_tape(&batch.input_ids, &batch.labels, &batch.mask, mode)? {
+            let loss = tape.nll_sum * loss_scale;
+            let forward = started.elapsed();
+            let mut all = tape.backward(loss_scale)?;
+            let mut grads = Grads::default();
+            for name in adapters.vars().keys() {
+                let g = all
+                    .remove(name)
+                    .ok_or_else(|| TrainError::GradientCut(name.clone()))?;
+                grads.0.insert(name.clone(), g);
+            }
+            return Ok(Pass {
+                loss,
+                grads,
+                forward,
+                backward: started.elapsed() - forward,
+            });
         }
-        return Ok(Pass {
-            loss,
+        let nll = model.masked_nll_sum_flat(&batch.input_ids, &batch.labels, &batch.mask, mode)?;
+        let loss = (nll * loss_scale)?;
+        let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let forward = started.elapsed();
+        let store = loss.backward()?;
+        let grads = Grads::collect(&store, adapters.vars()).map_err(TrainError::GradientCut)?;
+        Ok(Pass {
+            loss: value,
             grads,
             forward,
             backward: started.elapsed() - forward,
-        });
-    }
-    let nll = model.masked_nll_sum_flat(&batch.input_ids, &batch.labels, &batch.mask, mode)?;
-    let loss = (nll * loss_scale)?;
-    let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    let forward = started.elapsed();
-    let store = loss.backward()?;
-    let grads = Grads::collect(&store, adapters.vars()).map_err(TrainError::GradientCut)?;
-    Ok(Pass {
-        loss: value,
-        grads,
-        forward,
-        backward: started.elapsed() - forward,
+        })
     })
 }
 

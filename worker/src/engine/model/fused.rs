@@ -429,20 +429,14 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Err(msg("add: shapes differ"));
     }
     let (a, b) = (a.contiguous()?, b.contiguous()?);
-    dispatch_dtype!(a.dtype(), add_typed(&a, &b))
-}
-
-fn add_typed<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (av, bv) = (View::of(a)?, View::of(b)?);
-    let (xs, ys) = (av.slice::<T>()?, bv.slice::<T>()?);
-    let mut out = vec![T::zero(); xs.len()];
-    par_chunks(&mut out, 8192, xs.len(), |c, o| {
-        let lo = c * 8192;
-        for ((o, &x), &y) in o.iter_mut().zip(&xs[lo..]).zip(&ys[lo..]) {
-            *o = x + y;
-        }
-    });
-    tensor(out, a.shape())
+    // `a + 1·b` is exactly `a + b`.
+    let sum = dispatch_dtype!(a.dtype(), axpy_owned(&a, &b, 1.0))?;
+    Ok(Tensor::from_storage(
+        Storage::Cpu(sum),
+        a.shape(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1180,88 +1174,22 @@ impl candle_core::CustomOp1 for HeadCeOp {
 
 /// `silu(gate) · up` as one node (same shapes, f32/f64, CPU).
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let gate = gate.contiguous()?;
-    let up = up.contiguous()?;
-    if gate.shape() != up.shape() {
-        return Err(msg("silu_mul: shapes differ"));
-    }
-    gate.apply_op2(&up, SiluMulOp)
+    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    let (out, sig) = silu_mul_saving(&gate, &up)?;
+    gate.apply_op2(
+        &up,
+        SiluMulOp {
+            sig,
+            out: Mutex::new(Some(out)),
+        },
+    )
 }
 
-struct SiluMulOp;
-
-fn silu_mul_fwd<T: Real>(
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-) -> Result<(CpuStorage, Shape)> {
-    let g = storage_slice::<T>(s1, l1)?;
-    let u = storage_slice::<T>(s2, l2)?;
-    let mut y = vec![T::zero(); g.len()];
-    par_chunks(&mut y, 4096, g.len() * 4, |c, out| {
-        let lo = c * 4096;
-        let (gs, us) = (&g[lo..lo + out.len()], &u[lo..lo + out.len()]);
-        // e^(−g) in place first, so the exp loop vectorises.
-        for (o, &gv) in out.iter_mut().zip(gs) {
-            *o = T::zero() - gv;
-        }
-        T::exp_in_place(out);
-        for ((o, &gv), &uv) in out.iter_mut().zip(gs).zip(us) {
-            *o = gv / (T::one() + *o) * uv;
-        }
-    });
-    Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
-}
-
-fn silu_mul_bwd<T: Real>(
-    gate: &Tensor,
-    up: &Tensor,
-    grad: &Tensor,
-    want: [bool; 2],
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let (gv, uv, dv) = (View::of(gate)?, View::of(up)?, View::of(grad)?);
-    let (gs, us, ds) = (gv.slice::<T>()?, uv.slice::<T>()?, dv.slice::<T>()?);
-    let n = gs.len();
-    // `out ← e^(−x)` for this chunk's gate values (a vectorised pass before the formula).
-    let neg_exp = |lo: usize, out: &mut [T]| {
-        let len = out.len();
-        for (o, &x) in out.iter_mut().zip(&gs[lo..lo + len]) {
-            *o = T::zero() - x;
-        }
-        T::exp_in_place(out);
-    };
-    let dg = if want[0] {
-        let mut dg = vec![T::zero(); n];
-        par_chunks(&mut dg, 4096, n * 6, |c, out| {
-            let lo = c * 4096;
-            neg_exp(lo, out);
-            for (i, o) in out.iter_mut().enumerate() {
-                let (x, u, dy) = (gs[lo + i], us[lo + i], ds[lo + i]);
-                let s = T::one() / (T::one() + *o);
-                // d silu/dx = sig · (1 + x · (1 − sig))
-                *o = dy * u * (s * (T::one() + x * (T::one() - s)));
-            }
-        });
-        Some(tensor(dg, gate.shape())?)
-    } else {
-        None
-    };
-    let du = if want[1] {
-        let mut du = vec![T::zero(); n];
-        par_chunks(&mut du, 4096, n * 4, |c, out| {
-            let lo = c * 4096;
-            neg_exp(lo, out);
-            for (i, o) in out.iter_mut().enumerate() {
-                let x = gs[lo + i];
-                *o = ds[lo + i] * (x / (T::one() + *o));
-            }
-        });
-        Some(tensor(du, up.shape())?)
-    } else {
-        None
-    };
-    Ok((dg, du))
+/// The SwiGLU graph node: the forward computed by [`silu_mul_forward`] before entering the
+/// graph, with `sigmoid(gate)` kept for the backward.
+struct SiluMulOp {
+    sig: Tensor,
+    out: Mutex<Option<CpuStorage>>,
 }
 
 impl candle_core::CustomOp2 for SiluMulOp {
@@ -1271,12 +1199,12 @@ impl candle_core::CustomOp2 for SiluMulOp {
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        _: &CpuStorage,
         l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(s1, silu_mul_fwd(s1, l1, s2, l2))
+        Ok((take_output(&self.out, "silu_mul")?, l1.shape().clone()))
     }
 
     fn bwd(
@@ -1286,9 +1214,8 @@ impl candle_core::CustomOp2 for SiluMulOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let want = [gate.track_op(), up.track_op()];
-        dispatch_dtype!(gate.dtype(), silu_mul_bwd(gate, up, &g, want))
+        let (dg, du) = silu_mul_backward(gate, up, &self.sig, g)?;
+        Ok((gate.track_op().then_some(dg), up.track_op().then_some(du)))
     }
 }
 
@@ -1296,15 +1223,27 @@ impl candle_core::CustomOp2 for SiluMulOp {
 /// [`silu_mul_backward`] (keeping it spares the backward two passes of `exp`).
 pub(crate) fn silu_mul_forward(gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
     let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    let (out, sig) = silu_mul_saving(&gate, &up)?;
+    let y = Tensor::from_storage(
+        Storage::Cpu(out),
+        gate.shape(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    Ok((y, sig))
+}
+
+/// `silu(gate) · up` as a storage, and `sigmoid(gate)` (contiguous inputs).
+fn silu_mul_saving(gate: &Tensor, up: &Tensor) -> Result<(CpuStorage, Tensor)> {
     if gate.shape() != up.shape() {
         return Err(msg("silu_mul: shapes differ"));
     }
-    dispatch_dtype!(gate.dtype(), silu_mul_fwd_saving(&gate, &up))
+    dispatch_dtype!(gate.dtype(), silu_mul_fwd_saving(gate, up))
 }
 
 const SILU_CHUNK: usize = 4096;
 
-fn silu_mul_fwd_saving<T: Real>(gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
+fn silu_mul_fwd_saving<T: Real>(gate: &Tensor, up: &Tensor) -> Result<(CpuStorage, Tensor)> {
     use rayon::prelude::*;
     let (gv, uv) = (View::of(gate)?, View::of(up)?);
     let (gs, us) = (gv.slice::<T>()?, uv.slice::<T>()?);
@@ -1325,7 +1264,7 @@ fn silu_mul_fwd_saving<T: Real>(gate: &Tensor, up: &Tensor) -> Result<(Tensor, T
                 *o = x * *s * uv;
             }
         });
-    Ok((tensor(y, gate.shape())?, tensor(sig, gate.shape())?))
+    Ok((T::to_cpu_storage_owned(y), tensor(sig, gate.shape())?))
 }
 
 /// `(dL/dgate, dL/dup)` of [`silu_mul`] for the output gradient `g`, given the
