@@ -2,14 +2,16 @@
 //! caller needs (streamed uploads with digests, reconnecting job watches).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tuna::ClientError> {
-//! let client = tuna::Client::connect("http://127.0.0.1:50051", None).await?;
+//! # async fn demo() -> Result<(), tuna_client::ClientError> {
+//! let client = tuna_client::Client::connect("http://127.0.0.1:50051", None).await?;
 //! let job = client.get_job("job_0123456789abcdef0123456789abcdef").await?;
 //! println!("{:?}", job.state());
 //! # Ok(()) }
 //! ```
 
+pub mod pack;
 pub mod spec_file;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,7 +29,7 @@ use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::job_service_client::JobServiceClient;
 use tuna_proto::v1::model_service_client::ModelServiceClient;
 use tuna_proto::v1::sweep_service_client::SweepServiceClient;
-use tuna_worker::agent::transfer::{TransferError, save_verified};
+use crate::transfer::{TransferError, save_verified};
 
 /// Errors of the SDK.
 #[derive(Debug, thiserror::Error)]
@@ -342,7 +344,7 @@ impl Client {
         save_verified(&mut stream, chunk, &tar, &artifact.sha256)
             .await
             .map_err(|e| transfer_error(e, &artifact.id))?;
-        let unpacked = tuna_worker::agent::pack::unpack(&tar, dir);
+        let unpacked = crate::pack::unpack(&tar, dir);
         let _ = tokio::fs::remove_file(&tar).await;
         unpacked.map_err(io)
     }

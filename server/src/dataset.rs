@@ -1,4 +1,4 @@
-//! Streaming validation of JSONL datasets (formats of DESIGN.md §4), line by line as chunks
+//! Streaming validation of JSONL datasets (formats of docs/design.md §4.1), line by line as chunks
 //! arrive, so a bad line fails the upload with its line number before anything is committed.
 
 use serde_json::Value;
@@ -123,17 +123,15 @@ impl JsonlValidator {
     }
 }
 
+/// The shared rule ([`tuna_spec::dataset::detect`]) in the store's terms.
 fn detect(obj: &serde_json::Map<String, Value>) -> Option<DatasetFormat> {
-    if obj.contains_key("messages") {
-        Some(DatasetFormat::Chat)
-    } else if obj.contains_key("prompt") || obj.contains_key("completion") {
-        Some(DatasetFormat::PromptCompletion)
-    } else if obj.contains_key("label") {
-        Some(DatasetFormat::Classification)
-    } else if obj.contains_key("text") {
-        Some(DatasetFormat::Text)
-    } else {
-        None
+    use tuna_proto::v1::DatasetFormat as Wire;
+    match tuna_spec::dataset::detect(obj)? {
+        Wire::Text => Some(DatasetFormat::Text),
+        Wire::PromptCompletion => Some(DatasetFormat::PromptCompletion),
+        Wire::Chat => Some(DatasetFormat::Chat),
+        Wire::Classification => Some(DatasetFormat::Classification),
+        Wire::Unspecified => None,
     }
 }
 

@@ -11,21 +11,7 @@ use crate::blobs::BlobError;
 use crate::dataset::DatasetError;
 use crate::store::StoreError;
 
-/// One invalid request field (`google.rpc.BadRequest.FieldViolation`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: String,
-    pub description: String,
-}
-
-impl FieldViolation {
-    pub fn new(field: &str, description: impl Into<String>) -> Self {
-        Self {
-            field: field.to_string(),
-            description: description.into(),
-        }
-    }
-}
+pub use crate::domain::spec::FieldViolation;
 
 /// Stable `ErrorInfo.reason` for a fenced write from a worker that lost its lease.
 pub const REASON_LEASE_LOST: &str = "LEASE_LOST";

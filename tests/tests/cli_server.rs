@@ -226,7 +226,7 @@ async fn watch_exits_nonzero_when_the_job_fails_and_unknown_models_fail_fast() {
     .unwrap();
     std::fs::write(adapter.join("adapter_model.safetensors"), vec![1u8; 4096]).unwrap();
     let tar = dir.path().join("adapter.tar");
-    tuna_worker::agent::pack::pack_dir(&adapter, &tar).unwrap();
+    tuna_client::pack::pack_dir(&adapter, &tar).unwrap();
     let bytes = std::fs::read(&tar).unwrap();
     use sha2::Digest;
     let header = pb::UploadArtifactRequest {

@@ -2,6 +2,5 @@
 //! (`agent`) and trains them (the engine).
 
 pub mod agent;
-mod classify_runner;
 pub mod engine;
 pub mod runner;

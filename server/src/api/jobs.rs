@@ -89,9 +89,15 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::Job>, Status> {
         let req = request.into_inner();
         let spec = JobSpec::from_proto(req.spec.as_ref()).map_err(ApiError::from)?;
-        require_dataset(&self.ctx, "spec.training_file", &spec.training_file).await?;
+        require_dataset(
+            &self.ctx,
+            "spec.training_file",
+            &spec.training_file,
+            spec.task,
+        )
+        .await?;
         if let Some(v) = &spec.validation_file {
-            require_dataset(&self.ctx, "spec.validation_file", v).await?;
+            require_dataset(&self.ctx, "spec.validation_file", v, spec.task).await?;
         }
         if req.request_id.len() > 128 {
             return Err(ApiError::field("request_id", "must be at most 128 characters").into());

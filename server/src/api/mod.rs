@@ -68,12 +68,25 @@ pub fn require_id(field: &str, prefix: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A job may only name dataset files that exist, so a typo fails at submission rather than
-/// minutes later on a worker.
-pub async fn require_dataset(ctx: &ApiContext, field: &str, id: &str) -> Result<(), ApiError> {
+/// A job may only name dataset files that exist and whose validated format its task can
+/// train, so a typo or a mismatch fails at submission rather than minutes later on a worker.
+pub async fn require_dataset(
+    ctx: &ApiContext,
+    field: &str,
+    id: &str,
+    task: crate::domain::spec::Task,
+) -> Result<(), ApiError> {
     require_id(field, ids::FILE, id)?;
     match ctx.store.get_file(id).await {
-        Ok(f) if f.purpose == crate::domain::FilePurpose::Dataset => Ok(()),
+        Ok(f) if f.purpose == crate::domain::FilePurpose::Dataset => {
+            let format = f
+                .format
+                .map(convert::dataset_format)
+                .unwrap_or(tuna_proto::v1::DatasetFormat::Unspecified);
+            task.accepts(format).map_err(|reason| {
+                ApiError::field(field, format!("file {id} {reason} (task {task})"))
+            })
+        }
         Ok(f) => Err(ApiError::field(
             field,
             format!("file {id} is a {} file, not a dataset", f.purpose),

@@ -184,12 +184,22 @@ impl SweepService for Sweeps {
             return Err(ApiError::field("request_id", "must be at most 128 characters").into());
         }
         let t = &plan.template;
-        require_dataset(&self.ctx, "spec.template.training_file", &t.training_file).await?;
+        // The template passed JobSpec validation, so its task is empty (the default) or known.
+        let task = crate::domain::spec::Task::parse(&t.task)
+            .unwrap_or(crate::domain::spec::Task::CausalLm);
+        require_dataset(
+            &self.ctx,
+            "spec.template.training_file",
+            &t.training_file,
+            task,
+        )
+        .await?;
         if !t.validation_file.is_empty() {
             require_dataset(
                 &self.ctx,
                 "spec.template.validation_file",
                 &t.validation_file,
+                task,
             )
             .await?;
         }

@@ -284,7 +284,7 @@ impl WorkerService for Workers {
         let f = fence(&req.job_id, &req.lease_token)?;
         let points = metric_inputs(req.points)?;
         for p in &points {
-            if let Some(v) = p.values.get("tokens_per_s") {
+            if let Some(v) = p.values.get(tuna_spec::metrics::TOKENS_PER_S) {
                 self.ctx.metrics.tokens_per_s(*v);
             }
         }

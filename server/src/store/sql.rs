@@ -397,7 +397,7 @@ macro_rules! impl_store {
             .bind(&spec.training_file)
             .bind(&spec.validation_file)
             .bind(spec.priority)
-            .bind(&spec.device)
+            .bind(spec.device.as_str())
             .bind(spec.min_memory_bytes)
             .bind(spec.max_attempts)
             .bind(now)

@@ -3,6 +3,7 @@
 
 use tuna_proto::v1 as pb;
 
+use crate::domain::spec::{LoraInit, MethodKind, Schedule};
 use crate::search::Value;
 
 /// The kind of value a searchable JobSpec field takes.
@@ -24,29 +25,13 @@ pub const SEARCHABLE: &[(&str, Kind)] = &[
     ("hyperparameters.grad_accumulation", Kind::Integer),
     ("hyperparameters.epochs", Kind::Integer),
     ("hyperparameters.max_seq_len", Kind::Integer),
-    (
-        "hyperparameters.schedule",
-        Kind::Choice(Some(&["cosine", "linear", "constant"])),
-    ),
-    (
-        "method.type",
-        Kind::Choice(Some(&[
-            "lora",
-            "dora",
-            "ia3",
-            "prompt_tuning",
-            "bitfit",
-            "full",
-        ])),
-    ),
+    ("hyperparameters.schedule", Kind::Choice(Some(Schedule::NAMES))),
+    ("method.type", Kind::Choice(Some(MethodKind::NAMES))),
     ("method.lora.r", Kind::Integer),
     ("method.lora.alpha", Kind::Real),
     ("method.lora.dropout", Kind::Real),
     ("method.lora.lr_ratio_b", Kind::Real),
-    (
-        "method.lora.init",
-        Kind::Choice(Some(&["gaussian", "pissa", "lora_ga"])),
-    ),
+    ("method.lora.init", Kind::Choice(Some(LoraInit::NAMES))),
     (
         "method.lora.use_rslora",
         Kind::Choice(Some(&["true", "false"])),

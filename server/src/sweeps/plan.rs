@@ -23,12 +23,7 @@ use crate::search::{
 };
 
 /// Metrics a trial reports that can be optimized, with their natural direction.
-pub const OBJECTIVE_METRICS: &[(&str, bool)] = &[
-    ("loss", false),
-    ("eval_loss", false),
-    ("eval_perplexity", false),
-    ("eval_accuracy", true),
-];
+pub const OBJECTIVE_METRICS: &[(&str, bool)] = tuna_spec::metrics::OBJECTIVES;
 const COST_METRICS: &[&str] = &["train_seconds", "steps"];
 const ALGORITHMS: &[&str] = &["carbs", "random", "grid", "asha", "hyperband", "bandit"];
 const SCALES: &[&str] = &["linear", "log", "logit", "categorical"];
@@ -96,7 +91,7 @@ impl SweepPlan {
         // Objective.
         let objective = spec.objective.clone().unwrap_or_default();
         let metric = if objective.metric.is_empty() {
-            "eval_loss".to_string()
+            tuna_spec::metrics::EVAL_LOSS.to_string()
         } else {
             objective.metric.clone()
         };

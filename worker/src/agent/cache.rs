@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use tuna_proto::v1 as pb;
 
 use super::conn::Conn;
-use super::transfer::{TransferError, save_verified};
+use tuna_client::transfer::{TransferError, save_verified};
 
 /// Cache failures, split by whose fault they are.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,9 @@ pub mod cache;
 pub mod conn;
 mod heartbeat;
 mod metrics;
-pub mod pack;
+
 pub mod runner;
-pub mod transfer;
+
 pub mod upload;
 
 use std::path::PathBuf;
@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tuna_client::pack;
 use tuna_proto::v1 as pb;
+use tuna_spec::JobSpec;
 
 use cache::{Cache, CacheError};
 use conn::Conn;
@@ -253,6 +255,18 @@ impl Agent {
             CacheError::Missing(_) => RunError::User(e.to_string()),
             other => RunError::System(other.to_string()),
         };
+        // The same decoding the server did at CreateJob; only a server of another version
+        // could lease a spec this worker refuses, and then before anything is downloaded.
+        let spec = JobSpec::from_proto(lease.spec.as_ref()).map_err(|violations| {
+            let described: Vec<String> = violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect();
+            RunError::User(format!(
+                "this worker cannot run the leased spec: {}",
+                described.join("; ")
+            ))
+        })?;
         let model = lease
             .model
             .as_ref()
@@ -297,11 +311,16 @@ impl Agent {
         Ok(JobInputs {
             job_id: lease.job_id.clone(),
             attempt: lease.attempt,
-            spec: lease.spec.clone().unwrap_or_default(),
+            spec,
             model_dir,
             model_format: model.format(),
             training_file,
+            training_format: training.format(),
             validation_file,
+            validation_format: lease
+                .validation_file
+                .as_ref()
+                .map_or(pb::DatasetFormat::Unspecified, |v| v.format()),
             resume_from,
             work_dir: work_dir.to_path_buf(),
         })

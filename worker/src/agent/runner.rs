@@ -15,13 +15,16 @@ use tuna_proto::v1 as pb;
 pub struct JobInputs {
     pub job_id: String,
     pub attempt: i32,
-    /// The spec with every default filled in by the server.
-    pub spec: pb::JobSpec,
+    /// The spec, decoded and validated by `tuna-spec` exactly as the server did.
+    pub spec: tuna_spec::JobSpec,
     /// The model folder (HF layout) or the folder holding the single GGUF file.
     pub model_dir: PathBuf,
     pub model_format: pb::ModelFormat,
     pub training_file: PathBuf,
+    /// The line format the server validated at upload (the worker never re-detects it).
+    pub training_format: pb::DatasetFormat,
     pub validation_file: Option<PathBuf>,
+    pub validation_format: pb::DatasetFormat,
     /// An extracted checkpoint to resume from (exact resume: adapter, optimizer, step, cursor,
     /// RNG).
     pub resume_from: Option<PathBuf>,

@@ -7,8 +7,8 @@ use tuna_proto::v1 as pb;
 
 use super::cache::Cache;
 use super::conn::Conn;
-use super::pack;
-use super::transfer::{TransferError, save_verified};
+use tuna_client::pack;
+use tuna_client::transfer::{TransferError, save_verified};
 
 /// Upload failures.
 #[derive(Debug, thiserror::Error)]

@@ -106,6 +106,10 @@ pub struct ClassBatch {
     pub attention_mask: Tensor,
     /// `[batch]` u32 class ids.
     pub labels: Tensor,
+    /// Examples in the batch (each one target of the loss).
+    pub len: usize,
+    /// Real (unpadded) tokens in the batch.
+    pub num_tokens: usize,
 }
 
 impl ClassBatch {
@@ -134,7 +138,17 @@ impl ClassBatch {
             input_ids: Tensor::from_vec(ids, (b, seq), device)?,
             attention_mask: Tensor::from_vec(mask, (b, seq), device)?,
             labels: Tensor::from_vec(labels, b, device)?,
+            len: b,
+            num_tokens: examples.iter().map(|e| e.ids.len()).sum(),
         })
+    }
+}
+
+impl super::Batchable for ClassExample {
+    type Batch = ClassBatch;
+
+    fn collate(examples: &[&Self], pad_id: u32, device: &Device) -> Result<ClassBatch, DataError> {
+        ClassBatch::new(examples, pad_id, device)
     }
 }
 

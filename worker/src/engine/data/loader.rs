@@ -4,7 +4,7 @@ use candle_core::Device;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Batch, DataError, Example};
+use super::{Batchable, DataError, Example};
 use crate::engine::rng;
 
 /// Where the loader is: the epoch and the position inside that epoch's permutation. The
@@ -15,10 +15,12 @@ pub struct Cursor {
     pub index: usize,
 }
 
-/// Serves micro-batches of `batch_size` examples, reshuffling each epoch from the seed.
+/// Serves micro-batches of `batch_size` examples, reshuffling each epoch from the seed. The
+/// same loader serves both objectives: token sequences (causal LM) and labelled sequences
+/// (classification), so both resume exactly from a [`Cursor`].
 #[derive(Debug, Clone)]
-pub struct Loader {
-    examples: Vec<Example>,
+pub struct Loader<E = Example> {
+    examples: Vec<E>,
     batch_size: usize,
     seed: u64,
     order: Vec<usize>,
@@ -37,9 +39,9 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-impl Loader {
+impl<E: Batchable> Loader<E> {
     pub fn new(
-        examples: Vec<Example>,
+        examples: Vec<E>,
         batch_size: usize,
         seed: u64,
         pad_id: u32,
@@ -79,7 +81,7 @@ impl Loader {
     }
 
     /// The next micro-batch; an epoch's last batch may be short, then the next epoch starts.
-    pub fn next_batch(&mut self, device: &Device) -> Result<Batch, DataError> {
+    pub fn next_batch(&mut self, device: &Device) -> Result<E::Batch, DataError> {
         if self.cursor.index >= self.order.len() {
             self.seek(Cursor {
                 epoch: self.cursor.epoch + 1,
@@ -87,21 +89,26 @@ impl Loader {
             });
         }
         let end = (self.cursor.index + self.batch_size).min(self.order.len());
-        let picked: Vec<&Example> = self.order[self.cursor.index..end]
+        let picked: Vec<&E> = self.order[self.cursor.index..end]
             .iter()
             .map(|&i| &self.examples[i])
             .collect();
-        let batch = Batch::new(&picked, self.pad_id, device)?;
+        let batch = E::collate(&picked, self.pad_id, device)?;
         self.cursor.index = end;
         Ok(batch)
     }
 
     /// All examples in file order, in batches (for evaluation).
-    pub fn sequential_batches(&self, device: &Device) -> Result<Vec<Batch>, DataError> {
+    pub fn sequential_batches(&self, device: &Device) -> Result<Vec<E::Batch>, DataError> {
         self.examples
             .chunks(self.batch_size)
-            .map(|c| Batch::new(&c.iter().collect::<Vec<_>>(), self.pad_id, device))
+            .map(|c| E::collate(&c.iter().collect::<Vec<_>>(), self.pad_id, device))
             .collect()
+    }
+
+    /// The examples, in file order.
+    pub fn examples(&self) -> &[E] {
+        &self.examples
     }
 }
 

@@ -15,6 +15,25 @@ pub use jsonl::{Format, Record};
 pub use loader::{Cursor, Loader};
 pub use tokenizer::{ByteTokenizer, HfTokenizer, Tokenizer, TokenizerError, load_for_model};
 
+/// Examples that a [`Loader`] can collate into a padded batch.
+pub trait Batchable: Sized {
+    type Batch;
+    fn collate(examples: &[&Self], pad_id: u32, device: &candle_core::Device)
+    -> Result<Self::Batch, DataError>;
+}
+
+impl Batchable for Example {
+    type Batch = Batch;
+
+    fn collate(
+        examples: &[&Self],
+        pad_id: u32,
+        device: &candle_core::Device,
+    ) -> Result<Batch, DataError> {
+        Batch::new(examples, pad_id, device)
+    }
+}
+
 /// A tokenized training example. `targets[i]` says whether token `i` is predicted (counts
 /// in the loss); the first token is never a target since nothing precedes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

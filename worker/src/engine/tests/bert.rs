@@ -6,7 +6,8 @@ use candle_transformers::models::bert as ct;
 
 use super::util::{max_abs_diff, perturb_b, random_ids};
 use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules};
-use crate::engine::classifier::ClassifierTrainer;
+use crate::engine::data::Loader;
+use crate::engine::trainer::{Trainer, TrainConfig};
 use crate::engine::data::classify::class_examples;
 use crate::engine::data::{ByteTokenizer, Format, Labels, jsonl};
 use crate::engine::model::bert::{Bert, BertConfig, ClassifierHead, TinyBertSpec};
@@ -130,26 +131,22 @@ fn lora_bert_classifier_learns_a_tiny_set() {
         total_steps: steps,
         kind: ScheduleKind::Cosine { min_lr_ratio: 0.1 },
     };
-    let mut trainer = ClassifierTrainer::new(
+    let mut trainer = Trainer::classifier(
         &model,
         &set,
         &head,
-        examples.clone(),
-        4,
-        0,
-        5,
-        schedule,
-        AdamWConfig::default(),
-        Some(1.0),
+        Loader::new(examples.clone(), 4, 5, 0).unwrap(),
+        Some(Loader::new(examples, 4, 5, 0).unwrap()),
+        class_config(schedule, AdamWConfig::default(), Some(1.0)),
     )
     .unwrap();
-    let before = trainer.evaluate(&examples).unwrap();
+    let before = trainer.evaluate().unwrap();
     for _ in 0..steps {
         trainer.train_step().unwrap();
     }
-    let after = trainer.evaluate(&examples).unwrap();
+    let after = trainer.evaluate().unwrap();
     assert!(after.loss < 0.5 * before.loss, "{before:?} -> {after:?}");
-    assert_eq!(after.accuracy, 1.0, "{after:?}");
+    assert_eq!(after.accuracy, Some(1.0), "{after:?}");
 }
 
 #[test]
@@ -228,4 +225,24 @@ fn classifier_adapter_exports_head_and_reloads_to_the_same_logits() {
     set2.load_tensors(&lora_only).unwrap();
     let after = fresh.classify(&ids, &m, &head2, &Mode::Eval).unwrap();
     assert!(max_abs_diff(&before, &after) < 1e-6);
+}
+
+/// The loop's settings for the classifier tests: one example batch per step, no eval or
+/// checkpoints on their own.
+pub(super) fn class_config(
+    schedule: Schedule,
+    adamw: AdamWConfig,
+    max_grad_norm: Option<f64>,
+) -> TrainConfig {
+    TrainConfig {
+        max_steps: schedule.total_steps,
+        grad_accum: 1,
+        schedule,
+        adamw,
+        max_grad_norm,
+        loraplus_ratio: None,
+        eval_every: None,
+        checkpoint_every: None,
+        seed: 5,
+    }
 }

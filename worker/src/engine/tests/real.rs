@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules};
-use crate::engine::classifier::ClassifierTrainer;
 use crate::engine::data::classify::class_examples;
 use crate::engine::data::{
     Format, HfTokenizer, Labels, Loader, Tokenizer, examples_from_records, jsonl,
@@ -97,20 +96,18 @@ fn minilm_matches_candle_and_trains_lora_classifier() {
     };
     let set = AdapterSet::attach(&mut model, &cfg).unwrap();
     let head = ClassifierHead::new(384, labels.len(), 2, &dev).unwrap();
-    let mut trainer = ClassifierTrainer::new(
+    let mut trainer = Trainer::classifier(
         &model,
         &set,
         &head,
-        examples.clone(),
-        4,
-        tok.pad_id(),
-        3,
-        schedule(4, 1e-2),
-        AdamWConfig::default(),
-        Some(1.0),
+        Loader::new(examples.clone(), 4, 3, tok.pad_id()).unwrap(),
+        None,
+        super::bert::class_config(schedule(4, 1e-2), AdamWConfig::default(), Some(1.0)),
     )
     .unwrap();
-    let losses: Vec<f64> = (0..4).map(|_| trainer.train_step().unwrap()).collect();
+    let losses: Vec<f64> = (0..4)
+        .map(|_| trainer.train_step().unwrap().loss)
+        .collect();
     eprintln!("MiniLM LoRA losses: {losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(losses[3] < losses[0], "{losses:?}");

@@ -1,7 +1,7 @@
 //! Text and JSON renderings of API messages.
 
 use serde_json::{Value, json};
-use tuna::pb;
+use tuna_client::pb;
 
 use super::Output;
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use tuna::pb;
+use tuna_client::pb;
 
 use super::{Cli, CliError, Output, connect, output};
 
@@ -80,7 +80,7 @@ pub async fn run(cli: &Cli, cmd: &FilesCommand) -> Result<ExitCode, CliError> {
                 .files()
                 .get_file(pb::GetFileRequest { id: id.clone() })
                 .await
-                .map_err(tuna::ClientError::from)?
+                .map_err(tuna_client::ClientError::from)?
                 .into_inner();
             output::file(cli.output, &file);
         }
@@ -96,7 +96,7 @@ pub async fn run(cli: &Cli, cmd: &FilesCommand) -> Result<ExitCode, CliError> {
                     purpose: 0,
                 })
                 .await
-                .map_err(tuna::ClientError::from)?
+                .map_err(tuna_client::ClientError::from)?
                 .into_inner();
             match cli.output {
                 Output::Json => output::print_json(&serde_json::json!({
@@ -134,7 +134,7 @@ pub async fn run(cli: &Cli, cmd: &FilesCommand) -> Result<ExitCode, CliError> {
                 .files()
                 .delete_file(pb::DeleteFileRequest { id: id.clone() })
                 .await
-                .map_err(tuna::ClientError::from)?;
+                .map_err(tuna_client::ClientError::from)?;
             match cli.output {
                 Output::Json => output::print_json(&serde_json::json!({ "deleted": id })),
                 Output::Text => println!("deleted {id}"),

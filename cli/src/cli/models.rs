@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use serde_json::json;
-use tuna::{ClientError, pb};
+use tuna_client::{ClientError, pb};
 
 use super::{Cli, CliError, Output, connect, output};
 

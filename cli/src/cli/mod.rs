@@ -15,7 +15,7 @@ mod worker;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tuna::{Client, ClientError};
+use tuna_client::{Client, ClientError};
 
 /// Exit code of `jobs watch` / `jobs create --wait` when the job FAILED.
 pub const EXIT_JOB_FAILED: u8 = 3;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tuna::{ClientError, pb, spec_file};
+use tuna_client::{ClientError, pb, spec_file};
 
 use super::{Cli, CliError, EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, Output, connect, output};
 
@@ -218,7 +218,7 @@ fn exit_for(s: &pb::Sweep) -> ExitCode {
     }
 }
 
-async fn watch(cli: &Cli, client: &tuna::Client, id: &str) -> Result<ExitCode, CliError> {
+async fn watch(cli: &Cli, client: &tuna_client::Client, id: &str) -> Result<ExitCode, CliError> {
     let redraw = cli.output == Output::Text && std::io::stdout().is_terminal();
     let final_sweep = client
         .watch_sweep(id, |snap| {

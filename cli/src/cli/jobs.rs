@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use tuna::{ClientError, pb};
+use tuna_client::{ClientError, pb};
 
 use super::{
     Cli, CliError, EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, Output, connect, output, progress,
@@ -176,7 +176,7 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
 
 async fn watch(
     cli: &Cli,
-    client: &tuna::Client,
+    client: &tuna_client::Client,
     id: &str,
     after_seq: i64,
 ) -> Result<ExitCode, CliError> {
@@ -327,5 +327,5 @@ pub async fn run(cli: &Cli, cmd: &JobsCommand) -> Result<ExitCode, CliError> {
 /// Reads a JobSpec from JSON: the same field names as the proto (snake_case).
 /// The whole JobSpec from a JSON or TOML file (protobuf JSON mapping, unknown fields refused).
 fn read_spec(path: &std::path::Path) -> Result<pb::JobSpec, CliError> {
-    Ok(tuna::spec_file::read(path, "tuna.v1.JobSpec")?)
+    Ok(tuna_client::spec_file::read(path, "tuna.v1.JobSpec")?)
 }

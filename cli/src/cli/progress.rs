@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tuna::pb;
+use tuna_client::pb;
 
 use super::{Output, output};
 

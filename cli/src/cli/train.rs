@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tuna::pb;
+use tuna_client::pb;
+use tuna_spec::JobSpec;
 use tuna_worker::agent::{Control, JobInputs, JobRunner, Progress, Reporter, RunOutcome};
 use tuna_worker::runner::EngineRunner;
 
@@ -139,6 +140,18 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
         }),
         ..Default::default()
     };
+    let spec = JobSpec::from_proto(Some(&spec)).map_err(|v| {
+        let described: Vec<String> = v
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect();
+        CliError::Usage(described.join("; "))
+    })?;
+    let training_format = dataset_format(&a.data)?;
+    let validation_format = match &a.validation {
+        Some(v) => dataset_format(v)?,
+        None => pb::DatasetFormat::Unspecified,
+    };
     let inputs = JobInputs {
         job_id: "local".into(),
         attempt: 1,
@@ -146,7 +159,9 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
         model_dir,
         model_format: format,
         training_file: a.data.clone(),
+        training_format,
         validation_file: a.validation.clone(),
+        validation_format,
         resume_from: None,
         work_dir: work.clone(),
     };
@@ -178,6 +193,32 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
     };
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// The format of a local dataset, by the same rule the server applies to its first line (the
+/// engine then checks every line against it, naming a bad one).
+fn dataset_format(path: &Path) -> Result<pb::DatasetFormat, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let (n, first) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| !l.trim().is_empty())
+        .ok_or_else(|| CliError::Usage(format!("{}: the dataset is empty", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(first).map_err(|e| {
+        CliError::Usage(format!("{}: line {}: invalid JSON: {e}", path.display(), n + 1))
+    })?;
+    value
+        .as_object()
+        .and_then(tuna_spec::dataset::detect)
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{}: line {}: no known format (\"text\", \"prompt\"+\"completion\", \"messages\" \
+                 or \"text\"+\"label\")",
+                path.display(),
+                n + 1
+            ))
+        })
 }
 
 fn tempfile_dir() -> Result<PathBuf, CliError> {

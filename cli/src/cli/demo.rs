@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tuna::{Client, ClientError, pb};
+use tuna_client::{Client, ClientError, pb};
 use tuna_server::config::ServerConfig;
 use tuna_server::serve::ControlPlane;
 

@@ -1,0 +1,464 @@
+//! The validated job spec and its conversion from and to the wire message.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tuna_proto::v1 as pb;
+
+use crate::check::{Check, FieldViolation};
+use crate::names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
+use crate::stored::SPEC_VERSION;
+
+/// LoRA / DoRA parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraParams {
+    pub r: i32,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// `None`: the architecture's default (q/v projections), resolved by the worker from the
+    /// model, so a default is never mistaken for a choice.
+    #[serde(default)]
+    pub target_modules: Option<Vec<String>>,
+    pub use_rslora: bool,
+    pub init: LoraInit,
+    pub lr_ratio_b: f64,
+}
+
+/// The method and its parameters; each variant carries exactly what it needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Method {
+    Lora {
+        lora: LoraParams,
+    },
+    Dora {
+        lora: LoraParams,
+    },
+    Ia3 {
+        /// `None`: the architecture's default (PEFT's IA3 mapping).
+        #[serde(default, rename = "ia3_target_modules")]
+        target_modules: Option<Vec<String>>,
+    },
+    PromptTuning {
+        num_virtual_tokens: i32,
+    },
+    Bitfit,
+    Full,
+}
+
+impl Method {
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            Method::Lora { .. } => MethodKind::Lora,
+            Method::Dora { .. } => MethodKind::Dora,
+            Method::Ia3 { .. } => MethodKind::Ia3,
+            Method::PromptTuning { .. } => MethodKind::PromptTuning,
+            Method::Bitfit => MethodKind::Bitfit,
+            Method::Full => MethodKind::Full,
+        }
+    }
+
+    /// The LoRA parameters of a LoRA-family method.
+    pub fn lora(&self) -> Option<&LoraParams> {
+        match self {
+            Method::Lora { lora } | Method::Dora { lora } => Some(lora),
+            Method::Ia3 { .. } | Method::PromptTuning { .. } | Method::Bitfit | Method::Full => {
+                None
+            }
+        }
+    }
+}
+
+/// Training hyperparameters with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hyperparameters {
+    pub learning_rate: f64,
+    pub epochs: i32,
+    pub max_steps: Option<i64>,
+    pub batch_size: i32,
+    pub grad_accumulation: i32,
+    pub warmup_steps: i64,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub max_seq_len: i32,
+    pub seed: i64,
+    pub eval_every: i64,
+    pub checkpoint_every: i64,
+    pub max_grad_norm: f64,
+    #[serde(default = "default_optimizer")]
+    pub optimizer: Optimizer,
+}
+
+fn default_optimizer() -> Optimizer {
+    Optimizer::AdamW
+}
+
+/// The validated spec of a job: what the store keeps (as versioned JSON) and what both the
+/// server and the worker reason about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "crate::stored::Stored")]
+pub struct JobSpec {
+    /// Version of the stored layout ([`SPEC_VERSION`] for specs written by this code).
+    pub version: u32,
+    pub base_model: String,
+    pub training_file: String,
+    pub validation_file: Option<String>,
+    pub task: Task,
+    pub method: Method,
+    pub hyperparameters: Hyperparameters,
+    pub device: Device,
+    pub min_memory_bytes: i64,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Default number of attempts before a job fails for good.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+const DEFAULT_NUM_VIRTUAL_TOKENS: i32 = 20;
+
+/// LoRA's default alpha for rank `r` (PEFT examples' `2r`).
+pub fn default_alpha(r: i32) -> f64 {
+    2.0 * f64::from(r.max(1))
+}
+
+impl JobSpec {
+    /// Validates a wire spec and fills in defaults; every violation is reported at once, and
+    /// a combination no worker can train is refused here, naming the field.
+    pub fn from_proto(spec: Option<&pb::JobSpec>) -> Result<Self, Vec<FieldViolation>> {
+        let mut c = Check::default();
+        let Some(spec) = spec else {
+            c.fail("spec", "is required");
+            return Err(c.0);
+        };
+        c.id("spec.base_model", spec.base_model.trim(), true);
+        c.id("spec.training_file", &spec.training_file, true);
+        c.id("spec.validation_file", &spec.validation_file, false);
+        c.labels(&spec.labels);
+        let task = c.named(
+            "spec.task",
+            &spec.task,
+            Task::parse,
+            Task::NAMES,
+            Task::CausalLm,
+        );
+        let method = method_from_proto(&mut c, spec.method.as_ref());
+        let hyperparameters = hyper_from_proto(&mut c, spec.hyperparameters.as_ref());
+        let res = spec.resources.clone().unwrap_or_default();
+        let device = c.named(
+            "spec.resources.device",
+            &res.device,
+            Device::parse,
+            Device::NAMES,
+            Device::Any,
+        );
+        let min_memory_bytes = c.range_i64(
+            "spec.resources.min_memory_bytes",
+            res.min_memory_bytes,
+            0,
+            i64::MAX,
+        );
+        let priority = c.range_i32("spec.priority", spec.priority, -1000, 1000);
+        let max_attempts = if spec.max_attempts == 0 {
+            DEFAULT_MAX_ATTEMPTS
+        } else {
+            c.range_i32("spec.max_attempts", spec.max_attempts, 1, 100)
+        };
+        let Some(method) = method else {
+            return Err(c.0);
+        };
+        let job = JobSpec {
+            version: SPEC_VERSION,
+            base_model: spec.base_model.trim().to_string(),
+            training_file: spec.training_file.clone(),
+            validation_file: (!spec.validation_file.is_empty())
+                .then(|| spec.validation_file.clone()),
+            task,
+            method,
+            hyperparameters,
+            device,
+            min_memory_bytes,
+            priority,
+            max_attempts,
+            labels: spec
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        if let Err(v) = job.plan() {
+            c.0.push(v);
+        }
+        if !c.0.is_empty() {
+            return Err(c.0);
+        }
+        Ok(job)
+    }
+
+    /// The spec as sent to clients and workers, with every default made explicit (module
+    /// lists left to the architecture stay empty).
+    pub fn to_proto(&self) -> pb::JobSpec {
+        let h = &self.hyperparameters;
+        let m = &self.method;
+        pb::JobSpec {
+            base_model: self.base_model.clone(),
+            training_file: self.training_file.clone(),
+            validation_file: self.validation_file.clone().unwrap_or_default(),
+            method: Some(pb::Method {
+                r#type: m.kind().as_str().to_string(),
+                lora: m.lora().map(|l| pb::LoraParams {
+                    r: Some(l.r),
+                    alpha: Some(l.alpha),
+                    dropout: Some(l.dropout),
+                    target_modules: l.target_modules.clone().unwrap_or_default(),
+                    use_rslora: l.use_rslora,
+                    init: l.init.as_str().to_string(),
+                    lr_ratio_b: Some(l.lr_ratio_b),
+                }),
+                prompt_tuning: match m {
+                    Method::PromptTuning { num_virtual_tokens } => Some(pb::PromptTuningParams {
+                        num_virtual_tokens: Some(*num_virtual_tokens),
+                    }),
+                    _ => None,
+                },
+                ia3: match m {
+                    Method::Ia3 { target_modules } => Some(pb::Ia3Params {
+                        target_modules: target_modules.clone().unwrap_or_default(),
+                    }),
+                    _ => None,
+                },
+            }),
+            hyperparameters: Some(pb::Hyperparameters {
+                learning_rate: Some(h.learning_rate),
+                epochs: Some(h.epochs),
+                max_steps: h.max_steps,
+                batch_size: Some(h.batch_size),
+                grad_accumulation: Some(h.grad_accumulation),
+                warmup_steps: Some(h.warmup_steps),
+                schedule: h.schedule.as_str().to_string(),
+                weight_decay: Some(h.weight_decay),
+                max_seq_len: Some(h.max_seq_len),
+                seed: Some(h.seed),
+                eval_every: Some(h.eval_every),
+                checkpoint_every: Some(h.checkpoint_every),
+                max_grad_norm: Some(h.max_grad_norm),
+                optimizer: h.optimizer.as_str().to_string(),
+            }),
+            resources: Some(pb::Resources {
+                device: self.device.as_str().to_string(),
+                min_memory_bytes: self.min_memory_bytes,
+            }),
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            task: self.task.as_str().to_string(),
+        }
+    }
+
+    /// Optimizer steps of one epoch, for `examples` training examples.
+    pub fn steps_per_epoch(&self, examples: usize) -> u64 {
+        let h = &self.hyperparameters;
+        let window = (h.batch_size.max(1) as usize) * (h.grad_accumulation.max(1) as usize);
+        examples.div_ceil(window).max(1) as u64
+    }
+
+    /// The run's total optimizer steps: `max_steps`, else `epochs` passes over the data.
+    pub fn total_steps(&self, examples: usize) -> u64 {
+        let h = &self.hyperparameters;
+        match h.max_steps {
+            Some(s) => s.max(1) as u64,
+            None => self.steps_per_epoch(examples) * h.epochs.max(1) as u64,
+        }
+    }
+}
+
+fn method_from_proto(c: &mut Check, method: Option<&pb::Method>) -> Option<Method> {
+    let Some(method) = method else {
+        c.fail(
+            "spec.method",
+            format!(
+                "is required; method.type is one of {}",
+                list(MethodKind::NAMES)
+            ),
+        );
+        return None;
+    };
+    let Some(kind) = MethodKind::parse(&method.r#type) else {
+        let shown: String = method.r#type.chars().take(64).collect();
+        c.fail(
+            "spec.method.type",
+            format!(
+                "unknown method {shown:?}; expected one of {}",
+                list(MethodKind::NAMES)
+            ),
+        );
+        return None;
+    };
+    Some(match kind {
+        MethodKind::Lora => Method::Lora {
+            lora: lora_from_proto(c, method.lora.clone().unwrap_or_default()),
+        },
+        MethodKind::Dora => Method::Dora {
+            lora: lora_from_proto(c, method.lora.clone().unwrap_or_default()),
+        },
+        MethodKind::Ia3 => {
+            let modules = method
+                .ia3
+                .as_ref()
+                .map(|p| p.target_modules.clone())
+                .unwrap_or_default();
+            Method::Ia3 {
+                target_modules: c.modules("spec.method.ia3.target_modules", &modules),
+            }
+        }
+        MethodKind::PromptTuning => {
+            let n = method
+                .prompt_tuning
+                .and_then(|p| p.num_virtual_tokens)
+                .unwrap_or(DEFAULT_NUM_VIRTUAL_TOKENS);
+            Method::PromptTuning {
+                num_virtual_tokens: c.range_i32(
+                    "spec.method.prompt_tuning.num_virtual_tokens",
+                    n,
+                    1,
+                    512,
+                ),
+            }
+        }
+        MethodKind::Bitfit => Method::Bitfit,
+        MethodKind::Full => Method::Full,
+    })
+}
+
+fn lora_from_proto(c: &mut Check, p: pb::LoraParams) -> LoraParams {
+    let r = c.range_i32("spec.method.lora.r", p.r.unwrap_or(8), 1, 1024);
+    // The default follows r; an invalid r must not make the default alpha look invalid too.
+    let alpha = p.alpha.unwrap_or(default_alpha(r));
+    if c.finite("spec.method.lora.alpha", alpha) && alpha <= 0.0 {
+        c.fail(
+            "spec.method.lora.alpha",
+            format!("must be > 0, got {alpha}"),
+        );
+    }
+    let dropout = p.dropout.unwrap_or(0.0);
+    if c.finite("spec.method.lora.dropout", dropout) && !(0.0..1.0).contains(&dropout) {
+        c.fail(
+            "spec.method.lora.dropout",
+            format!("must be in [0, 1), got {dropout}"),
+        );
+    }
+    let lr_ratio_b = p.lr_ratio_b.unwrap_or(1.0);
+    if c.finite("spec.method.lora.lr_ratio_b", lr_ratio_b) && lr_ratio_b < 1.0 {
+        c.fail(
+            "spec.method.lora.lr_ratio_b",
+            format!("must be >= 1, got {lr_ratio_b}"),
+        );
+    }
+    LoraParams {
+        r,
+        alpha,
+        dropout,
+        target_modules: c.modules("spec.method.lora.target_modules", &p.target_modules),
+        use_rslora: p.use_rslora,
+        init: c.named(
+            "spec.method.lora.init",
+            &p.init,
+            LoraInit::parse,
+            LoraInit::NAMES,
+            LoraInit::Default,
+        ),
+        lr_ratio_b,
+    }
+}
+
+fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperparameters {
+    let h = h.cloned().unwrap_or_default();
+    let f = "spec.hyperparameters";
+    let learning_rate = h.learning_rate.unwrap_or(2e-4);
+    if c.finite(&format!("{f}.learning_rate"), learning_rate)
+        && !(learning_rate > 0.0 && learning_rate <= 1.0)
+    {
+        c.fail(
+            &format!("{f}.learning_rate"),
+            format!("must be > 0 and <= 1, got {learning_rate}"),
+        );
+    }
+    let weight_decay = h.weight_decay.unwrap_or(0.0);
+    if c.finite(&format!("{f}.weight_decay"), weight_decay) && weight_decay < 0.0 {
+        c.fail(
+            &format!("{f}.weight_decay"),
+            format!("must be >= 0, got {weight_decay}"),
+        );
+    }
+    let max_grad_norm = h.max_grad_norm.unwrap_or(1.0);
+    if c.finite(&format!("{f}.max_grad_norm"), max_grad_norm) && max_grad_norm <= 0.0 {
+        c.fail(
+            &format!("{f}.max_grad_norm"),
+            format!("must be > 0, got {max_grad_norm}"),
+        );
+    }
+    Hyperparameters {
+        learning_rate,
+        epochs: c.range_i32(&format!("{f}.epochs"), h.epochs.unwrap_or(3), 1, 1000),
+        max_steps: h
+            .max_steps
+            .map(|s| c.range_i64(&format!("{f}.max_steps"), s, 1, 100_000_000)),
+        batch_size: c.range_i32(
+            &format!("{f}.batch_size"),
+            h.batch_size.unwrap_or(8),
+            1,
+            4096,
+        ),
+        grad_accumulation: c.range_i32(
+            &format!("{f}.grad_accumulation"),
+            h.grad_accumulation.unwrap_or(1),
+            1,
+            1024,
+        ),
+        warmup_steps: c.range_i64(
+            &format!("{f}.warmup_steps"),
+            h.warmup_steps.unwrap_or(0),
+            0,
+            100_000_000,
+        ),
+        schedule: c.named(
+            &format!("{f}.schedule"),
+            &h.schedule,
+            Schedule::parse,
+            Schedule::NAMES,
+            Schedule::Cosine,
+        ),
+        weight_decay,
+        max_seq_len: c.range_i32(
+            &format!("{f}.max_seq_len"),
+            h.max_seq_len.unwrap_or(512),
+            1,
+            131_072,
+        ),
+        seed: c.range_i64(&format!("{f}.seed"), h.seed.unwrap_or(0), 0, i64::MAX),
+        eval_every: c.range_i64(
+            &format!("{f}.eval_every"),
+            h.eval_every.unwrap_or(0),
+            0,
+            100_000_000,
+        ),
+        checkpoint_every: c.range_i64(
+            &format!("{f}.checkpoint_every"),
+            h.checkpoint_every.unwrap_or(100),
+            0,
+            100_000_000,
+        ),
+        max_grad_norm,
+        optimizer: c.named(
+            &format!("{f}.optimizer"),
+            &h.optimizer,
+            Optimizer::parse,
+            Optimizer::NAMES,
+            Optimizer::AdamW,
+        ),
+    }
+}

@@ -1,0 +1,26 @@
+//! The one typed model of a fine-tuning job.
+//!
+//! Clients send a `tuna.v1.JobSpec`; [`JobSpec::from_proto`] validates it, fills in defaults
+//! and returns the typed spec. The server decodes with it at `CreateJob` (and for every sweep
+//! trial), the worker decodes the leased spec with the same function, so the two can never
+//! disagree about what a job means. Which combinations of task, method and init can train is
+//! decided once, in [`JobSpec::plan`], whose result the worker matches exhaustively.
+
+mod check;
+pub mod dataset;
+mod job;
+pub mod metrics;
+mod names;
+mod plan;
+mod stored;
+
+pub use check::FieldViolation;
+pub use job::{
+    DEFAULT_MAX_ATTEMPTS, Hyperparameters, JobSpec, LoraParams, Method, default_alpha,
+};
+pub use names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task};
+pub use plan::{ClassInit, Plan};
+pub use stored::SPEC_VERSION;
+
+#[cfg(test)]
+mod tests;

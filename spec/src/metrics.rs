@@ -1,0 +1,27 @@
+//! Names of the metrics a worker reports and the server, sweeps and clients read. One list, so
+//! a rename is a compile error everywhere instead of a silently empty chart.
+
+/// Token-mean training loss of the step (causal LM) or example-mean (classification).
+pub const LOSS: &str = "loss";
+/// Learning rate used for the step.
+pub const LR: &str = "lr";
+/// Global gradient norm before clipping.
+pub const GRAD_NORM: &str = "grad_norm";
+/// Training throughput of the step.
+pub const TOKENS_PER_S: &str = "tokens_per_s";
+/// The run's planned number of optimizer steps.
+pub const TOTAL_STEPS: &str = "total_steps";
+/// Loss on the validation file.
+pub const EVAL_LOSS: &str = "eval_loss";
+/// `exp(eval_loss)` for causal LMs.
+pub const EVAL_PERPLEXITY: &str = "eval_perplexity";
+/// Share of validation examples classified correctly.
+pub const EVAL_ACCURACY: &str = "eval_accuracy";
+
+/// Metrics a sweep may optimise, with whether larger is better.
+pub const OBJECTIVES: &[(&str, bool)] = &[
+    (LOSS, false),
+    (EVAL_LOSS, false),
+    (EVAL_PERPLEXITY, false),
+    (EVAL_ACCURACY, true),
+];

@@ -1,0 +1,164 @@
+//! The closed sets of names a spec may use. Each enum is the only list of its values: the
+//! API's validation, the sweep search space and the worker's dispatch all read it.
+
+use std::fmt;
+
+macro_rules! named {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in documentation order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Every value's wire name, in documentation order.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The value with this wire name.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named! {
+    /// What the job trains the model to do.
+    Task {
+        /// Next-token prediction on text, prompt/completion or chat data (decoders).
+        CausalLm = "causal_lm",
+        /// Sequence classification on `{"text","label"}` data (BERT-family encoders + head).
+        Classification = "classification",
+    }
+}
+
+named! {
+    /// The PEFT method.
+    MethodKind {
+        Lora = "lora",
+        Dora = "dora",
+        Ia3 = "ia3",
+        PromptTuning = "prompt_tuning",
+        Bitfit = "bitfit",
+        Full = "full",
+    }
+}
+
+named! {
+    /// How LoRA factors start, named as PEFT's `init_lora_weights`.
+    LoraInit {
+        /// PEFT's default (`init_lora_weights=True`): A Kaiming-uniform, B = 0.
+        Default = "default",
+        /// PEFT's `"gaussian"`: A ~ N(0, 1/r²) (std 1/r), B = 0.
+        Gaussian = "gaussian",
+        /// PiSSA: factors from the top singular triplets of the base weight.
+        Pissa = "pissa",
+        /// LoRA-GA: factors from the SVD of the first batches' weight gradient.
+        LoraGa = "lora_ga",
+    }
+}
+
+named! {
+    /// Learning-rate schedule after the linear warmup.
+    Schedule {
+        Cosine = "cosine",
+        Linear = "linear",
+        Constant = "constant",
+    }
+}
+
+named! {
+    /// Which kind of worker may run the job.
+    Device {
+        Any = "any",
+        Cpu = "cpu",
+        Cuda = "cuda",
+    }
+}
+
+named! {
+    /// The optimizer of the trainable parameters.
+    Optimizer {
+        /// AdamW with decoupled weight decay.
+        AdamW = "adamw",
+    }
+}
+
+/// `a, b, c` for error messages.
+pub(crate) fn list(names: &[&str]) -> String {
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_back_to_its_value() {
+        for t in Task::ALL {
+            assert_eq!(Task::parse(t.as_str()), Some(*t));
+        }
+        for m in MethodKind::ALL {
+            assert_eq!(MethodKind::parse(m.as_str()), Some(*m));
+        }
+        for i in LoraInit::ALL {
+            assert_eq!(LoraInit::parse(i.as_str()), Some(*i));
+        }
+        for s in Schedule::ALL {
+            assert_eq!(Schedule::parse(s.as_str()), Some(*s));
+        }
+        for d in Device::ALL {
+            assert_eq!(Device::parse(d.as_str()), Some(*d));
+        }
+        assert_eq!(LoraInit::parse("nope"), None);
+    }
+
+    #[test]
+    fn serde_uses_the_wire_names() {
+        let json = serde_json::to_string(&LoraInit::LoraGa).unwrap_or_default();
+        assert_eq!(json, "\"lora_ga\"");
+        let back: Task = serde_json::from_str("\"classification\"").unwrap_or(Task::CausalLm);
+        assert_eq!(back, Task::Classification);
+    }
+}
+
+impl Task {
+    /// Whether a dataset whose lines have `format` can train this task; the reason otherwise.
+    /// Checked at `CreateJob` against the format the upload validated, and by the worker.
+    pub fn accepts(self, format: tuna_proto::v1::DatasetFormat) -> Result<(), String> {
+        use tuna_proto::v1::DatasetFormat as F;
+        match (self, format) {
+            (Task::CausalLm, F::Text | F::PromptCompletion | F::Chat)
+            | (Task::Classification, F::Classification) => Ok(()),
+            (Task::CausalLm, F::Classification) => Err(
+                "has labelled lines ({\"text\",\"label\"}): use task = classification with an \
+                 encoder such as BERT; causal_lm trains on text, prompt/completion and chat data"
+                    .into(),
+            ),
+            (Task::Classification, F::Text | F::PromptCompletion | F::Chat) => Err(format!(
+                "has {} lines; classification needs {{\"text\",\"label\"}} lines",
+                format.as_str_name().to_ascii_lowercase()
+            )),
+            (_, F::Unspecified) => Err("has no validated dataset format".into()),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Which combinations of task, method and init a worker can train, decided in one place.
+//!
+//! The server refuses anything [`JobSpec::plan`] refuses (at `CreateJob`, naming the field);
+//! the worker matches the returned [`Plan`] exhaustively. A new task, method or init is
+//! therefore a compile error here until someone decides whether it can train.
+
+use crate::check::FieldViolation;
+use crate::job::{JobSpec, LoraParams, Method};
+use crate::names::{LoraInit, Task};
+
+/// What the worker trains.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Plan<'a> {
+    /// A decoder on next-token prediction, with any method.
+    CausalLm { method: &'a Method },
+    /// An encoder plus a fresh classification head, with a LoRA-family adapter.
+    Classification {
+        lora: &'a LoraParams,
+        dora: bool,
+        init: ClassInit,
+    },
+}
+
+/// The LoRA inits a classification job can start from (LoRA-GA needs causal-LM gradients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassInit {
+    Default,
+    Gaussian,
+    Pissa,
+}
+
+const INIT: &str = "spec.method.lora.init";
+
+impl JobSpec {
+    /// The run this spec describes, or the field that makes it untrainable.
+    pub fn plan(&self) -> Result<Plan<'_>, FieldViolation> {
+        if let Method::Dora { lora } = &self.method {
+            match lora.init {
+                LoraInit::Default | LoraInit::Gaussian => {}
+                LoraInit::Pissa | LoraInit::LoraGa => {
+                    return Err(FieldViolation::new(
+                        INIT,
+                        format!(
+                            "{} moves the base weight, which DoRA's magnitude is measured on; \
+                             use default or gaussian with dora",
+                            lora.init
+                        ),
+                    ));
+                }
+            }
+        }
+        match self.task {
+            Task::CausalLm => Ok(Plan::CausalLm {
+                method: &self.method,
+            }),
+            Task::Classification => {
+                let (lora, dora) = match &self.method {
+                    Method::Lora { lora } => (lora, false),
+                    Method::Dora { lora } => (lora, true),
+                    Method::Ia3 { .. }
+                    | Method::PromptTuning { .. }
+                    | Method::Bitfit
+                    | Method::Full => {
+                        return Err(FieldViolation::new(
+                            "spec.method.type",
+                            format!(
+                                "classification jobs train lora or dora adapters with a head; \
+                                 {} is available for causal_lm jobs only",
+                                self.method.kind()
+                            ),
+                        ));
+                    }
+                };
+                let init = match lora.init {
+                    LoraInit::Default => ClassInit::Default,
+                    LoraInit::Gaussian => ClassInit::Gaussian,
+                    LoraInit::Pissa => ClassInit::Pissa,
+                    LoraInit::LoraGa => {
+                        return Err(FieldViolation::new(
+                            INIT,
+                            "lora_ga estimates its init from causal-LM gradients; \
+                             classification jobs use default, gaussian or pissa",
+                        ));
+                    }
+                };
+                Ok(Plan::Classification { lora, dora, init })
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+use tuna_proto::v1 as pb;
+
+use super::*;
+
+fn minimal() -> pb::JobSpec {
+    pb::JobSpec {
+        base_model: "tiny".into(),
+        training_file: "file_1".into(),
+        method: Some(pb::Method {
+            r#type: "lora".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn with(task: &str, method: &str, init: &str) -> pb::JobSpec {
+    let mut p = minimal();
+    p.task = task.into();
+    let m = p.method.get_or_insert_with(Default::default);
+    m.r#type = method.into();
+    m.lora = Some(pb::LoraParams {
+        init: init.into(),
+        ..Default::default()
+    });
+    p
+}
+
+fn fields(err: Vec<FieldViolation>) -> Vec<String> {
+    err.into_iter().map(|v| v.field).collect()
+}
+
+fn ok(p: &pb::JobSpec) -> JobSpec {
+    match JobSpec::from_proto(Some(p)) {
+        Ok(s) => s,
+        Err(v) => panic!("refused: {v:?}"),
+    }
+}
+
+#[test]
+fn defaults_are_filled_in_and_survive_a_proto_round_trip() {
+    let spec = ok(&minimal());
+    assert_eq!(spec.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(spec.version, SPEC_VERSION);
+    let lora = spec.method.lora().cloned().unwrap();
+    assert_eq!((lora.r, lora.alpha), (8, 16.0));
+    assert_eq!(lora.init, LoraInit::Default);
+    assert_eq!(lora.target_modules, None, "the default is left to the model");
+    let again = ok(&spec.to_proto());
+    assert_eq!(spec, again);
+}
+
+#[test]
+fn every_accepted_combination_round_trips_through_proto_and_json() {
+    for task in Task::ALL {
+        for method in MethodKind::ALL {
+            for init in LoraInit::ALL {
+                for schedule in Schedule::ALL {
+                    let mut p = with(task.as_str(), method.as_str(), init.as_str());
+                    p.hyperparameters = Some(pb::Hyperparameters {
+                        schedule: schedule.as_str().into(),
+                        ..Default::default()
+                    });
+                    let Ok(spec) = JobSpec::from_proto(Some(&p)) else {
+                        continue;
+                    };
+                    assert_eq!(ok(&spec.to_proto()), spec);
+                    let json = serde_json::to_string(&spec).unwrap();
+                    let back: JobSpec = serde_json::from_str(&json).unwrap();
+                    assert_eq!(back, spec, "{json}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_bad_field_is_named() {
+    let mut p = minimal();
+    p.base_model = " ".into();
+    p.hyperparameters = Some(pb::Hyperparameters {
+        learning_rate: Some(-1.0),
+        ..Default::default()
+    });
+    p.method.as_mut().unwrap().lora = Some(pb::LoraParams {
+        r: Some(0),
+        ..Default::default()
+    });
+    let f = fields(JobSpec::from_proto(Some(&p)).unwrap_err());
+    assert!(f.contains(&"spec.base_model".to_string()), "{f:?}");
+    assert!(
+        f.contains(&"spec.hyperparameters.learning_rate".to_string()),
+        "{f:?}"
+    );
+    assert!(f.contains(&"spec.method.lora.r".to_string()), "{f:?}");
+}
+
+#[test]
+fn unknown_method_is_rejected_by_name() {
+    let mut p = minimal();
+    p.method.as_mut().unwrap().r#type = "qlora9".into();
+    let err = JobSpec::from_proto(Some(&p)).unwrap_err();
+    assert_eq!(err[0].field, "spec.method.type");
+    assert!(err[0].description.contains("qlora9"));
+}
+
+#[test]
+fn untrainable_combinations_are_refused_naming_the_field() {
+    let refused = |p: pb::JobSpec| fields(JobSpec::from_proto(Some(&p)).unwrap_err());
+    assert_eq!(
+        refused(with("classification", "ia3", "")),
+        ["spec.method.type"]
+    );
+    assert_eq!(
+        refused(with("classification", "lora", "lora_ga")),
+        ["spec.method.lora.init"]
+    );
+    assert_eq!(
+        refused(with("causal_lm", "dora", "pissa")),
+        ["spec.method.lora.init"]
+    );
+    assert_eq!(refused(with("causal_lm", "lora", "xavier")), ["spec.method.lora.init"]);
+    // What is accepted has a plan.
+    for p in [
+        with("causal_lm", "lora", "lora_ga"),
+        with("classification", "dora", "gaussian"),
+        with("classification", "lora", "pissa"),
+    ] {
+        assert!(ok(&p).plan().is_ok());
+    }
+}
+
+#[test]
+fn a_version_1_row_keeps_its_meaning() {
+    // As stored by the first layout: "gaussian" meant PEFT's default init and the module
+    // lists were filled with the causal-LM defaults.
+    let v1 = r#"{"base_model":"m","training_file":"file_1","validation_file":null,
+        "task":"classification","method":{"type":"lora","lora":{"r":8,"alpha":16.0,
+        "dropout":0.0,"target_modules":["q_proj","v_proj"],"use_rslora":false,
+        "init":"gaussian","lr_ratio_b":1.0}},"hyperparameters":{"learning_rate":0.0002,
+        "epochs":3,"max_steps":null,"batch_size":8,"grad_accumulation":1,"warmup_steps":0,
+        "schedule":"cosine","weight_decay":0.0,"max_seq_len":512,"seed":0,"eval_every":0,
+        "checkpoint_every":100,"max_grad_norm":1.0},"device":"any","min_memory_bytes":0,
+        "priority":0,"max_attempts":3,"labels":{}}"#;
+    let spec: JobSpec = serde_json::from_str(v1).unwrap();
+    assert_eq!(spec.version, SPEC_VERSION);
+    let lora = spec.method.lora().unwrap();
+    assert_eq!(lora.init, LoraInit::Default);
+    assert_eq!(lora.target_modules, None);
+    assert_eq!(spec.hyperparameters.optimizer, Optimizer::AdamW);
+    // A version-2 row that chose gaussian keeps it.
+    let mut v2 = serde_json::to_value(&spec).unwrap();
+    v2["method"]["lora"]["init"] = "gaussian".into();
+    let again: JobSpec = serde_json::from_value(v2).unwrap();
+    assert_eq!(again.method.lora().unwrap().init, LoraInit::Gaussian);
+}
+
+#[test]
+fn an_unknown_field_in_a_newer_row_is_ignored() {
+    let mut v = serde_json::to_value(ok(&minimal())).unwrap();
+    v["some_future_field"] = 3.into();
+    let back: Result<JobSpec, _> = serde_json::from_value(v);
+    assert!(back.is_ok());
+}

@@ -1,0 +1,346 @@
+//! The one training loop, for every objective (causal LM and classification): gradient
+//! accumulation, clipping, scheduled AdamW with LoRA+, periodic eval, progress events,
+//! stopping (cancel, pause, drain, stop-early), and checkpoints that resume exactly. The
+//! tests, the benchmark and the worker all run this loop.
+//!
+//! Exact resume holds because every random choice is a pure function of the seed and a
+//! counter: the data order of `(seed, epoch)`, and dropout masks of `(seed, forward pass)`.
+//! A checkpoint therefore only needs the adapter, the optimizer moments, the step and the
+//! data cursor; the "RNG state" it records is the seed plus those counters.
+
+mod checkpoint;
+mod objective;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+pub use checkpoint::ADAPTER_FILE;
+pub use objective::{
+    CausalLmObjective, ClassificationObjective, EvalSums, Objective, Pass, loss_and_grads,
+};
+
+use crate::engine::adapters::{AdapterError, AdapterSet, Mode};
+use crate::engine::data::{DataError, Loader};
+use crate::engine::model::bert::{Bert, ClassifierHead};
+use crate::engine::model::{CausalLm, ModelError};
+use crate::engine::optim::{AdamW, AdamWConfig, Grads, OptimError, Schedule};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error("no gradient reached `{0}`: the graph is cut by an op without backward")]
+    GradientCut(String),
+    #[error("loss is not finite ({loss}) at step {step}")]
+    NonFinite { step: u64, loss: f64 },
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("tensor op failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimizer steps to run in total.
+    pub max_steps: u64,
+    /// Micro-batches summed into one optimizer step.
+    pub grad_accum: usize,
+    pub schedule: Schedule,
+    pub adamw: AdamWConfig,
+    /// Global-norm clipping threshold; `None` disables clipping.
+    pub max_grad_norm: Option<f64>,
+    /// LoRA+: learning-rate multiplier for `lora_B` (≈16 in the paper); `None` = plain.
+    pub loraplus_ratio: Option<f64>,
+    /// Evaluate every N optimizer steps (and after the last), if an eval set is given.
+    pub eval_every: Option<u64>,
+    /// Checkpoint every N optimizer steps, if a checkpoint directory is given.
+    pub checkpoint_every: Option<u64>,
+    /// Seeds dropout masks (data order is seeded by the [`Loader`]).
+    pub seed: u64,
+}
+
+/// Metrics of one optimizer step, for the agent to stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    /// 1-based number of the step just taken.
+    pub step: u64,
+    /// Token-mean loss over the accumulation window.
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub tokens_per_sec: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub perplexity: f64,
+    /// Classification only.
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Step(StepMetrics),
+    Eval(EvalMetrics),
+    Checkpoint { step: u64, dir: PathBuf },
+}
+
+/// How a run should stop before its last step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// Stop now and write nothing (cancel, lost lease).
+    Abandon,
+    /// Checkpoint, then stop (pause, drain): the next attempt resumes from there.
+    Suspend,
+    /// Stop now; the adapter trained so far is the result (a sweep's early stop).
+    Finish,
+}
+
+/// Polled before every step.
+pub trait StopSignal {
+    fn halt(&self) -> Option<Halt>;
+}
+
+/// A plain flag cancels.
+impl StopSignal for AtomicBool {
+    fn halt(&self) -> Option<Halt> {
+        self.load(Ordering::Relaxed).then_some(Halt::Abandon)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed { steps: u64 },
+    Cancelled { step: u64 },
+    /// Stopped after handing over a checkpoint of `step`.
+    Suspended { step: u64 },
+    StoppedEarly { step: u64 },
+}
+
+/// The training loop over an [`Objective`].
+pub struct Trainer<'a, O: Objective> {
+    objective: O,
+    optimizer: AdamW,
+    train: Loader<O::Example>,
+    eval: Option<Loader<O::Example>>,
+    config: TrainConfig,
+    step: u64,
+    /// The step of the last checkpoint handed out, so a pause right after one reuses it.
+    last_checkpoint: Option<u64>,
+    _borrow: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a, M: CausalLm> Trainer<'a, CausalLmObjective<'a, M>> {
+    /// Causal-LM training of `adapters` on `model`.
+    pub fn new(
+        model: &'a M,
+        adapters: &'a AdapterSet,
+        train: Loader,
+        eval: Option<Loader>,
+        config: TrainConfig,
+    ) -> Result<Self, TrainError> {
+        Self::with_objective(CausalLmObjective { model, adapters }, train, eval, config)
+    }
+}
+
+impl<'a> Trainer<'a, ClassificationObjective<'a>> {
+    /// Classification training of `adapters` and `head` on `model`.
+    pub fn classifier(
+        model: &'a Bert,
+        adapters: &'a AdapterSet,
+        head: &'a ClassifierHead,
+        train: Loader<crate::engine::data::ClassExample>,
+        eval: Option<Loader<crate::engine::data::ClassExample>>,
+        config: TrainConfig,
+    ) -> Result<Self, TrainError> {
+        let objective = ClassificationObjective::new(model, adapters, head);
+        Self::with_objective(objective, train, eval, config)
+    }
+}
+
+impl<'a, O: Objective> Trainer<'a, O> {
+    pub fn with_objective(
+        objective: O,
+        train: Loader<O::Example>,
+        eval: Option<Loader<O::Example>>,
+        config: TrainConfig,
+    ) -> Result<Self, TrainError> {
+        let mut optimizer = AdamW::new(objective.vars(), config.adamw)?;
+        if let Some(ratio) = config.loraplus_ratio {
+            optimizer.set_lr_scale(|n| n.ends_with("lora_B.weight"), ratio);
+        }
+        Ok(Self {
+            objective,
+            optimizer,
+            train,
+            eval,
+            config,
+            step: 0,
+            last_checkpoint: None,
+            _borrow: std::marker::PhantomData,
+        })
+    }
+
+    /// Optimizer steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Whether an eval set was given.
+    pub fn has_eval(&self) -> bool {
+        self.eval.is_some()
+    }
+
+    /// Runs until `max_steps` or until `stop` asks to halt (polled before every step),
+    /// reporting through `on_event`. Evaluates every `eval_every` steps and after the last;
+    /// checkpoints every `checkpoint_every` steps and after the last (so a sweep's rung run
+    /// can be promoted from where it ended) into `checkpoint_root/step-N`.
+    pub fn run(
+        &mut self,
+        stop: &dyn StopSignal,
+        checkpoint_root: Option<&Path>,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<Outcome, TrainError> {
+        while self.step < self.config.max_steps {
+            match stop.halt() {
+                None => {}
+                Some(Halt::Abandon) => return Ok(Outcome::Cancelled { step: self.step }),
+                Some(Halt::Finish) => return Ok(Outcome::StoppedEarly { step: self.step }),
+                Some(Halt::Suspend) => {
+                    if let Some(root) = checkpoint_root
+                        && self.last_checkpoint != Some(self.step)
+                    {
+                        self.checkpoint_into(root, on_event)?;
+                    }
+                    return Ok(Outcome::Suspended { step: self.step });
+                }
+            }
+            let metrics = self.train_step()?;
+            on_event(&Event::Step(metrics));
+            let last = self.step == self.config.max_steps;
+            let due = |every: Option<u64>| {
+                last || every.is_some_and(|n| self.step.is_multiple_of(n.max(1)))
+            };
+            if self.eval.is_some() && due(self.config.eval_every) {
+                let m = self.evaluate()?;
+                on_event(&Event::Eval(m));
+            }
+            if let Some(root) = checkpoint_root
+                && self.config.checkpoint_every.is_some()
+                && due(self.config.checkpoint_every)
+            {
+                self.checkpoint_into(root, on_event)?;
+            }
+        }
+        Ok(Outcome::Completed { steps: self.step })
+    }
+
+    fn checkpoint_into(
+        &mut self,
+        root: &Path,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(), TrainError> {
+        let dir = root.join(format!("step-{}", self.step));
+        self.save_checkpoint(&dir)?;
+        self.last_checkpoint = Some(self.step);
+        on_event(&Event::Checkpoint {
+            step: self.step,
+            dir,
+        });
+        Ok(())
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
+        let started = Instant::now();
+        let device = self.objective.device().clone();
+        let accum = self.config.grad_accum.max(1);
+        let batches = (0..accum)
+            .map(|_| self.train.next_batch(&device))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Normalize by the window's target count so every target weighs the same no
+        // matter how targets fall into micro-batches.
+        let targets: usize = batches.iter().map(O::targets).sum();
+        let denom = targets.max(1) as f64;
+        let mut grads = Grads::default();
+        let mut loss_total = 0.0;
+        let mut tokens = 0;
+        for (i, batch) in batches.iter().enumerate() {
+            let mode = Mode::Train {
+                seed: self.config.seed,
+                pass: self.step * accum as u64 + i as u64,
+            };
+            let pass = self.objective.loss_and_grads(batch, &mode, 1.0 / denom)?;
+            loss_total += pass.loss;
+            tokens += O::tokens(batch);
+            grads.accumulate(pass.grads)?;
+        }
+        if !loss_total.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.step,
+                loss: loss_total,
+            });
+        }
+        let grad_norm = match self.config.max_grad_norm {
+            Some(max) => grads.clip(max)?,
+            None => grads.global_norm()?,
+        };
+        let lr = self.config.schedule.lr_at(self.step);
+        self.optimizer.step(&grads, lr)?;
+        self.step += 1;
+        let secs = started.elapsed().as_secs_f64();
+        Ok(StepMetrics {
+            step: self.step,
+            loss: loss_total,
+            lr,
+            grad_norm,
+            tokens_per_sec: if secs > 0.0 {
+                tokens as f64 / secs
+            } else {
+                0.0
+            },
+        })
+    }
+
+    /// Mean loss (with perplexity, and accuracy for classification) over the whole eval
+    /// set, without dropout; NaN when there is no eval set.
+    pub fn evaluate(&self) -> Result<EvalMetrics, TrainError> {
+        let Some(eval) = &self.eval else {
+            return Ok(EvalMetrics {
+                step: self.step,
+                loss: f64::NAN,
+                perplexity: f64::NAN,
+                accuracy: None,
+            });
+        };
+        let batches = eval.sequential_batches(self.objective.device())?;
+        let sums = self.objective.evaluate(&batches)?;
+        Ok(EvalMetrics {
+            step: self.step,
+            loss: sums.loss,
+            perplexity: sums.loss.exp(),
+            accuracy: sums.accuracy,
+        })
+    }
+
+    /// Every trainable parameter by PEFT key.
+    pub fn vars(&self) -> &std::collections::BTreeMap<String, candle_core::Var> {
+        self.objective.vars()
+    }
+}

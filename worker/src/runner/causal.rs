@@ -1,0 +1,152 @@
+//! Causal-LM jobs: a Llama-family decoder (HF folder or GGUF) trained with any method on
+//! text, prompt/completion or chat data.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use tuna_proto::v1 as pb;
+use tuna_spec::{LoraInit as SpecInit, Method as SpecMethod};
+
+use super::settings::{adapter_config, records, seed, train_config};
+use super::{classify_error, drive, system, user};
+use crate::agent::{Control, JobInputs, Reporter, RunError, RunOutcome};
+use crate::engine::adapters::methods::{self, Method};
+use crate::engine::adapters::{AdapterSet, LoraInit, lora_ga};
+use crate::engine::data::tokenizer::load_for_model;
+use crate::engine::data::{Example, Loader, Tokenizer, examples_from_records};
+use crate::engine::export;
+use crate::engine::model::{Llama, gguf};
+use crate::engine::trainer::Trainer;
+
+/// PEFT's LoRA targets for Llama when the spec leaves them to the architecture.
+const LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
+
+pub(super) fn train(
+    inputs: &JobInputs,
+    method: &SpecMethod,
+    control: &Control,
+    reporter: &mut dyn Reporter,
+) -> Result<RunOutcome, RunError> {
+    let spec = &inputs.spec;
+    let h = &spec.hyperparameters;
+    let seed = seed(spec);
+    let (mut model, tok) = load_model(inputs)?;
+    let tok = tok.as_ref();
+    if model.config().vocab_size < tok.vocab_size() {
+        return Err(user(format!(
+            "the model's vocabulary ({}) is smaller than its tokenizer's ({})",
+            model.config().vocab_size,
+            tok.vocab_size()
+        )));
+    }
+    let max_len = h.max_seq_len.max(2) as usize;
+    let batch = h.batch_size.max(1) as usize;
+    let train_set = examples(&inputs.training_file, inputs.training_format, tok, max_len)?;
+    let total = spec.total_steps(train_set.len());
+    let train_loader = Loader::new(train_set, batch, seed, tok.pad_id()).map_err(user)?;
+    let eval_loader = match &inputs.validation_file {
+        Some(p) => Some(
+            Loader::new(
+                examples(p, inputs.validation_format, tok, max_len)?,
+                batch,
+                seed,
+                tok.pad_id(),
+            )
+            .map_err(user)?,
+        ),
+        None => None,
+    };
+    let config = train_config(spec, total);
+    let lora = |init: LoraInit, dora: bool, p: &tuna_spec::LoraParams| {
+        adapter_config(p, dora, init, &LORA_DEFAULT, seed)
+    };
+    let adapters = match method {
+        SpecMethod::Lora { lora: p } | SpecMethod::Dora { lora: p } => {
+            let dora = matches!(method, SpecMethod::Dora { .. });
+            match p.init {
+                SpecInit::Default => AdapterSet::attach(&mut model, &lora(LoraInit::Default, dora, p)),
+                SpecInit::Gaussian => {
+                    AdapterSet::attach(&mut model, &lora(LoraInit::Gaussian, dora, p))
+                }
+                SpecInit::Pissa => AdapterSet::attach(&mut model, &lora(LoraInit::Pissa, dora, p)),
+                SpecInit::LoraGa => {
+                    // The first optimizer window's batches, from a copy of the loader so the
+                    // training order is untouched; the same batches on resume rebuild the
+                    // same base offset before the checkpoint's factors are loaded.
+                    let mut probe = train_loader.clone();
+                    let batches = (0..config.grad_accum)
+                        .map(|_| probe.next_batch(model.device()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(user)?;
+                    lora_ga::attach(
+                        &mut model,
+                        &lora(LoraInit::LoraGa, dora, p),
+                        &batches,
+                        lora_ga::DEFAULT_GAMMA,
+                    )
+                }
+            }
+            .map_err(user)?
+        }
+        SpecMethod::Ia3 { target_modules } => methods::attach(
+            &mut model,
+            &Method::Ia3 {
+                target_modules: target_modules.clone(),
+                feedforward_modules: None,
+            },
+            seed,
+        )
+        .map_err(user)?,
+        SpecMethod::PromptTuning { num_virtual_tokens } => methods::attach(
+            &mut model,
+            &Method::PromptTuning {
+                num_virtual_tokens: (*num_virtual_tokens).max(1) as usize,
+            },
+            seed,
+        )
+        .map_err(user)?,
+        SpecMethod::Bitfit => methods::attach(&mut model, &Method::BitFit, seed).map_err(user)?,
+        SpecMethod::Full => methods::attach(&mut model, &Method::Full, seed).map_err(user)?,
+    };
+    let mut trainer = Trainer::new(&model, &adapters, train_loader, eval_loader, config)
+        .map_err(classify_error)?;
+    let export = |dir: &Path| {
+        export::save_adapter(dir, &adapters, &spec.base_model, "CAUSAL_LM").map_err(system)
+    };
+    drive(&mut trainer, inputs, control, reporter, &export)
+}
+
+fn examples(
+    path: &Path,
+    format: pb::DatasetFormat,
+    tok: &dyn Tokenizer,
+    max_len: usize,
+) -> Result<Vec<Example>, RunError> {
+    let records = records(path, format)?;
+    examples_from_records(&records, tok, max_len).map_err(user)
+}
+
+/// The model and the tokenizer that goes with it: an HF folder's tokenizer.json (the byte
+/// tokenizer when the folder has none), or the tokenizer rebuilt from GGUF metadata.
+fn load_model(inputs: &JobInputs) -> Result<(Llama, Box<dyn Tokenizer>), RunError> {
+    if inputs.model_format == pb::ModelFormat::Gguf {
+        let file = std::fs::read_dir(&inputs.model_dir)
+            .map_err(system)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .ok_or_else(|| user("the GGUF model has no .gguf file"))?;
+        let m = gguf::read(&file, DType::F32, &Device::Cpu).map_err(user)?;
+        let Some(tok) = m.tokenizer else {
+            return Err(user(format!(
+                "no tokenizer could be built from the GGUF metadata: {}",
+                m.tokenizer_error.unwrap_or_default()
+            )));
+        };
+        let model = Llama::load(m.config, &m.weights).map_err(user)?;
+        return Ok((model, Box::new(tok)));
+    }
+    let model = Llama::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).map_err(user)?;
+    let tok = load_for_model(&inputs.model_dir).map_err(user)?;
+    Ok((model, tok))
+}

