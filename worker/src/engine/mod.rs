@@ -10,6 +10,7 @@ pub mod bench;
 pub mod classifier;
 pub mod data;
 pub mod export;
+pub mod kernels;
 pub mod model;
 pub mod optim;
 pub mod pool;

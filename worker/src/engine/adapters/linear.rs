@@ -5,7 +5,7 @@ use candle_core::{D, DType, Result, Tensor, Var};
 
 use super::Mode;
 use super::dropout;
-use crate::engine::model::fused;
+use crate::engine::kernels;
 
 /// Trainable low-rank parameters attached to one linear layer, following PEFT's
 /// `LoraLayer`: `y = W x + b + s · B(A(dropout(x)))`, or DoRA's magnitude-rescaled form.
@@ -191,7 +191,7 @@ impl AdaptedLinear {
         };
         if dropped.is_none()
             && lora.magnitude.is_none()
-            && fused::supported(x)
+            && kernels::supported(x)
             && wd == x.dtype()
             && self.weight.dtype() == x.dtype()
             && self.weight.device().is_cpu()
@@ -200,7 +200,7 @@ impl AdaptedLinear {
             let dims = x.dims().to_vec();
             let in_f = dims.last().copied().unwrap_or(0);
             let x2 = x.reshape((x.elem_count() / in_f.max(1), in_f))?;
-            let y = fused::lora_linear(
+            let y = kernels::lora_linear(
                 &x2,
                 &self.weight,
                 lora.a.as_tensor(),

@@ -13,6 +13,7 @@ use super::config::LlamaConfig;
 use super::ops::{Rope, causal_mask, compute_dtype, repeat_kv, rms_norm};
 use super::weights::Weights;
 use crate::engine::adapters::{Adaptable, AdaptedLinear, Mode};
+use crate::engine::kernels;
 
 mod tape;
 pub use tape::LossTape;
@@ -219,11 +220,11 @@ impl Llama {
     ) -> Result<Tensor, ModelError> {
         let x = self.hidden_flat(input_ids, mode)?;
         if let Some(w) = self.lm_head.frozen_weight()
-            && super::fused::supported(&x)
+            && kernels::supported(&x)
             && w.dtype() == x.dtype()
             && w.device().is_cpu()
         {
-            return Ok(super::fused::lm_head_nll_sum(&x, w, labels, mask)?);
+            return Ok(kernels::lm_head_nll_sum(&x, w, labels, mask)?);
         }
         let logits = self
             .lm_head
@@ -283,9 +284,9 @@ impl Attention {
         let q = self.q_proj.forward(x, mode)?;
         let k = self.k_proj.forward(x, mode)?;
         let v = self.v_proj.forward(x, mode)?;
-        if super::fused::supported(x) && q.dtype() == x.dtype() {
+        if kernels::supported(x) && q.dtype() == x.dtype() {
             let (cos, sin) = rope.tables(t)?;
-            let y = super::fused::causal_attention(
+            let y = kernels::causal_attention(
                 &q,
                 &k,
                 &v,
@@ -323,8 +324,8 @@ impl Mlp {
     fn forward(&self, x: &Tensor, mode: &Mode) -> candle_core::Result<Tensor> {
         let gate = self.gate_proj.forward(x, mode)?;
         let up = self.up_proj.forward(x, mode)?;
-        let h = if super::fused::supported(&gate) && up.dtype() == gate.dtype() {
-            super::fused::silu_mul(&gate, &up)?
+        let h = if kernels::supported(&gate) && up.dtype() == gate.dtype() {
+            kernels::silu_mul(&gate, &up)?
         } else {
             (candle_nn::ops::silu(&gate)? * up)?
         };

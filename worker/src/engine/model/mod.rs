@@ -2,7 +2,6 @@
 
 pub mod bert;
 pub mod config;
-pub mod fused;
 pub mod gguf;
 pub mod llama;
 pub mod ops;

@@ -4,6 +4,8 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+use crate::engine::kernels;
+
 /// The dtype reductions and losses run in: f32, or f64 when the model is f64 (gradient
 /// checks), never bf16/f16.
 pub fn compute_dtype(dtype: DType) -> DType {
@@ -15,10 +17,10 @@ pub fn compute_dtype(dtype: DType) -> DType {
 }
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32 (or f64). One fused node
-/// on the CPU for f32/f64 ([`super::fused::rms_norm`]), composed ops otherwise.
+/// on the CPU for f32/f64 ([`kernels::rms_norm`]), composed ops otherwise.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if super::fused::supported(x) && weight.dtype() == x.dtype() && weight.device().is_cpu() {
-        return super::fused::rms_norm(x, weight, eps);
+    if kernels::supported(x) && weight.dtype() == x.dtype() && weight.device().is_cpu() {
+        return kernels::rms_norm(x, weight, eps);
     }
     rms_norm_composed(x, weight, eps)
 }
@@ -107,8 +109,8 @@ pub fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
 /// masked negative log-likelihoods; the caller divides by the token count of the whole
 /// accumulation window so micro-batches of different sizes weigh tokens equally.
 pub fn masked_nll_sum(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    if super::fused::supported(logits) {
-        return super::fused::masked_nll_sum(logits, labels, mask);
+    if kernels::supported(logits) {
+        return kernels::masked_nll_sum(logits, labels, mask);
     }
     masked_nll_sum_composed(logits, labels, mask)
 }

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 
 use candle_core::{Result, Tensor};
 
-use super::super::fused;
 use super::super::ops::Rope;
 use super::{Layer, Llama};
 use crate::engine::adapters::{AdaptedLinear, Mode};
+use crate::engine::kernels;
 
 /// A forward pass recorded for [`LossTape::backward`]: the summed masked loss and what the
 /// backward pass needs.
@@ -53,7 +53,7 @@ struct LayerTape<'m> {
     x: Tensor,
     hs1: Tensor,
     qkv: [Lin<'m>; 3],
-    attn: fused::AttentionSaved,
+    attn: kernels::AttentionSaved,
     y: Tensor,
     o: Lin<'m>,
     x_mid: Tensor,
@@ -102,7 +102,7 @@ fn lin_forward<'m>(lin: &'m AdaptedLinear, x: &Tensor) -> Result<(Tensor, Lin<'m
         None => Ok((matmul_t(x, w)?, Lin { w, lora: None })),
         Some(l) => {
             let (a, b) = (l.a.as_tensor().detach(), l.b.as_tensor().detach());
-            let w_eff = fused::effective_weight(w, &a, &b, l.scale)?;
+            let w_eff = kernels::effective_weight(w, &a, &b, l.scale)?;
             let y = matmul_t(x, &w_eff)?;
             let xa = matmul_t(x, &a)?;
             let lora = LoraTape {
@@ -150,7 +150,7 @@ fn lin_backward(
             }
             // The effective weight is rebuilt (cheap next to the product) rather than
             // kept: kept, it would add a copy of every adapted weight to the step's memory.
-            let w_eff = fused::effective_weight(lin.w, &l.a, &l.b, l.scale)?;
+            let w_eff = kernels::effective_weight(lin.w, &l.a, &l.b, l.scale)?;
             Ok(Some(g.matmul(&w_eff)?))
         },
     );
@@ -182,7 +182,7 @@ fn lins_backward(
     for (dx, local) in parts {
         grads.extend(local);
         sum = match (sum, dx) {
-            (Some(s), Some(d)) => Some(fused::add(&s, &d)?),
+            (Some(s), Some(d)) => Some(kernels::add(&s, &d)?),
             (s, d) => s.or(d),
         };
     }
@@ -236,21 +236,21 @@ impl Llama {
                 .get(i)
                 .map_or(&self.norm, |l: &Layer| &l.input_layernorm)
         };
-        let mut hs = fused::rms_norm(&x, norm_after(0), eps)?;
+        let mut hs = kernels::rms_norm(&x, norm_after(0), eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.self_attn;
             let hs1 = hs;
             let [(q, lq), (k, lk), (v, lv)] =
                 lins_forward([&a.q_proj, &a.k_proj, &a.v_proj], &hs1)?;
             let (y, attn) =
-                fused::attention_forward(&q, &k, &v, &cos, &sin, (b, t), (a.heads, a.kv_heads))?;
+                kernels::attention_forward(&q, &k, &v, &cos, &sin, (b, t), (a.heads, a.kv_heads))?;
             let (o, lo) = lin_forward(&a.o_proj, &y)?;
             let m = &layer.mlp;
-            let (x_mid, hs2) = fused::add_rms_norm(&x, &o, &layer.post_attention_layernorm, eps)?;
+            let (x_mid, hs2) = kernels::add_rms_norm(&x, &o, &layer.post_attention_layernorm, eps)?;
             let [(gate, lg), (up, lu)] = lins_forward([&m.gate_proj, &m.up_proj], &hs2)?;
-            let (act, sig) = fused::silu_mul_forward(&gate, &up)?;
+            let (act, sig) = kernels::silu_mul_forward(&gate, &up)?;
             let (down, ld) = lin_forward(&m.down_proj, &act)?;
-            let (x_next, hs_next) = fused::add_rms_norm(&x_mid, &down, norm_after(i + 1), eps)?;
+            let (x_next, hs_next) = kernels::add_rms_norm(&x_mid, &down, norm_after(i + 1), eps)?;
             layers.push(LayerTape {
                 layer,
                 x,
@@ -272,7 +272,7 @@ impl Llama {
             hs = hs_next;
         }
         let hf = hs;
-        let (nll_sum, d_head) = fused::lm_head_nll_grad(&hf, head, labels, mask)?;
+        let (nll_sum, d_head) = kernels::lm_head_nll_grad(&hf, head, labels, mask)?;
         Ok(Some(LossTape {
             nll_sum,
             eps,
@@ -287,7 +287,7 @@ impl Llama {
     /// else in the model needs a gradient.
     fn tape_supported(&self, mode: &Mode) -> bool {
         let probe = &self.embed_tokens;
-        if !fused::supported(probe)
+        if !kernels::supported(probe)
             || self.prompt.is_some()
             || probe.track_op()
             || self.norm.track_op()
@@ -320,18 +320,18 @@ impl LossTape<'_> {
         let eps = self.eps;
         let mut grads = BTreeMap::new();
         let mut dx =
-            fused::rms_norm_backward_add(&self.x_last, self.norm, &self.d_head, eps, None)?;
+            kernels::rms_norm_backward_add(&self.x_last, self.norm, &self.d_head, eps, None)?;
         for (i, lt) in self.layers.iter().enumerate().rev() {
             let layer = lt.layer;
             // MLP block: x_next = x_mid + down(silu(gate(hs2)) · up(hs2)).
             let d_act = lin_backward(&lt.down, &lt.act, &dx, true, &mut grads)?
                 .ok_or_else(|| candle_core::Error::Msg("tape: no gradient for down".into()))?;
-            let (d_gate, d_up) = fused::silu_mul_backward(&lt.gate, &lt.up, &lt.sig, &d_act)?;
+            let (d_gate, d_up) = kernels::silu_mul_backward(&lt.gate, &lt.up, &lt.sig, &d_act)?;
             let d_hs2 = lins_backward(&lt.gate_up, &lt.hs2, &[&d_gate, &d_up], true, &mut grads)?
                 .ok_or_else(|| {
                 candle_core::Error::Msg("tape: no gradient for the MLP".into())
             })?;
-            let d_mid = fused::rms_norm_backward_add(
+            let d_mid = kernels::rms_norm_backward_add(
                 &lt.x_mid,
                 &layer.post_attention_layernorm,
                 &d_hs2,
@@ -341,13 +341,13 @@ impl LossTape<'_> {
             // Attention block: x_mid = x + o(attn(q(hs1), k(hs1), v(hs1))).
             let d_y = lin_backward(&lt.o, &lt.y, &d_mid, true, &mut grads)?
                 .ok_or_else(|| candle_core::Error::Msg("tape: no gradient for o".into()))?;
-            let (dq, dk, dv) = fused::attention_backward(&lt.attn, &d_y)?;
+            let (dq, dk, dv) = kernels::attention_backward(&lt.attn, &d_y)?;
             // The embeddings are constant: below the first layer only the LoRA factors
             // need the gradient, not the input.
             let want_dx = i > 0;
             let d_hs1 = lins_backward(&lt.qkv, &lt.hs1, &[&dq, &dk, &dv], want_dx, &mut grads)?;
             dx = match d_hs1 {
-                Some(d_hs1) => fused::rms_norm_backward_add(
+                Some(d_hs1) => kernels::rms_norm_backward_add(
                     &lt.x,
                     &layer.input_layernorm,
                     &d_hs1,
