@@ -1,4 +1,4 @@
-//! Tuna's control plane: gRPC services over a durable job queue (DESIGN.md §2–§3, §6).
+//! Tuna's control plane: gRPC services over a durable job queue (docs/design.md §2–§3, §6).
 //!
 //! The library is run by `tuna server`; [`serve::ControlPlane`] is the composition root.
 

@@ -6,97 +6,14 @@ use serde::{Deserialize, Serialize};
 use tuna_proto::v1 as pb;
 
 use crate::check::{Check, FieldViolation};
+pub use crate::parts::{Hyperparameters, LoraParams, Method};
+use crate::stored::Stored;
 use crate::names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
-use crate::stored::SPEC_VERSION;
-
-/// LoRA / DoRA parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoraParams {
-    pub r: i32,
-    pub alpha: f64,
-    pub dropout: f64,
-    /// `None`: the architecture's default (q/v projections), resolved by the worker from the
-    /// model, so a default is never mistaken for a choice.
-    #[serde(default)]
-    pub target_modules: Option<Vec<String>>,
-    pub use_rslora: bool,
-    pub init: LoraInit,
-    pub lr_ratio_b: f64,
-}
-
-/// The method and its parameters; each variant carries exactly what it needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Method {
-    Lora {
-        lora: LoraParams,
-    },
-    Dora {
-        lora: LoraParams,
-    },
-    Ia3 {
-        /// `None`: the architecture's default (PEFT's IA3 mapping).
-        #[serde(default, rename = "ia3_target_modules")]
-        target_modules: Option<Vec<String>>,
-    },
-    PromptTuning {
-        num_virtual_tokens: i32,
-    },
-    Bitfit,
-    Full,
-}
-
-impl Method {
-    pub fn kind(&self) -> MethodKind {
-        match self {
-            Method::Lora { .. } => MethodKind::Lora,
-            Method::Dora { .. } => MethodKind::Dora,
-            Method::Ia3 { .. } => MethodKind::Ia3,
-            Method::PromptTuning { .. } => MethodKind::PromptTuning,
-            Method::Bitfit => MethodKind::Bitfit,
-            Method::Full => MethodKind::Full,
-        }
-    }
-
-    /// The LoRA parameters of a LoRA-family method.
-    pub fn lora(&self) -> Option<&LoraParams> {
-        match self {
-            Method::Lora { lora } | Method::Dora { lora } => Some(lora),
-            Method::Ia3 { .. } | Method::PromptTuning { .. } | Method::Bitfit | Method::Full => {
-                None
-            }
-        }
-    }
-}
-
-/// Training hyperparameters with defaults applied.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hyperparameters {
-    pub learning_rate: f64,
-    pub epochs: i32,
-    pub max_steps: Option<i64>,
-    pub batch_size: i32,
-    pub grad_accumulation: i32,
-    pub warmup_steps: i64,
-    pub schedule: Schedule,
-    pub weight_decay: f64,
-    pub max_seq_len: i32,
-    pub seed: i64,
-    pub eval_every: i64,
-    pub checkpoint_every: i64,
-    pub max_grad_norm: f64,
-    #[serde(default = "default_optimizer")]
-    pub optimizer: Optimizer,
-}
-
-fn default_optimizer() -> Optimizer {
-    Optimizer::AdamW
-}
 
 /// The validated spec of a job: what the store keeps (as versioned JSON) and what both the
 /// server and the worker reason about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "crate::stored::Stored")]
+#[serde(from = "Stored")]
 pub struct JobSpec {
     /// Version of the stored layout ([`SPEC_VERSION`] for specs written by this code).
     pub version: u32,
@@ -112,6 +29,14 @@ pub struct JobSpec {
     pub max_attempts: i32,
     pub labels: BTreeMap<String, String>,
 }
+
+/// Version written by this code.
+///
+/// - 1: the first layout. Its `init = "gaussian"` meant PEFT's *default* init, and module
+///   lists were always filled with the causal-LM defaults.
+/// - 2: `init` names PEFT's `init_lora_weights` (`default`, `gaussian`, ...); a module list
+///   left to the architecture is absent.
+pub const SPEC_VERSION: u32 = 2;
 
 /// Default number of attempts before a job fails for good.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
@@ -460,5 +385,25 @@ fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperpara
             Optimizer::NAMES,
             Optimizer::AdamW,
         ),
+    }
+}
+
+impl From<Stored> for JobSpec {
+    fn from(mut s: Stored) -> Self {
+        s.migrate();
+        JobSpec {
+            version: SPEC_VERSION,
+            base_model: s.base_model,
+            training_file: s.training_file,
+            validation_file: s.validation_file,
+            task: s.task,
+            method: s.method,
+            hyperparameters: s.hyperparameters,
+            device: s.device,
+            min_memory_bytes: s.min_memory_bytes,
+            priority: s.priority,
+            max_attempts: s.max_attempts,
+            labels: s.labels,
+        }
     }
 }

@@ -11,16 +11,17 @@ pub mod dataset;
 mod job;
 pub mod metrics;
 mod names;
+mod parts;
 mod plan;
 mod stored;
 
 pub use check::FieldViolation;
 pub use job::{
-    DEFAULT_MAX_ATTEMPTS, Hyperparameters, JobSpec, LoraParams, Method, default_alpha,
+    DEFAULT_MAX_ATTEMPTS, Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION,
+    default_alpha,
 };
 pub use names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task};
 pub use plan::{ClassInit, Plan};
-pub use stored::SPEC_VERSION;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 //! A real `tuna server` process exports spans and metrics over OTLP gRPC to a collector on
-//! loopback when an endpoint is configured (DESIGN.md §6).
+//! loopback when an endpoint is configured (docs/design.md §6.3).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! `search`: the sweep algorithms on the offline suite of reference §4.3, in the simulator,
+//! `search`: the sweep algorithms on the offline suite of docs/search-notes.md §4.3, in the simulator,
 //! against random search and (when installed) Optuna TPE. Prints median regret with IQR at
 //! budgets {5, 10, 20, 50} × one full evaluation, writes one SVG per problem, and ends with
 //! one summary line per problem.

@@ -1,4 +1,4 @@
-//! The offline problem suite of reference §4.3: pure functions of (x, fidelity, seed) with
+//! The offline problem suite of docs/search-notes.md §4.3: pure functions of (x, fidelity, seed) with
 //! counter-based noise, so a rerun of the whole benchmark is bit-identical.
 
 use std::f64::consts::PI;
@@ -369,7 +369,7 @@ impl Problem for Chinchilla {
 }
 
 // ---------------------------------------------------------------------------------------
-/// P4: "LoRA-sim" learning curves with crossing curves and divergence (reference §4.3).
+/// P4: "LoRA-sim" learning curves with crossing curves and divergence (docs/search-notes.md §4.3).
 pub struct LoraSim {
     optimum: f64,
 }

@@ -1,4 +1,4 @@
-//! Asynchronous successive halving (reference §2.3–§2.5), in both variants:
+//! Asynchronous successive halving (docs/search-notes.md §2.3–§2.5), in both variants:
 //! - **promotion** (the paper; pause/resume): a trial runs to one rung at a time and is
 //!   resumed from its checkpoint when it ranks in the top 1/η of its rung;
 //! - **stopping** (Ray, Optuna, Syne Tune ASHA-STOP): a trial runs to the full budget and is

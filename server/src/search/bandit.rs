@@ -1,4 +1,4 @@
-//! Bandits over categorical choices (reference §2.7), with CARBS for the continuous rest.
+//! Bandits over categorical choices (docs/search-notes.md §2.7), with CARBS for the continuous rest.
 //!
 //! Arms are *contexts*: complete assignments of the categorical parameters (conditions
 //! honoured). Flat mode runs UCB1 (`Q + α·sqrt(ln t / N)`) or Gaussian Thompson sampling over

@@ -1,4 +1,4 @@
-//! Exact Gaussian-process posteriors with fixed kernels, as CARBS uses them (reference §1.7):
+//! Exact Gaussian-process posteriors with fixed kernels, as CARBS uses them (docs/search-notes.md §1.7):
 //! pyro's 1000 Adam steps at lr 1e-4 barely move the hyperparameters, so we keep them fixed and
 //! only need a Cholesky solve. Hand-rolled: n stays in the hundreds, and no crate exposes the
 //! Linear + Matérn-3/2 sum with sequential Thompson draws.

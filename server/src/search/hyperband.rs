@@ -1,4 +1,4 @@
-//! Hyperband as brackets of ASHA (reference §2.2, the asynchronous form of Li et al.):
+//! Hyperband as brackets of ASHA (docs/search-notes.md §2.2, the asynchronous form of Li et al.):
 //! bracket `b` is an ASHA with minimum early-stopping rate `b`, so bracket 0 is the most
 //! aggressive and the last bracket is random search at the full budget. New trials go to
 //! brackets in proportion to Hyperband's `⌈n_brackets·η^s/(s+1)⌉` (s = rungs above the

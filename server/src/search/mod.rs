@@ -1,4 +1,4 @@
-//! Sweep search algorithms (DESIGN.md §5): pure, seeded, and driven through one trait.
+//! Sweep search algorithms (docs/design.md §5): pure, seeded, and driven through one trait.
 //!
 //! Every algorithm minimises its objective (a controller negates maximised metrics) and draws
 //! each random choice from an RNG derived from `(seed, counter)`, never from global state. Its

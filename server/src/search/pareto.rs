@@ -1,4 +1,4 @@
-//! CARBS's observation groups and performance-cost Pareto front (reference §1.9).
+//! CARBS's observation groups and performance-cost Pareto front (docs/search-notes.md §1.9).
 //! Values here are "larger is better" (the negated objective), as in CARBS.
 
 /// Observations whose basic vectors are all-close (torch `isclose` defaults) form one group.

@@ -1,5 +1,5 @@
 //! Search spaces: parameter kinds and the CARBS transforms between "param" and "basic" space
-//! (reference §1.4). In basic space a distance of 1 is one `scale`, so CARBS's fixed search
+//! (docs/search-notes.md §1.4). In basic space a distance of 1 is one `scale`, so CARBS's fixed search
 //! radius means the same relative move in every dimension.
 
 use std::collections::BTreeMap;
@@ -494,7 +494,7 @@ mod tests {
 
     #[test]
     fn log_basic_values_match_carbs() {
-        // lr = 1e-4 in LogSpace(scale = 0.5) sits at basic -8 (reference §1.4).
+        // lr = 1e-4 in LogSpace(scale = 0.5) sits at basic -8 (docs/search-notes.md §1.4).
         let s = RealSpec::log(1e-6, 1.0).with_scale(0.5);
         assert!((s.to_basic(1e-4) + 8.0).abs() < 1e-12);
         let l = RealSpec::logit(0.01, 0.99);

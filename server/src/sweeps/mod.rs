@@ -1,4 +1,4 @@
-//! Sweeps (DESIGN.md §5): the validated sweep plan, where searched parameters land in a trial's
+//! Sweeps (docs/design.md §5): the validated sweep plan, where searched parameters land in a trial's
 //! JobSpec, the durable event log of the search algorithm, and the leader-only controller.
 
 pub mod controller;

@@ -1,4 +1,4 @@
-//! The worker agent (DESIGN.md §2): register, long-poll for a lease, fetch inputs (cached by
+//! The worker agent (docs/design.md §2.4): register, long-poll for a lease, fetch inputs (cached by
 //! content hash), run the engine on a blocking thread while heartbeating and streaming metrics,
 //! upload checkpoints and the adapter, and end the attempt. Directives (CANCEL, PAUSE,
 //! STOP_EARLY), a lost lease and SIGTERM all reach the engine through one [`Control`].

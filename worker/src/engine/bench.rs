@@ -1,6 +1,6 @@
 //! Training-throughput benchmark (issue 3): LoRA r=16 (alpha 32) on all seven linear
 //! projections of a random-weight Llama, f32, AdamW lr 1e-3, causal-LM loss over every
-//! position — the same work as `shared/bench/torch_peft_lora_bench.py`, so the two
+//! position — the same work as `bench/src/train/torch_peft_lora_bench.py`, so the two
 //! tokens/s figures compare directly. Each step goes through the trainer's own
 //! [`loss_and_grads`]; times are split into forward, backward and optimizer (AdamW) to
 //! show where the time goes.

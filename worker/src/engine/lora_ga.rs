@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 use rand::Rng;
 
-use super::{AdapterConfig, AdapterError, AdapterSet, LoraInit, targets};
+use crate::engine::adapters::{
+    AdapterConfig, AdapterError, AdapterSet, LoraInit, Mode, PEFT_PREFIX, svd, targets,
+};
 use crate::engine::data::Batch;
 use crate::engine::model::CausalLm;
 use crate::engine::model::ops::masked_nll_sum;
@@ -79,10 +81,10 @@ pub fn attach<M: CausalLm>(
             continue;
         };
         let (out_f, in_f) = g.dims2()?;
-        let key = format!("{}{path}", super::PEFT_PREFIX);
+        let key = format!("{}{path}", PEFT_PREFIX);
         let flat: Vec<f64> = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         let seed = rng::stream(plain.seed, &format!("lora_ga/{key}")).random::<u64>();
-        let t = super::svd::truncated(&flat, out_f, in_f, 2 * r, seed);
+        let t = svd::truncated(&flat, out_f, in_f, 2 * r, seed);
         let k = t.s.len();
         let c = (out_f as f64).powf(0.25) / gamma.sqrt();
         let mut a = vec![0f32; r * in_f];
@@ -129,7 +131,7 @@ fn weight_grads<M: CausalLm>(
     let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
     for batch in batches {
         let logits = model
-            .forward(&batch.input_ids, &super::Mode::Eval)
+            .forward(&batch.input_ids, &Mode::Eval)
             .map_err(|e| AdapterError::Invalid(format!("LoRA-GA forward: {e}")))?;
         let (b, t, v) = logits.dims3()?;
         let loss =

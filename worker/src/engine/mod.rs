@@ -1,15 +1,17 @@
-//! The training engine (DESIGN.md §4): our own differentiable models, PEFT adapters, data
-//! loading, optimizers, the training loop and HF PEFT export.
+//! The training engine (docs/design.md §4): our own differentiable models, PEFT adapters,
+//! data loading, optimizers, the one training loop and HF PEFT export.
 //!
-//! Everything runs through candle's autograd. candle's fused kernels (`softmax_last_dim`,
-//! fused `rms_norm`, `rope*`) silently drop gradients, so the model code here only uses
-//! ops that have backward rules (see `reference/candle_peft.md` §1.2).
+//! Gradients come from candle's autograd, or, for plain-LoRA steps on the CPU, from the
+//! hand-written backward of `model::llama::tape` over the fused `kernels`. candle's own
+//! fused ops (`softmax_last_dim`, fused `rms_norm`, `rope*`) silently drop gradients, so the
+//! model code only uses ops that have backward rules (docs/engine-notes.md §1.2).
 
 pub mod adapters;
 pub mod bench;
 pub mod classifier;
 pub mod data;
 pub mod export;
+pub mod lora_ga;
 pub mod kernels;
 pub mod model;
 pub mod optim;

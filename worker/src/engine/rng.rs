@@ -22,6 +22,13 @@ fn fnv1a(s: &str) -> u64 {
     h
 }
 
+/// A standard normal sample (Box–Muller), so no extra distribution crate is needed.
+pub fn normal<R: rand::Rng>(g: &mut R) -> f64 {
+    let u1: f64 = 1.0 - g.random::<f64>(); // (0, 1]: ln is finite
+    let u2: f64 = g.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

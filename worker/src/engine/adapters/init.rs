@@ -33,12 +33,7 @@ pub fn lora_a(
     Tensor::from_vec(values, (r, in_features), device)
 }
 
-/// A standard normal sample (Box–Muller), so no extra distribution crate is needed.
-pub fn normal<R: Rng>(g: &mut R) -> f64 {
-    let u1: f64 = 1.0 - g.random::<f64>(); // (0, 1]: ln is finite
-    let u2: f64 = g.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
+pub use crate::engine::rng::normal;
 
 /// PiSSA factors for `weight` `[out, in]`: with `W ≈ U S Vᵀ` (top r), `A = √(S/s) Vᵀ`
 /// `[r, in]` and `B = U √(S/s)` `[out, r]`, so `s·B·A` is the principal part of `W`

@@ -329,8 +329,8 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
-/// Adapters train in f32 even over bf16/f16 base weights (candle_peft.md §1.5); an f64
+/// Adapters train in f32 even over bf16/f16 base weights (docs/engine-notes.md §1.5); an f64
 /// base (used by gradient checks) keeps f64.
 pub fn adapter_dtype(base: DType) -> DType {
-    crate::engine::model::ops::compute_dtype(base)
+    crate::engine::kernels::compute_dtype(base)
 }

@@ -5,7 +5,6 @@ pub mod config;
 pub mod dropout;
 pub mod init;
 pub mod linear;
-pub mod lora_ga;
 pub mod methods;
 pub mod set;
 pub mod svd;

@@ -33,7 +33,7 @@ impl AdapterSet {
         config.validate()?;
         if config.init == LoraInit::LoraGa {
             return Err(AdapterError::Invalid(
-                "LoRA-GA init needs a gradient batch: use adapters::lora_ga::attach".into(),
+                "LoRA-GA init needs a gradient batch: use engine::lora_ga::attach".into(),
             ));
         }
         let paths: Vec<String> = model.linears().into_iter().map(|(p, _)| p).collect();

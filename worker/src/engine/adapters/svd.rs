@@ -3,7 +3,7 @@
 
 use rand::Rng;
 
-use super::init::normal;
+use crate::engine::rng::normal;
 use crate::engine::rng;
 
 /// Top-`k` singular triplets of a row-major `m × n` matrix.

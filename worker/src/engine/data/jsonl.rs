@@ -24,7 +24,7 @@ pub enum Format {
 pub enum Record {
     Text { text: String },
     PromptCompletion { prompt: String, completion: String },
-    Chat { messages: Vec<super::chat::Message> },
+    Chat { messages: Vec<super::template::Message> },
     Classification { text: String, label: String },
 }
 
@@ -106,7 +106,7 @@ fn parse_line(line: &str, format: Format) -> Result<Record, String> {
                     Some(_) => Err(format!("messages[{i}].{name} must be a string")),
                     None => Err(format!("messages[{i}] has no `{name}`")),
                 };
-                messages.push(super::chat::Message {
+                messages.push(super::template::Message {
                     role: get("role")?,
                     content: get("content")?,
                 });

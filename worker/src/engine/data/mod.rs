@@ -6,10 +6,11 @@ pub mod chat;
 pub mod classify;
 pub mod jsonl;
 pub mod loader;
+pub mod template;
 pub mod tokenizer;
 
 pub use batch::Batch;
-pub use chat::{ChatTemplate, Message};
+pub use template::{ChatTemplate, Message};
 pub use classify::{ClassBatch, ClassExample, Labels};
 pub use jsonl::{Format, Record};
 pub use loader::{Cursor, Loader};

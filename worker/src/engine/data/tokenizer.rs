@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::chat::ChatTemplate;
+use super::template::ChatTemplate;
 
 /// Text → token ids, plus the special ids the pipeline inserts.
 pub trait Tokenizer: Send + Sync {
@@ -362,7 +362,7 @@ pub fn tiny_tokenizer_config() -> serde_json::Value {
         "pad_token": "<|endoftext|>",
         "unk_token": null,
         "model_max_length": 2048,
-        "chat_template": super::chat::CHATML_TEMPLATE,
+        "chat_template": super::template::CHATML_TEMPLATE,
     })
 }
 

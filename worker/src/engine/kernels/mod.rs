@@ -36,3 +36,13 @@ pub use rms_norm::rms_norm;
 pub(crate) use rms_norm::{add_rms_norm, rms_norm_backward_add};
 pub use swiglu::silu_mul;
 pub(crate) use swiglu::{silu_mul_backward, silu_mul_forward};
+
+/// The dtype reductions and losses run in: f32, or f64 when the model is f64 (gradient
+/// checks), never bf16/f16.
+pub fn compute_dtype(dtype: candle_core::DType) -> candle_core::DType {
+    if dtype == candle_core::DType::F64 {
+        candle_core::DType::F64
+    } else {
+        candle_core::DType::F32
+    }
+}

@@ -438,7 +438,7 @@ pub fn write_tiny(spec: &TinySpec, seed: u64, path: &Path) -> Result<(), ModelEr
             ),
             (
                 "tokenizer.chat_template".to_string(),
-                s(crate::engine::data::chat::CHATML_TEMPLATE),
+                s(crate::engine::data::template::CHATML_TEMPLATE),
             ),
         ]);
     }

@@ -6,15 +6,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 
 use crate::engine::kernels;
 
-/// The dtype reductions and losses run in: f32, or f64 when the model is f64 (gradient
-/// checks), never bf16/f16.
-pub fn compute_dtype(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    }
-}
+pub use crate::engine::kernels::compute_dtype;
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32 (or f64). One fused node
 /// on the CPU for f32/f64 ([`kernels::rms_norm`]), composed ops otherwise.

@@ -229,7 +229,8 @@ fn prompt_tuning_keeps_logit_positions_and_exports_its_config() {
 
 #[test]
 fn lora_ga_starts_at_the_base_model_and_exports_like_pissa() {
-    use crate::engine::adapters::{AdapterConfig, LoraInit, TargetModules, lora_ga};
+    use crate::engine::adapters::{AdapterConfig, LoraInit, TargetModules};
+    use crate::engine::lora_ga;
     let spec = TinySpec::default();
     let records = jsonl::parse(DATA, Format::PromptCompletion).unwrap();
     let examples: Vec<Example> = records

@@ -1,0 +1,164 @@
+//! The spec-surface conformance test: every task × method × LoRA init × schedule value the
+//! API's names admit either trains on a real worker or is refused at `CreateJob` with
+//! `INVALID_ARGUMENT` naming the field. Nothing accepted may fail on the worker.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tuna_client::{Client, ClientError, pb};
+use tuna_e2e::ServerProcess;
+use tuna_spec::{JobSpec, LoraInit, MethodKind, Schedule, Task};
+use tuna_worker::engine::model::bert::TinyBertSpec;
+use tuna_worker::engine::model::tiny::TinySpec;
+
+fn causal_data() -> String {
+    (0..12)
+        .map(|i| format!("{{\"prompt\":\"{}+{}=\",\"completion\":\"{}\"}}\n", i % 4, i / 4, i % 4 + i / 4))
+        .collect()
+}
+
+fn class_data() -> String {
+    ["good fun", "great joy", "lovely day", "bad pain", "awful mess", "dull pain"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("{{\"text\":\"{t}\",\"label\":\"{}\"}}\n", if i < 3 { "pos" } else { "neg" }))
+        .collect()
+}
+
+async fn upload(client: &Client, dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    client
+        .upload_file(&path, pb::FilePurpose::Dataset, pb::DatasetFormat::Unspecified)
+        .await
+        .unwrap()
+        .id
+}
+
+fn spec(task: Task, method: MethodKind, init: LoraInit, schedule: Schedule, files: &Files) -> pb::JobSpec {
+    let (model, data) = match task {
+        Task::CausalLm => ("llama", &files.causal),
+        Task::Classification => ("bert", &files.class),
+    };
+    pb::JobSpec {
+        base_model: model.into(),
+        training_file: data.clone(),
+        validation_file: data.clone(),
+        task: task.as_str().into(),
+        method: Some(pb::Method {
+            r#type: method.as_str().into(),
+            lora: Some(pb::LoraParams {
+                r: Some(2),
+                init: init.as_str().into(),
+                ..Default::default()
+            }),
+            prompt_tuning: Some(pb::PromptTuningParams {
+                num_virtual_tokens: Some(2),
+            }),
+            ia3: None,
+        }),
+        hyperparameters: Some(pb::Hyperparameters {
+            learning_rate: Some(1e-2),
+            max_steps: Some(2),
+            batch_size: Some(2),
+            schedule: schedule.as_str().into(),
+            checkpoint_every: Some(0),
+            max_seq_len: Some(32),
+            seed: Some(3),
+            ..Default::default()
+        }),
+        max_attempts: 1,
+        ..Default::default()
+    }
+}
+
+struct Files {
+    causal: String,
+    class: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_naming_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--embedded-worker"]);
+    let client = Client::connect(&server.url, None).await.unwrap();
+    TinySpec::default().write(&dir.path().join("llama"), 3).unwrap();
+    TinyBertSpec::default().write(&dir.path().join("bert"), 3).unwrap();
+    client.register_model("llama", &dir.path().join("llama")).await.unwrap();
+    client.register_model("bert", &dir.path().join("bert")).await.unwrap();
+    let files = Files {
+        causal: upload(&client, dir.path(), "causal.jsonl", &causal_data()).await,
+        class: upload(&client, dir.path(), "class.jsonl", &class_data()).await,
+    };
+
+    // A dataset whose validated format the task cannot train is refused at CreateJob too.
+    let mut mismatch = spec(Task::CausalLm, MethodKind::Lora, LoraInit::Default, Schedule::Cosine, &files);
+    mismatch.training_file = files.class.clone();
+    match client.create_job(mismatch, None).await {
+        Err(ClientError::Rpc(s)) => {
+            assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            assert!(s.message().contains("spec.training_file"), "{}", s.message());
+        }
+        other => panic!("a classification file for a causal_lm job: {other:?}"),
+    }
+
+    let mut refused = 0;
+    let mut runs: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for task in Task::ALL {
+        for method in MethodKind::ALL {
+            for init in LoraInit::ALL {
+                for schedule in Schedule::ALL {
+                    let combo = format!("{task} {method} init={init} schedule={schedule}");
+                    let p = spec(*task, *method, *init, *schedule, &files);
+                    match JobSpec::from_proto(Some(&p)) {
+                        Err(violations) => {
+                            let Err(ClientError::Rpc(s)) = client.create_job(p, None).await else {
+                                panic!("{combo}: the API accepted what the spec refuses")
+                            };
+                            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{combo}");
+                            for v in &violations {
+                                assert!(s.message().contains(&v.field), "{combo}: {}", s.message());
+                            }
+                            println!("refused: {combo}: {}", s.message());
+                            refused += 1;
+                        }
+                        Ok(typed) => {
+                            // Combinations that mean the same job (an init of a method without
+                            // LoRA factors) run once.
+                            let key = serde_json::to_string(&typed).unwrap();
+                            if runs.contains_key(&key) {
+                                continue;
+                            }
+                            let job = client
+                                .create_job(p, None)
+                                .await
+                                .unwrap_or_else(|e| panic!("{combo}: {e}"));
+                            runs.insert(key, (combo, job.id));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(refused > 0 && runs.len() >= 40, "{refused} refused, {} ran", runs.len());
+
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    for (combo, id) in runs.values() {
+        let job = loop {
+            let job = client.get_job(id).await.unwrap();
+            if tuna_client::is_terminal(job.state()) {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "{combo}: still {:?}", job.state());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            job.state(),
+            pb::JobState::Succeeded,
+            "{combo}: {:?}",
+            job.failure
+        );
+        println!("trained: {combo} ({id})");
+    }
+    println!("{} combinations trained, {refused} refused at CreateJob", runs.len());
+}
