@@ -3,7 +3,7 @@
 //! Every algorithm minimises its objective (a controller negates maximised metrics) and draws
 //! each random choice from an RNG derived from `(seed, counter)`, never from global state. Its
 //! state is therefore a pure function of the ordered calls it has seen: a controller rebuilds
-//! it after a restart by replaying the trials table (suggestions in trial order, then the
+//! it after a restart by replaying the sweep's event log (suggestions in trial order, then the
 //! observations and intermediate reports in the order they were recorded).
 
 pub mod asha;
