@@ -73,8 +73,9 @@ macro_rules! impl_store {
         use sqlx::{QueryBuilder, Row};
 
         use $crate::domain::ids;
+        use $crate::domain::queue::{self, StopEarly};
         use $crate::domain::spec::JobSpec;
-        use $crate::domain::transitions::{self, Action, Transition};
+        use $crate::domain::transitions::{self, Action, SweepCancel, Transition};
         use $crate::domain::{
             ArtifactKind, DatasetFormat, FailureKind, FilePurpose, JobState, ModelFormat, Outcome,
             SweepState,
@@ -84,7 +85,7 @@ macro_rules! impl_store {
             ArtifactRecord, Cursor, EventRecord, FailReply, Fence, FileRecord, HeartbeatReply,
             JobFilter, JobRecord, Lease, MetricInput, MetricRecord, MetricsReply, ModelFileRecord,
             ModelRecord, NewArtifact, NewJob, Result, StoreError, SweepAdvance, SweepEventRecord,
-            SweepRecord, TrialRecord, UpdateRecord, WorkerRecord, directive_for,
+            SweepRecord, TrialRecord, UpdateRecord, WorkerRecord,
         };
 
         type Tx = sqlx::Transaction<'static, $Db>;

@@ -24,6 +24,8 @@ macro_rules! sql_queue {
         async fn claim_job(store: &$Store, worker: &WorkerRecord) -> Result<Option<Lease>> {
             let now = store.clock.now_ms();
             let mut tx = store.begin().await?;
+            // Eligibility and order are the query's, index-served; `attempt < max_attempts` is
+            // `queue::has_attempts_left` (an exhausted job is left to the reaper to fail).
             let row = sqlx::query(concat!(
                 "SELECT ",
                 job_columns!(),
@@ -40,8 +42,8 @@ macro_rules! sql_queue {
             .await?;
             let Some(row) = row else { return Ok(None) };
             let job = job_from_row(&row)?.job;
-            let was_running = job.state == JobState::Running;
-            if was_running {
+            let claim = queue::claim(job.state, job.attempt);
+            if claim.reclaimed {
                 let msg = format!("lease of attempt {} expired; job reclaimed", job.attempt);
                 push_event(&mut tx, &job.id, "lease_expired", JobState::Queued, &msg, job.attempt, now)
                     .await?;
@@ -49,7 +51,7 @@ macro_rules! sql_queue {
             let token = uuid::Uuid::new_v4().to_string();
             let expires_at = now + store.policy.lease_ms;
             sqlx::query(
-                "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = $2, \
+                "UPDATE jobs SET state = 'running', attempt = $6, lease_token = $2, \
                  lease_expires_at = $3, worker_id = $4, started_at = COALESCE(started_at, $5), \
                  updated_at = $5, stop_requested = FALSE WHERE id = $1",
             )
@@ -58,9 +60,10 @@ macro_rules! sql_queue {
             .bind(expires_at)
             .bind(&worker.id)
             .bind(now)
+            .bind(claim.attempt)
             .execute(&mut *tx)
             .await?;
-            let attempt = job.attempt + 1;
+            let attempt = claim.attempt;
             let msg = format!("attempt {attempt} claimed by worker {} ({})", worker.id, worker.name);
             push_event(&mut tx, &job.id, "claimed", JobState::Running, &msg, attempt, now).await?;
             store.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
@@ -81,7 +84,7 @@ macro_rules! sql_queue {
             store.notifier.job_changed(&job.id);
             tracing::info!(job = %job.id, attempt, "job claimed");
             Ok(Some(Lease {
-                reclaimed: was_running,
+                reclaimed: claim.reclaimed,
                 job,
                 lease_token: token,
                 expires_at,
@@ -106,7 +109,7 @@ macro_rules! sql_queue {
             })?;
             let state: String = row.try_get("state")?;
             let stop: bool = row.try_get("stop_requested")?;
-            let directive = directive_for(parse_text("jobs", &state, JobState::parse)?, stop);
+            let directive = queue::directive_for(parse_text("jobs", &state, JobState::parse)?, stop);
             Ok(HeartbeatReply {
                 directive,
                 expires_at,
@@ -117,20 +120,20 @@ macro_rules! sql_queue {
         async fn request_stop_early(store: &$Store, id: &str, reason: &str) -> Result<JobRecord> {
             let now = store.clock.now_ms();
             let mut tx = store.begin().await?;
-            let row = lock_job(&mut tx, id).await?;
-            let job = row.job;
-            if job.state != JobState::Running {
+            let job = lock_job(&mut tx, id).await?.job;
+            let already: bool = sqlx::query_scalar("SELECT stop_requested FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let decision = queue::stop_early(job.state, already);
+            if decision == StopEarly::Disallowed {
                 return Err(StoreError::InvalidTransition {
                     id: id.to_string(),
                     state: job.state,
                     action: "stop early",
                 });
             }
-            let already: bool = sqlx::query_scalar("SELECT stop_requested FROM jobs WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-            if !already {
+            if decision == StopEarly::Request {
                 sqlx::query("UPDATE jobs SET stop_requested = TRUE, updated_at = $2 WHERE id = $1")
                     .bind(id)
                     .bind(now)
@@ -188,7 +191,7 @@ macro_rules! sql_queue {
             store.notifier.job_changed(&job.id);
             Ok(MetricsReply {
                 last_seq: last,
-                directive: directive_for(job.state, stop),
+                directive: queue::directive_for(job.state, stop),
             })
         }
 
@@ -197,25 +200,18 @@ macro_rules! sql_queue {
             let now = store.clock.now_ms();
             let mut tx = store.begin().await?;
             let job = lock_fenced(&mut tx, fence).await?;
-            use JobState::*;
-            let target = match (outcome, job.state) {
-                (Outcome::Succeeded, _) => Succeeded,
-                // A cancel requested meanwhile wins over a pause or a release.
-                (_, Cancelling) => Cancelled,
-                (Outcome::Paused | Outcome::Released, Pausing) => Paused,
-                (Outcome::Released, Running) => Queued,
-                (_, state) => {
-                    return Err(StoreError::InvalidTransition {
-                        id: job.id,
-                        state,
-                        action: match outcome {
-                            Outcome::Cancelled => "acknowledge a cancel that was not requested",
-                            _ => "acknowledge a pause that was not requested",
-                        },
-                    });
-                }
+            let Some(target) = queue::after_completion(outcome, job.state) else {
+                return Err(StoreError::InvalidTransition {
+                    id: job.id,
+                    state: job.state,
+                    action: match outcome {
+                        Outcome::Cancelled => "acknowledge a cancel that was not requested",
+                        _ => "acknowledge a pause that was not requested",
+                    },
+                });
             };
-            let requeue = target == Queued;
+            // A job back in the queue is due at once.
+            let requeue = target == JobState::Queued;
             set_state(&mut tx, &job.id, target, requeue.then_some(now), now).await?;
             let msg = format!("attempt {} ended: {}", job.attempt, outcome.as_str());
             push_event(&mut tx, &job.id, outcome.as_str(), target, &msg, job.attempt, now).await?;
@@ -241,20 +237,12 @@ macro_rules! sql_queue {
             let now = store.clock.now_ms();
             let mut tx = store.begin().await?;
             let job = lock_fenced(&mut tx, fence).await?;
-            let system = kind == FailureKind::System;
-            let retry = system
-                && job.attempt < job.max_attempts
-                && job.state == JobState::Running;
-            let (target, run_after) = if job.state == JobState::Cancelling {
-                (JobState::Cancelled, job.run_after)
-            } else if system && job.state == JobState::Pausing {
-                // The user asked for a pause: honour it; resuming retries the work.
-                (JobState::Paused, job.run_after)
-            } else if retry {
-                let delay = store.policy.retry_delay_ms(&job.id, job.attempt);
-                (JobState::Queued, now + delay)
+            let target = queue::after_failure(kind, job.state, job.attempt, job.max_attempts);
+            let retry = target == JobState::Queued;
+            let run_after = if retry {
+                now + store.policy.retry_delay_ms(&job.id, job.attempt)
             } else {
-                (JobState::Failed, job.run_after)
+                job.run_after
             };
             set_state(&mut tx, &job.id, target, Some(run_after), now).await?;
             set_failure(&mut tx, &job.id, kind, message).await?;
@@ -300,13 +288,7 @@ macro_rules! sql_queue {
             let mut changed = Vec::new();
             for row in &rows {
                 let job = job_from_row(row)?.job;
-                let exhausted = job.attempt >= job.max_attempts;
-                let target = match job.state {
-                    JobState::Cancelling => JobState::Cancelled,
-                    JobState::Pausing => JobState::Paused,
-                    _ if exhausted => JobState::Failed,
-                    _ => JobState::Queued,
-                };
+                let target = queue::after_lease_expiry(job.state, job.attempt, job.max_attempts);
                 requeued |= target == JobState::Queued;
                 set_state(&mut tx, &job.id, target, Some(now), now).await?;
                 let msg = format!("lease of attempt {} expired; job is now {target}", job.attempt);

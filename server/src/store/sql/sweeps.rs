@@ -154,13 +154,13 @@ macro_rules! sql_sweeps {
         async fn cancel_sweep(store: &$Store, id: &str) -> Result<SweepRecord> {
             let now = store.clock.now_ms();
             let sweep = get_sweep(store, id).await?;
-            match sweep.state {
-                SweepState::Cancelled => return Ok(sweep),
-                SweepState::Running => {}
-                other => {
+            match transitions::cancel_sweep(sweep.state) {
+                SweepCancel::Unchanged => return Ok(sweep),
+                SweepCancel::Cancel => {}
+                SweepCancel::Finished => {
                     return Err(StoreError::SweepFinished {
                         id: id.to_string(),
-                        state: other,
+                        state: sweep.state,
                     });
                 }
             }
