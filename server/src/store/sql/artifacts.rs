@@ -1,6 +1,6 @@
 //! Artifacts committed by the lease holder (adapters, checkpoints, merged models).
 
-/// Expands this aggregate's queries inside [`impl_store!`]; see the parent module.
+/// Expands this aggregate's queries inside `impl_store!`; see the parent module.
 macro_rules! sql_artifacts {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         fn artifact_from_row(row: &DbRow) -> Result<ArtifactRecord> {

@@ -1,6 +1,6 @@
 //! Uploaded files; a delete is refused while an active job or a registered model uses the file.
 
-/// Expands this aggregate's queries inside [`impl_store!`]; see the parent module.
+/// Expands this aggregate's queries inside `impl_store!`; see the parent module.
 macro_rules! sql_files {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         fn file_from_row(row: &DbRow) -> Result<FileRecord> {

@@ -1,6 +1,6 @@
 //! A job's history: its events and metric points, one `seq` order for both.
 
-/// Expands this aggregate's queries inside [`impl_store!`]; see the parent module.
+/// Expands this aggregate's queries inside `impl_store!`; see the parent module.
 macro_rules! sql_history {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         fn event_from_row(row: &DbRow) -> Result<EventRecord> {

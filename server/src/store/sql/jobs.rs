@@ -1,7 +1,7 @@
 //! Jobs: creation with idempotency keys, lookup, listing, the user transitions and the
 //! row helpers (lock, state change, event append) every other job write goes through.
 
-/// Expands this aggregate's queries inside [`impl_store!`]; see the parent module.
+/// Expands this aggregate's queries inside `impl_store!`; see the parent module.
 macro_rules! sql_jobs {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         struct JobRow {

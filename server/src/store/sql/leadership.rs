@@ -1,6 +1,6 @@
 //! Leases on singleton roles (the sweep controller), so one replica leads at a time.
 
-/// Expands this aggregate's queries inside [`impl_store!`]; see the parent module.
+/// Expands this aggregate's queries inside `impl_store!`; see the parent module.
 macro_rules! sql_leadership {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         async fn acquire_leadership(store: &$Store, role: &str, holder: &str, ttl_ms: i64) -> Result<bool> {

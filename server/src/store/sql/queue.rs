@@ -1,7 +1,7 @@
 //! The queue: claims, heartbeats, worker reports and the end of an attempt, and the reaping of
 //! expired leases. Every worker write is fenced by its lease token.
 
-/// Expands this aggregate's queries inside [`impl_store!`]; see the parent module.
+/// Expands this aggregate's queries inside `impl_store!`; see the parent module.
 macro_rules! sql_queue {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         /// Locks the job for a worker write, or fails with `LeaseLost`.

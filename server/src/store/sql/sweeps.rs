@@ -1,6 +1,6 @@
 //! Sweeps: their event log (optimistic concurrency on `last_seq`), trials and trial jobs.
 
-/// Expands this aggregate's queries inside [`impl_store!`]; see the parent module.
+/// Expands this aggregate's queries inside `impl_store!`; see the parent module.
 macro_rules! sql_sweeps {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         fn sweep_from_row(row: &DbRow) -> Result<SweepRecord> {

@@ -1,6 +1,6 @@
 //! Workers: registration and lookup (which also records that the worker was seen).
 
-/// Expands this aggregate's queries inside [`impl_store!`]; see the parent module.
+/// Expands this aggregate's queries inside `impl_store!`; see the parent module.
 macro_rules! sql_workers {
     ($Store:ident, $Db:ty, lock = $LOCK:literal, skip_locked = $SKIP:literal) => {
         fn worker_from_row(row: &DbRow) -> Result<WorkerRecord> {
