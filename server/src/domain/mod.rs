@@ -1,6 +1,7 @@
 //! Domain types shared by the store and the API: states, kinds and the validated job spec.
 
 pub mod ids;
+pub mod queue;
 pub mod spec;
 pub mod transitions;
 

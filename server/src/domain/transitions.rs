@@ -1,6 +1,7 @@
-//! The job state machine's user-driven transitions, in one place for both store backends.
+//! The user-driven transitions of jobs and sweeps, in one place for both store backends
+//! (the worker-driven ones are in [`super::queue`]).
 
-use super::JobState;
+use super::{JobState, SweepState};
 
 /// What a user action does to a job in a given state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,26 @@ pub fn apply(action: Action, state: JobState) -> Transition {
     }
 }
 
+/// What a cancel does to a sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepCancel {
+    /// RUNNING: cancel it (the caller then cancels its trial jobs).
+    Cancel,
+    /// Already cancelled: return it unchanged (idempotent retry).
+    Unchanged,
+    /// It ended on its own (succeeded or failed): too late to cancel.
+    Finished,
+}
+
+/// A cancel of a sweep in `state`.
+pub fn cancel_sweep(state: SweepState) -> SweepCancel {
+    match state {
+        SweepState::Running => SweepCancel::Cancel,
+        SweepState::Cancelled => SweepCancel::Unchanged,
+        SweepState::Succeeded | SweepState::Failed => SweepCancel::Finished,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +111,13 @@ mod tests {
             apply(Action::Resume, JobState::Queued),
             Transition::Disallowed
         );
+    }
+
+    #[test]
+    fn only_a_running_sweep_is_cancelled_and_a_cancelled_one_stays_so() {
+        assert_eq!(cancel_sweep(SweepState::Running), SweepCancel::Cancel);
+        assert_eq!(cancel_sweep(SweepState::Cancelled), SweepCancel::Unchanged);
+        assert_eq!(cancel_sweep(SweepState::Succeeded), SweepCancel::Finished);
+        assert_eq!(cancel_sweep(SweepState::Failed), SweepCancel::Finished);
     }
 }

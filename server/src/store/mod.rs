@@ -160,16 +160,8 @@ pub struct MetricsReply {
     pub directive: Directive,
 }
 
-/// The directive for a leased job in `state`: a cancel or pause in progress wins over an
-/// early stop.
-pub fn directive_for(state: JobState, stop_requested: bool) -> Directive {
-    match state {
-        JobState::Cancelling => Directive::Cancel,
-        JobState::Pausing => Directive::Pause,
-        _ if stop_requested => Directive::StopEarly,
-        _ => Directive::Continue,
-    }
-}
+/// Kept here too: the API and the store's users have always found it under `store`.
+pub use crate::domain::queue::directive_for;
 
 /// What a failure did to the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Lease duration and retry backoff.
 
-use sha2::{Digest, Sha256};
+use crate::domain::queue::retry_backoff_ms;
 
 /// Timing of leases and retries.
 #[derive(Debug, Clone)]
@@ -24,24 +24,11 @@ impl Default for QueuePolicy {
 }
 
 impl QueuePolicy {
-    /// Delay before retrying after failed attempt `attempt` (1-based):
-    /// `base * 2^(attempt-1)`, times a jitter in [1, 1.25), capped at `backoff_max_ms`.
-    ///
-    /// The jitter is derived from the job id and attempt rather than a global RNG, so it spreads
-    /// retries of different jobs while staying reproducible; and since it is below 2x, delays
-    /// strictly grow until the cap.
+    /// Delay before retrying after failed attempt `attempt` (1-based): this policy's
+    /// [`retry_backoff_ms`] (exponential from `backoff_base_ms`, jittered, capped at
+    /// `backoff_max_ms`).
     pub fn retry_delay_ms(&self, job_id: &str, attempt: i32) -> i64 {
-        let exp = attempt.saturating_sub(1).clamp(0, 40) as u32;
-        let raw = self
-            .backoff_base_ms
-            .saturating_mul(1_i64.checked_shl(exp).unwrap_or(i64::MAX));
-        let digest = Sha256::new()
-            .chain_update(job_id.as_bytes())
-            .chain_update(attempt.to_le_bytes())
-            .finalize();
-        let jitter_permille = i64::from(u16::from_le_bytes([digest[0], digest[1]]) % 250);
-        let jittered = raw.saturating_add(raw.saturating_mul(jitter_permille) / 1000);
-        jittered.min(self.backoff_max_ms)
+        retry_backoff_ms(self.backoff_base_ms, self.backoff_max_ms, job_id, attempt)
     }
 }
 
