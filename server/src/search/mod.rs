@@ -139,7 +139,7 @@ pub fn replay<S: Searcher + ?Sized>(
 }
 
 /// Any searcher with an ASHA stopping rule layered on its intermediate reports (for example
-/// CARBS + stopping, the hybrid the reference's §1.15 suggests): suggestions and observations
+/// CARBS + stopping, the hybrid docs/search-notes.md §1.15 suggests): suggestions and observations
 /// go to `inner`, stop decisions come from `stopper`.
 pub struct WithStopping<S> {
     pub inner: S,
