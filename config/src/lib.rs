@@ -507,6 +507,16 @@ mod tests {
         assert_eq!(c.database_url(), "sqlite://tuna-data/tuna.db");
     }
 
+    /// The documented example stays loadable and documents the defaults.
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tuna.toml");
+        assert_eq!(
+            Config::load(Some(&path), Vec::new()).unwrap(),
+            Config::default()
+        );
+    }
+
     #[test]
     fn every_env_var_names_an_existing_key() {
         let table = toml::Table::try_from(Config::default()).unwrap();
