@@ -21,7 +21,7 @@ use tuna_proto::v1::model_service_client::ModelServiceClient;
 use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 use tuna_server::api::Limits;
 use tuna_server::blobs::Blobs;
-use tuna_server::config::ServerConfig;
+use tuna_server::config::Config;
 use tuna_server::serve::ControlPlane;
 use tuna_server::store::{QueuePolicy, SystemClock, postgres::PgStore};
 
@@ -63,7 +63,7 @@ async fn replica(db: &str, blobs: &std::path::Path) -> Result<(Channel, oneshot:
         Arc::new(store),
         Blobs::local(blobs).map_err(err)?,
         limits,
-        &ServerConfig::default(),
+        &Config::default(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;

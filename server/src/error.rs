@@ -1,8 +1,12 @@
 //! Errors of the API layer and their one mapping to gRPC status codes.
 //!
 //! Libraries below the API (store, blobs, dataset validation) return their own typed errors;
-//! handlers convert them into [`ApiError`] with `?`, and [`ApiError`] becomes a
-//! [`tonic::Status`] here and nowhere else.
+//! handlers convert them into [`ApiError`] (or straight into [`tonic::Status`]) with `?`, and
+//! [`ApiError`] becomes a [`tonic::Status`] here and nowhere else.
+//!
+//! An internal failure (a database or blob store error nobody anticipated) is logged in full
+//! under a fresh correlation id, and the client gets only that id: error text from SQL drivers
+//! and file systems names tables, queries and paths that are no business of API callers.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -15,6 +19,8 @@ pub use crate::domain::spec::FieldViolation;
 
 /// Stable `ErrorInfo.reason` for a fenced write from a worker that lost its lease.
 pub const REASON_LEASE_LOST: &str = "LEASE_LOST";
+/// Response metadata key carrying the correlation id of an internal error.
+pub const CORRELATION_ID_KEY: &str = "x-tuna-correlation-id";
 const ERROR_DOMAIN: &str = "tuna.dev";
 
 /// Everything a request can fail with.
@@ -57,6 +63,35 @@ impl From<Vec<FieldViolation>> for ApiError {
     }
 }
 
+/// Lets handlers write a plain `?` on store, blob and dataset results.
+macro_rules! status_via_api_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Status {
+            fn from(err: $t) -> Status {
+                ApiError::from(err).into()
+            }
+        }
+    )*};
+}
+status_via_api_error!(StoreError, BlobError, DatasetError);
+
+/// A fresh id tying a client's INTERNAL error to the server's log line.
+pub fn correlation_id() -> String {
+    format!("err_{:016x}", rand::random::<u64>())
+}
+
+/// Logs `err` in full under a fresh correlation id; the client sees only the id, in the
+/// message and in the [`CORRELATION_ID_KEY`] metadata.
+pub fn internal(what: &str, err: &dyn std::fmt::Display) -> Status {
+    let id = correlation_id();
+    tracing::error!(correlation_id = %id, error = %err, "{what}");
+    let mut status = Status::internal(format!("internal error (correlation id {id})"));
+    if let Ok(value) = id.parse() {
+        status.metadata_mut().insert(CORRELATION_ID_KEY, value);
+    }
+    status
+}
+
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Status {
         let message = err.to_string();
@@ -78,10 +113,7 @@ impl From<ApiError> for Status {
             ApiError::Unavailable(_) => Status::unavailable(message),
             ApiError::Blob(e) => match e {
                 BlobError::NotFound(_) => Status::not_found(message),
-                _ => {
-                    tracing::error!(error = %e, "blob store error");
-                    Status::internal(message)
-                }
+                _ => internal("blob store error", &e),
             },
             ApiError::Store(e) => store_status(e, message),
         }
@@ -111,10 +143,7 @@ fn store_status(err: StoreError, message: String) -> Status {
             tracing::warn!(error = %e, "database unavailable");
             Status::unavailable("database unavailable, retry later")
         }
-        other => {
-            tracing::error!(error = %other, "internal store error");
-            Status::internal(message)
-        }
+        other => internal("internal store error", &other),
     }
 }
 

@@ -3,15 +3,14 @@
 //! The library is run by `tuna server`; [`serve::ControlPlane`] is the composition root.
 
 pub mod api;
-pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod dataset;
 pub mod domain;
+pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod search;
 pub mod serve;
 pub mod store;
 pub mod sweeps;
-pub mod telemetry;

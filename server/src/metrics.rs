@@ -1,13 +1,13 @@
 //! Service metrics (DESIGN.md §6): queue depth, finished jobs, job durations, worker
-//! throughput and lease losses. Instruments come from the global OpenTelemetry meter, which is
+//! throughput, lease losses, and per-RPC counts and latencies (recorded by the edge layer). Instruments come from the global OpenTelemetry meter, which is
 //! a no-op until `telemetry::init` installs an OTLP exporter, so recording is always cheap.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
+use opentelemetry::{KeyValue, StringValue};
 
 use crate::domain::JobState;
 use crate::store::Store;
@@ -19,6 +19,8 @@ pub struct ServiceMetrics {
     job_seconds: Histogram<f64>,
     tokens_per_s: Histogram<f64>,
     lease_losses: Counter<u64>,
+    rpc_calls: Counter<u64>,
+    rpc_seconds: Histogram<f64>,
     depth: Arc<Mutex<BTreeMap<&'static str, i64>>>,
     _depth_gauge: Arc<ObservableGauge<i64>>,
 }
@@ -63,6 +65,17 @@ impl ServiceMetrics {
                 .u64_counter("tuna.leases.lost")
                 .with_description("Leases that expired without a heartbeat (worker lost)")
                 .build(),
+            rpc_calls: meter
+                .u64_counter("tuna.rpc.server.calls")
+                .with_description("gRPC calls handled, by method and status code")
+                .build(),
+            rpc_seconds: meter
+                .f64_histogram("tuna.rpc.server.duration")
+                .with_unit("s")
+                .with_description(
+                    "gRPC call latency (a stream's whole duration), by method and status code",
+                )
+                .build(),
             depth,
             _depth_gauge: Arc::new(gauge),
         }
@@ -75,6 +88,16 @@ impl ServiceMetrics {
         if let Some(s) = seconds {
             self.job_seconds.record(s, &attrs);
         }
+    }
+
+    /// A gRPC call ended with `code` after `seconds`.
+    pub fn rpc_finished(&self, method: Arc<str>, code: tonic::Code, seconds: f64) {
+        let attrs = [
+            KeyValue::new("rpc.method", StringValue::from(method)),
+            KeyValue::new("rpc.grpc.status_code", code as i64),
+        ];
+        self.rpc_calls.add(1, &attrs);
+        self.rpc_seconds.record(seconds, &attrs);
     }
 
     pub fn tokens_per_s(&self, value: f64) {

@@ -1,5 +1,6 @@
-//! The composition root: store, blob store, services, health, reflection, background reaper
-//! and sweep controller, graceful shutdown.
+//! The composition root: store, blob store, services behind one edge stack (authentication,
+//! per-RPC metrics, deadlines, a concurrency cap), health, reflection, background reaper and
+//! sweep controller, graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,9 +24,10 @@ use crate::api::models::Models;
 use crate::api::sweeps::Sweeps;
 use crate::api::workers::Workers;
 use crate::api::{ApiContext, Limits};
-use crate::auth::Token;
 use crate::blobs::{BlobError, Blobs};
-use crate::config::{ConfigError, ServerConfig};
+use crate::config::{Config, ConfigError};
+use crate::edge::auth::Token;
+use crate::edge::{EdgeConfig, EdgeLayer};
 use crate::metrics::{ServiceMetrics, sample_forever};
 use crate::store::{self, Clock, Store, StoreError, SystemClock};
 use crate::sweeps::Controller;
@@ -54,38 +56,54 @@ pub enum ServeError {
 pub struct ControlPlane {
     pub ctx: ApiContext,
     stopping: tokio::sync::watch::Sender<bool>,
-    api_key: Token,
-    worker_token: Token,
+    edge: EdgeConfig,
 }
 
 impl ControlPlane {
     /// Opens the store (migrating it) and the blob store named by `config`.
-    pub async fn open(config: &ServerConfig) -> Result<Self, ServeError> {
+    pub async fn open(config: &Config) -> Result<Self, ServeError> {
         Self::open_with_clock(config, Arc::new(SystemClock)).await
     }
 
     pub async fn open_with_clock(
-        config: &ServerConfig,
+        config: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServeError> {
         config.validate()?;
         let url = config.database_url();
         if url.starts_with("sqlite:") {
-            std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+            let data_dir = &config.queue.data_dir;
+            std::fs::create_dir_all(data_dir).map_err(|source| {
                 ServeError::Blob(BlobError::Io {
-                    path: config.data_dir.display().to_string(),
+                    path: data_dir.display().to_string(),
                     source,
                 })
             })?;
         }
-        let store = store::open(&url, config.policy(), clock).await?;
+        let store = store::open(&url, crate::config::policy(config), clock).await?;
         let blobs = Blobs::local(&config.blob_dir())?;
-        Ok(Self::new(store, blobs, config.limits(), config))
+        Ok(Self::new(
+            store,
+            blobs,
+            crate::config::limits(config),
+            config,
+        ))
     }
 
-    /// Assembles a control plane from parts (tests pass their own store).
-    pub fn new(store: Arc<dyn Store>, blobs: Blobs, limits: Limits, config: &ServerConfig) -> Self {
+    /// Assembles a control plane from parts (tests pass their own store and limits); the edge
+    /// settings come from `config.api`.
+    pub fn new(store: Arc<dyn Store>, blobs: Blobs, limits: Limits, config: &Config) -> Self {
         let (stopping, shutdown) = tokio::sync::watch::channel(false);
+        let api = &config.api;
+        let edge = EdgeConfig {
+            api_key: Token::new(&api.api_key, "API key"),
+            worker_token: Token::new(&api.worker_token, "worker token"),
+            unary_timeout: Duration::from_millis(api.unary_timeout_ms),
+            max_acquire_wait: Duration::from_millis(
+                u64::try_from(limits.max_acquire_wait_ms).unwrap_or(0),
+            ),
+            concurrency_limit: usize::try_from(api.concurrency_limit).unwrap_or(usize::MAX),
+        };
         Self {
             ctx: ApiContext {
                 store,
@@ -95,8 +113,7 @@ impl ControlPlane {
                 shutdown,
             },
             stopping,
-            api_key: Token::new(&config.api_key, "API key"),
-            worker_token: Token::new(&config.worker_token, "worker token"),
+            edge,
         }
     }
 
@@ -166,10 +183,7 @@ impl ControlPlane {
             Duration::from_secs(15),
         ));
 
-        let api_key = self.api_key.clone();
-        let client_auth = move |req| api_key.check(req);
-        let worker_token = self.worker_token.clone();
-        let worker_auth = move |req| worker_token.check(req);
+        let edge = EdgeLayer::new(self.edge, self.ctx.metrics.clone());
         let ctx = self.ctx;
         let reporter = health_reporter.clone();
         let stopping = self.stopping;
@@ -188,33 +202,16 @@ impl ControlPlane {
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(edge)
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(JobServiceServer::with_interceptor(
-                Jobs::new(ctx.clone()),
-                client_auth.clone(),
-            ))
-            .add_service(FileServiceServer::with_interceptor(
-                Files::new(ctx.clone()),
-                client_auth.clone(),
-            ))
-            .add_service(ArtifactServiceServer::with_interceptor(
-                Artifacts::new(ctx.clone()),
-                client_auth.clone(),
-            ))
-            .add_service(ModelServiceServer::with_interceptor(
-                Models::new(ctx.clone()),
-                client_auth.clone(),
-            ))
-            .add_service(SweepServiceServer::with_interceptor(
-                Sweeps::new(ctx.clone()),
-                client_auth,
-            ))
-            .add_service(WorkerServiceServer::with_interceptor(
-                Workers::new(ctx),
-                worker_auth,
-            ))
+            .add_service(JobServiceServer::new(Jobs::new(ctx.clone())))
+            .add_service(FileServiceServer::new(Files::new(ctx.clone())))
+            .add_service(ArtifactServiceServer::new(Artifacts::new(ctx.clone())))
+            .add_service(ModelServiceServer::new(Models::new(ctx.clone())))
+            .add_service(SweepServiceServer::new(Sweeps::new(ctx.clone())))
+            .add_service(WorkerServiceServer::new(Workers::new(ctx)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         reaper.abort();
@@ -246,27 +243,5 @@ async fn reap_forever(store: Arc<dyn Store>, metrics: ServiceMetrics, every: Dur
             }
             Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
         }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

@@ -16,17 +16,17 @@ use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::job_service_client::JobServiceClient;
 use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 use tuna_server::api::Limits;
-use tuna_server::config::ServerConfig;
+use tuna_server::config::Config;
 use tuna_server::store::{Fence, MetricInput};
 
 use support::grpc::Harness;
 use support::proto_spec;
 
 async fn harness(pool: sqlx::PgPool) -> Harness {
-    harness_with(pool, Limits::default(), ServerConfig::default()).await
+    harness_with(pool, Limits::default(), Config::default()).await
 }
 
-async fn harness_with(pool: sqlx::PgPool, limits: Limits, config: ServerConfig) -> Harness {
+async fn harness_with(pool: sqlx::PgPool, limits: Limits, config: Config) -> Harness {
     let store = tuna_server::store::postgres::PgStore::from_pool(
         pool,
         support::policy(),
@@ -344,7 +344,7 @@ async fn oversize_uploads_are_refused_and_leave_nothing(pool: sqlx::PgPool) {
         max_upload_bytes: 64,
         ..Limits::default()
     };
-    let h = harness_with(pool, limits, ServerConfig::default()).await;
+    let h = harness_with(pool, limits, Config::default()).await;
     let body = "{\"text\":\"0123456789\"}\n".repeat(10);
     // Declared over the limit: refused from the header.
     let err = files(&h.channel)
@@ -677,10 +677,8 @@ async fn acquire_long_poll_wakes_when_a_job_is_created(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn worker_service_requires_the_worker_token_when_configured(pool: sqlx::PgPool) {
-    let config = ServerConfig {
-        worker_token: "s3cret".into(),
-        ..ServerConfig::default()
-    };
+    let mut config = Config::default();
+    config.api.worker_token = "s3cret".into();
     let h = harness_with(pool, Limits::default(), config).await;
     let mut w = WorkerServiceClient::new(h.channel.clone());
     let req = || register_request("w");

@@ -14,7 +14,7 @@ use tonic_types::StatusExt;
 use tuna_proto::v1 as pb;
 use tuna_proto::v1::sweep_service_client::SweepServiceClient;
 use tuna_server::api::Limits;
-use tuna_server::config::ServerConfig;
+use tuna_server::config::Config;
 use tuna_server::domain::{ArtifactKind, Directive, JobState, Outcome, SweepState};
 use tuna_server::store::{
     Fence, ManualClock, MetricInput, NewArtifact, Store, SweepRecord, WorkerRecord,
@@ -92,7 +92,7 @@ async fn bad_sweep_specs_are_invalid_argument_naming_the_field(pool: sqlx::PgPoo
     )
     .await
     .unwrap();
-    let h = Harness::start(Arc::new(store), Limits::default(), ServerConfig::default()).await;
+    let h = Harness::start(Arc::new(store), Limits::default(), Config::default()).await;
     let mut client = SweepServiceClient::new(h.channel.clone());
     type Edit = fn(&mut pb::SweepSpec);
     let cases: Vec<(&str, Edit, &str)> = vec![
@@ -486,7 +486,7 @@ async fn only_the_leader_drives_sweeps(pool: sqlx::PgPool) {
 #[sqlx::test(migrations = false)]
 async fn cancelling_a_sweep_cancels_its_trial_jobs(pool: sqlx::PgPool) {
     let (store, _clock) = support::pg_store(pool.clone()).await;
-    let h = Harness::start(store.clone(), Limits::default(), ServerConfig::default()).await;
+    let h = Harness::start(store.clone(), Limits::default(), Config::default()).await;
     let mut client = SweepServiceClient::new(h.channel.clone());
     let created = client
         .create_sweep(pb::CreateSweepRequest {

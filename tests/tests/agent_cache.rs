@@ -9,7 +9,7 @@ use tuna_proto::v1 as pb;
 use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_server::api::Limits;
 use tuna_server::blobs::Blobs;
-use tuna_server::config::ServerConfig;
+use tuna_server::config::Config;
 use tuna_server::serve::ControlPlane;
 use tuna_server::store::{QueuePolicy, SystemClock, sqlite::SqliteStore};
 use tuna_worker::agent::cache::{Cache, CacheError};
@@ -25,7 +25,7 @@ async fn serve(dir: &std::path::Path) -> (String, Blobs) {
         Arc::new(store),
         blobs.clone(),
         Limits::default(),
-        &ServerConfig::default(),
+        &Config::default(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -10,7 +10,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tuna_client::{Client, ClientError, pb};
-use tuna_server::config::ServerConfig;
+use tuna_config::Config;
 use tuna_server::serve::ControlPlane;
 
 use super::{CliError, Output, progress, worker};
@@ -45,15 +45,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
 }
 
 pub async fn run(args: &DemoArgs) -> Result<ExitCode, CliError> {
-    let _telemetry = tuna_server::telemetry::init("tuna-demo", false, "", "warn")?;
+    let quiet = tuna_config::Telemetry {
+        log_filter: "warn".into(),
+        ..Default::default()
+    };
+    let _telemetry = tuna_telemetry::init("tuna-demo", &quiet)?;
     let started = Instant::now();
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let config = ServerConfig {
-        data_dir: dir.clone(),
-        lease_ms: 10_000,
-        ..ServerConfig::default()
-    };
+    let mut config = Config::default();
+    config.queue.data_dir = dir.clone();
+    config.queue.lease_ms = 10_000;
     let plane = ControlPlane::open(&config).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(io(dir))?;
     let addr = listener.local_addr().map_err(io(dir))?;

@@ -85,7 +85,9 @@ pub enum CliError {
     #[error(transparent)]
     Serve(#[from] tuna_server::serve::ServeError),
     #[error(transparent)]
-    Telemetry(#[from] tuna_server::telemetry::TelemetryError),
+    Config(#[from] tuna_config::ConfigError),
+    #[error(transparent)]
+    Telemetry(#[from] tuna_telemetry::TelemetryError),
     #[error(transparent)]
     Agent(#[from] tuna_worker::agent::AgentError),
     #[error("{0}")]
@@ -99,7 +101,7 @@ async fn connect(cli: &Cli) -> Result<Client, CliError> {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match &cli.command {
-        Command::Server(args) => server::run(args).await,
+        Command::Server(args) => server::run(args, cli.api_key.as_deref()).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Train(args) => {
             let args = args.clone();

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use tuna_server::config::ServerConfig;
-use tuna_server::serve::{ControlPlane, ServeError, shutdown_signal};
+use tuna_config::Config;
+use tuna_server::serve::{ControlPlane, ServeError};
+use tuna_telemetry::shutdown_signal;
 
 use super::CliError;
 
@@ -34,30 +35,29 @@ pub struct ServerArgs {
     embedded_worker: bool,
 }
 
-pub async fn run(args: &ServerArgs) -> Result<ExitCode, CliError> {
-    let mut config = ServerConfig::load(args.config.as_deref(), std::env::vars())
-        .map_err(tuna_server::serve::ServeError::from)?;
+/// `api_key` is the global `--api-key` (or TUNA_API_KEY).
+pub async fn run(args: &ServerArgs, api_key: Option<&str>) -> Result<ExitCode, CliError> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(v) = &args.listen {
-        config.listen = v.clone();
+        config.api.listen = v.clone();
     }
     if let Some(v) = &args.database_url {
-        config.database_url = v.clone();
+        config.queue.database_url = v.clone();
     }
     if let Some(v) = &args.data_dir {
-        config.data_dir = v.clone();
+        config.queue.data_dir = v.clone();
     }
     if let Some(v) = args.lease_ms {
-        config.lease_ms = v;
+        config.queue.lease_ms = v;
     }
     if let Some(v) = args.max_upload_bytes {
-        config.max_upload_bytes = v;
+        config.api.max_upload_bytes = v;
     }
-    let _telemetry = tuna_server::telemetry::init(
-        "tuna-server",
-        config.log_format == "json",
-        &config.otlp_endpoint,
-        "info",
-    )?;
+    if let Some(v) = api_key {
+        config.api.api_key = v.to_string();
+    }
+    config.validate()?;
+    let _telemetry = tuna_telemetry::init("tuna-server", &config.telemetry)?;
     let plane = ControlPlane::open(&config).await?;
     tracing::info!(
         database = %redact(&config.database_url()),
@@ -65,17 +65,18 @@ pub async fn run(args: &ServerArgs) -> Result<ExitCode, CliError> {
         "store opened"
     );
     if !args.embedded_worker {
-        plane.serve(&config.listen, shutdown_signal()).await?;
+        plane.serve(&config.api.listen, shutdown_signal()).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let listener = tokio::net::TcpListener::bind(&config.listen)
+    let listen = &config.api.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind {
-            addr: config.listen.clone(),
+            addr: listen.clone(),
             source,
         })?;
     let local = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen.clone(),
+        addr: listen.clone(),
         source,
     })?;
     // Shutdown order: the worker drains first (checkpoint, release the lease) while the
@@ -86,12 +87,13 @@ pub async fn run(args: &ServerArgs) -> Result<ExitCode, CliError> {
         let _ = server_stopped.wait_for(|s| *s).await;
     }));
     // The worker reaches its own process over loopback, through the same API as any worker.
-    let worker_args = super::worker::WorkerArgs::in_process(config.data_dir.join("worker-cache"));
+    let worker_args =
+        super::worker::WorkerArgs::in_process(config.queue.data_dir.join("worker-cache"));
     let mut agent_config =
         super::worker::agent_config(&format!("http://{local}"), &worker_args, None);
-    agent_config.worker_token =
-        (!config.worker_token.is_empty()).then(|| config.worker_token.clone());
-    agent_config.api_key = (!config.api_key.is_empty()).then(|| config.api_key.clone());
+    let api = &config.api;
+    agent_config.worker_token = (!api.worker_token.is_empty()).then(|| api.worker_token.clone());
+    agent_config.api_key = (!api.api_key.is_empty()).then(|| api.api_key.clone());
     let agent = tuna_worker::agent::Agent::register(
         agent_config,
         std::sync::Arc::new(tuna_worker::runner::EngineRunner),

@@ -3,35 +3,41 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use tokio::sync::watch;
+use tuna_config::Config;
 use tuna_worker::agent::{Agent, AgentConfig};
 use tuna_worker::runner::EngineRunner;
 
 use super::CliError;
 
+/// Flags override the config file's `[worker]` section and `TUNA_*` variables.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Control plane URL (defaults to --server / TUNA_SERVER).
+    /// TOML config file, the same format as `tuna server --config` (its [worker] and
+    /// [telemetry] sections).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Control plane URL (defaults to --server / TUNA_SERVER / [worker] server).
     #[arg(long = "server-url")]
     server_url: Option<String>,
-    /// Worker token (when the server requires one).
-    #[arg(long, env = "TUNA_WORKER_TOKEN", hide_env_values = true)]
+    /// Worker token (when the server requires one; also TUNA_WORKER_TOKEN).
+    #[arg(long, hide_env_values = true)]
     token: Option<String>,
     /// Name shown in job events (default: the host name).
     #[arg(long)]
     name: Option<String>,
-    /// cpu (cuda needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cpu (cuda needs a build with --features cuda); default cpu.
+    #[arg(long)]
+    device: Option<String>,
     /// Device memory to advertise, in bytes.
-    #[arg(long, default_value_t = 0)]
-    memory_bytes: i64,
-    /// Where downloaded models and datasets are cached by content hash.
-    #[arg(long, default_value = "tuna-worker-cache")]
-    cache_dir: PathBuf,
+    #[arg(long)]
+    memory_bytes: Option<i64>,
+    /// Where downloaded models and datasets are cached by content hash (default
+    /// tuna-worker-cache).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Exit after this many jobs.
     #[arg(long)]
     max_jobs: Option<usize>,
@@ -41,39 +47,52 @@ impl WorkerArgs {
     /// A CPU worker inside another command (demo, embedded server).
     pub fn in_process(cache_dir: PathBuf) -> Self {
         Self {
+            config: None,
             server_url: None,
             token: None,
             name: Some("in-process".into()),
-            device: "cpu".into(),
-            memory_bytes: 0,
-            cache_dir,
+            device: None,
+            memory_bytes: None,
+            cache_dir: Some(cache_dir),
             max_jobs: None,
+        }
+    }
+
+    /// The flags given, over `w`.
+    fn apply(&self, w: &mut tuna_config::Worker) {
+        if let Some(v) = &self.server_url {
+            w.server = v.clone();
+        }
+        if let Some(v) = &self.token {
+            w.token = v.clone();
+        }
+        if let Some(v) = &self.name {
+            w.name = v.clone();
+        }
+        if let Some(v) = &self.device {
+            w.device = v.clone();
+        }
+        if let Some(v) = self.memory_bytes {
+            w.memory_bytes = v;
+        }
+        if let Some(v) = &self.cache_dir {
+            w.cache_dir = v.clone();
+        }
+        if let Some(v) = self.max_jobs {
+            w.max_jobs = v as u64;
         }
     }
 }
 
-/// The agent configuration for a worker talking to `server`.
+/// The agent configuration of an in-process worker talking to `server` (defaults, then `args`).
 pub fn agent_config(server: &str, args: &WorkerArgs, api_key: Option<String>) -> AgentConfig {
-    AgentConfig {
+    let mut w = tuna_config::Worker {
         server: server.to_string(),
-        worker_token: args.token.clone(),
-        api_key,
-        name: args.name.clone().unwrap_or_else(host_name),
-        device: args.device.clone(),
-        memory_bytes: args.memory_bytes,
-        cache_dir: args.cache_dir.clone(),
-        acquire_wait: Duration::from_secs(30),
-        metrics_every: Duration::from_millis(250),
-        max_jobs: args.max_jobs,
-    }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "worker".into())
+        api_key: api_key.unwrap_or_default(),
+        ..Default::default()
+    };
+    args.apply(&mut w);
+    AgentConfig::from_section(&w)
 }
 
 /// Runs an agent until SIGTERM/Ctrl-C (draining a running job) or `max_jobs`.
@@ -81,7 +100,7 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), CliError> {
     let agent = Agent::register(config, Arc::new(EngineRunner)).await?;
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        tuna_server::serve::shutdown_signal().await;
+        tuna_telemetry::shutdown_signal().await;
         tracing::info!("worker shutting down: draining");
         let _ = tx.send(true);
     });
@@ -94,8 +113,18 @@ pub async fn run(
     api_key: Option<String>,
     args: &WorkerArgs,
 ) -> Result<ExitCode, CliError> {
-    let _telemetry = tuna_server::telemetry::init("tuna-worker", false, "", "info")?;
-    let server = args.server_url.as_deref().unwrap_or(server);
-    run_agent(agent_config(server, args, api_key)).await?;
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    // The global --server always has a value; only one that differs from its default (so was
+    // given as a flag or TUNA_SERVER) outranks the file.
+    if server != tuna_config::Worker::default().server {
+        config.worker.server = server.to_string();
+    }
+    if let Some(key) = api_key {
+        config.worker.api_key = key;
+    }
+    args.apply(&mut config.worker);
+    config.validate()?;
+    let _telemetry = tuna_telemetry::init("tuna-worker", &config.telemetry)?;
+    run_agent(AgentConfig::from_section(&config.worker)).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,6 @@ use tuna_proto::v1::artifact_service_server::ArtifactService;
 
 use super::{ApiContext, convert, rechunk, require_id};
 use crate::domain::ids;
-use crate::error::ApiError;
 
 /// The artifact service.
 pub struct Artifacts {
@@ -33,12 +32,7 @@ impl ArtifactService for Artifacts {
     ) -> Result<Response<pb::Artifact>, Status> {
         let id = request.into_inner().id;
         require_id("id", ids::ARTIFACT, &id)?;
-        let a = self
-            .ctx
-            .store
-            .get_artifact(&id)
-            .await
-            .map_err(ApiError::from)?;
+        let a = self.ctx.store.get_artifact(&id).await?;
         Ok(Response::new(convert::artifact(&a)))
     }
 
@@ -51,11 +45,8 @@ impl ArtifactService for Artifacts {
         require_id("job_id", ids::JOB, &req.job_id)?;
         let kind = convert::artifact_kind_from("kind", req.kind, true)?;
         let store = &self.ctx.store;
-        store.get_job(&req.job_id).await.map_err(ApiError::from)?;
-        let artifacts = store
-            .list_artifacts(&req.job_id, kind)
-            .await
-            .map_err(ApiError::from)?;
+        store.get_job(&req.job_id).await?;
+        let artifacts = store.list_artifacts(&req.job_id, kind).await?;
         Ok(Response::new(pb::ListArtifactsResponse {
             artifacts: artifacts.iter().map(convert::artifact).collect(),
         }))
@@ -70,18 +61,8 @@ impl ArtifactService for Artifacts {
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let id = request.into_inner().artifact_id;
         require_id("artifact_id", ids::ARTIFACT, &id)?;
-        let artifact = self
-            .ctx
-            .store
-            .get_artifact(&id)
-            .await
-            .map_err(ApiError::from)?;
-        let body = self
-            .ctx
-            .blobs
-            .read(&artifact.blob_key)
-            .await
-            .map_err(ApiError::from)?;
+        let artifact = self.ctx.store.get_artifact(&id).await?;
+        let body = self.ctx.blobs.read(&artifact.blob_key).await?;
         let first = futures::stream::once(async move {
             Ok(pb::DownloadResponse {
                 data: Some(pb::download_response::Data::Artifact(convert::artifact(
@@ -93,7 +74,7 @@ impl ArtifactService for Artifacts {
             r.map(|chunk| pb::DownloadResponse {
                 data: Some(pb::download_response::Data::Chunk(chunk)),
             })
-            .map_err(|e| Status::from(ApiError::from(e)))
+            .map_err(Status::from)
         });
         Ok(Response::new(Box::pin(first.chain(chunks))))
     }

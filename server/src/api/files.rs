@@ -45,13 +45,8 @@ impl FileService for Files {
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let id = request.into_inner().id;
         require_id("id", ids::FILE, &id)?;
-        let file = self.ctx.store.get_file(&id).await.map_err(ApiError::from)?;
-        let body = self
-            .ctx
-            .blobs
-            .read(&file.blob_key)
-            .await
-            .map_err(ApiError::from)?;
+        let file = self.ctx.store.get_file(&id).await?;
+        let body = self.ctx.blobs.read(&file.blob_key).await?;
         let first = futures::stream::once(async move {
             Ok(pb::DownloadFileResponse {
                 data: Some(pb::download_file_response::Data::File(convert::file(&file))),
@@ -61,7 +56,7 @@ impl FileService for Files {
             r.map(|chunk| pb::DownloadFileResponse {
                 data: Some(pb::download_file_response::Data::Chunk(chunk)),
             })
-            .map_err(|e| Status::from(ApiError::from(e)))
+            .map_err(Status::from)
         });
         Ok(Response::new(Box::pin(first.chain(chunks))))
     }
@@ -137,10 +132,7 @@ impl FileService for Files {
             blob_key: blob_key(&id),
             created_at: self.ctx.store.clock().now_ms(),
         };
-        blobs
-            .commit(&finished, &record.blob_key)
-            .await
-            .map_err(ApiError::from)?;
+        blobs.commit(&finished, &record.blob_key).await?;
         if let Err(e) = self.ctx.store.insert_file(&record).await {
             // Never leave a blob without its row.
             let _ = blobs.delete(&record.blob_key).await;
@@ -157,7 +149,7 @@ impl FileService for Files {
     ) -> Result<Response<pb::File>, Status> {
         let id = request.into_inner().id;
         require_id("id", ids::FILE, &id)?;
-        let file = self.ctx.store.get_file(&id).await.map_err(ApiError::from)?;
+        let file = self.ctx.store.get_file(&id).await?;
         Ok(Response::new(convert::file(&file)))
     }
 
@@ -176,8 +168,7 @@ impl FileService for Files {
             .ctx
             .store
             .list_files(purpose, after.as_ref(), limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let more = files.len() > limit as usize;
         files.truncate(limit as usize);
         let next_page_token = match files.last() {
@@ -203,17 +194,8 @@ impl FileService for Files {
     ) -> Result<Response<pb::DeleteFileResponse>, Status> {
         let id = request.into_inner().id;
         require_id("id", ids::FILE, &id)?;
-        let file = self
-            .ctx
-            .store
-            .delete_file(&id)
-            .await
-            .map_err(ApiError::from)?;
-        self.ctx
-            .blobs
-            .delete(&file.blob_key)
-            .await
-            .map_err(ApiError::from)?;
+        let file = self.ctx.store.delete_file(&id).await?;
+        self.ctx.blobs.delete(&file.blob_key).await?;
         Ok(Response::new(pb::DeleteFileResponse {}))
     }
 }

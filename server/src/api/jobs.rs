@@ -111,8 +111,7 @@ impl JobService for Jobs {
                 sweep_id: None,
                 resume_from_job: None,
             })
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         tracing::info!(job = %job.id, created, "create job");
         Ok(Response::new(convert::job(&job)))
     }
@@ -124,7 +123,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
-        let job = self.ctx.store.get_job(&id).await.map_err(ApiError::from)?;
+        let job = self.ctx.store.get_job(&id).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -144,8 +143,7 @@ impl JobService for Jobs {
             .ctx
             .store
             .list_jobs(&filter, after.as_ref(), limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let more = jobs.len() > limit as usize;
         jobs.truncate(limit as usize);
         let next_page_token = match jobs.last() {
@@ -171,12 +169,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
-        let job = self
-            .ctx
-            .store
-            .cancel_job(&id)
-            .await
-            .map_err(ApiError::from)?;
+        let job = self.ctx.store.cancel_job(&id).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -187,12 +180,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
-        let job = self
-            .ctx
-            .store
-            .pause_job(&id)
-            .await
-            .map_err(ApiError::from)?;
+        let job = self.ctx.store.pause_job(&id).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -203,12 +191,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
-        let job = self
-            .ctx
-            .store
-            .resume_job(&id)
-            .await
-            .map_err(ApiError::from)?;
+        let job = self.ctx.store.resume_job(&id).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -226,7 +209,7 @@ impl JobService for Jobs {
         }
         let store = self.ctx.store.clone();
         // Fail fast on an unknown job instead of opening an empty stream.
-        store.get_job(&req.id).await.map_err(ApiError::from)?;
+        store.get_job(&req.id).await?;
         let poll = Duration::from_millis(self.ctx.limits.poll_interval_ms);
         let mut stopping = self.ctx.shutdown.clone();
         let id = req.id;
@@ -237,8 +220,7 @@ impl JobService for Jobs {
             loop {
                 let updates = store
                     .list_updates(&id, after, WATCH_BATCH)
-                    .await
-                    .map_err(|e| Status::from(ApiError::from(e)))?;
+                    .await?;
                 for u in &updates {
                     after = u.seq();
                     yield convert::update(u);
@@ -254,8 +236,7 @@ impl JobService for Jobs {
                     None => {
                         let job = store
                             .get_job(&id)
-                            .await
-                            .map_err(|e| Status::from(ApiError::from(e)))?;
+                            .await?;
                         job.state.is_terminal() && after >= job.last_seq
                     }
                 };
@@ -290,11 +271,8 @@ impl JobService for Jobs {
             .map(|c| c.created_at)
             .unwrap_or(0);
         let store = &self.ctx.store;
-        store.get_job(&req.job_id).await.map_err(ApiError::from)?;
-        let mut events = store
-            .list_events(&req.job_id, after, limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+        store.get_job(&req.job_id).await?;
+        let mut events = store.list_events(&req.job_id, after, limit + 1).await?;
         let more = events.len() > limit as usize;
         events.truncate(limit as usize);
         let next_page_token = match events.last() {
@@ -322,11 +300,10 @@ impl JobService for Jobs {
         let job_id = request.into_inner().job_id;
         require_id("job_id", ids::JOB, &job_id)?;
         let store = &self.ctx.store;
-        store.get_job(&job_id).await.map_err(ApiError::from)?;
+        store.get_job(&job_id).await?;
         let checkpoints = store
             .list_artifacts(&job_id, Some(crate::domain::ArtifactKind::Checkpoint))
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         Ok(Response::new(pb::ListCheckpointsResponse {
             checkpoints: checkpoints.iter().map(convert::artifact).collect(),
         }))

@@ -129,8 +129,7 @@ impl ModelService for Models {
             .ctx
             .store
             .insert_model(&req.name, format, &pairs)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         tracing::info!(model = %model.name, files = model.files.len(), "model registered");
         Ok(Response::new(convert::model(&model)))
     }
@@ -142,12 +141,7 @@ impl ModelService for Models {
     ) -> Result<Response<pb::Model>, Status> {
         let name = request.into_inner().name;
         require_model_name("name", &name)?;
-        let model = self
-            .ctx
-            .store
-            .get_model(&name)
-            .await
-            .map_err(ApiError::from)?;
+        let model = self.ctx.store.get_model(&name).await?;
         Ok(Response::new(convert::model(&model)))
     }
 
@@ -156,7 +150,7 @@ impl ModelService for Models {
         &self,
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = self.ctx.store.list_models().await.map_err(ApiError::from)?;
+        let models = self.ctx.store.list_models().await?;
         Ok(Response::new(pb::ListModelsResponse {
             models: models.iter().map(convert::model).collect(),
         }))
@@ -169,11 +163,7 @@ impl ModelService for Models {
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
         let name = request.into_inner().name;
         require_model_name("name", &name)?;
-        self.ctx
-            .store
-            .delete_model(&name)
-            .await
-            .map_err(ApiError::from)?;
+        self.ctx.store.delete_model(&name).await?;
         Ok(Response::new(pb::DeleteModelResponse {}))
     }
 }

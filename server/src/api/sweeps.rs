@@ -205,12 +205,7 @@ impl SweepService for Sweeps {
         }
         let bytes = plan.proto.encode_to_vec();
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
-        let (rec, created) = self
-            .ctx
-            .store
-            .create_sweep(&bytes, request_id)
-            .await
-            .map_err(ApiError::from)?;
+        let (rec, created) = self.ctx.store.create_sweep(&bytes, request_id).await?;
         tracing::info!(sweep = %rec.id, created, algorithm = %plan.algorithm, "create sweep");
         Ok(Response::new(snapshot(&self.ctx, &rec).await?.0))
     }
@@ -221,12 +216,7 @@ impl SweepService for Sweeps {
     ) -> Result<Response<pb::Sweep>, Status> {
         let req = request.into_inner();
         require_id("id", ids::SWEEP, &req.id)?;
-        let rec = self
-            .ctx
-            .store
-            .get_sweep(&req.id)
-            .await
-            .map_err(ApiError::from)?;
+        let rec = self.ctx.store.get_sweep(&req.id).await?;
         Ok(Response::new(snapshot(&self.ctx, &rec).await?.0))
     }
 
@@ -243,8 +233,7 @@ impl SweepService for Sweeps {
             .ctx
             .store
             .list_sweeps(after.as_ref(), limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let more = recs.len() > limit as usize;
         recs.truncate(limit as usize);
         let next_page_token = match recs.last() {
@@ -273,12 +262,7 @@ impl SweepService for Sweeps {
     ) -> Result<Response<pb::ListTrialsResponse>, Status> {
         let req = request.into_inner();
         require_id("sweep_id", ids::SWEEP, &req.sweep_id)?;
-        let rec = self
-            .ctx
-            .store
-            .get_sweep(&req.sweep_id)
-            .await
-            .map_err(ApiError::from)?;
+        let rec = self.ctx.store.get_sweep(&req.sweep_id).await?;
         let (_, trials) = snapshot(&self.ctx, &rec).await?;
         Ok(Response::new(pb::ListTrialsResponse { trials }))
     }
@@ -291,7 +275,7 @@ impl SweepService for Sweeps {
         let req = request.into_inner();
         require_id("id", ids::SWEEP, &req.id)?;
         let store = &self.ctx.store;
-        let rec = store.cancel_sweep(&req.id).await.map_err(ApiError::from)?;
+        let rec = store.cancel_sweep(&req.id).await?;
         // The controller no longer touches a cancelled sweep; its trials are cancelled here.
         for (job, state) in trial_job_states(&self.ctx, &req.id).await? {
             if state.is_terminal() {
@@ -315,15 +299,15 @@ impl SweepService for Sweeps {
         let req = request.into_inner();
         require_id("id", ids::SWEEP, &req.id)?;
         let ctx = self.ctx.clone();
-        ctx.store.get_sweep(&req.id).await.map_err(ApiError::from)?;
+        ctx.store.get_sweep(&req.id).await?;
         let poll = Duration::from_millis(ctx.limits.poll_interval_ms.min(1000));
         let mut stopping = ctx.shutdown.clone();
         let id = req.id;
         let stream = async_stream::try_stream! {
             let mut last: Option<pb::SweepSnapshot> = None;
             loop {
-                let rec = ctx.store.get_sweep(&id).await.map_err(|e| Status::from(ApiError::from(e)))?;
-                let (sweep, trials) = snapshot(&ctx, &rec).await.map_err(Status::from)?;
+                let rec = ctx.store.get_sweep(&id).await?;
+                let (sweep, trials) = snapshot(&ctx, &rec).await?;
                 let snap = pb::SweepSnapshot { sweep: Some(sweep), trials };
                 // Ignore updated_at-only changes: a snapshot is sent when something a viewer
                 // sees changed.

@@ -195,8 +195,7 @@ impl WorkerService for Workers {
             .ctx
             .store
             .register_worker(&req.name, &caps.device, caps.memory_bytes, &json)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let lease_ms = self.ctx.store.policy().lease_ms;
         tracing::info!(worker = %worker.id, name = %worker.name, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
@@ -221,10 +220,7 @@ impl WorkerService for Workers {
             );
         }
         let store = &self.ctx.store;
-        let worker = store
-            .get_worker(&req.worker_id)
-            .await
-            .map_err(ApiError::from)?;
+        let worker = store.get_worker(&req.worker_id).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
         let poll = Duration::from_millis(self.ctx.limits.poll_interval_ms);
         let mut stopping = self.ctx.shutdown.clone();
@@ -233,7 +229,7 @@ impl WorkerService for Workers {
             let notified = store.notifier().queue().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(lease) = store.claim_job(&worker).await.map_err(ApiError::from)? {
+            if let Some(lease) = store.claim_job(&worker).await? {
                 if lease.reclaimed {
                     self.ctx.metrics.leases_lost(1);
                 }
@@ -268,7 +264,7 @@ impl WorkerService for Workers {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
         let f = fence(&req.job_id, &req.lease_token)?;
-        let reply = self.ctx.store.heartbeat(f).await.map_err(ApiError::from)?;
+        let reply = self.ctx.store.heartbeat(f).await?;
         Ok(Response::new(pb::HeartbeatResponse {
             directive: directive(reply.directive) as i32,
             lease_expires_at: Some(ts_from_ms(reply.expires_at)),
@@ -288,12 +284,7 @@ impl WorkerService for Workers {
                 self.ctx.metrics.tokens_per_s(*v);
             }
         }
-        let reply = self
-            .ctx
-            .store
-            .record_metrics(f, &points)
-            .await
-            .map_err(ApiError::from)?;
+        let reply = self.ctx.store.record_metrics(f, &points).await?;
         Ok(Response::new(pb::ReportMetricsResponse {
             last_seq: reply.last_seq,
             directive: directive(reply.directive) as i32,
@@ -328,7 +319,7 @@ impl WorkerService for Workers {
         require_size("header.size_bytes", header.size_bytes, &self.ctx.limits)?;
         require_sha256("header.sha256", &header.sha256)?;
         // Refuse a stale lease before streaming possibly gigabytes.
-        self.ctx.store.heartbeat(f).await.map_err(ApiError::from)?;
+        self.ctx.store.heartbeat(f).await?;
         let chunks = stream.map(|m| match m {
             Ok(pb::UploadArtifactRequest {
                 data: Some(pb::upload_artifact_request::Data::Chunk(c)),
@@ -354,10 +345,7 @@ impl WorkerService for Workers {
             size_bytes: header.size_bytes,
             sha256: finished.sha256.clone(),
         };
-        blobs
-            .commit(&finished, &new.blob_key)
-            .await
-            .map_err(ApiError::from)?;
+        blobs.commit(&finished, &new.blob_key).await?;
         match self.ctx.store.insert_artifact(f, &new).await {
             Ok(record) => Ok(Response::new(convert::artifact(&record))),
             Err(e) => {
@@ -388,12 +376,7 @@ impl WorkerService for Workers {
                 .into());
             }
         };
-        let state = self
-            .ctx
-            .store
-            .complete_job(f, outcome)
-            .await
-            .map_err(ApiError::from)?;
+        let state = self.ctx.store.complete_job(f, outcome).await?;
         self.record_finish(&req.job_id, state).await;
         Ok(Response::new(pb::CompleteJobResponse {
             state: convert::job_state(state) as i32,
@@ -415,12 +398,7 @@ impl WorkerService for Workers {
         if req.message.is_empty() || req.message.len() > 4096 {
             return Err(ApiError::field("message", "must be 1..=4096 characters").into());
         }
-        let reply = self
-            .ctx
-            .store
-            .fail_job(f, kind, &req.message)
-            .await
-            .map_err(ApiError::from)?;
+        let reply = self.ctx.store.fail_job(f, kind, &req.message).await?;
         self.record_finish(&req.job_id, reply.state).await;
         Ok(Response::new(pb::FailJobResponse {
             state: convert::job_state(reply.state) as i32,

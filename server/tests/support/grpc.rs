@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tuna_server::api::Limits;
 use tuna_server::blobs::Blobs;
-use tuna_server::config::ServerConfig;
+use tuna_server::config::Config;
 use tuna_server::domain::{DatasetFormat, FilePurpose, ModelFormat};
 use tuna_server::serve::ControlPlane;
 use tuna_server::store::{FileRecord, Store};
@@ -19,13 +19,15 @@ pub struct Harness {
     pub store: Arc<dyn Store>,
     pub blobs: Blobs,
     pub addr: std::net::SocketAddr,
+    /// The blob store's directory (tests break it to provoke internal errors).
+    pub blob_dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Harness {
-    pub async fn start(store: Arc<dyn Store>, limits: Limits, config: ServerConfig) -> Self {
+    pub async fn start(store: Arc<dyn Store>, limits: Limits, config: Config) -> Self {
         // The dataset `proto_spec` names, so jobs pass the file-existence check.
         store
             .insert_file(&FileRecord {
@@ -76,7 +78,8 @@ impl Harness {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::local(&dir.path().join("blobs")).unwrap();
+        let blob_dir = dir.path().join("blobs");
+        let blobs = Blobs::local(&blob_dir).unwrap();
         let plane = ControlPlane::new(store.clone(), blobs.clone(), limits, &config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -99,6 +102,7 @@ impl Harness {
             store,
             blobs,
             addr,
+            blob_dir,
             _dir: dir,
             stop: Some(stop),
             task: Some(task),

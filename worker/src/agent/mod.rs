@@ -58,6 +58,39 @@ pub struct AgentConfig {
     pub max_jobs: Option<usize>,
 }
 
+impl AgentConfig {
+    /// The `[worker]` section of the shared config file. An empty name means the host name,
+    /// empty secrets mean none, and `max_jobs = 0` runs until shutdown.
+    pub fn from_section(w: &tuna_config::Worker) -> Self {
+        let secret = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Self {
+            server: w.server.clone(),
+            worker_token: secret(&w.token),
+            api_key: secret(&w.api_key),
+            name: if w.name.is_empty() {
+                host_name()
+            } else {
+                w.name.clone()
+            },
+            device: w.device.clone(),
+            memory_bytes: w.memory_bytes,
+            cache_dir: w.cache_dir.clone(),
+            acquire_wait: Duration::from_millis(w.acquire_wait_ms),
+            metrics_every: Duration::from_millis(w.metrics_every_ms),
+            max_jobs: (w.max_jobs > 0).then(|| usize::try_from(w.max_jobs).unwrap_or(usize::MAX)),
+        }
+    }
+}
+
+/// This machine's name, for job events.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
 /// A registered agent.
 pub struct Agent {
     config: AgentConfig,

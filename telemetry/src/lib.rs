@@ -1,5 +1,7 @@
-//! Logging and tracing: `tracing` everywhere, OpenTelemetry OTLP export of spans when an
-//! endpoint is configured (DESIGN.md §6).
+//! Logging and tracing for Tuna's processes (server, worker, demo): `tracing` everywhere, OTLP
+//! export of spans and metrics when the `[telemetry]` section names an endpoint (DESIGN.md §6),
+//! and the shutdown signal every long-running command drains on. A crate of its own so the
+//! worker side sets up logging without linking the control plane.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -9,6 +11,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+use tuna_config::{LogFormat, Telemetry};
 
 /// Keeps the OTLP pipelines alive; dropping it flushes pending spans and metrics.
 pub struct TelemetryGuard {
@@ -34,36 +37,32 @@ pub enum TelemetryError {
     Exporter { endpoint: String, message: String },
 }
 
-/// Installs the global subscriber: `RUST_LOG`-style filtering (default `default_filter`), text or JSON
-/// logs on stderr, and OTLP export of spans and metrics when `otlp_endpoint` is not empty. Calling it twice is
-/// harmless (the second call keeps the first subscriber).
-pub fn init(
-    service_name: &str,
-    json: bool,
-    otlp_endpoint: &str,
-    default_filter: &str,
-) -> Result<TelemetryGuard, TelemetryError> {
+/// Installs the global subscriber: `RUST_LOG`-style filtering (`RUST_LOG` when set, else
+/// `config.log_filter`), text or JSON logs on stderr, and OTLP export of spans and metrics when
+/// `config.otlp_endpoint` is not empty. Calling it twice is harmless (the second call keeps the
+/// first subscriber).
+pub fn init(service_name: &str, config: &Telemetry) -> Result<TelemetryGuard, TelemetryError> {
     let filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = if json {
-        tracing_subscriber::fmt::layer()
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_filter));
+    let fmt = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
             .with_filter(filter())
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_filter(filter())
-            .boxed()
+            .boxed(),
     };
+    let endpoint = config.otlp_endpoint.as_str();
     let mut provider = None;
     let mut meters = None;
-    let otel = if otlp_endpoint.is_empty() {
+    let otel = if endpoint.is_empty() {
         None
     } else {
         let exporter_error = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
-            endpoint: otlp_endpoint.to_string(),
+            endpoint: endpoint.to_string(),
             message: e.to_string(),
         };
         let resource = Resource::builder()
@@ -71,12 +70,12 @@ pub fn init(
             .build();
         let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(otlp_endpoint)
+            .with_endpoint(endpoint)
             .build()
             .map_err(exporter_error)?;
         let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
-            .with_endpoint(otlp_endpoint)
+            .with_endpoint(endpoint)
             .build()
             .map_err(exporter_error)?;
         let mp = SdkMeterProvider::builder()
@@ -102,4 +101,26 @@ pub fn init(
         .with(otel)
         .try_init();
     Ok(TelemetryGuard { provider, meters })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }
