@@ -16,6 +16,7 @@ pub mod transfer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::transfer::{TransferError, save_verified};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tonic::Status;
@@ -29,7 +30,6 @@ use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::job_service_client::JobServiceClient;
 use tuna_proto::v1::model_service_client::ModelServiceClient;
 use tuna_proto::v1::sweep_service_client::SweepServiceClient;
-use crate::transfer::{TransferError, save_verified};
 
 /// Errors of the SDK.
 #[derive(Debug, thiserror::Error)]

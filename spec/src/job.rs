@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use tuna_proto::v1 as pb;
 
 use crate::check::{Check, FieldViolation};
+use crate::names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
 pub use crate::parts::{Hyperparameters, LoraParams, Method};
 use crate::stored::Stored;
-use crate::names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
 
 /// The validated spec of a job: what the store keeps (as versioned JSON) and what both the
 /// server and the worker reason about.

@@ -17,8 +17,7 @@ mod stored;
 
 pub use check::FieldViolation;
 pub use job::{
-    DEFAULT_MAX_ATTEMPTS, Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION,
-    default_alpha,
+    DEFAULT_MAX_ATTEMPTS, Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION, default_alpha,
 };
 pub use names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task};
 pub use plan::{ClassInit, Plan};

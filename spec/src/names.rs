@@ -108,6 +108,28 @@ pub(crate) fn list(names: &[&str]) -> String {
     names.join(", ")
 }
 
+impl Task {
+    /// Whether a dataset whose lines have `format` can train this task; the reason otherwise.
+    /// Checked at `CreateJob` against the format the upload validated, and by the worker.
+    pub fn accepts(self, format: tuna_proto::v1::DatasetFormat) -> Result<(), String> {
+        use tuna_proto::v1::DatasetFormat as F;
+        match (self, format) {
+            (Task::CausalLm, F::Text | F::PromptCompletion | F::Chat)
+            | (Task::Classification, F::Classification) => Ok(()),
+            (Task::CausalLm, F::Classification) => Err(
+                "has labelled lines ({\"text\",\"label\"}): use task = classification with an \
+                 encoder such as BERT; causal_lm trains on text, prompt/completion and chat data"
+                    .into(),
+            ),
+            (Task::Classification, F::Text | F::PromptCompletion | F::Chat) => Err(format!(
+                "has {} lines; classification needs {{\"text\",\"label\"}} lines",
+                format.as_str_name().to_ascii_lowercase()
+            )),
+            (_, F::Unspecified) => Err("has no validated dataset format".into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,27 +160,5 @@ mod tests {
         assert_eq!(json, "\"lora_ga\"");
         let back: Task = serde_json::from_str("\"classification\"").unwrap_or(Task::CausalLm);
         assert_eq!(back, Task::Classification);
-    }
-}
-
-impl Task {
-    /// Whether a dataset whose lines have `format` can train this task; the reason otherwise.
-    /// Checked at `CreateJob` against the format the upload validated, and by the worker.
-    pub fn accepts(self, format: tuna_proto::v1::DatasetFormat) -> Result<(), String> {
-        use tuna_proto::v1::DatasetFormat as F;
-        match (self, format) {
-            (Task::CausalLm, F::Text | F::PromptCompletion | F::Chat)
-            | (Task::Classification, F::Classification) => Ok(()),
-            (Task::CausalLm, F::Classification) => Err(
-                "has labelled lines ({\"text\",\"label\"}): use task = classification with an \
-                 encoder such as BERT; causal_lm trains on text, prompt/completion and chat data"
-                    .into(),
-            ),
-            (Task::Classification, F::Text | F::PromptCompletion | F::Chat) => Err(format!(
-                "has {} lines; classification needs {{\"text\",\"label\"}} lines",
-                format.as_str_name().to_ascii_lowercase()
-            )),
-            (_, F::Unspecified) => Err("has no validated dataset format".into()),
-        }
     }
 }

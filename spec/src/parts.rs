@@ -87,4 +87,3 @@ pub struct Hyperparameters {
 fn default_optimizer() -> Optimizer {
     Optimizer::AdamW
 }
-

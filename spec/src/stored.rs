@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::parts::{Hyperparameters, Method};
 use crate::names::{Device, LoraInit, Task};
+use crate::parts::{Hyperparameters, Method};
 
 const V1_LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
 const V1_IA3_DEFAULT: [&str; 3] = ["k_proj", "v_proj", "down_proj"];

@@ -45,7 +45,10 @@ fn defaults_are_filled_in_and_survive_a_proto_round_trip() {
     let lora = spec.method.lora().cloned().unwrap();
     assert_eq!((lora.r, lora.alpha), (8, 16.0));
     assert_eq!(lora.init, LoraInit::Default);
-    assert_eq!(lora.target_modules, None, "the default is left to the model");
+    assert_eq!(
+        lora.target_modules, None,
+        "the default is left to the model"
+    );
     let again = ok(&spec.to_proto());
     assert_eq!(spec, again);
 }
@@ -119,7 +122,10 @@ fn untrainable_combinations_are_refused_naming_the_field() {
         refused(with("causal_lm", "dora", "pissa")),
         ["spec.method.lora.init"]
     );
-    assert_eq!(refused(with("causal_lm", "lora", "xavier")), ["spec.method.lora.init"]);
+    assert_eq!(
+        refused(with("causal_lm", "lora", "xavier")),
+        ["spec.method.lora.init"]
+    );
     // What is accepted has a plan.
     for p in [
         with("causal_lm", "lora", "lora_ga"),

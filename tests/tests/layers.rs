@@ -1,6 +1,8 @@
 //! The architecture's rules, checked on the source tree: what each crate may link, modules
 //! without import cycles, files small enough to read.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +19,15 @@ fn tree(package: &str) -> BTreeSet<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(repo())
-        .args(["tree", "--locked", "--offline", "--prefix", "none", "-p", package])
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "--prefix",
+            "none",
+            "-p",
+            package,
+        ])
         .output()
         .expect("cargo tree runs");
     assert!(
@@ -33,10 +43,15 @@ fn tree(package: &str) -> BTreeSet<String> {
 
 fn assert_links_none(package: &str, forbidden: &[&str]) {
     let deps = tree(package);
-    assert!(deps.contains(package), "{package} is in its own tree: {deps:?}");
+    assert!(
+        deps.contains(package),
+        "{package} is in its own tree: {deps:?}"
+    );
     for f in forbidden {
         assert!(
-            !deps.iter().any(|d| d == f || d.starts_with(&format!("{f}-"))),
+            !deps
+                .iter()
+                .any(|d| d == f || d.starts_with(&format!("{f}-"))),
             "{package} must not depend on {f} (directly or not)"
         );
     }
@@ -46,7 +61,13 @@ fn assert_links_none(package: &str, forbidden: &[&str]) {
 fn the_sdk_links_no_database_tensor_library_or_tokenizer() {
     assert_links_none(
         "tuna-client",
-        &["sqlx", "candle-core", "tokenizers", "tuna-server", "tuna-worker"],
+        &[
+            "sqlx",
+            "candle-core",
+            "tokenizers",
+            "tuna-server",
+            "tuna-worker",
+        ],
     );
 }
 
@@ -54,7 +75,14 @@ fn the_sdk_links_no_database_tensor_library_or_tokenizer() {
 fn the_spec_is_a_leaf() {
     assert_links_none(
         "tuna-spec",
-        &["sqlx", "candle-core", "tokenizers", "tuna-server", "tuna-worker", "tonic-health"],
+        &[
+            "sqlx",
+            "candle-core",
+            "tokenizers",
+            "tuna-server",
+            "tuna-worker",
+            "tonic-health",
+        ],
     );
 }
 
@@ -209,7 +237,9 @@ fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 #[test]
 fn no_crate_has_an_import_cycle_between_its_modules() {
     let root = repo();
-    for krate in ["spec", "client", "cli", "server", "worker", "bench", "tests"] {
+    for krate in [
+        "spec", "client", "cli", "server", "worker", "bench", "tests",
+    ] {
         let edges = sibling_edges(&root.join(krate));
         assert!(!edges.is_empty() || krate == "tests" || krate == "spec" || krate == "client");
         if let Some(cycle) = find_cycle(&edges) {

@@ -2,6 +2,8 @@
 //! API's names admit either trains on a real worker or is refused at `CreateJob` with
 //! `INVALID_ARGUMENT` naming the field. Nothing accepted may fail on the worker.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -13,29 +15,58 @@ use tuna_worker::engine::model::tiny::TinySpec;
 
 fn causal_data() -> String {
     (0..12)
-        .map(|i| format!("{{\"prompt\":\"{}+{}=\",\"completion\":\"{}\"}}\n", i % 4, i / 4, i % 4 + i / 4))
+        .map(|i| {
+            format!(
+                "{{\"prompt\":\"{}+{}=\",\"completion\":\"{}\"}}\n",
+                i % 4,
+                i / 4,
+                i % 4 + i / 4
+            )
+        })
         .collect()
 }
 
 fn class_data() -> String {
-    ["good fun", "great joy", "lovely day", "bad pain", "awful mess", "dull pain"]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("{{\"text\":\"{t}\",\"label\":\"{}\"}}\n", if i < 3 { "pos" } else { "neg" }))
-        .collect()
+    [
+        "good fun",
+        "great joy",
+        "lovely day",
+        "bad pain",
+        "awful mess",
+        "dull pain",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, t)| {
+        format!(
+            "{{\"text\":\"{t}\",\"label\":\"{}\"}}\n",
+            if i < 3 { "pos" } else { "neg" }
+        )
+    })
+    .collect()
 }
 
 async fn upload(client: &Client, dir: &std::path::Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     client
-        .upload_file(&path, pb::FilePurpose::Dataset, pb::DatasetFormat::Unspecified)
+        .upload_file(
+            &path,
+            pb::FilePurpose::Dataset,
+            pb::DatasetFormat::Unspecified,
+        )
         .await
         .unwrap()
         .id
 }
 
-fn spec(task: Task, method: MethodKind, init: LoraInit, schedule: Schedule, files: &Files) -> pb::JobSpec {
+fn spec(
+    task: Task,
+    method: MethodKind,
+    init: LoraInit,
+    schedule: Schedule,
+    files: &Files,
+) -> pb::JobSpec {
     let (model, data) = match task {
         Task::CausalLm => ("llama", &files.causal),
         Task::Classification => ("bert", &files.class),
@@ -82,22 +113,42 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--embedded-worker"]);
     let client = Client::connect(&server.url, None).await.unwrap();
-    TinySpec::default().write(&dir.path().join("llama"), 3).unwrap();
-    TinyBertSpec::default().write(&dir.path().join("bert"), 3).unwrap();
-    client.register_model("llama", &dir.path().join("llama")).await.unwrap();
-    client.register_model("bert", &dir.path().join("bert")).await.unwrap();
+    TinySpec::default()
+        .write(&dir.path().join("llama"), 3)
+        .unwrap();
+    TinyBertSpec::default()
+        .write(&dir.path().join("bert"), 3)
+        .unwrap();
+    client
+        .register_model("llama", &dir.path().join("llama"))
+        .await
+        .unwrap();
+    client
+        .register_model("bert", &dir.path().join("bert"))
+        .await
+        .unwrap();
     let files = Files {
         causal: upload(&client, dir.path(), "causal.jsonl", &causal_data()).await,
         class: upload(&client, dir.path(), "class.jsonl", &class_data()).await,
     };
 
     // A dataset whose validated format the task cannot train is refused at CreateJob too.
-    let mut mismatch = spec(Task::CausalLm, MethodKind::Lora, LoraInit::Default, Schedule::Cosine, &files);
+    let mut mismatch = spec(
+        Task::CausalLm,
+        MethodKind::Lora,
+        LoraInit::Default,
+        Schedule::Cosine,
+        &files,
+    );
     mismatch.training_file = files.class.clone();
     match client.create_job(mismatch, None).await {
         Err(ClientError::Rpc(s)) => {
             assert_eq!(s.code(), tonic::Code::InvalidArgument);
-            assert!(s.message().contains("spec.training_file"), "{}", s.message());
+            assert!(
+                s.message().contains("spec.training_file"),
+                "{}",
+                s.message()
+            );
         }
         other => panic!("a classification file for a causal_lm job: {other:?}"),
     }
@@ -140,7 +191,11 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
             }
         }
     }
-    assert!(refused > 0 && runs.len() >= 40, "{refused} refused, {} ran", runs.len());
+    assert!(
+        refused > 0 && runs.len() >= 40,
+        "{refused} refused, {} ran",
+        runs.len()
+    );
 
     let deadline = Instant::now() + Duration::from_secs(1200);
     for (combo, id) in runs.values() {
@@ -149,7 +204,11 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
             if tuna_client::is_terminal(job.state()) {
                 break job;
             }
-            assert!(Instant::now() < deadline, "{combo}: still {:?}", job.state());
+            assert!(
+                Instant::now() < deadline,
+                "{combo}: still {:?}",
+                job.state()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(
@@ -160,5 +219,8 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
         );
         println!("trained: {combo} ({id})");
     }
-    println!("{} combinations trained, {refused} refused at CreateJob", runs.len());
+    println!(
+        "{} combinations trained, {refused} refused at CreateJob",
+        runs.len()
+    );
 }

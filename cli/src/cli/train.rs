@@ -206,7 +206,11 @@ fn dataset_format(path: &Path) -> Result<pb::DatasetFormat, CliError> {
         .find(|(_, l)| !l.trim().is_empty())
         .ok_or_else(|| CliError::Usage(format!("{}: the dataset is empty", path.display())))?;
     let value: serde_json::Value = serde_json::from_str(first).map_err(|e| {
-        CliError::Usage(format!("{}: line {}: invalid JSON: {e}", path.display(), n + 1))
+        CliError::Usage(format!(
+            "{}: line {}: invalid JSON: {e}",
+            path.display(),
+            n + 1
+        ))
     })?;
     value
         .as_object()

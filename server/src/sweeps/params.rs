@@ -25,7 +25,10 @@ pub const SEARCHABLE: &[(&str, Kind)] = &[
     ("hyperparameters.grad_accumulation", Kind::Integer),
     ("hyperparameters.epochs", Kind::Integer),
     ("hyperparameters.max_seq_len", Kind::Integer),
-    ("hyperparameters.schedule", Kind::Choice(Some(Schedule::NAMES))),
+    (
+        "hyperparameters.schedule",
+        Kind::Choice(Some(Schedule::NAMES)),
+    ),
     ("method.type", Kind::Choice(Some(MethodKind::NAMES))),
     ("method.lora.r", Kind::Integer),
     ("method.lora.alpha", Kind::Real),

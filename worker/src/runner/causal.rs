@@ -12,10 +12,10 @@ use super::{classify_error, drive, system, user};
 use crate::agent::{Control, JobInputs, Reporter, RunError, RunOutcome};
 use crate::engine::adapters::methods::{self, Method};
 use crate::engine::adapters::{AdapterSet, LoraInit};
-use crate::engine::lora_ga;
 use crate::engine::data::tokenizer::load_for_model;
 use crate::engine::data::{Example, Loader, Tokenizer, examples_from_records};
 use crate::engine::export;
+use crate::engine::lora_ga;
 use crate::engine::model::{Llama, gguf};
 use crate::engine::trainer::Trainer;
 
@@ -65,7 +65,9 @@ pub(super) fn train(
         SpecMethod::Lora { lora: p } | SpecMethod::Dora { lora: p } => {
             let dora = matches!(method, SpecMethod::Dora { .. });
             match p.init {
-                SpecInit::Default => AdapterSet::attach(&mut model, &lora(LoraInit::Default, dora, p)),
+                SpecInit::Default => {
+                    AdapterSet::attach(&mut model, &lora(LoraInit::Default, dora, p))
+                }
                 SpecInit::Gaussian => {
                     AdapterSet::attach(&mut model, &lora(LoraInit::Gaussian, dora, p))
                 }

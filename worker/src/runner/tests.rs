@@ -121,8 +121,7 @@ fn classification_jobs_train_bert_with_a_head_and_export_a_seq_cls_adapter() {
     .unwrap();
     assert_eq!(cfg["task_type"], "SEQ_CLS");
     assert_eq!(cfg["labels"], serde_json::json!(["neg", "pos"]));
-    let mut targets: Vec<String> =
-        serde_json::from_value(cfg["target_modules"].clone()).unwrap();
+    let mut targets: Vec<String> = serde_json::from_value(cfg["target_modules"].clone()).unwrap();
     targets.sort();
     assert_eq!(
         targets,
@@ -299,17 +298,35 @@ fn a_paused_classification_job_resumes_from_its_checkpoint_and_matches_an_uninte
     let control = Control::new();
     let mut whole = Scripted::new(&control, None);
     let out = EngineRunner
-        .run(&tiny_inputs(dir.path(), "whole", spec.clone(), None), &control, &mut whole)
+        .run(
+            &tiny_inputs(dir.path(), "whole", spec.clone(), None),
+            &control,
+            &mut whole,
+        )
         .unwrap();
-    assert!(matches!(out, RunOutcome::Finished { step: 8, .. }), "{out:?}");
+    assert!(
+        matches!(out, RunOutcome::Finished { step: 8, .. }),
+        "{out:?}"
+    );
 
     let control = Control::new();
     let mut paused = Scripted::new(&control, Some((3, Stop::Pause)));
     let out = EngineRunner
-        .run(&tiny_inputs(dir.path(), "paused", spec.clone(), None), &control, &mut paused)
+        .run(
+            &tiny_inputs(dir.path(), "paused", spec.clone(), None),
+            &control,
+            &mut paused,
+        )
         .unwrap();
     assert!(
-        matches!(out, RunOutcome::Stopped { reason: Stop::Pause, step: 3, adapter_dir: None }),
+        matches!(
+            out,
+            RunOutcome::Stopped {
+                reason: Stop::Pause,
+                step: 3,
+                adapter_dir: None
+            }
+        ),
         "{out:?}"
     );
     let [(3, checkpoint)] = paused.checkpoints.as_slice() else {
@@ -320,15 +337,17 @@ fn a_paused_classification_job_resumes_from_its_checkpoint_and_matches_an_uninte
     let mut resumed = Scripted::new(&control, None);
     let inputs = tiny_inputs(dir.path(), "resumed", spec, Some(checkpoint.clone()));
     let out = EngineRunner.run(&inputs, &control, &mut resumed).unwrap();
-    assert!(matches!(out, RunOutcome::Finished { step: 8, .. }), "{out:?}");
+    assert!(
+        matches!(out, RunOutcome::Finished { step: 8, .. }),
+        "{out:?}"
+    );
 
     let resumed_losses = resumed.losses();
-    assert_eq!(resumed_losses[0].0, 4, "first step after resume = checkpoint step + 1");
-    let stitched: Vec<(i64, f64)> = paused
-        .losses()
-        .into_iter()
-        .chain(resumed_losses)
-        .collect();
+    assert_eq!(
+        resumed_losses[0].0, 4,
+        "first step after resume = checkpoint step + 1"
+    );
+    let stitched: Vec<(i64, f64)> = paused.losses().into_iter().chain(resumed_losses).collect();
     let reference = whole.losses();
     assert_eq!(stitched.len(), reference.len());
     for ((s1, a), (s2, b)) in stitched.iter().zip(&reference) {
@@ -344,9 +363,17 @@ fn lora_ga_init_trains_on_a_worker_and_resumes_exactly() {
     let control = Control::new();
     let mut whole = Scripted::new(&control, None);
     let out = EngineRunner
-        .run(&tiny_inputs(dir.path(), "whole", spec.clone(), None), &control, &mut whole)
+        .run(
+            &tiny_inputs(dir.path(), "whole", spec.clone(), None),
+            &control,
+            &mut whole,
+        )
         .unwrap();
-    let RunOutcome::Finished { step: 6, adapter_dir } = out else {
+    let RunOutcome::Finished {
+        step: 6,
+        adapter_dir,
+    } = out
+    else {
         panic!("{out:?}")
     };
     let losses: Vec<f64> = whole.losses().into_iter().map(|(_, l)| l).collect();
@@ -357,7 +384,11 @@ fn lora_ga_init_trains_on_a_worker_and_resumes_exactly() {
     let control = Control::new();
     let mut paused = Scripted::new(&control, Some((2, Stop::Drain)));
     EngineRunner
-        .run(&tiny_inputs(dir.path(), "paused", spec.clone(), None), &control, &mut paused)
+        .run(
+            &tiny_inputs(dir.path(), "paused", spec.clone(), None),
+            &control,
+            &mut paused,
+        )
         .unwrap();
     let checkpoint = paused.checkpoints[0].1.clone();
     let control = Control::new();

@@ -15,10 +15,8 @@ fn space() -> Space {
 fn evaluate(p: &crate::search::Params) -> Observation {
     let f = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
     let (lr, w, r, steps) = (f("lr"), f("warmup"), f("r"), f("steps"));
-    let loss = (lr.log10() + 3.0).powi(2)
-        + 0.1 * (w.ln() + 2.5).powi(2)
-        + 1.0 / r.sqrt()
-        + 10.0 / steps;
+    let loss =
+        (lr.log10() + 3.0).powi(2) + 0.1 * (w.ln() + 2.5).powi(2) + 1.0 / r.sqrt() + 10.0 / steps;
     Observation {
         objective: loss,
         cost: steps,

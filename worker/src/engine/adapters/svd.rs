@@ -3,8 +3,8 @@
 
 use rand::Rng;
 
-use crate::engine::rng::normal;
 use crate::engine::rng;
+use crate::engine::rng::normal;
 
 /// Top-`k` singular triplets of a row-major `m × n` matrix.
 #[derive(Debug, Clone)]

@@ -38,8 +38,8 @@ pub fn encode_chat(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::data::template::*;
     use crate::engine::data::ByteTokenizer;
+    use crate::engine::data::template::*;
 
     fn conv() -> Vec<Message> {
         [

@@ -22,10 +22,20 @@ pub enum Format {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Text { text: String },
-    PromptCompletion { prompt: String, completion: String },
-    Chat { messages: Vec<super::template::Message> },
-    Classification { text: String, label: String },
+    Text {
+        text: String,
+    },
+    PromptCompletion {
+        prompt: String,
+        completion: String,
+    },
+    Chat {
+        messages: Vec<super::template::Message>,
+    },
+    Classification {
+        text: String,
+        label: String,
+    },
 }
 
 /// Parses JSONL text; blank lines are skipped, anything else must be a JSON object with

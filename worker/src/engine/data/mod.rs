@@ -10,17 +10,20 @@ pub mod template;
 pub mod tokenizer;
 
 pub use batch::Batch;
-pub use template::{ChatTemplate, Message};
 pub use classify::{ClassBatch, ClassExample, Labels};
 pub use jsonl::{Format, Record};
 pub use loader::{Cursor, Loader};
+pub use template::{ChatTemplate, Message};
 pub use tokenizer::{ByteTokenizer, HfTokenizer, Tokenizer, TokenizerError, load_for_model};
 
 /// Examples that a [`Loader`] can collate into a padded batch.
 pub trait Batchable: Sized {
     type Batch;
-    fn collate(examples: &[&Self], pad_id: u32, device: &candle_core::Device)
-    -> Result<Self::Batch, DataError>;
+    fn collate(
+        examples: &[&Self],
+        pad_id: u32,
+        device: &candle_core::Device,
+    ) -> Result<Self::Batch, DataError>;
 }
 
 impl Batchable for Example {

@@ -7,12 +7,12 @@ use candle_transformers::models::bert as ct;
 use super::util::{max_abs_diff, perturb_b, random_ids};
 use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules};
 use crate::engine::data::Loader;
-use crate::engine::trainer::{Trainer, TrainConfig};
 use crate::engine::data::classify::class_examples;
 use crate::engine::data::{ByteTokenizer, Format, Labels, jsonl};
 use crate::engine::model::bert::{Bert, BertConfig, ClassifierHead, TinyBertSpec};
 use crate::engine::model::{ConfigError, ModelError};
 use crate::engine::optim::{AdamWConfig, Grads, Schedule, ScheduleKind};
+use crate::engine::trainer::{TrainConfig, Trainer};
 
 fn mask(rows: &[usize], t: usize) -> Tensor {
     let m: Vec<f32> = rows

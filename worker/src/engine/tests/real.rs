@@ -105,9 +105,7 @@ fn minilm_matches_candle_and_trains_lora_classifier() {
         super::bert::class_config(schedule(4, 1e-2), AdamWConfig::default(), Some(1.0)),
     )
     .unwrap();
-    let losses: Vec<f64> = (0..4)
-        .map(|_| trainer.train_step().unwrap().loss)
-        .collect();
+    let losses: Vec<f64> = (0..4).map(|_| trainer.train_step().unwrap().loss).collect();
     eprintln!("MiniLM LoRA losses: {losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(losses[3] < losses[0], "{losses:?}");

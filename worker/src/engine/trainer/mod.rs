@@ -122,11 +122,19 @@ impl StopSignal for AtomicBool {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Completed { steps: u64 },
-    Cancelled { step: u64 },
+    Completed {
+        steps: u64,
+    },
+    Cancelled {
+        step: u64,
+    },
     /// Stopped after handing over a checkpoint of `step`.
-    Suspended { step: u64 },
-    StoppedEarly { step: u64 },
+    Suspended {
+        step: u64,
+    },
+    StoppedEarly {
+        step: u64,
+    },
 }
 
 /// The training loop over an [`Objective`].
