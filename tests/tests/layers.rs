@@ -133,16 +133,18 @@ fn paths_after<'t>(text: &'t str, prefix: &str) -> Vec<Vec<&'t str>> {
                 .is_some_and(|c| c.is_alphanumeric() || c == '_');
         let tail = &rest[i + prefix.len()..];
         if before_ok {
-            let segs: Vec<&str> = tail
-                .split("::")
-                .map(|s| {
-                    let end = s
-                        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
-                        .unwrap_or(s.len());
-                    &s[..end]
-                })
-                .take_while(|s| !s.is_empty())
-                .collect();
+            let mut segs: Vec<&str> = Vec::new();
+            for seg in tail.split("::") {
+                let end = seg
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(seg.len());
+                if end > 0 {
+                    segs.push(&seg[..end]);
+                }
+                if end < seg.len() || end == 0 {
+                    break;
+                }
+            }
             if !segs.is_empty() {
                 out.push(segs);
             }
@@ -259,7 +261,7 @@ fn the_cycle_check_finds_a_cycle() {
         find_cycle(&edges),
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
-    let paths = paths_after("use crate::engine::model::ops; x.crate::y", "crate::");
+    let paths = paths_after("use crate::engine::model::ops; x_crate::y", "crate::");
     assert_eq!(paths, vec![vec!["engine", "model", "ops"]]);
 }
 

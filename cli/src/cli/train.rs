@@ -115,8 +115,16 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
     } else {
         (a.model.clone(), pb::ModelFormat::Hf)
     };
+    // The spec names files by id; a local run's data is named by its file name.
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().chars().take(200).collect::<String>())
+            .unwrap_or_else(|| "local".into())
+    };
     let spec = pb::JobSpec {
         base_model: a.model.display().to_string(),
+        training_file: file_name(&a.data),
+        validation_file: a.validation.as_deref().map(file_name).unwrap_or_default(),
         method: Some(pb::Method {
             r#type: a.method.clone(),
             lora: Some(pb::LoraParams {

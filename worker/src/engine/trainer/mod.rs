@@ -217,8 +217,7 @@ impl<'a, O: Objective> Trainer<'a, O> {
 
     /// Runs until `max_steps` or until `stop` asks to halt (polled before every step),
     /// reporting through `on_event`. Evaluates every `eval_every` steps and after the last;
-    /// checkpoints every `checkpoint_every` steps and after the last (so a sweep's rung run
-    /// can be promoted from where it ended) into `checkpoint_root/step-N`.
+    /// checkpoints every `checkpoint_every` steps into `checkpoint_root/step-N`.
     pub fn run(
         &mut self,
         stop: &dyn StopSignal,
@@ -249,9 +248,14 @@ impl<'a, O: Objective> Trainer<'a, O> {
                 let m = self.evaluate()?;
                 on_event(&Event::Eval(m));
             }
+            // Every `checkpoint_every` steps, the last one included when it falls on a
+            // multiple (a sweep's rung run sets it so promotion resumes from its end); a
+            // finished run's result is its adapter, not a checkpoint.
             if let Some(root) = checkpoint_root
-                && self.config.checkpoint_every.is_some()
-                && due(self.config.checkpoint_every)
+                && self
+                    .config
+                    .checkpoint_every
+                    .is_some_and(|n| self.step.is_multiple_of(n.max(1)))
             {
                 self.checkpoint_into(root, on_event)?;
             }
