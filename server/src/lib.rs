@@ -10,6 +10,7 @@ pub mod domain;
 pub mod edge;
 pub mod error;
 pub mod metrics;
+pub mod model_facts;
 pub mod search;
 pub mod serve;
 pub mod store;

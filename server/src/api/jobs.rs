@@ -9,7 +9,9 @@ use tonic::{Request, Response, Status};
 use tuna_proto::v1 as pb;
 use tuna_proto::v1::job_service_server::JobService;
 
-use super::{ApiContext, convert, page_token, require_dataset, require_id};
+use super::{
+    ApiContext, convert, page_token, require_dataset, require_id, require_method_fits_model,
+};
 use crate::domain::ids;
 use crate::domain::spec::JobSpec;
 use crate::error::ApiError;
@@ -99,6 +101,13 @@ impl JobService for Jobs {
         if let Some(v) = &spec.validation_file {
             require_dataset(&self.ctx, "spec.validation_file", v, spec.task).await?;
         }
+        require_method_fits_model(
+            &self.ctx,
+            "spec.method.type",
+            &spec.base_model,
+            spec.method.kind(),
+        )
+        .await?;
         if req.request_id.len() > 128 {
             return Err(ApiError::field("request_id", "must be at most 128 characters").into());
         }

@@ -17,6 +17,7 @@ use futures::{Stream, StreamExt};
 use crate::blobs::{Blobs, FinishedBlob};
 use crate::dataset::JsonlValidator;
 use crate::domain::ids;
+use crate::domain::spec::MethodKind;
 use crate::error::ApiError;
 use crate::metrics::ServiceMetrics;
 use crate::store::Store;
@@ -95,6 +96,44 @@ pub async fn require_dataset(
             Err(ApiError::field(field, format!("file {id} does not exist")))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A method the registered model cannot train is refused here, naming `field`: BitFit
+/// trains bias parameters, and Llama-family checkpoints usually have none. Decided from the
+/// model's file headers; when they cannot tell, the worker decides.
+pub async fn require_method_fits_model(
+    ctx: &ApiContext,
+    field: &str,
+    model_name: &str,
+    method: MethodKind,
+) -> Result<(), ApiError> {
+    match method {
+        MethodKind::Bitfit => {}
+        MethodKind::Lora
+        | MethodKind::Dora
+        | MethodKind::Ia3
+        | MethodKind::PromptTuning
+        | MethodKind::Full => return Ok(()),
+    }
+    let model = match ctx.store.get_model(model_name).await {
+        Ok(m) => m,
+        Err(crate::store::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    match crate::model_facts::has_bias_parameters(&ctx.blobs, &model).await {
+        Ok(Some(false)) => Err(ApiError::field(
+            field,
+            format!(
+                "bitfit trains bias parameters and model {model_name:?} has none; \
+                 choose lora, dora, ia3, prompt_tuning or full"
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(model = model_name, error = %e, "cannot read the model's headers");
+            Ok(())
+        }
     }
 }
 

@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status};
 use tuna_proto::v1 as pb;
 use tuna_proto::v1::sweep_service_server::SweepService;
 
-use super::{ApiContext, convert, page_token, require_dataset, require_id};
+use super::{
+    ApiContext, convert, page_token, require_dataset, require_id, require_method_fits_model,
+};
 use crate::domain::{JobState, SweepState, ids};
 use crate::error::ApiError;
 use crate::store::{Cursor, JobFilter, StoreError, SweepRecord, TrialRecord};
@@ -202,6 +204,26 @@ impl SweepService for Sweeps {
                 task,
             )
             .await?;
+        }
+        // Every method the sweep may run must fit its model: the template's, and any a
+        // `method.type` parameter can choose.
+        let mut methods: Vec<(String, &str)> = vec![(
+            "spec.template.method.type".into(),
+            t.method.as_ref().map_or("", |m| m.r#type.as_str()),
+        )];
+        for (i, p) in plan.space.params().iter().enumerate() {
+            if let (true, crate::search::Domain::Categorical(choices)) =
+                (p.name == "method.type", &p.domain)
+            {
+                for (j, c) in choices.iter().enumerate() {
+                    methods.push((format!("spec.parameters[{i}].choices[{j}]"), c.as_str()));
+                }
+            }
+        }
+        for (field, name) in methods {
+            if let Some(kind) = crate::domain::spec::MethodKind::parse(name) {
+                require_method_fits_model(&self.ctx, &field, t.base_model.trim(), kind).await?;
+            }
         }
         let bytes = plan.proto.encode_to_vec();
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
