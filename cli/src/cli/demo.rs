@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tuna_client::{Client, ClientError, pb};
 use tuna_config::Config;
 use tuna_server::serve::ControlPlane;
+use tuna_spec::metrics;
 
 use super::{CliError, Output, progress, worker};
 
@@ -193,7 +194,7 @@ async fn demo_job(url: &str, dir: &Path, steps: i64) -> Result<Summary, CliError
     let job = client
         .watch_job(&job.id, 0, |u| {
             if let Some(pb::job_update::Kind::Metrics(m)) = &u.kind
-                && let Some(v) = m.values.get("eval_loss")
+                && let Some(v) = m.values.get(metrics::EVAL_LOSS)
             {
                 evals.push((m.step, *v));
             }

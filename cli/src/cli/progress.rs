@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tuna_client::pb;
+use tuna_spec::metrics;
 
 use super::{Output, output};
 
@@ -45,7 +46,7 @@ impl View {
                 for (k, v) in &m.values {
                     self.last.insert(k.clone(), *v);
                 }
-                if let Some(total) = self.last.get("total_steps") {
+                if let Some(total) = self.last.get(metrics::TOTAL_STEPS) {
                     bar.set_length(*total as u64);
                 }
                 bar.set_position(m.step.max(0) as u64);
@@ -57,8 +58,8 @@ impl View {
                 };
                 let msg = [
                     show("loss", "loss", 4),
-                    show("eval_loss", "eval", 4),
-                    show("tokens_per_s", "tok/s", 0),
+                    show(metrics::EVAL_LOSS, "eval", 4),
+                    show(metrics::TOKENS_PER_S, "tok/s", 0),
                 ]
                 .into_iter()
                 .filter(|s| !s.is_empty())

@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tuna_client::pb;
 use tuna_spec::JobSpec;
+use tuna_spec::metrics;
 use tuna_worker::agent::{Control, JobInputs, JobRunner, Progress, Reporter, RunOutcome};
 use tuna_worker::runner::EngineRunner;
 
@@ -64,17 +65,17 @@ impl Reporter for Bar {
         let get = |k: &str| p.values.get(k).copied();
         match &self.bar {
             Some(bar) => {
-                if let Some(t) = get("total_steps") {
+                if let Some(t) = get(metrics::TOTAL_STEPS) {
                     bar.set_length(t as u64);
                 }
                 bar.set_position(p.step.max(0) as u64);
-                if let Some(l) = get("loss") {
+                if let Some(l) = get(metrics::LOSS) {
                     bar.set_message(format!(
                         "loss {l:.4}  tok/s {:.0}",
-                        get("tokens_per_s").unwrap_or(0.0)
+                        get(metrics::TOKENS_PER_S).unwrap_or(0.0)
                     ));
                 }
-                if let Some(e) = get("eval_loss") {
+                if let Some(e) = get(metrics::EVAL_LOSS) {
                     bar.println(format!("step {}: eval loss {e:.4}", p.step));
                 }
             }

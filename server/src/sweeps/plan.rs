@@ -130,7 +130,9 @@ impl SweepPlan {
                 format!("{metric} needs spec.template.validation_file"),
             );
         }
-        if metric == "eval_accuracy" && template.task != "classification" {
+        if metric == tuna_spec::metrics::EVAL_ACCURACY
+            && template.task != tuna_spec::Task::Classification.as_str()
+        {
             c.fail(
                 "spec.objective.metric",
                 "eval_accuracy needs spec.template.task = classification",

@@ -66,6 +66,7 @@ fn inputs(model: PathBuf, work: &std::path::Path, spec: pb::JobSpec) -> JobInput
 fn spec(method: &str, steps: i64) -> pb::JobSpec {
     pb::JobSpec {
         base_model: "minilm".into(),
+        training_file: "file_train".into(),
         task: "classification".into(),
         method: Some(pb::Method {
             r#type: method.into(),
