@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 port="${TUNA_PORT:-50051}"
 data="${TUNA_DATA:-$(mktemp -d)}"
 cargo build --quiet -p tuna
-tuna=target/debug/tuna
+tuna="${CARGO_TARGET_DIR:-target}/debug/tuna"
 export TUNA_SERVER="http://127.0.0.1:${port}"
 
 mkdir -p "$data"
