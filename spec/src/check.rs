@@ -72,15 +72,28 @@ impl Check {
         if modules.is_empty() {
             return None;
         }
+        // Refused before the per-entry checks, so a huge list costs no per-entry violations.
+        if modules.len() > crate::job::MAX_TARGET_MODULES {
+            self.fail(
+                field,
+                format!(
+                    "at most {} entries, got {}",
+                    crate::job::MAX_TARGET_MODULES,
+                    modules.len()
+                ),
+            );
+            return None;
+        }
         for (i, m) in modules.iter().enumerate() {
             let ok = !m.is_empty()
                 && m.len() <= 128
                 && m.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
             if !ok {
+                let shown: String = m.chars().take(64).collect();
                 self.fail(
                     &format!("{field}[{i}]"),
-                    format!("{m:?} is not a module name (letters, digits, _ . -)"),
+                    format!("{shown:?} is not a module name (at most 128 letters, digits, _ . -)"),
                 );
             }
         }

@@ -40,6 +40,12 @@ pub const SPEC_VERSION: u32 = 2;
 
 /// Default number of attempts before a job fails for good.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+/// Largest `resources.min_memory_bytes` (16 TiB): beyond any machine a worker runs on, so
+/// a larger value only makes a job that can never be claimed.
+pub const MAX_MIN_MEMORY_BYTES: i64 = 16 << 40;
+/// Most entries of a `target_modules` list: a model has a few dozen distinct linear layer
+/// names, and every entry is stored with the job and returned by every listing.
+pub const MAX_TARGET_MODULES: usize = 64;
 const DEFAULT_NUM_VIRTUAL_TOKENS: i32 = 20;
 
 /// LoRA's default alpha for rank `r` (PEFT examples' `2r`).
@@ -81,7 +87,7 @@ impl JobSpec {
             "spec.resources.min_memory_bytes",
             res.min_memory_bytes,
             0,
-            i64::MAX,
+            MAX_MIN_MEMORY_BYTES,
         );
         let priority = c.range_i32("spec.priority", spec.priority, -1000, 1000);
         let max_attempts = if spec.max_attempts == 0 {
