@@ -387,3 +387,32 @@ async fn a_server_on_a_public_address_refuses_to_start_without_credentials() {
         .unwrap();
     let _ = stop.send(());
 }
+
+/// A message whose field 1 is a varint where `GetJobRequest.id` is a string: bytes that do
+/// not decode as the request.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Undecodable {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_malformed_protobuf_request_is_invalid_argument_not_internal(pool: sqlx::PgPool) {
+    let h = harness(pool, Config::default()).await;
+    let mut grpc = tonic::client::Grpc::new(h.channel.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/tuna.v1.JobService/GetJob");
+    let err = grpc
+        .unary::<Undecodable, pb::Job, _>(
+            tonic::Request::new(Undecodable { id: 7 }),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("decode"), "{}", err.message());
+    // The server is fine afterwards.
+    create(&h.channel).await;
+    h.stop().await;
+}
