@@ -18,6 +18,13 @@ impl FieldViolation {
     }
 }
 
+/// Largest `resources.min_memory_bytes` (16 TiB): beyond any machine a worker runs on, so
+/// a larger value only makes a job that can never be claimed.
+pub const MAX_MIN_MEMORY_BYTES: i64 = 16 << 40;
+/// Most entries of a `target_modules` list: a model has a few dozen distinct linear layer
+/// names, and every entry is stored with the job and returned by every listing.
+pub const MAX_TARGET_MODULES: usize = 64;
+
 /// The violations found so far.
 #[derive(Default)]
 pub(crate) struct Check(pub(crate) Vec<FieldViolation>);
@@ -73,12 +80,12 @@ impl Check {
             return None;
         }
         // Refused before the per-entry checks, so a huge list costs no per-entry violations.
-        if modules.len() > crate::job::MAX_TARGET_MODULES {
+        if modules.len() > MAX_TARGET_MODULES {
             self.fail(
                 field,
                 format!(
                     "at most {} entries, got {}",
-                    crate::job::MAX_TARGET_MODULES,
+                    MAX_TARGET_MODULES,
                     modules.len()
                 ),
             );

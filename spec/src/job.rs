@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tuna_proto::v1 as pb;
 
-use crate::check::{Check, FieldViolation};
+use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
 use crate::names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
 pub use crate::parts::{Hyperparameters, LoraParams, Method};
 use crate::stored::Stored;
@@ -40,12 +40,7 @@ pub const SPEC_VERSION: u32 = 2;
 
 /// Default number of attempts before a job fails for good.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
-/// Largest `resources.min_memory_bytes` (16 TiB): beyond any machine a worker runs on, so
-/// a larger value only makes a job that can never be claimed.
-pub const MAX_MIN_MEMORY_BYTES: i64 = 16 << 40;
-/// Most entries of a `target_modules` list: a model has a few dozen distinct linear layer
-/// names, and every entry is stored with the job and returned by every listing.
-pub const MAX_TARGET_MODULES: usize = 64;
+
 const DEFAULT_NUM_VIRTUAL_TOKENS: i32 = 20;
 
 /// LoRA's default alpha for rank `r` (PEFT examples' `2r`).

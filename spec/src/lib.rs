@@ -15,10 +15,9 @@ mod parts;
 mod plan;
 mod stored;
 
-pub use check::FieldViolation;
+pub use check::{FieldViolation, MAX_MIN_MEMORY_BYTES, MAX_TARGET_MODULES};
 pub use job::{
-    DEFAULT_MAX_ATTEMPTS, Hyperparameters, JobSpec, LoraParams, MAX_MIN_MEMORY_BYTES,
-    MAX_TARGET_MODULES, Method, SPEC_VERSION, default_alpha,
+    DEFAULT_MAX_ATTEMPTS, Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION, default_alpha,
 };
 pub use names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task};
 pub use plan::{ClassInit, Plan};
