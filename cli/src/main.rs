@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", cli::output::clean(&e.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -58,6 +58,11 @@ pub enum ClientError {
     SpecFile { path: String, message: String },
     #[error("the server sent an unexpected message: {0}")]
     Protocol(String),
+    #[error("artifact {artifact}: {source}")]
+    Unpack {
+        artifact: String,
+        source: crate::pack::UnpackError,
+    },
 }
 
 /// `CODE: message`, the form users see on the command line.
@@ -327,12 +332,22 @@ impl Client {
         artifact: &pb::Artifact,
         dir: &Path,
     ) -> Result<(), ClientError> {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let io = |source| ClientError::Io {
-            path: dir.display().to_string(),
+            path: parent.display().to_string(),
             source,
         };
-        tokio::fs::create_dir_all(dir).await.map_err(io)?;
-        let tar = dir.join(format!(".{}.download", artifact.id));
+        tokio::fs::create_dir_all(&parent).await.map_err(io)?;
+        // Beside the target, never inside it: the target must stay fresh for the unpack.
+        let tar = tempfile::Builder::new()
+            .prefix(&format!(".{}.", artifact.id))
+            .suffix(".download")
+            .tempfile_in(&parent)
+            .map_err(io)?
+            .into_temp_path();
         let req = pb::DownloadRequest {
             artifact_id: artifact.id.clone(),
         };
@@ -344,9 +359,15 @@ impl Client {
         save_verified(&mut stream, chunk, &tar, &artifact.sha256)
             .await
             .map_err(|e| transfer_error(e, &artifact.id))?;
-        let unpacked = crate::pack::unpack(&tar, dir);
-        let _ = tokio::fs::remove_file(&tar).await;
-        unpacked.map_err(io)
+        let (tar_path, dir) = (tar.to_path_buf(), dir.to_path_buf());
+        let unpacked = tokio::task::spawn_blocking(move || crate::pack::unpack(&tar_path, &dir))
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?;
+        drop(tar);
+        unpacked.map_err(|source| ClientError::Unpack {
+            artifact: artifact.id.clone(),
+            source,
+        })
     }
 }
 

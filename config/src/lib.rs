@@ -60,6 +60,9 @@ pub struct Api {
     pub unary_timeout_ms: u64,
     /// Most calls the server works on at once; further calls wait for a slot.
     pub concurrency_limit: u64,
+    /// Serve a non-loopback address without an API key or worker token. Off by default: such
+    /// a server refuses to start, since anyone who reaches it could run and read jobs.
+    pub insecure: bool,
 }
 
 impl Default for Api {
@@ -72,6 +75,7 @@ impl Default for Api {
             max_acquire_wait_ms: 60_000,
             unary_timeout_ms: 30_000,
             concurrency_limit: 1_024,
+            insecure: false,
         }
     }
 }
@@ -198,6 +202,7 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
     ("TUNA_MAX_ACQUIRE_WAIT_MS", "api", "max_acquire_wait_ms"),
     ("TUNA_UNARY_TIMEOUT_MS", "api", "unary_timeout_ms"),
     ("TUNA_CONCURRENCY_LIMIT", "api", "concurrency_limit"),
+    ("TUNA_INSECURE", "api", "insecure"),
     ("TUNA_DATABASE_URL", "queue", "database_url"),
     ("TUNA_DATA_DIR", "queue", "data_dir"),
     ("TUNA_LEASE_MS", "queue", "lease_ms"),

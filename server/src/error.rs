@@ -42,8 +42,57 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+/// Most field violations one error carries; past it a last one says how many more there
+/// were, so a request with 100k bad entries cannot make a response of megabytes.
+pub const MAX_VIOLATIONS: usize = 32;
+/// Most bytes of field names and descriptions one error carries. The message (percent-encoded,
+/// so up to 3× larger) and the details (base64) both travel in HTTP/2 headers, which clients
+/// cap at 16 KiB in all: past that the client sees an h2 protocol error instead.
+pub const MAX_VIOLATION_BYTES: usize = 2 << 10;
+/// Longest field name or description returned (longer ones are cut on a char boundary).
+const MAX_VIOLATION_TEXT: usize = 256;
+
+fn clip(s: &str) -> String {
+    if s.len() <= MAX_VIOLATION_TEXT {
+        return s.to_string();
+    }
+    let mut end = MAX_VIOLATION_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The violations a client is sent: at most [`MAX_VIOLATIONS`] of at most
+/// [`MAX_VIOLATION_BYTES`] in all, each clipped, then one counting the rest.
+pub fn bounded(v: &[FieldViolation]) -> Vec<FieldViolation> {
+    let mut out: Vec<FieldViolation> = Vec::new();
+    let mut bytes = 0;
+    for f in v.iter().take(MAX_VIOLATIONS) {
+        let f = FieldViolation {
+            field: clip(&f.field),
+            description: clip(&f.description),
+        };
+        bytes += f.field.len() + f.description.len();
+        if bytes > MAX_VIOLATION_BYTES {
+            break;
+        }
+        out.push(f);
+    }
+    if v.len() > out.len() {
+        out.push(FieldViolation::new(
+            "request",
+            format!(
+                "{} more violations not shown (at most {MAX_VIOLATIONS} are returned)",
+                v.len() - out.len()
+            ),
+        ));
+    }
+    out
+}
+
 fn describe(v: &[FieldViolation]) -> String {
-    let parts: Vec<String> = v
+    let parts: Vec<String> = bounded(v)
         .iter()
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect();
@@ -98,8 +147,8 @@ impl From<ApiError> for Status {
         match err {
             ApiError::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
-                for v in &violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                for v in bounded(&violations) {
+                    details.add_bad_request_violation(v.field, v.description);
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }

@@ -50,6 +50,41 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(
+        "refusing to serve {addr} without {missing}: anyone who reaches a non-loopback address \
+         could run, read and cancel jobs. Set TUNA_API_KEY and TUNA_WORKER_TOKEN (or [api] \
+         api_key and worker_token; `openssl rand -hex 32` makes one), listen on 127.0.0.1, or \
+         pass --insecure (TUNA_INSECURE=true) to serve an open server on purpose"
+    )]
+    Insecure { addr: SocketAddr, missing: String },
+}
+
+/// Refuses a non-loopback listener when a secret is missing, unless `insecure`: an empty
+/// secret disables its check, which is only safe where no one else can connect.
+pub fn check_exposure(addr: SocketAddr, edge: &EdgeConfig) -> Result<(), ServeError> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [&edge.api_key, &edge.worker_token]
+        .into_iter()
+        .filter(|t| !t.is_set())
+        .map(|t| t.what())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if edge.insecure {
+        tracing::warn!(
+            %addr,
+            missing = %missing.join(", "),
+            "serving a non-loopback address without credentials (--insecure)"
+        );
+        return Ok(());
+    }
+    Err(ServeError::Insecure {
+        addr,
+        missing: missing.join(" and "),
+    })
 }
 
 /// A configured control plane, ready to serve.
@@ -103,6 +138,7 @@ impl ControlPlane {
                 u64::try_from(limits.max_acquire_wait_ms).unwrap_or(0),
             ),
             concurrency_limit: usize::try_from(api.concurrency_limit).unwrap_or(usize::MAX),
+            insecure: api.insecure,
         };
         Self {
             ctx: ApiContext {
@@ -139,6 +175,9 @@ impl ControlPlane {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let local: Option<SocketAddr> = listener.local_addr().ok();
+        if let Some(addr) = local {
+            check_exposure(addr, &self.edge)?;
+        }
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<JobServiceServer<Jobs>>()

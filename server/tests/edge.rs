@@ -307,3 +307,112 @@ async fn calls_beyond_the_concurrency_limit_wait_for_a_slot(pool: sqlx::PgPool) 
         .unwrap();
     h.stop().await;
 }
+
+/// Serves `config` on a listener bound to every interface (reached over loopback only).
+async fn serve_public(
+    config: &Config,
+) -> Result<(std::net::SocketAddr, tokio::sync::oneshot::Sender<()>), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = support::sqlite_store(&dir).await;
+    let blobs = tuna_server::blobs::Blobs::local(&dir.path().join("blobs")).unwrap();
+    let plane = tuna_server::serve::ControlPlane::new(store, blobs, Limits::default(), config);
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _dir = dir;
+        plane
+            .serve_on(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // A refusal ends the task at once; a server keeps running.
+    match tokio::time::timeout(Duration::from_millis(500), task).await {
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(other) => panic!("the server ended without an error: {other:?}"),
+        Err(_) => Ok((([127, 0, 0, 1], port).into(), stop)),
+    }
+}
+
+#[tokio::test]
+async fn a_server_on_a_public_address_refuses_to_start_without_credentials() {
+    let with = |key: &str, token: &str, insecure: bool| {
+        let mut c = Config::default();
+        c.api.api_key = key.into();
+        c.api.worker_token = token.into();
+        c.api.insecure = insecure;
+        c
+    };
+    for (key, token, missing) in [
+        ("", "", "API key and worker token"),
+        ("k3y", "", "worker token"),
+        ("", "t0ken", "API key"),
+        // Whitespace is no secret: no bearer header can carry it.
+        ("  ", "t0ken", "API key"),
+    ] {
+        let err = serve_public(&with(key, token, false)).await.unwrap_err();
+        assert!(
+            err.contains(&format!("without {missing}:")) && err.contains("--insecure"),
+            "{key:?}/{token:?}: {err}"
+        );
+    }
+    // Both secrets: it serves, and checks them.
+    let (addr, stop) = serve_public(&with("k3y", "t0ken", false)).await.unwrap();
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = jobs(&ch)
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    jobs(&ch)
+        .list_jobs(with_auth(pb::ListJobsRequest::default(), "Bearer k3y"))
+        .await
+        .unwrap();
+    let _ = stop.send(());
+    // --insecure asks for an open server on purpose.
+    let (addr, stop) = serve_public(&with("", "", true)).await.unwrap();
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    jobs(&ch)
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap();
+    let _ = stop.send(());
+}
+
+/// A message whose field 1 is a varint where `GetJobRequest.id` is a string: bytes that do
+/// not decode as the request.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Undecodable {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_malformed_protobuf_request_is_invalid_argument_not_internal(pool: sqlx::PgPool) {
+    let h = harness(pool, Config::default()).await;
+    let mut grpc = tonic::client::Grpc::new(h.channel.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/tuna.v1.JobService/GetJob");
+    let err = grpc
+        .unary::<Undecodable, pb::Job, _>(
+            tonic::Request::new(Undecodable { id: 7 }),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("decode"), "{}", err.message());
+    // The server is fine afterwards.
+    create(&h.channel).await;
+    h.stop().await;
+}

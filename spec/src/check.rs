@@ -18,6 +18,13 @@ impl FieldViolation {
     }
 }
 
+/// Largest `resources.min_memory_bytes` (16 TiB): beyond any machine a worker runs on, so
+/// a larger value only makes a job that can never be claimed.
+pub const MAX_MIN_MEMORY_BYTES: i64 = 16 << 40;
+/// Most entries of a `target_modules` list: a model has a few dozen distinct linear layer
+/// names, and every entry is stored with the job and returned by every listing.
+pub const MAX_TARGET_MODULES: usize = 64;
+
 /// The violations found so far.
 #[derive(Default)]
 pub(crate) struct Check(pub(crate) Vec<FieldViolation>);
@@ -72,15 +79,28 @@ impl Check {
         if modules.is_empty() {
             return None;
         }
+        // Refused before the per-entry checks, so a huge list costs no per-entry violations.
+        if modules.len() > MAX_TARGET_MODULES {
+            self.fail(
+                field,
+                format!(
+                    "at most {} entries, got {}",
+                    MAX_TARGET_MODULES,
+                    modules.len()
+                ),
+            );
+            return None;
+        }
         for (i, m) in modules.iter().enumerate() {
             let ok = !m.is_empty()
                 && m.len() <= 128
                 && m.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
             if !ok {
+                let shown: String = m.chars().take(64).collect();
                 self.fail(
                     &format!("{field}[{i}]"),
-                    format!("{m:?} is not a module name (letters, digits, _ . -)"),
+                    format!("{shown:?} is not a module name (at most 128 letters, digits, _ . -)"),
                 );
             }
         }

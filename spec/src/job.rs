@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tuna_proto::v1 as pb;
 
-use crate::check::{Check, FieldViolation};
+use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
 use crate::names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
 pub use crate::parts::{Hyperparameters, LoraParams, Method};
 use crate::stored::Stored;
@@ -40,6 +40,7 @@ pub const SPEC_VERSION: u32 = 2;
 
 /// Default number of attempts before a job fails for good.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+
 const DEFAULT_NUM_VIRTUAL_TOKENS: i32 = 20;
 
 /// LoRA's default alpha for rank `r` (PEFT examples' `2r`).
@@ -81,7 +82,7 @@ impl JobSpec {
             "spec.resources.min_memory_bytes",
             res.min_memory_bytes,
             0,
-            i64::MAX,
+            MAX_MIN_MEMORY_BYTES,
         );
         let priority = c.range_i32("spec.priority", spec.priority, -1000, 1000);
         let max_attempts = if spec.max_attempts == 0 {

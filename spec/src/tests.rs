@@ -168,3 +168,56 @@ fn an_unknown_field_in_a_newer_row_is_ignored() {
     let back: Result<JobSpec, _> = serde_json::from_value(v);
     assert!(back.is_ok());
 }
+
+#[test]
+fn module_lists_and_memory_are_bounded_naming_the_limit() {
+    let names: Vec<String> = (0..200_000).map(|i| format!("m{i}")).collect();
+    for method in ["lora", "ia3"] {
+        let mut p = minimal();
+        let m = p.method.as_mut().unwrap();
+        m.r#type = method.into();
+        if method == "lora" {
+            m.lora = Some(pb::LoraParams {
+                target_modules: names.clone(),
+                ..Default::default()
+            });
+        } else {
+            m.ia3 = Some(pb::Ia3Params {
+                target_modules: names.clone(),
+            });
+        }
+        let err = JobSpec::from_proto(Some(&p)).unwrap_err();
+        // One violation for the list, not one per entry.
+        assert_eq!(err.len(), 1, "{method}: {err:?}");
+        assert_eq!(
+            err[0].field,
+            format!("spec.method.{method}.target_modules"),
+            "{err:?}"
+        );
+        assert!(err[0].description.contains("at most 64"), "{err:?}");
+        // Exactly the limit is fine.
+        let m = p.method.as_mut().unwrap();
+        let at_limit = names[..MAX_TARGET_MODULES].to_vec();
+        if method == "lora" {
+            m.lora.as_mut().unwrap().target_modules = at_limit;
+        } else {
+            m.ia3.as_mut().unwrap().target_modules = at_limit;
+        }
+        ok(&p);
+    }
+    let mut p = minimal();
+    p.resources = Some(pb::Resources {
+        min_memory_bytes: i64::MAX,
+        ..Default::default()
+    });
+    let err = JobSpec::from_proto(Some(&p)).unwrap_err();
+    assert_eq!(fields(err.clone()), ["spec.resources.min_memory_bytes"]);
+    assert!(
+        err[0]
+            .description
+            .contains(&MAX_MIN_MEMORY_BYTES.to_string()),
+        "{err:?}"
+    );
+    p.resources.as_mut().unwrap().min_memory_bytes = MAX_MIN_MEMORY_BYTES;
+    ok(&p);
+}

@@ -373,3 +373,73 @@ async fn sigterm_ends_open_watches_and_long_polls_promptly() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
+
+/// `tuna server` on `0.0.0.0` refuses to start without both secrets (saying how to fix it),
+/// and `--api-key` on its command line is honoured, not ignored.
+#[test]
+fn a_server_on_a_public_address_refuses_to_start_without_credentials() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let port = tuna_e2e::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let data = dir.path().display().to_string();
+    // Built (if stale) before any timing.
+    let bin = tuna_e2e::tuna_bin();
+    let server = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["server", "--listen", &listen, "--data-dir", &data])
+            .args(extra)
+            .env_remove("TUNA_API_KEY")
+            .env_remove("TUNA_WORKER_TOKEN")
+            .env_remove("TUNA_INSECURE")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    for (extra, env) in [
+        (vec![], vec![]),
+        (vec!["--api-key", "k3y"], vec![]),
+        (vec![], vec![("TUNA_WORKER_TOKEN", "t0ken")]),
+    ] {
+        let started = Instant::now();
+        let out = server(&extra, &env).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} {env:?} started");
+        assert!(
+            stderr.contains("refusing to serve") && stderr.contains("--insecure"),
+            "{stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    // With the key as a flag and the token from the environment, it serves and checks both.
+    let mut child = server(&["--api-key", "k3y"], &[("TUNA_WORKER_TOKEN", "t0ken")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let list = |key: Option<&str>| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--server", &url, "jobs", "list"])
+            .env_remove("TUNA_API_KEY");
+        if let Some(k) = key {
+            cmd.args(["--api-key", k]);
+        }
+        cmd.output().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !list(Some("k3y")).status.success() {
+        assert!(Instant::now() < deadline, "the server did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let denied = list(None);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

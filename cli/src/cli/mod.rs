@@ -5,7 +5,7 @@ mod demo;
 mod files;
 mod jobs;
 mod models;
-mod output;
+pub(crate) mod output;
 mod progress;
 mod server;
 mod sweeps;

@@ -5,6 +5,36 @@ use tuna_client::pb;
 
 use super::Output;
 
+/// Text from the server (failure messages, event messages, errors) made safe for a terminal:
+/// control characters other than newline and tab (ESC starts ANSI sequences that recolour,
+/// retitle or clear the screen) and bidi/zero-width characters are shown escaped (`\u{1b}`).
+/// JSON output needs none of this: serde escapes control characters itself.
+pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(
+                c,
+                '\u{061c}'
+                    | '\u{200b}'..='\u{200f}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2060}'..='\u{2069}'
+                    | '\u{feff}'
+            )
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 pub fn print_json(v: &Value) {
     println!(
         "{}",
@@ -65,7 +95,7 @@ pub fn job(out: Output, j: &pb::Job) {
             let failure = j
                 .failure
                 .as_ref()
-                .map(|f| format!("  failure: {}", f.message))
+                .map(|f| format!("  failure: {}", clean(&f.message)))
                 .unwrap_or_default();
             println!(
                 "{}  {:<10}  attempt {}/{}  {} on {}  priority {}{}",
@@ -138,7 +168,7 @@ pub fn update(out: Output, u: &pb::JobUpdate) {
                 u.seq,
                 e.kind,
                 state_name(e.state()),
-                e.message
+                clean(&e.message)
             ),
             Some(pb::job_update::Kind::Metrics(m)) => {
                 let mut values: Vec<_> = m.values.iter().collect();
@@ -148,5 +178,30 @@ pub fn update(out: Output, u: &pb::JobUpdate) {
             }
             None => {}
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_escapes_and_bidi_from_the_server_never_reach_the_terminal() {
+        let hostile = "\u{1b}[2J\u{1b}]0;pwned\u{7}line 2\r: bad\u{202e}txt\nnext\tcol";
+        let shown = clean(hostile);
+        assert!(
+            !shown
+                .chars()
+                .any(|c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}'),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown,
+            "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}line 2\\u{d}: bad\\u{202e}txt\nnext\tcol"
+        );
+        assert!(matches!(
+            clean("plain é 日本"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -73,7 +73,7 @@ impl View {
                     u.seq,
                     e.kind,
                     output::state_name(e.state()),
-                    e.message
+                    output::clean(&e.message)
                 ));
             }
             None => {}

@@ -33,6 +33,9 @@ pub struct ServerArgs {
     /// Also run a CPU training worker in this process (single-machine use).
     #[arg(long)]
     embedded_worker: bool,
+    /// Serve a non-loopback address without an API key or worker token (refused otherwise).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// `api_key` is the global `--api-key` (or TUNA_API_KEY).
@@ -55,6 +58,9 @@ pub async fn run(args: &ServerArgs, api_key: Option<&str>) -> Result<ExitCode, C
     }
     if let Some(v) = api_key {
         config.api.api_key = v.to_string();
+    }
+    if args.insecure {
+        config.api.insecure = true;
     }
     config.validate()?;
     let _telemetry = tuna_telemetry::init("tuna-server", &config.telemetry)?;

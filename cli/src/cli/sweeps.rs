@@ -172,7 +172,7 @@ fn sweep_text(s: &pb::Sweep) -> String {
         s.total_cost,
     );
     if !s.message.is_empty() {
-        out.push_str(&format!("  {}\n", s.message));
+        out.push_str(&format!("  {}\n", super::output::clean(&s.message)));
     }
     if let Some(b) = &s.best_trial {
         out.push_str(&format!(

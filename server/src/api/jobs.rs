@@ -31,6 +31,10 @@ impl Jobs {
     }
 }
 
+/// Most label filters of one `ListJobs`: each is one more SQL condition and bound parameter
+/// (SQLite refuses past a few hundred), and a job carries at most 32 labels anyway.
+pub const MAX_LABEL_FILTERS: usize = 16;
+
 fn filter_from(req: &pb::ListJobsRequest) -> Result<JobFilter, ApiError> {
     let mut states = req
         .states
@@ -43,6 +47,26 @@ fn filter_from(req: &pb::ListJobsRequest) -> Result<JobFilter, ApiError> {
         return Err(ApiError::field(
             "sweep_id",
             "must be at most 256 characters",
+        ));
+    }
+    if req.labels.len() > MAX_LABEL_FILTERS {
+        return Err(ApiError::field(
+            "labels",
+            format!(
+                "at most {MAX_LABEL_FILTERS} label filters, got {}",
+                req.labels.len()
+            ),
+        ));
+    }
+    if let Some((k, _)) = req
+        .labels
+        .iter()
+        .find(|(k, v)| k.len() > 63 || v.len() > 256)
+    {
+        let shown: String = k.chars().take(63).collect();
+        return Err(ApiError::field(
+            &format!("labels[{shown:?}]"),
+            "label keys are at most 63 bytes and values at most 256 bytes",
         ));
     }
     Ok(JobFilter {

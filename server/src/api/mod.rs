@@ -137,19 +137,30 @@ pub async fn require_method_fits_model(
     }
 }
 
-/// Checks a file or artifact name: 1..=255 chars, no path separators or control characters.
+/// Bidirectional overrides and isolates, and zero-width characters: invisible, they make a
+/// name display as something else (`evil\u{202e}txt.exe` shows as `evilexe.txt`).
+fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
+    )
+}
+
+/// Checks a file or artifact name: 1..=255 chars, no path separators, control characters or
+/// bidi and zero-width characters.
 pub fn require_name(field: &str, name: &str) -> Result<(), ApiError> {
     let ok = (1..=255).contains(&name.len())
         && !name.contains(['/', '\\'])
         && name != "."
         && name != ".."
-        && !name.chars().any(char::is_control);
+        && !name.chars().any(|c| c.is_control() || is_deceptive(c));
     if ok {
         Ok(())
     } else {
         Err(ApiError::field(
             field,
-            "must be 1..=255 characters without path separators or control characters",
+            "must be 1..=255 characters without path separators, control, bidi or zero-width \
+             characters",
         ))
     }
 }
@@ -256,4 +267,32 @@ where
         };
         futures::stream::iter(items)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_refuse_bidi_and_invisible_characters() {
+        for bad in [
+            "evil\u{202e}txt.exe",
+            "a\u{2066}b",
+            "zero\u{200b}width",
+            "\u{feff}bom",
+            "esc\u{1b}[31m",
+            "a/b",
+            "..",
+        ] {
+            assert!(require_name("name", bad).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "train.jsonl",
+            "données é.jsonl",
+            "日本語.txt",
+            "model-00001.safetensors",
+        ] {
+            assert!(require_name("name", ok).is_ok(), "{ok:?}");
+        }
+    }
 }

@@ -21,12 +21,23 @@ pub struct Token {
 }
 
 impl Token {
-    /// `secret` empty means no check.
+    /// `secret` empty (or only whitespace, which no bearer header can carry) means no check;
+    /// the server refuses to serve a non-loopback address that way (see `serve`).
     pub fn new(secret: &str, what: &'static str) -> Self {
         Self {
-            digest: (!secret.is_empty()).then(|| Sha256::digest(secret.as_bytes()).into()),
+            digest: (!secret.trim().is_empty()).then(|| Sha256::digest(secret.as_bytes()).into()),
             what,
         }
+    }
+
+    /// Whether calls must present this secret.
+    pub fn is_set(&self) -> bool {
+        self.digest.is_some()
+    }
+
+    /// What the secret is called in messages ("API key", "worker token").
+    pub fn what(&self) -> &'static str {
+        self.what
     }
 
     /// Accepts when no secret is set or `authorization: Bearer <secret>` matches (the scheme

@@ -65,7 +65,8 @@ where
         };
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let response = fut.await?;
+            let mut response = fut.await?;
+            undecodable_is_invalid_argument(response.headers_mut());
             // An error before any message is a trailers-only response: the status is here.
             if let Some(code) = status_code(response.headers()) {
                 call.finish(code);
@@ -78,6 +79,25 @@ where
             });
             Ok(Response::from_parts(parts, body))
         })
+    }
+}
+
+/// tonic answers a request body that is not valid protobuf with INTERNAL (gRPC's own code
+/// table says so), which reads as a server fault and hides a client's bug; the call's input
+/// was invalid, so it becomes INVALID_ARGUMENT. Only trailers-only answers carry it here,
+/// which is every decode error before the first response message.
+fn undecodable_is_invalid_argument(headers: &mut HeaderMap) {
+    const DECODE: &str = "failed%20to%20decode%20Protobuf%20message";
+    let internal = status_code(headers) == Some(Code::Internal);
+    let decode = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.starts_with(DECODE) || m.starts_with("failed to decode Protobuf"));
+    if internal && decode {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(Code::InvalidArgument as i32),
+        );
     }
 }
 

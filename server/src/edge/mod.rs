@@ -33,6 +33,8 @@ pub struct EdgeConfig {
     /// Longest AcquireJob wait the server grants; the long-poll's deadline adds the unary one.
     pub max_acquire_wait: Duration,
     pub concurrency_limit: usize,
+    /// Serve a non-loopback address even without both secrets (`--insecure`).
+    pub insecure: bool,
 }
 
 /// The whole stack as one layer.

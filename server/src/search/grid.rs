@@ -12,24 +12,75 @@ pub struct GridSearch {
     next: TrialId,
 }
 
-impl GridSearch {
-    /// Enumerate the grid up front; `levels ≥ 1` points per real parameter.
-    pub fn new(space: &Space, levels: usize) -> Result<Self, SearchError> {
-        if levels == 0 {
-            return Err(SearchError::invalid("grid.levels", "must be at least 1"));
+/// Why a grid was not built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GridError {
+    /// `levels` was 0.
+    NoLevels,
+    /// The grid has more than `max_points` points; `bound` is the unconditioned product of
+    /// the value counts (`None`: it overflows `u64`).
+    TooLarge {
+        max_points: usize,
+        bound: Option<u64>,
+    },
+}
+
+impl std::fmt::Display for GridError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoLevels => write!(f, "grid levels must be at least 1"),
+            Self::TooLarge { max_points, bound } => {
+                let bound = bound.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string());
+                write!(
+                    f,
+                    "the grid has more than {max_points} points (up to {bound} combinations)"
+                )
+            }
         }
+    }
+}
+
+impl From<GridError> for SearchError {
+    fn from(e: GridError) -> Self {
+        SearchError::invalid("grid", e.to_string())
+    }
+}
+
+impl GridSearch {
+    /// Enumerates the grid up front; `levels ≥ 1` points per real parameter. A grid of more
+    /// than `max_points` points is refused: the product of the value counts is checked first
+    /// (with checked arithmetic), and the conditional enumeration stops as soon as it passes
+    /// `max_points`, so no more than `max_points` points are ever held.
+    pub fn new(space: &Space, levels: usize, max_points: usize) -> Result<Self, GridError> {
+        if levels == 0 {
+            return Err(GridError::NoLevels);
+        }
+        let values: Vec<Vec<Value>> = space
+            .params()
+            .iter()
+            .map(|p| Self::values(p, levels))
+            .collect();
+        let bound = values
+            .iter()
+            .try_fold(1u64, |acc, v| acc.checked_mul(v.len() as u64));
+        let too_large = GridError::TooLarge { max_points, bound };
         let mut points = vec![Params::new()];
-        for p in space.params() {
-            let values = Self::values(p, levels);
-            let mut next = Vec::new();
+        for (p, values) in space.params().iter().zip(&values) {
+            let mut next = Vec::with_capacity(points.len().min(max_points));
             for partial in points {
                 if space.is_active(p, &partial) {
-                    for v in &values {
+                    if next.len().saturating_add(values.len()) > max_points {
+                        return Err(too_large);
+                    }
+                    for v in values {
                         let mut q = partial.clone();
                         q.insert(p.name.clone(), v.clone());
                         next.push(q);
                     }
                 } else {
+                    if next.len() >= max_points {
+                        return Err(too_large);
+                    }
                     next.push(partial);
                 }
             }
@@ -111,7 +162,7 @@ mod tests {
             ParamDef::real("lr", RealSpec::log(1e-4, 1e-2)),
         ])
         .unwrap();
-        let mut g = GridSearch::new(&space, 3).unwrap();
+        let mut g = GridSearch::new(&space, 3, 12).unwrap();
         // lora: 3 r × 3 lr; full: 3 lr.
         assert_eq!(g.len(), 12);
         let all = g.suggest(100).unwrap();
@@ -122,5 +173,37 @@ mod tests {
             .filter_map(|s| s.params.get("r")?.as_f64())
             .collect();
         assert!(r.contains(&4.0) && r.contains(&8.0) && r.contains(&16.0));
+        // One point fewer than the grid is refused, naming both the cap and the product.
+        let err = GridSearch::new(&space, 3, 11).err();
+        assert_eq!(
+            err,
+            Some(GridError::TooLarge {
+                max_points: 11,
+                bound: Some(18)
+            })
+        );
+    }
+
+    #[test]
+    fn a_grid_whose_product_overflows_is_refused_without_allocating() {
+        let names: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+        let space = Space::new(
+            names
+                .iter()
+                .map(|n| ParamDef::real(n, RealSpec::linear(0.0, 1.0)))
+                .collect(),
+        )
+        .unwrap();
+        // 100 levels per parameter: 10^24 points, past u64.
+        let started = std::time::Instant::now();
+        let err = GridSearch::new(&space, 100, 10_000).err();
+        assert_eq!(
+            err,
+            Some(GridError::TooLarge {
+                max_points: 10_000,
+                bound: None
+            })
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

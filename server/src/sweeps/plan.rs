@@ -27,6 +27,18 @@ pub const OBJECTIVE_METRICS: &[(&str, bool)] = tuna_spec::metrics::OBJECTIVES;
 const COST_METRICS: &[&str] = &["train_seconds", "steps"];
 const ALGORITHMS: &[&str] = &["carbs", "random", "grid", "asha", "hyperband", "bandit"];
 const SCALES: &[&str] = &["linear", "log", "logit", "categorical"];
+/// Most parameters of one sweep (each names a distinct searchable field, of which there are
+/// fewer), checked before any per-parameter work.
+pub const MAX_PARAMETERS: usize = 32;
+/// Most choices of one categorical parameter (and values of one condition): every choice is
+/// validated as a trial job once, and a grid runs each.
+pub const MAX_CHOICES: usize = 256;
+/// Longest single choice, in bytes (a `target_modules` list of 64 names fits).
+pub const MAX_CHOICE_BYTES: usize = 8 << 10;
+/// Most bytes of all the choices of one parameter together.
+pub const MAX_CHOICES_TOTAL_BYTES: usize = 64 << 10;
+/// Most points of a grid sweep whatever `max_trials` says (its own upper bound).
+pub const MAX_GRID_POINTS: usize = 10_000;
 
 /// What a trial costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +311,24 @@ impl SweepPlan {
             grid_levels: Some(grid_levels),
         });
 
+        // A grid runs every point: refuse one larger than the budget before building it (the
+        // enumeration stops at the cap, so a 100^4 grid costs no more than a 10,000-point one).
+        if algorithm == "grid"
+            && (2..=100).contains(&grid_levels)
+            && (1..=10_000).contains(&max_trials)
+            && let Some(space) = &space
+            && let Err(e) = GridSearch::new(space, grid_levels as usize, grid_cap(max_trials))
+        {
+            c.fail(
+                "spec.max_trials",
+                format!(
+                    "{e}, but max_trials is {max_trials}: a grid sweep runs every point, so \
+                     raise max_trials (at most {MAX_GRID_POINTS}), lower \
+                     spec.algorithm.grid_levels or search fewer parameters"
+                ),
+            );
+        }
+
         if !c.0.is_empty() {
             return Err(c.0);
         }
@@ -354,7 +384,10 @@ impl SweepPlan {
         };
         Ok(match self.algorithm.as_str() {
             "random" => wrap(RandomSearch::new(space, self.seed), stopper),
-            "grid" => wrap(GridSearch::new(&space, self.grid_levels)?, stopper),
+            "grid" => wrap(
+                GridSearch::new(&space, self.grid_levels, grid_cap(self.max_trials as i32))?,
+                stopper,
+            ),
             "bandit" => wrap(
                 Bandit::new(
                     space,
@@ -408,6 +441,50 @@ impl SweepPlan {
                 .join("; ")
         })
     }
+}
+
+/// The most points a grid of a sweep with `max_trials` may have.
+fn grid_cap(max_trials: i32) -> usize {
+    usize::try_from(max_trials)
+        .unwrap_or(0)
+        .min(MAX_GRID_POINTS)
+}
+
+/// Refuses a categorical parameter's choices past the count and size limits, and duplicates
+/// (one hash set, so linear in the choices' total size). True when they are within limits.
+fn choices_within_limits(c: &mut Check, i: usize, choices: &[String]) -> bool {
+    let field = format!("spec.parameters[{i}].choices");
+    if choices.len() > MAX_CHOICES {
+        c.fail(
+            &field,
+            format!("at most {MAX_CHOICES} choices, got {}", choices.len()),
+        );
+        return false;
+    }
+    let total: usize = choices.iter().map(String::len).sum();
+    if total > MAX_CHOICES_TOTAL_BYTES {
+        c.fail(
+            &field,
+            format!("at most {MAX_CHOICES_TOTAL_BYTES} bytes of choices in all, got {total}"),
+        );
+        return false;
+    }
+    let mut ok = true;
+    let mut seen = std::collections::HashSet::with_capacity(choices.len());
+    for (j, choice) in choices.iter().enumerate() {
+        if choice.len() > MAX_CHOICE_BYTES {
+            c.fail(
+                &format!("{field}[{j}]"),
+                format!("at most {MAX_CHOICE_BYTES} bytes, got {}", choice.len()),
+            );
+            ok = false;
+        } else if !seen.insert(choice.as_str()) {
+            let shown: String = choice.chars().take(64).collect();
+            c.fail(&field, format!("{shown:?} appears twice"));
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// `spec.x` of a JobSpec violation becomes `spec.template.x`.
@@ -508,6 +585,16 @@ fn space_from_proto(
         c.fail("spec.parameters", "must have at least one parameter");
         return None;
     }
+    if parameters.len() > MAX_PARAMETERS {
+        c.fail(
+            "spec.parameters",
+            format!(
+                "at most {MAX_PARAMETERS} parameters, got {}",
+                parameters.len()
+            ),
+        );
+        return None;
+    }
     let before = c.0.len();
     let mut defs = Vec::new();
     for (i, p) in parameters.iter().enumerate() {
@@ -551,10 +638,10 @@ fn space_from_proto(
                     c.fail(&f("choices"), "a categorical parameter needs choices");
                     continue;
                 }
+                if !choices_within_limits(c, i, &p.choices) {
+                    continue;
+                }
                 for (j, choice) in p.choices.iter().enumerate() {
-                    if p.choices[..j].contains(choice) {
-                        c.fail(&f("choices"), format!("{choice:?} appears twice"));
-                    }
                     if let Some(allowed) = allowed
                         && !allowed.contains(&choice.as_str())
                     {
@@ -627,6 +714,15 @@ fn space_from_proto(
             (Domain::Categorical(_), _, false) => Some(Value::Choice(p.center_choice.clone())),
             _ => None,
         };
+        if let Some(cond) = &p.condition
+            && cond.values.len() > MAX_CHOICES
+        {
+            c.fail(
+                &f("condition.values"),
+                format!("at most {MAX_CHOICES} values, got {}", cond.values.len()),
+            );
+            continue;
+        }
         let condition = p.condition.as_ref().map(|cond| Condition {
             parent: cond.parent.clone(),
             values: cond.values.clone(),

@@ -334,6 +334,8 @@ impl Agent {
                         RunError::System(format!("downloading checkpoint {}: {e}", artifact.id))
                     })?;
                 let dir = work_dir.join("resume");
+                // The unpack wants a fresh folder; this one is the worker's own scratch space.
+                let _ = tokio::fs::remove_dir_all(&dir).await;
                 pack::unpack(&tar, &dir)
                     .map_err(|e| RunError::System(format!("checkpoint {}: {e}", artifact.id)))?;
                 tracing::info!(checkpoint = %artifact.id, step = artifact.step, "resuming");

@@ -429,3 +429,39 @@ fn the_exported_adapter_config_names_the_lora_init() {
         assert_eq!(cfg["init_lora_weights"], expected, "init {init:?}");
     }
 }
+
+#[test]
+fn a_chat_template_cannot_run_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut inputs = tiny_inputs(dir.path(), "hostile", tiny_spec("", "", 4), None);
+    // The model ships a template that would loop 10^10 times per conversation.
+    let config = inputs.model_dir.join("tokenizer_config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["chat_template"] = serde_json::Value::from(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+    );
+    std::fs::write(&config, json.to_string()).unwrap();
+    let chats = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"hello\"}]}\n";
+    std::fs::write(&inputs.training_file, chats.repeat(8)).unwrap();
+    inputs.training_format = pb::DatasetFormat::Chat;
+    let control = Control::new();
+    let mut reporter = Scripted::new(&control, None);
+    let started = std::time::Instant::now();
+    let err = EngineRunner
+        .run(&inputs, &control, &mut reporter)
+        .expect_err("a hostile chat template");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let crate::agent::RunError::User(message) = &err else {
+        panic!("a user error, not {err:?}");
+    };
+    assert!(
+        message.contains("tokenizer_config.json") && message.contains("chat template"),
+        "{message}"
+    );
+    assert!(reporter.progress.is_empty(), "no step ran");
+}

@@ -19,6 +19,46 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>
 
 const NAME: &str = "chat";
 
+/// Instructions one render may run. A chat template comes with the model, so it is untrusted
+/// code: HF templates spend a few dozen instructions per message, so this allows conversations
+/// of thousands of turns while a runaway loop fails in well under a second.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+/// Most bytes one render may produce (far beyond any training record; a template's own
+/// output is bounded too, not just its instruction count, since one `'x' * n` is one step).
+pub const MAX_RENDER_BYTES: usize = 32 << 20;
+
+/// A writer that refuses to grow past [`MAX_RENDER_BYTES`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len().saturating_add(buf.len()) > MAX_RENDER_BYTES {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A render failure, saying it was the model's chat template and which limit it hit.
+fn describe(e: &minijinja::Error) -> String {
+    match e.kind() {
+        minijinja::ErrorKind::OutOfFuel => format!(
+            "the model's chat template ran more than {TEMPLATE_FUEL} instructions for one \
+             conversation (a runaway loop?)"
+        ),
+        minijinja::ErrorKind::WriteFailure => format!(
+            "the model's chat template rendered more than {MAX_RENDER_BYTES} bytes for one \
+             conversation"
+        ),
+        _ => format!("the model's chat template failed: {e}"),
+    }
+}
+
 /// A compiled HF chat template, rendered the way `transformers` does (`trim_blocks`,
 /// `lstrip_blocks`, `bos_token`/`eos_token` in the context, `raise_exception`).
 #[derive(Debug, Clone)]
@@ -39,6 +79,7 @@ impl ChatTemplate {
             .build()
             .map_err(|e| e.to_string())?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function(
             "raise_exception",
             |msg: String| -> Result<String, minijinja::Error> {
@@ -49,7 +90,7 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("the model's chat template does not compile: {e}"))?;
         let t = Self {
             env,
             bos: bos.to_string(),
@@ -84,14 +125,20 @@ impl ChatTemplate {
                 ]))
             })
             .collect();
-        let tmpl = self.env.get_template(NAME).map_err(|e| e.to_string())?;
-        tmpl.render(minijinja::context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos.clone(),
-            eos_token => self.eos.clone(),
-        })
-        .map_err(|e| e.to_string())
+        let tmpl = self.env.get_template(NAME).map_err(|e| describe(&e))?;
+        let mut out = Bounded(Vec::new());
+        tmpl.render_captured_to(
+            minijinja::context! {
+                messages => msgs,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos.clone(),
+                eos_token => self.eos.clone(),
+            },
+            &mut out,
+        )
+        .map_err(|e| describe(&e))?;
+        String::from_utf8(out.0)
+            .map_err(|_| "the model's chat template rendered invalid UTF-8".into())
     }
 
     /// Text segments of the whole conversation, each flagged `true` when it belongs to an
@@ -135,4 +182,54 @@ pub fn chatml_segments(messages: &[Message]) -> Vec<(String, bool)> {
         out.push(("\n".to_string(), false));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat() -> Vec<Message> {
+        vec![
+            Message {
+                role: "user".into(),
+                content: "hi".into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: "hello".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_chat_template_cannot_run_forever_or_render_without_bound() {
+        for (what, source, says) in [
+            (
+                "nested loops",
+                "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+                "instructions",
+            ),
+            (
+                "huge output",
+                "{{ 'x' * 20000000 }}{{ 'y' * 20000000 }}",
+                "bytes",
+            ),
+        ] {
+            let started = std::time::Instant::now();
+            let err = ChatTemplate::new(source, "", "").expect_err(what);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{what}: {:?}",
+                started.elapsed()
+            );
+            assert!(
+                err.contains("chat template") && err.contains(says),
+                "{what}: {err}"
+            );
+        }
+        // A real template with a long conversation is well within the fuel.
+        let t = ChatTemplate::new(CHATML_TEMPLATE, "", "").unwrap();
+        let long: Vec<Message> = (0..2_000).flat_map(|_| chat()).collect();
+        assert!(t.render(&long, false).unwrap().len() > 50_000);
+    }
 }
