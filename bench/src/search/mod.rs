@@ -55,6 +55,12 @@ pub struct SearchArgs {
     /// Only these problems (comma-separated names).
     #[arg(long)]
     pub problems: Option<String>,
+    /// Only these of our methods (comma-separated names as in the table, e.g. `carbs,random`).
+    #[arg(long)]
+    pub methods: Option<String>,
+    /// Run our methods at W = 1 only (the anchors' setting), for quick comparisons.
+    #[arg(long)]
+    pub w1_only: bool,
     /// Folder for the SVG plots.
     #[arg(long, default_value = "target/search-bench")]
     pub out: PathBuf,
@@ -72,6 +78,10 @@ pub struct SearchArgs {
     /// Skip every Python anchor (Optuna and the original CARBS) even when installed.
     #[arg(long)]
     pub no_optuna: bool,
+    /// Seeds per anchor study (default: `--seeds`); the GP sampler and the original CARBS
+    /// take seconds per suggestion, far longer than our methods.
+    #[arg(long)]
+    pub anchor_seeds: Option<u64>,
     /// Which Python anchors to run (comma-separated: tpe, gp, carbs-py); `tpe` includes
     /// TPE + SuccessiveHalving on problems with a fidelity.
     #[arg(long, default_value = "tpe,gp,carbs-py")]
@@ -386,10 +396,17 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
     let mut tasks = Vec::new();
     for (pi, p) in suite.iter().enumerate() {
         for m in Method::ALL {
-            if !m.applies(p.as_ref()) {
+            let chosen = args
+                .methods
+                .as_ref()
+                .is_none_or(|only| only.split(',').any(|n| n.trim() == m.name()));
+            if !chosen || !m.applies(p.as_ref()) {
                 continue;
             }
             for w in WORKERS {
+                if args.w1_only && w != 1 {
+                    continue;
+                }
                 for seed in 0..args.seeds {
                     tasks.push((pi, m, w, seed));
                 }
@@ -503,7 +520,7 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
                 if (pruner && p.fidelity().is_none()) || !m.applies(p.as_ref()) {
                     continue;
                 }
-                for seed in 0..args.seeds {
+                for seed in 0..args.anchor_seeds.unwrap_or(args.seeds) {
                     studies.push((pi, m, sampler, pruner, seed));
                 }
             }
@@ -574,8 +591,9 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
 
     // Table.
     println!(
-        "search: {} seeds, budgets in full evaluations, median regret [IQR] (chinchilla: mean Pareto regret over log cost; external: best objective)",
-        args.seeds
+        "search: {} seeds ({} for the Python anchors), budgets in full evaluations, median regret [IQR] (chinchilla: mean Pareto regret over log cost; external: best objective)",
+        args.seeds,
+        args.anchor_seeds.unwrap_or(args.seeds)
     );
     for (pi, p) in suite.iter().enumerate() {
         println!("\n{}", p.name());

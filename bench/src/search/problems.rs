@@ -497,6 +497,11 @@ impl Problem for LoraSim {
     fn truth(&self, p: &Params) -> Option<f64> {
         Some(Self::curve(p, T_MAX).unwrap_or(L0))
     }
+    /// The product's LoRA defaults (docs/search-notes.md §4.3): lr 2e-4 and rank 16, the
+    /// values the QLoRA paper and PEFT's examples start from; the rest stay at their midpoints.
+    fn carbs_centers(&self) -> Vec<(&'static str, f64)> {
+        vec![("lr", 2e-4), ("r", 16.0)]
+    }
     fn optimum(&self) -> Option<f64> {
         Some(self.optimum)
     }
