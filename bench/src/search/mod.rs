@@ -1,5 +1,6 @@
 //! `search`: the sweep algorithms on the offline suite of docs/search-notes.md §4.3, in the simulator,
-//! against random search and (when installed) Optuna TPE. Prints median regret with IQR at
+//! against random search and (when installed) the Python anchors: Optuna TPE, Optuna GP and the
+//! original CARBS (`carbs-py`). Prints median regret with IQR at
 //! budgets {5, 10, 20, 50} × one full evaluation, writes one SVG per problem, and ends with
 //! one summary line per problem.
 //!
@@ -18,7 +19,9 @@
 //!
 //! Optuna comes from `$TUNA_BENCH_PYTHON`, `target/anchor-venv` or `python3`; when none can
 //! import it, the bench installs the pinned release into `target/anchor-venv` first (once,
-//! outside the timed part; `--install-optuna false` or `--no-optuna` to avoid it).
+//! outside the timed part; `--install-optuna false` or `--no-optuna` to avoid it). The GP
+//! sampler and `carbs-py` run only where that Python has torch/scipy and `carbs`; otherwise
+//! the bench prints why and shows them as `unavailable`. Anchors are not on the clock.
 //!
 //! Debugging: `TUNA_BENCH_TRACE=1` prints every completed run of seed 0 at W = 1 to stderr.
 

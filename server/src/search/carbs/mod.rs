@@ -15,6 +15,11 @@
 //! - the GP training set is capped (`max_gp_points`), keeping every Pareto observation;
 //! - candidates that repeat an earlier suggestion are dropped (resampling excepted);
 //! - the acquisition is compared in log space, so a far-out EI of 0·∞ cannot win or tie.
+//!
+//! Extensions for search quality (docs/search-notes.md §1.12, each with its bench numbers):
+//! a share of uniform candidates scored against the mixture search density, no resampling
+//! once the objective has shown itself noise-free, and (opt-in) an adaptive radius and fine
+//! perturbations.
 
 use std::collections::BTreeMap;
 
