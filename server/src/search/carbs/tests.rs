@@ -245,7 +245,7 @@ fn radius_grows_without_new_best_and_shrinks_on_one() {
     };
     let r0 = cfg.search_radius;
     let mut c = Carbs::new(line(), cfg).unwrap();
-    let mut report = |c: &mut Carbs, v: f64| {
+    let report = |c: &mut Carbs, v: f64| {
         let s = c.suggest(1).unwrap().remove(0);
         let obs = Observation {
             objective: v,
