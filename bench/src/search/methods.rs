@@ -29,6 +29,11 @@ pub enum Method {
     Thompson,
     OptunaTpe,
     OptunaTpeSh,
+    /// Optuna's GP sampler (needs torch and scipy in the anchor Python).
+    OptunaGp,
+    /// The original CARBS (imbue-ai's Python package) on CARBS-rs's space: same centres,
+    /// the fidelity as a searched dimension.
+    CarbsPy,
 }
 
 impl Method {
@@ -56,6 +61,8 @@ impl Method {
             Method::Thompson => "bandit-ts",
             Method::OptunaTpe => "optuna-tpe",
             Method::OptunaTpeSh => "optuna-tpe+sh",
+            Method::OptunaGp => "optuna-gp",
+            Method::CarbsPy => "carbs-py",
         }
     }
 
@@ -69,12 +76,12 @@ impl Method {
         let space = p.space();
         let categorical = !space.is_flat_real();
         match self {
-            Method::Random | Method::OptunaTpe => true,
+            Method::Random | Method::OptunaTpe | Method::OptunaGp => true,
             Method::Asha | Method::AshaStop | Method::Hyperband | Method::OptunaTpeSh => {
                 p.fidelity().is_some()
             }
             Method::CarbsStop => p.fidelity().is_some() && !categorical,
-            Method::Carbs => !categorical,
+            Method::Carbs | Method::CarbsPy => !categorical,
             Method::BanditCarbs | Method::Thompson => categorical,
         }
     }
@@ -102,7 +109,7 @@ impl Method {
         cfg
     }
 
-    fn carbs_space(p: &dyn Problem) -> Result<Space, SearchError> {
+    pub fn carbs_space(p: &dyn Problem) -> Result<Space, SearchError> {
         let centers = p.carbs_centers();
         let mut params: Vec<ParamDef> = p
             .space()
@@ -160,9 +167,9 @@ impl Method {
                     carbs: Self::carbs_config(p, seed),
                 },
             )?),
-            Method::OptunaTpe | Method::OptunaTpeSh => {
+            Method::OptunaTpe | Method::OptunaTpeSh | Method::OptunaGp | Method::CarbsPy => {
                 return Err(SearchError::Unsupported(
-                    "Optuna runs through its client".into(),
+                    "the Python anchors run through their client".into(),
                 ));
             }
         })

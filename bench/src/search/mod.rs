@@ -1,5 +1,6 @@
 //! `search`: the sweep algorithms on the offline suite of docs/search-notes.md §4.3, in the simulator,
-//! against random search and (when installed) Optuna TPE. Prints median regret with IQR at
+//! against random search and (when installed) the Python anchors: Optuna TPE, Optuna GP and the
+//! original CARBS (`carbs-py`). Prints median regret with IQR at
 //! budgets {5, 10, 20, 50} × one full evaluation, writes one SVG per problem, and ends with
 //! one summary line per problem.
 //!
@@ -18,7 +19,9 @@
 //!
 //! Optuna comes from `$TUNA_BENCH_PYTHON`, `target/anchor-venv` or `python3`; when none can
 //! import it, the bench installs the pinned release into `target/anchor-venv` first (once,
-//! outside the timed part; `--install-optuna false` or `--no-optuna` to avoid it).
+//! outside the timed part; `--install-optuna false` or `--no-optuna` to avoid it). The GP
+//! sampler and `carbs-py` run only where that Python has torch/scipy and `carbs`; otherwise
+//! the bench prints why and shows them as `unavailable`. Anchors are not on the clock.
 //!
 //! Debugging: `TUNA_BENCH_TRACE=1` prints every completed run of seed 0 at W = 1 to stderr.
 
@@ -36,6 +39,7 @@ use std::time::Instant;
 use tuna_server::search::Space;
 
 use methods::Method;
+use optuna::Sampler;
 use problems::{External, Problem};
 use sim::Limits;
 
@@ -54,6 +58,12 @@ pub struct SearchArgs {
     /// Only these problems (comma-separated names).
     #[arg(long)]
     pub problems: Option<String>,
+    /// Only these of our methods (comma-separated names as in the table, e.g. `carbs,random`).
+    #[arg(long)]
+    pub methods: Option<String>,
+    /// Run our methods at W = 1 only (the anchors' setting), for quick comparisons.
+    #[arg(long)]
+    pub w1_only: bool,
     /// Folder for the SVG plots.
     #[arg(long, default_value = "target/search-bench")]
     pub out: PathBuf,
@@ -64,9 +74,21 @@ pub struct SearchArgs {
     /// Search space (JSON list of parameter definitions) for `--problem-cmd`.
     #[arg(long, requires = "problem_cmd")]
     pub problem_space: Option<PathBuf>,
-    /// Skip Optuna even when it is installed.
+    /// Known optimum of the `--problem-cmd` problem, so its table shows regret instead of
+    /// the best objective.
+    #[arg(long, requires = "problem_cmd", allow_hyphen_values = true)]
+    pub problem_optimum: Option<f64>,
+    /// Skip every Python anchor (Optuna and the original CARBS) even when installed.
     #[arg(long)]
     pub no_optuna: bool,
+    /// Seeds per anchor study (default: `--seeds`); the GP sampler and the original CARBS
+    /// take seconds per suggestion, far longer than our methods.
+    #[arg(long)]
+    pub anchor_seeds: Option<u64>,
+    /// Which Python anchors to run (comma-separated: tpe, gp, carbs-py); `tpe` includes
+    /// TPE + SuccessiveHalving on problems with a fidelity.
+    #[arg(long, default_value = "tpe,gp,carbs-py")]
+    pub anchors: String,
     /// Whether to install Optuna (pinned, from PyPI) into `target/anchor-venv` when no Python
     /// on hand can import it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -221,10 +243,107 @@ fn targets(
             );
         }
     }
-    // 6. The whole run within 2 minutes.
+    // 6. The whole run (our methods) within 5 minutes.
     println!(
-        "target wall time: {elapsed:.1}s (< 120s) {}",
-        verdict(elapsed < 120.0)
+        "target wall time (anchors excluded): {elapsed:.1}s (< 300s) {}",
+        verdict(elapsed < 300.0)
+    );
+}
+
+/// Our method on `p`: CARBS, or the bandit (CARBS for any real rest) where a categorical
+/// parameter rules CARBS out.
+fn ours(p: &dyn Problem) -> Method {
+    if p.space().is_flat_real() {
+        Method::Carbs
+    } else {
+        Method::BanditCarbs
+    }
+}
+
+/// Regret of CARBS's search centre (its starting point), where the problem has a known truth.
+fn centre_regret(p: &dyn Problem) -> Option<f64> {
+    if p.pareto_metric().is_some() || !p.space().is_flat_real() {
+        return None;
+    }
+    let space = Method::carbs_space(p).ok()?;
+    let centre = space.from_basic(&space.to_basic(&Default::default()));
+    Some(p.truth(&centre)? - p.optimum()?)
+}
+
+/// The search-quality targets (issue 18), over the whole selected suite at W = 1.
+fn issue_targets(suite: &[Box<dyn Problem>], cells: &[Cell], ran: &[Method]) {
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let med = |pi: usize, m: Method, b: f64| {
+        cells
+            .iter()
+            .find(|c| c.problem == pi && c.method == m && c.workers == 1)
+            .map(|c| c.stats(b).0)
+    };
+    let mut losses = Vec::new();
+    for b in [20.0, 50.0] {
+        for (pi, p) in suite.iter().enumerate() {
+            if let (Some(c), Some(r)) = (med(pi, ours(p.as_ref()), b), med(pi, Method::Random, b))
+                && c > r
+            {
+                losses.push(format!("{} B={b} ({} > {})", p.name(), fmt(c), fmt(r)));
+            }
+        }
+    }
+    println!(
+        "target carbs<=random every problem, B=20 and B=50: {} {}",
+        if losses.is_empty() {
+            "no loss".to_string()
+        } else {
+            losses.join(", ")
+        },
+        verdict(losses.is_empty())
+    );
+    for (m, share) in [
+        (Method::OptunaTpe, 0.8),
+        (Method::OptunaGp, 0.5),
+        (Method::CarbsPy, 0.8),
+    ] {
+        if !ran.contains(&m) {
+            println!("target carbs<={} B=50: unavailable", m.name());
+            continue;
+        }
+        let (mut wins, mut total, mut lost) = (0, 0, Vec::new());
+        for (pi, p) in suite.iter().enumerate() {
+            if let (Some(c), Some(a)) = (med(pi, ours(p.as_ref()), 50.0), med(pi, m, 50.0)) {
+                total += 1;
+                if c <= a {
+                    wins += 1;
+                } else {
+                    lost.push(p.name());
+                }
+            }
+        }
+        let ok = total > 0 && wins as f64 >= share * total as f64 - 1e-9;
+        println!(
+            "target carbs<={} B=50: {wins} of {total} problems (≥ {:.0}%; lost: {}) {}",
+            m.name(),
+            share * 100.0,
+            lost.join(", "),
+            verdict(ok)
+        );
+    }
+    let mut stuck = Vec::new();
+    for (pi, p) in suite.iter().enumerate() {
+        if let (Some(c0), Some(c)) = (centre_regret(p.as_ref()), med(pi, Method::Carbs, 50.0))
+            && c0 > 1e-9
+            && c >= c0 - 1e-12
+        {
+            stuck.push(p.name());
+        }
+    }
+    println!(
+        "target carbs leaves a non-optimal centre (median at B=50 below the centre's regret): {} {}",
+        if stuck.is_empty() {
+            "every problem".to_string()
+        } else {
+            format!("stuck on {}", stuck.join(", "))
+        },
+        verdict(stuck.is_empty())
     );
 }
 
@@ -246,7 +365,7 @@ fn fmt(r: f64) -> String {
 
 pub fn run(args: SearchArgs) -> Result<(), String> {
     // Before the clock starts: a one-off Optuna install is not the benchmark's time.
-    let python = if args.no_optuna || args.problem_cmd.is_some() {
+    let python = if args.no_optuna {
         None
     } else {
         optuna::python(args.install_optuna)
@@ -264,6 +383,7 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
                 cmd: cmd.clone(),
                 space: load_space(path)?,
                 unit: 1.0,
+                optimum: args.problem_optimum,
             })]
         }
         None => problems::suite(),
@@ -279,10 +399,17 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
     let mut tasks = Vec::new();
     for (pi, p) in suite.iter().enumerate() {
         for m in Method::ALL {
-            if !m.applies(p.as_ref()) {
+            let chosen = args
+                .methods
+                .as_ref()
+                .is_none_or(|only| only.split(',').any(|n| n.trim() == m.name()));
+            if !chosen || !m.applies(p.as_ref()) {
                 continue;
             }
             for w in WORKERS {
+                if args.w1_only && w != 1 {
+                    continue;
+                }
                 for seed in 0..args.seeds {
                     tasks.push((pi, m, w, seed));
                 }
@@ -350,17 +477,54 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
     let errors = errors.into_inner().map_err(|e| e.to_string())?;
     let ours_s = started.elapsed().as_secs_f64();
 
-    // Optuna (W = 1 only), through one long-lived Python process.
-    let optuna_ok = python.is_some();
+    // The Python anchors (W = 1 only), each thread through one long-lived Python process.
+    let wanted: Vec<&str> = args.anchors.split(',').map(str::trim).collect();
+    let mut samplers: Vec<(Method, Sampler, bool)> = Vec::new();
+    if let Some(python) = &python {
+        if wanted.contains(&"tpe") {
+            samplers.push((Method::OptunaTpe, Sampler::Tpe, false));
+            samplers.push((Method::OptunaTpeSh, Sampler::Tpe, true));
+        }
+        let caps = optuna::Client::start(python).map(|mut c| c.probe());
+        let why = |r: Option<&Result<(), String>>| match r {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e.clone()),
+            None => Some("the anchor Python did not start".to_string()),
+        };
+        for (name, m, sampler, cap) in [
+            (
+                "gp",
+                Method::OptunaGp,
+                Sampler::Gp,
+                caps.as_ref().map(|c| &c.gp),
+            ),
+            (
+                "carbs-py",
+                Method::CarbsPy,
+                Sampler::Carbs,
+                caps.as_ref().map(|c| &c.carbs),
+            ),
+        ] {
+            if !wanted.contains(&name) {
+                continue;
+            }
+            match why(cap) {
+                None => samplers.push((m, sampler, false)),
+                Some(e) => println!("{}: skipped: {e}", m.name()),
+            }
+        }
+    }
+    let optuna_ok = samplers.iter().any(|s| s.0 == Method::OptunaTpe);
+    let anchors_started = Instant::now();
     if let Some(python) = &python {
         let mut studies = Vec::new();
         for (pi, p) in suite.iter().enumerate() {
-            for (m, pruner) in [(Method::OptunaTpe, false), (Method::OptunaTpeSh, true)] {
-                if pruner && p.fidelity().is_none() {
+            for &(m, sampler, pruner) in &samplers {
+                if (pruner && p.fidelity().is_none()) || !m.applies(p.as_ref()) {
                     continue;
                 }
-                for seed in 0..args.seeds {
-                    studies.push((pi, m, pruner, seed));
+                for seed in 0..args.anchor_seeds.unwrap_or(args.seeds) {
+                    studies.push((pi, m, sampler, pruner, seed));
                 }
             }
         }
@@ -374,15 +538,29 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
                     };
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(pi, m, pruner, seed)) = studies.get(i) else {
+                        let Some(&(pi, m, sampler, pruner, seed)) = studies.get(i) else {
                             break;
                         };
                         let p = suite[pi].as_ref();
                         let max_r = p.fidelity().map(|f| f.spec.max).unwrap_or(1.0);
-                        let space = p.space();
-                        let Some(mut study) =
-                            optuna::Study::new(&mut client, i as u64, &space, seed, pruner, max_r)
-                        else {
+                        // The original CARBS searches what CARBS-rs searches (centres, fidelity).
+                        let space = if m == Method::CarbsPy {
+                            match Method::carbs_space(p) {
+                                Ok(s) => s,
+                                Err(_) => continue,
+                            }
+                        } else {
+                            p.space()
+                        };
+                        let Some(mut study) = optuna::Study::new(
+                            &mut client,
+                            i as u64,
+                            &space,
+                            sampler,
+                            seed,
+                            pruner,
+                            max_r,
+                        ) else {
                             continue;
                         };
                         let trace = sim::simulate(p, &mut study, seed, lim(1));
@@ -397,6 +575,7 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
         });
         results.extend(found.into_inner().map_err(|e| e.to_string())?);
     }
+    let anchors_s = anchors_started.elapsed().as_secs_f64();
     results.sort_by(|a, b| {
         (a.0.0, a.0.1.order(), a.0.2, a.0.3).cmp(&(b.0.0, b.0.1.order(), b.0.2, b.0.3))
     });
@@ -415,8 +594,9 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
 
     // Table.
     println!(
-        "search: {} seeds, budgets in full evaluations, median regret [IQR] (chinchilla: mean Pareto regret over log cost; external: best objective)",
-        args.seeds
+        "search: {} seeds ({} for the Python anchors), budgets in full evaluations, median regret [IQR] (chinchilla: mean Pareto regret over log cost; external: best objective)",
+        args.seeds,
+        args.anchor_seeds.unwrap_or(args.seeds)
     );
     for (pi, p) in suite.iter().enumerate() {
         println!("\n{}", p.name());
@@ -462,44 +642,39 @@ pub fn run(args: SearchArgs) -> Result<(), String> {
         );
     }
     println!(
-        "time: {:.1}s ours ({} sweeps on {threads} threads), {:.1}s total",
+        "time: {:.1}s ours ({} sweeps on {threads} threads), {anchors_s:.1}s anchors (not counted), {:.1}s total",
         ours_s,
         tasks.len(),
         started.elapsed().as_secs_f64()
     );
+    let ran: Vec<Method> = samplers.iter().map(|s| s.0).collect();
+    targets(&suite, &cells, optuna_ok, args.budget, ours_s);
+    issue_targets(&suite, &cells, &ran);
     let cell = |pi: usize, m: Method| {
         cells
             .iter()
             .find(|c| c.problem == pi && c.method == m && c.workers == 1)
     };
     for (pi, p) in suite.iter().enumerate() {
-        let r = |m: Method| cell(pi, m).map_or("n/a".to_string(), |c| fmt(c.stats(20.0).0));
-        let carbs = if p.fidelity().is_none() && !p.space().is_flat_real() {
-            r(Method::BanditCarbs)
-        } else {
-            r(Method::Carbs)
-        };
-        let optuna = if optuna_ok {
-            r(Method::OptunaTpe)
-        } else {
-            "unavailable".to_string()
+        let r = |m: Method| match cell(pi, m) {
+            Some(c) => fmt(c.stats(50.0).0),
+            None if matches!(m, Method::OptunaTpe | Method::OptunaGp | Method::CarbsPy)
+                && !ran.contains(&m) =>
+            {
+                "unavailable".to_string()
+            }
+            None => "n/a".to_string(),
         };
         println!(
-            "search {}: carbs {} random {} asha {} optuna {} (median regret at budget 20)",
+            "search {}: carbs {} random {} tpe {} gp {} carbs-py {} (median regret at budget 50)",
             p.name(),
-            carbs,
+            r(ours(p.as_ref())),
             r(Method::Random),
-            r(Method::Asha),
-            optuna
+            r(Method::OptunaTpe),
+            r(Method::OptunaGp),
+            r(Method::CarbsPy),
         );
     }
-    targets(
-        &suite,
-        &cells,
-        optuna_ok,
-        args.budget,
-        started.elapsed().as_secs_f64(),
-    );
     if errors.is_empty() {
         Ok(())
     } else {

@@ -1,6 +1,7 @@
-//! Optuna as an anchor: `bench/anchors/optuna_anchor.py` serves ask/tell over a pipe (one JSON
-//! object a line), so Optuna's TPE (and TPE + SuccessiveHalving) run inside *our* simulator on
-//! exactly the same problems, noise, budgets and regret computation as our methods.
+//! The Python anchors: `bench/src/search/anchor.py` serves ask/tell over a pipe (one JSON object
+//! a line), so Optuna's TPE (and TPE + SuccessiveHalving), Optuna's GP sampler and the original
+//! CARBS (imbue-ai's Python package, when the anchor Python can import it) run inside *our*
+//! simulator on exactly the same problems, noise, budgets and regret computation as our methods.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use tuna_server::search::{
 
 /// Path of the anchor script.
 pub fn script() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/anchors/optuna_anchor.py").to_string()
+    concat!(env!("CARGO_MANIFEST_DIR"), "/src/search/anchor.py").to_string()
 }
 
 /// The Optuna release the anchor numbers were taken with; a provisioned venv gets exactly it.
@@ -110,6 +111,30 @@ impl Client {
         })
     }
 
+    /// Which anchors this Python can run: (GP sampler, original CARBS), with the reason for
+    /// each one it cannot.
+    pub fn probe(&mut self) -> Anchors {
+        let r = self.call(json!({"op": "probe"})).unwrap_or(Json::Null);
+        let why = |k: &str| {
+            r["why"][k]
+                .as_str()
+                .unwrap_or("the anchor did not answer")
+                .to_string()
+        };
+        Anchors {
+            gp: if r["gp"].as_bool() == Some(true) {
+                Ok(())
+            } else {
+                Err(why("gp"))
+            },
+            carbs: if r["carbs"].as_bool() == Some(true) {
+                Ok(())
+            } else {
+                Err(why("carbs"))
+            },
+        }
+    }
+
     fn call(&mut self, msg: Json) -> Option<Json> {
         writeln!(self.stdin, "{msg}").ok()?;
         self.stdin.flush().ok()?;
@@ -126,6 +151,31 @@ impl Drop for Client {
     }
 }
 
+/// Which optional anchors the Python can run (`Err` holds the reason it cannot).
+pub struct Anchors {
+    pub gp: Result<(), String>,
+    pub carbs: Result<(), String>,
+}
+
+/// The anchor samplers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampler {
+    Tpe,
+    Gp,
+    /// The original CARBS; it gets the space's transforms, scales and centres as CARBS-rs does.
+    Carbs,
+}
+
+impl Sampler {
+    fn name(self) -> &'static str {
+        match self {
+            Sampler::Tpe => "tpe",
+            Sampler::Gp => "gp",
+            Sampler::Carbs => "carbs",
+        }
+    }
+}
+
 fn space_json(space: &Space) -> Json {
     Json::Array(
         space
@@ -139,6 +189,14 @@ fn space_json(space: &Space) -> Json {
                     "high": s.max,
                     // Optuna has no logit distribution: such parameters are searched linearly.
                     "log": matches!(s.transform, Transform::Log { .. }),
+                    "transform": match s.transform {
+                        Transform::Linear => "linear",
+                        Transform::Log { .. } => "log",
+                        Transform::Logit => "logit",
+                    },
+                    "scale": s.scale,
+                    "rounding": s.rounding,
+                    "center": p.center_value().as_f64(),
                 }),
                 Domain::Categorical(c) => {
                     json!({"name": p.name, "type": "categorical", "choices": c})
@@ -164,13 +222,17 @@ impl<'a> Study<'a> {
         client: &'a mut Client,
         id: u64,
         space: &Space,
+        sampler: Sampler,
         seed: u64,
         pruner: bool,
         max_resource: f64,
     ) -> Option<Self> {
-        let msg = json!({"op": "new", "study": id, "seed": seed, "space": space_json(space),
-            "pruner": pruner, "min_resource": 3, "eta": 3});
-        client.call(msg)?;
+        let msg = json!({"op": "new", "study": id, "sampler": sampler.name(), "seed": seed,
+            "space": space_json(space), "pruner": pruner, "min_resource": 3, "eta": 3});
+        let r = client.call(msg)?;
+        if r.get("error").is_some() {
+            return None;
+        }
         Some(Self {
             client,
             id,
@@ -189,6 +251,9 @@ impl Searcher for Study<'_> {
             let Some(r) = self.client.call(json!({"op": "ask", "study": self.id})) else {
                 break;
             };
+            if r.get("error").is_some() {
+                break;
+            }
             let mut params = Params::new();
             if let Some(map) = r["params"].as_object() {
                 for (k, v) in map {
@@ -234,7 +299,7 @@ impl Searcher for Study<'_> {
         };
         self.client
             .call(json!({"op": "tell", "study": self.id, "trial": remote,
-            "value": value, "state": state}));
+            "value": value, "cost": obs.cost, "state": state}));
         Ok(())
     }
 

@@ -497,6 +497,11 @@ impl Problem for LoraSim {
     fn truth(&self, p: &Params) -> Option<f64> {
         Some(Self::curve(p, T_MAX).unwrap_or(L0))
     }
+    /// The product's LoRA defaults (docs/search-notes.md §4.3): lr 2e-4 and rank 16, the
+    /// values the QLoRA paper and PEFT's examples start from; the rest stay at their midpoints.
+    fn carbs_centers(&self) -> Vec<(&'static str, f64)> {
+        vec![("lr", 2e-4), ("r", 16.0)]
+    }
     fn optimum(&self) -> Option<f64> {
         Some(self.optimum)
     }
@@ -591,12 +596,13 @@ impl Problem for CategoricalTable {
 
 // ---------------------------------------------------------------------------------------
 /// A problem behind a command: parameters as JSON on stdin,
-/// `{"objective": .., "cost": .., "failed": bool}` on stdout. No fidelity, no known optimum:
-/// its "regret" is the best noise-free-unknown objective itself.
+/// `{"objective": .., "cost": .., "failed": bool}` on stdout. No fidelity; without a known
+/// optimum (`--problem-optimum`) its "regret" is the best observed objective itself.
 pub struct External {
     pub cmd: String,
     pub space: Space,
     pub unit: f64,
+    pub optimum: Option<f64>,
 }
 
 impl Problem for External {
@@ -643,23 +649,178 @@ impl Problem for External {
         None
     }
     fn optimum(&self) -> Option<f64> {
-        None
+        self.optimum
     }
     fn unit_cost(&self) -> f64 {
         self.unit
     }
 }
 
+// ---------------------------------------------------------------------------------------
+/// The BBOB-style landscape of a [`Bbob`] problem (COCO's noiseless definitions, without the
+/// rotations and oscillation transforms, on x ∈ [−5, 5]^d with the optimum f = 0 at `x_opt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landscape {
+    /// f2-like separable ellipsoid, conditioning 10³.
+    Ellipsoid,
+    /// f8 Rosenbrock: a curved valley.
+    Rosenbrock,
+    /// f3-like Rastrigin: a grid of 10^d local minima.
+    Rastrigin,
+    /// f7-like step ellipsoid: plateaus, zero gradient almost everywhere.
+    StepEllipsoid,
+    /// f1 sphere.
+    Sphere,
+}
+
+/// P6: BBOB-like shifted functions in 2–8 dimensions, noise-free or with BBOB's moderate
+/// multiplicative Gaussian noise (f·exp(0.1·N), docs/search-notes.md §4.3). Shifts are drawn
+/// from a fixed hash, so every run of the suite sees the same problems.
+pub struct Bbob {
+    pub label: &'static str,
+    pub kind: Landscape,
+    /// Optimum location in [−5, 5]^d (never the box centre, where CARBS starts).
+    pub x_opt: Vec<f64>,
+    pub noisy: bool,
+}
+
+const BBOB_NAMES: [&str; 8] = ["x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8"];
+
+impl Bbob {
+    /// Optimum drawn uniformly in [−4, 4]^d from `salt` (COCO's range for x_opt).
+    pub fn shifted(
+        label: &'static str,
+        kind: Landscape,
+        dims: usize,
+        noisy: bool,
+        salt: u64,
+    ) -> Self {
+        let x_opt = (0..dims as u64)
+            .map(|i| {
+                let u = (mix64(hash_words(&[0xBB0B, salt, i])) >> 11) as f64 / (1u64 << 53) as f64;
+                -4.0 + 8.0 * u
+            })
+            .collect();
+        Self {
+            label,
+            kind,
+            x_opt,
+            noisy,
+        }
+    }
+
+    /// Rosenbrock whose valley runs through the box centre: z = x + (−1, 1, …, 1) puts the
+    /// centre on the valley floor at f = 4, the optimum at x = (2, 0, …, 0).
+    pub fn valley_through_centre(label: &'static str, dims: usize, noisy: bool) -> Self {
+        let mut x_opt = vec![0.0; dims];
+        x_opt[0] = 2.0;
+        Self {
+            label,
+            kind: Landscape::Rosenbrock,
+            x_opt,
+            noisy,
+        }
+    }
+
+    fn dims(&self) -> usize {
+        self.x_opt.len()
+    }
+
+    fn f(&self, p: &Params) -> f64 {
+        let d = self.dims();
+        let z: Vec<f64> = (0..d)
+            .map(|i| 10.0 * get(p, BBOB_NAMES[i]) - 5.0 - self.x_opt[i])
+            .collect();
+        let cond = |i: usize, e: f64| {
+            if d > 1 {
+                10f64.powf(e * i as f64 / (d - 1) as f64)
+            } else {
+                1.0
+            }
+        };
+        match self.kind {
+            Landscape::Sphere => z.iter().map(|v| v * v).sum(),
+            Landscape::Ellipsoid => (0..d).map(|i| cond(i, 3.0) * z[i] * z[i]).sum(),
+            Landscape::StepEllipsoid => (0..d)
+                .map(|i| cond(i, 2.0) * (z[i] * 2.0).round().powi(2) / 4.0)
+                .sum(),
+            Landscape::Rastrigin => {
+                10.0 * d as f64
+                    + z.iter()
+                        .map(|v| v * v - 10.0 * (2.0 * PI * v).cos())
+                        .sum::<f64>()
+            }
+            Landscape::Rosenbrock => {
+                let s = (d as f64).sqrt() / 8.0;
+                let w: Vec<f64> = z.iter().map(|v| s.max(1.0) * v + 1.0).collect();
+                (0..d - 1)
+                    .map(|i| 100.0 * (w[i] * w[i] - w[i + 1]).powi(2) + (w[i] - 1.0).powi(2))
+                    .sum()
+            }
+        }
+    }
+}
+
+impl Problem for Bbob {
+    fn name(&self) -> &str {
+        self.label
+    }
+    fn space(&self) -> Space {
+        unit_space(&BBOB_NAMES[..self.dims()])
+    }
+    fn evaluate(&self, p: &Params, _r: f64, key: u64) -> Eval {
+        let f = self.f(p);
+        let v = if self.noisy {
+            f * (0.1 * n01(key)).exp()
+        } else {
+            f
+        };
+        Eval {
+            value: Some(v),
+            cost: 1.0,
+        }
+    }
+    fn truth(&self, p: &Params) -> Option<f64> {
+        Some(self.f(p))
+    }
+    fn optimum(&self) -> Option<f64> {
+        Some(0.0)
+    }
+    fn unit_cost(&self) -> f64 {
+        1.0
+    }
+}
+
+/// The BBOB-like part of the suite: off-centre optima, curved valleys (one through the
+/// centre), many local minima and plateaus, 2–8 dimensions, noise-free and noisy.
+pub fn bbob_suite() -> Vec<Bbob> {
+    use Landscape::*;
+    vec![
+        Bbob::shifted("bbob-ellipsoid-4d", Ellipsoid, 4, false, 1),
+        Bbob::valley_through_centre("bbob-valley-2d", 2, false),
+        Bbob::shifted("bbob-rosenbrock-5d", Rosenbrock, 5, false, 2),
+        Bbob::shifted("bbob-rastrigin-3d", Rastrigin, 3, false, 3),
+        Bbob::shifted("bbob-step-5d", StepEllipsoid, 5, false, 4),
+        Bbob::shifted("bbob-sphere-8d-noisy", Sphere, 8, true, 5),
+        Bbob::valley_through_centre("bbob-valley-4d-noisy", 4, true),
+        Bbob::shifted("bbob-rastrigin-2d-noisy", Rastrigin, 2, true, 6),
+    ]
+}
+
 /// The built-in suite.
 pub fn suite() -> Vec<Box<dyn Problem>> {
-    vec![
+    let mut s: Vec<Box<dyn Problem>> = vec![
         Box::new(Branin),
         Box::new(Hartmann::h3()),
         Box::new(Hartmann::h6()),
         Box::new(Chinchilla::new()),
         Box::new(LoraSim::new()),
         Box::new(CategoricalTable),
-    ]
+    ];
+    for b in bbob_suite() {
+        s.push(Box::new(b));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -691,5 +852,37 @@ mod tests {
             ("x6", 0.6573),
         ]));
         assert!((h6.unwrap_or(0.0) + 3.322_37).abs() < 1e-4);
+    }
+
+    /// Every BBOB-like problem has f = 0 at its x_opt and, where CARBS starts, a worse value.
+    #[test]
+    fn bbob_optimum_is_zero_at_x_opt_and_off_centre() {
+        for b in bbob_suite() {
+            let at = |x: &[f64]| {
+                let p: Params = x
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (BBOB_NAMES[i].to_string(), Value::Real((v + 5.0) / 10.0)))
+                    .collect();
+                b.truth(&p).unwrap_or(f64::NAN)
+            };
+            assert!(at(&b.x_opt).abs() < 1e-9, "{}", b.label);
+            let centre = vec![0.0; b.x_opt.len()];
+            assert!(at(&centre) > 1e-3, "{}: centre {}", b.label, at(&centre));
+        }
+    }
+
+    /// The valley problems put the centre on the valley floor: its neighbours off the floor
+    /// are worse, so a search that only looks nearby sees the centre as a local optimum.
+    #[test]
+    fn valley_centre_lies_on_the_valley_floor() {
+        let b = Bbob::valley_through_centre("v", 2, false);
+        let p = |x1: f64, x2: f64| -> Params {
+            params(&[("x1", (x1 + 5.0) / 10.0), ("x2", (x2 + 5.0) / 10.0)])
+        };
+        let c = b.truth(&p(0.0, 0.0)).unwrap_or(f64::NAN);
+        assert!((c - 4.0).abs() < 1e-9);
+        assert!(b.truth(&p(0.0, 0.3)).unwrap_or(0.0) > c);
+        assert!(b.truth(&p(0.0, -0.3)).unwrap_or(0.0) > c);
     }
 }

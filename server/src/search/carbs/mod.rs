@@ -15,6 +15,11 @@
 //! - the GP training set is capped (`max_gp_points`), keeping every Pareto observation;
 //! - candidates that repeat an earlier suggestion are dropped (resampling excepted);
 //! - the acquisition is compared in log space, so a far-out EI of 0·∞ cannot win or tie.
+//!
+//! Extensions for search quality (docs/search-notes.md §1.12, each with its bench numbers):
+//! a share of uniform candidates scored against the mixture search density, no resampling
+//! once the objective has shown itself noise-free, and (opt-in) an adaptive radius and fine
+//! perturbations.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +61,23 @@ pub struct CarbsConfig {
     /// itself (the user's baseline, like Ax's status-quo arm or Optuna's enqueued trial), so
     /// the front is anchored exactly there; CARBS itself only ever perturbs the centre.
     pub suggest_center_first: bool,
+    /// Extension: skip a due Pareto resample once replicated points have all reported
+    /// identical values (the objective is noise-free, so a re-run cannot move the front).
+    pub noise_aware_resample: bool,
+    /// Extension: the search radius adapts: ×`radius_growth` after `radius_patience`
+    /// observations in a row without a new best (so a search stuck at a poor centre reaches
+    /// further), ÷`radius_growth` on each new best (refine around it); bounded to
+    /// [search_radius / 4, search_radius · 8]. 1.0 disables (the original's fixed radius).
+    pub radius_growth: f64,
+    pub radius_patience: usize,
+    /// Extension: share of candidates drawn uniformly in the box, scored against the mixture
+    /// (1 − share)·N(origin, r) + share·U(box) so a far candidate can win on EI alone.
+    /// 0 is the original's purely local search.
+    pub global_share: f64,
+    /// Extension: share of local candidates perturbed at `fine_radius_fraction` of the
+    /// radius, so narrow valleys and ridges near the front are sampled at all.
+    pub fine_share: f64,
+    pub fine_radius_fraction: f64,
 }
 
 impl Default for CarbsConfig {
@@ -75,6 +97,14 @@ impl Default for CarbsConfig {
             noise: 0.01,
             max_gp_points: 256,
             suggest_center_first: false,
+            noise_aware_resample: true,
+            // Off by default: on the bench suite both lost more problems than they won
+            // (docs/search-notes.md §1.12).
+            radius_growth: 1.0,
+            radius_patience: 3,
+            global_share: 0.2,
+            fine_share: 0.0,
+            fine_radius_fraction: 0.25,
         }
     }
 }
@@ -107,6 +137,20 @@ impl CarbsConfig {
                 "carbs.max_suggestion_cost",
                 "must be positive",
             ));
+        }
+        if !(self.radius_growth >= 1.0 && self.radius_growth.is_finite()) {
+            return Err(SearchError::invalid(
+                "carbs.radius_growth",
+                "must be at least 1",
+            ));
+        }
+        for (name, v) in [
+            ("carbs.global_share", self.global_share),
+            ("carbs.fine_share", self.fine_share),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(SearchError::invalid(name, "must be in [0, 1)"));
+            }
         }
         if self.max_gp_points < 2 {
             return Err(SearchError::invalid(
@@ -201,6 +245,15 @@ fn log_ei_factor(z: f64) -> f64 {
     }
 }
 
+/// ln(eᵃ + eᵇ) without overflow; −∞ + −∞ stays −∞.
+fn log_add_exp(a: f64, b: f64) -> f64 {
+    let m = a.max(b);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
 /// The fitted surrogates for one suggestion.
 struct Surrogate {
     output: Gp,
@@ -225,6 +278,10 @@ pub struct Carbs {
     resample_count: usize,
     overgen: usize,
     next: TrialId,
+    /// Current (adaptive) search radius.
+    radius: f64,
+    /// Observations since the last new best.
+    stall: usize,
 }
 
 impl Carbs {
@@ -244,6 +301,7 @@ impl Carbs {
         }
         let center = space.to_basic(&super::Params::new());
         let overgen = 1usize << (lo.len() / 2).min(6);
+        let cfg_radius = cfg.search_radius;
         Ok(Self {
             cfg,
             space,
@@ -257,6 +315,8 @@ impl Carbs {
             resample_count: 0,
             overgen,
             next: 0,
+            radius: cfg_radius,
+            stall: 0,
         })
     }
 
@@ -300,16 +360,12 @@ impl Carbs {
         let d = self.dims();
         for _ in 0..8 * 32 {
             let o = &origins[rng.random_range(0..origins.len())];
-            let mut x: Vec<f64> = (0..d)
-                .map(|i| o[i] + self.cfg.search_radius * normal(rng))
-                .collect();
+            let mut x: Vec<f64> = (0..d).map(|i| o[i] + self.radius * normal(rng)).collect();
             if self.round_and_check(&mut x) && !self.is_repeat(&x) {
                 return x;
             }
         }
-        let mut x: Vec<f64> = (0..d)
-            .map(|i| self.lo[i] + (self.hi[i] - self.lo[i]) * rng.random::<f64>())
-            .collect();
+        let mut x = self.uniform(rng);
         for (i, s) in self.space.real_specs().into_iter().enumerate() {
             if let Some(s) = s {
                 let v = s.round_param(s.from_basic(x[i])).clamp(s.min, s.max);
@@ -317,6 +373,50 @@ impl Carbs {
             }
         }
         x
+    }
+
+    /// A uniform draw in the basic-space box.
+    fn uniform<R: Rng>(&self, rng: &mut R) -> Vec<f64> {
+        (0..self.dims())
+            .map(|i| self.lo[i] + (self.hi[i] - self.lo[i]) * rng.random::<f64>())
+            .collect()
+    }
+
+    /// True once some point has been observed twice and every replicated point reported
+    /// identical values: the objective is noise-free, so a resample cannot change the front.
+    fn observed_noise_free(&self, groups: &[Group]) -> bool {
+        let mut replicated = groups.iter().filter(|g| g.members.len() > 1).peekable();
+        replicated.peek().is_some()
+            && replicated.all(|g| {
+                let v: Vec<f64> = g.members.iter().map(|&m| self.success[m].output).collect();
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                hi - lo <= 1e-12 * (1.0 + hi.abs())
+            })
+    }
+
+    /// Adapt the radius to one more successful observation: shrink on a new best, grow after
+    /// `radius_patience` observations in a row without one.
+    fn adapt_radius(&mut self, output: f64) {
+        let best = self
+            .success
+            .iter()
+            .map(|o| o.output)
+            .fold(f64::INFINITY, f64::min);
+        if self.success.len() < self.cfg.num_random_samples || self.cfg.radius_growth <= 1.0 {
+            return;
+        }
+        let (lo, hi) = (self.cfg.search_radius / 4.0, self.cfg.search_radius * 8.0);
+        if output < best {
+            self.stall = 0;
+            self.radius = (self.radius / self.cfg.radius_growth).max(lo);
+        } else {
+            self.stall += 1;
+            if self.stall >= self.cfg.radius_patience.max(1) {
+                self.stall = 0;
+                self.radius = (self.radius * self.cfg.radius_growth).min(hi);
+            }
+        }
     }
 
     /// Observations the GPs train on: all of them, or (above the cap) every Pareto member plus
@@ -433,11 +533,22 @@ impl Carbs {
             .map(|&g| self.success[groups[g].members[0]].x.clone())
             .collect();
         let need = self.cfg.candidates_per_dim * d;
-        let r = self.cfg.search_radius;
+        let r = self.radius;
+        let (g, fine) = (self.cfg.global_share, self.cfg.fine_share);
         let mut cands: Vec<Vec<f64>> = Vec::with_capacity(need);
         for _ in 0..need * self.overgen {
-            let o = &origins[rng.random_range(0..origins.len())];
-            let mut x: Vec<f64> = (0..d).map(|i| o[i] + r * normal(rng)).collect();
+            let u: f64 = rng.random();
+            let mut x: Vec<f64> = if u < g {
+                self.uniform(rng)
+            } else {
+                let o = &origins[rng.random_range(0..origins.len())];
+                let step = if u < g + (1.0 - g) * fine {
+                    r * self.cfg.fine_radius_fraction
+                } else {
+                    r
+                };
+                (0..d).map(|i| o[i] + step * normal(rng)).collect()
+            };
             if self.round_and_check(&mut x) && !self.is_repeat(&x) {
                 cands.push(x);
                 if cands.len() == need {
@@ -466,7 +577,21 @@ impl Carbs {
         } else {
             None
         };
-        let log_norm = -(r * (2.0 * std::f64::consts::PI).sqrt()).ln();
+        // The search density: the original's N(nearest origin, r²), mixed with the uniform
+        // share when global candidates are on (log of (1 − g)·N + g/vol).
+        let log_local_norm =
+            (1.0 - g).ln() - 0.5 * d as f64 * (2.0 * std::f64::consts::PI * r * r).ln();
+        let log_vol: f64 = self
+            .lo
+            .iter()
+            .zip(&self.hi)
+            .map(|(l, h)| (h - l).ln())
+            .sum();
+        let log_global = if g > 0.0 {
+            g.ln() - log_vol
+        } else {
+            f64::NEG_INFINITY
+        };
         // Cross-covariances with the shared training inputs, evaluated once per candidate and
         // reused by the cost, output and success GPs (their inputs all start with them).
         let kern = sur.cost.kernel().clone();
@@ -517,7 +642,7 @@ impl Carbs {
                 .iter()
                 .map(|o| o.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f64>())
                 .fold(f64::INFINITY, f64::min);
-            let log_density = log_norm - dist2 / (2.0 * r * r);
+            let log_density = log_add_exp(log_local_norm - dist2 / (2.0 * r * r), log_global);
             let log_success = match &succ {
                 // DEVIATION: the scale is the standard deviation (CARBS passes the variance).
                 Some(s) => {
@@ -572,7 +697,11 @@ impl Carbs {
                 && n_success > (self.resample_count + 1) * self.cfg.resample_frequency
             {
                 self.resample_count += 1;
-                self.resample(&groups)
+                if self.cfg.noise_aware_resample && self.observed_noise_free(&groups) {
+                    None
+                } else {
+                    self.resample(&groups)
+                }
             } else {
                 None
             };
@@ -622,6 +751,7 @@ impl Searcher for Carbs {
         if obs.failed || !obs.objective.is_finite() {
             self.failures.push(x);
         } else {
+            self.adapt_radius(obs.objective);
             self.success.push(Obs {
                 x,
                 output: obs.objective,
