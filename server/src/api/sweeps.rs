@@ -220,8 +220,13 @@ impl SweepService for Sweeps {
                 }
             }
         }
+        // Each method once (the check may read the model's headers), named by its first field.
+        let mut checked = Vec::new();
         for (field, name) in methods {
-            if let Some(kind) = crate::domain::spec::MethodKind::parse(name) {
+            if let Some(kind) = crate::domain::spec::MethodKind::parse(name)
+                && !checked.contains(&kind)
+            {
+                checked.push(kind);
                 require_method_fits_model(&self.ctx, &field, t.base_model.trim(), kind).await?;
             }
         }

@@ -64,15 +64,16 @@ pub(super) fn train(
     let adapters = match method {
         SpecMethod::Lora { lora: p } | SpecMethod::Dora { lora: p } => {
             let dora = matches!(method, SpecMethod::Dora { .. });
-            match p.init {
-                SpecInit::Default => {
-                    AdapterSet::attach(&mut model, &lora(LoraInit::Default, dora, p))
-                }
-                SpecInit::Gaussian => {
-                    AdapterSet::attach(&mut model, &lora(LoraInit::Gaussian, dora, p))
-                }
-                SpecInit::Pissa => AdapterSet::attach(&mut model, &lora(LoraInit::Pissa, dora, p)),
-                SpecInit::LoraGa => {
+            // LoRA-GA needs data, so it attaches through its own function.
+            let init = match p.init {
+                SpecInit::Default => Some(LoraInit::Default),
+                SpecInit::Gaussian => Some(LoraInit::Gaussian),
+                SpecInit::Pissa => Some(LoraInit::Pissa),
+                SpecInit::LoraGa => None,
+            };
+            match init {
+                Some(init) => AdapterSet::attach(&mut model, &lora(init, dora, p)),
+                None => {
                     // The first optimizer window's batches, from a copy of the loader so the
                     // training order is untouched; the same batches on resume rebuild the
                     // same base offset before the checkpoint's factors are loaded.

@@ -91,7 +91,7 @@ impl StopSignal for Control {
 /// model's eval metrics before the first step, then every step, eval and checkpoint, and
 /// exports the adapter with `export` when the run finishes or is stopped early.
 fn drive<O: Objective>(
-    trainer: &mut Trainer<'_, O>,
+    trainer: &mut Trainer<O>,
     inputs: &JobInputs,
     control: &Control,
     reporter: &mut dyn Reporter,

@@ -26,7 +26,7 @@ struct TrainerState {
     next_pass: u64,
 }
 
-impl<O: Objective> Trainer<'_, O> {
+impl<O: Objective> Trainer<O> {
     /// Writes trainable tensors, optimizer state and trainer state into `dir`.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), TrainError> {
         let fail = |reason: String| TrainError::Checkpoint {

@@ -138,7 +138,7 @@ pub enum Outcome {
 }
 
 /// The training loop over an [`Objective`].
-pub struct Trainer<'a, O: Objective> {
+pub struct Trainer<O: Objective> {
     objective: O,
     optimizer: AdamW,
     train: Loader<O::Example>,
@@ -147,10 +147,9 @@ pub struct Trainer<'a, O: Objective> {
     step: u64,
     /// The step of the last checkpoint handed out, so a pause right after one reuses it.
     last_checkpoint: Option<u64>,
-    _borrow: std::marker::PhantomData<&'a ()>,
 }
 
-impl<'a, M: CausalLm> Trainer<'a, CausalLmObjective<'a, M>> {
+impl<'a, M: CausalLm> Trainer<CausalLmObjective<'a, M>> {
     /// Causal-LM training of `adapters` on `model`.
     pub fn new(
         model: &'a M,
@@ -163,7 +162,7 @@ impl<'a, M: CausalLm> Trainer<'a, CausalLmObjective<'a, M>> {
     }
 }
 
-impl<'a> Trainer<'a, ClassificationObjective<'a>> {
+impl<'a> Trainer<ClassificationObjective<'a>> {
     /// Classification training of `adapters` and `head` on `model`.
     pub fn classifier(
         model: &'a Bert,
@@ -178,7 +177,7 @@ impl<'a> Trainer<'a, ClassificationObjective<'a>> {
     }
 }
 
-impl<'a, O: Objective> Trainer<'a, O> {
+impl<O: Objective> Trainer<O> {
     pub fn with_objective(
         objective: O,
         train: Loader<O::Example>,
@@ -197,7 +196,6 @@ impl<'a, O: Objective> Trainer<'a, O> {
             config,
             step: 0,
             last_checkpoint: None,
-            _borrow: std::marker::PhantomData,
         })
     }
 

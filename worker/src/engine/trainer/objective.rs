@@ -151,17 +151,26 @@ pub fn loss_and_grads<M: CausalLm>(
             });
         }
         let nll = model.masked_nll_sum_flat(&batch.input_ids, &batch.labels, &batch.mask, mode)?;
-        let loss = (nll * loss_scale)?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let forward = started.elapsed();
-        let store = loss.backward()?;
-        let grads = Grads::collect(&store, adapters.vars()).map_err(TrainError::GradientCut)?;
-        Ok(Pass {
-            loss: value,
-            grads,
-            forward,
-            backward: started.elapsed() - forward,
-        })
+        autograd_pass(&(nll * loss_scale)?, adapters.vars(), started)
+    })
+}
+
+/// The value of `loss` (timed as the forward pass since `started`) and, through candle's
+/// autograd, its gradient for every var in `vars`.
+fn autograd_pass(
+    loss: &Tensor,
+    vars: &BTreeMap<String, Var>,
+    started: Instant,
+) -> Result<Pass, TrainError> {
+    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let forward = started.elapsed();
+    let store = loss.backward()?;
+    let grads = Grads::collect(&store, vars).map_err(TrainError::GradientCut)?;
+    Ok(Pass {
+        loss: value,
+        grads,
+        forward,
+        backward: started.elapsed() - forward,
     })
 }
 
@@ -223,17 +232,7 @@ impl Objective for ClassificationObjective<'_> {
     ) -> Result<Pass, TrainError> {
         let started = Instant::now();
         let (nll, _) = self.nll(batch, mode)?;
-        let loss = (nll.sum_all()? * scale)?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let forward = started.elapsed();
-        let store = loss.backward()?;
-        let grads = Grads::collect(&store, &self.vars).map_err(TrainError::GradientCut)?;
-        Ok(Pass {
-            loss: value,
-            grads,
-            forward,
-            backward: started.elapsed() - forward,
-        })
+        autograd_pass(&(nll.sum_all()? * scale)?, &self.vars, started)
     }
 
     fn evaluate(&self, batches: &[ClassBatch]) -> Result<EvalSums, TrainError> {
