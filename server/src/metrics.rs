@@ -1,4 +1,4 @@
-//! Service metrics (DESIGN.md §6): queue depth, finished jobs, job durations, worker
+//! Service metrics (docs/design.md §6.3): queue depth, finished jobs, job durations, worker
 //! throughput, lease losses, and per-RPC counts and latencies (recorded by the edge layer). Instruments come from the global OpenTelemetry meter, which is
 //! a no-op until `telemetry::init` installs an OTLP exporter, so recording is always cheap.
 

@@ -1,5 +1,5 @@
 //! Logging and tracing for Tuna's processes (server, worker, demo): `tracing` everywhere, OTLP
-//! export of spans and metrics when the `[telemetry]` section names an endpoint (DESIGN.md §6),
+//! export of spans and metrics when the `[telemetry]` section names an endpoint (docs/design.md §6.3),
 //! and the shutdown signal every long-running command drains on. A crate of its own so the
 //! worker side sets up logging without linking the control plane.
 
