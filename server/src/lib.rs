@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod domain;
 pub mod edge;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod model_facts;
 pub mod search;

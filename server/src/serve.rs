@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 use tonic::transport::Server;
+use tower::Layer;
+use tower::util::BoxCloneSyncService;
 use tuna_proto::v1::artifact_service_server::ArtifactServiceServer;
 use tuna_proto::v1::file_service_server::FileServiceServer;
+use tuna_proto::v1::fleet_service_server::FleetServiceServer;
 use tuna_proto::v1::job_service_server::JobServiceServer;
 use tuna_proto::v1::model_service_server::ModelServiceServer;
 use tuna_proto::v1::sweep_service_server::SweepServiceServer;
@@ -19,6 +23,7 @@ use tuna_proto::v1::worker_service_server::WorkerServiceServer;
 
 use crate::api::artifacts::Artifacts;
 use crate::api::files::Files;
+use crate::api::fleet::Fleet;
 use crate::api::jobs::Jobs;
 use crate::api::models::Models;
 use crate::api::sweeps::Sweeps;
@@ -28,6 +33,7 @@ use crate::blobs::{BlobError, Blobs};
 use crate::config::{Config, ConfigError};
 use crate::edge::auth::Token;
 use crate::edge::{EdgeConfig, EdgeLayer};
+use crate::http::{GrpcStack, HttpLayer, RouteError};
 use crate::metrics::{ServiceMetrics, sample_forever};
 use crate::store::{self, Clock, Store, StoreError, SystemClock};
 use crate::sweeps::Controller;
@@ -50,6 +56,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Routes(#[from] RouteError),
     #[error(
         "refusing to serve {addr} without {missing}: anyone who reaches a non-loopback address \
          could run, read and cancel jobs. Set TUNA_API_KEY and TUNA_WORKER_TOKEN (or [api] \
@@ -197,6 +205,9 @@ impl ControlPlane {
         health_reporter
             .set_serving::<SweepServiceServer<Sweeps>>()
             .await;
+        health_reporter
+            .set_serving::<FleetServiceServer<Fleet>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tuna_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -236,13 +247,7 @@ impl ControlPlane {
                 .set_not_serving::<WorkerServiceServer<Workers>>()
                 .await;
         };
-        tracing::info!(addr = ?local, "tuna control plane serving");
-        let result = Server::builder()
-            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(edge)
-            .add_service(health)
+        let routes = Routes::new(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(JobServiceServer::new(Jobs::new(ctx.clone())))
@@ -250,7 +255,22 @@ impl ControlPlane {
             .add_service(ArtifactServiceServer::new(Artifacts::new(ctx.clone())))
             .add_service(ModelServiceServer::new(Models::new(ctx.clone())))
             .add_service(SweepServiceServer::new(Sweeps::new(ctx.clone())))
+            .add_service(FleetServiceServer::new(Fleet::new(ctx.clone())))
             .add_service(WorkerServiceServer::new(Workers::new(ctx)))
+            .prepare();
+        // The JSON gateway calls the services through the same edge stack (and the same
+        // concurrency cap and metrics), in-process.
+        let grpc: GrpcStack = BoxCloneSyncService::new(edge.clone().layer(routes.clone()));
+        let http = HttpLayer::new(grpc)?;
+        tracing::info!(addr = ?local, "tuna control plane serving (gRPC, and HTTP: /api/, dashboard at /)");
+        let result = Server::builder()
+            .accept_http1(true)
+            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(http)
+            .layer(edge)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         reaper.abort();

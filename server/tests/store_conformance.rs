@@ -645,6 +645,41 @@ mod cases {
         assert_eq!(stops, 1, "idempotent");
     }
 
+    pub async fn the_fleet_lists_workers_by_last_sighting_with_their_current_job(
+        store: S,
+        clock: C,
+    ) {
+        let idle = worker(&store, "idle").await;
+        clock.advance(1_000);
+        let busy = worker(&store, "busy").await;
+        let (job, _) = store.create_job(new_job(0, 3)).await.unwrap();
+        let lease = store.claim_job(&busy).await.unwrap().unwrap();
+        assert_eq!(lease.job.id, job.id);
+        clock.advance(5_000);
+        // A heartbeat counts as a sighting: the busy worker does not long-poll.
+        store
+            .heartbeat(fence(&job.id, &lease.lease_token))
+            .await
+            .unwrap();
+        let all = store.list_workers(None, 100).await.unwrap();
+        let ids: Vec<&str> = all.iter().map(|w| w.worker.id.as_str()).collect();
+        assert_eq!(ids, [busy.id.as_str(), idle.id.as_str()]);
+        assert_eq!(all[0].current_job_id.as_deref(), Some(job.id.as_str()));
+        assert_eq!(all[1].current_job_id, None);
+        assert_eq!(all[0].last_seen_at, clock.now_ms_for_test());
+        // Only recent sightings, and the limit.
+        let recent = store.list_workers(Some(3_000), 100).await.unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(store.list_workers(None, 1).await.unwrap().len(), 1);
+        // Finishing the job leaves the worker idle.
+        store
+            .complete_job(fence(&job.id, &lease.lease_token), Outcome::Succeeded)
+            .await
+            .unwrap();
+        let all = store.list_workers(None, 100).await.unwrap();
+        assert_eq!(all[0].current_job_id, None);
+    }
+
     /// Lets cases read the manual clock without importing the trait everywhere.
     trait NowForTest {
         fn now_ms_for_test(&self) -> i64;
@@ -700,6 +735,7 @@ conformance!(
     model_registry_keeps_its_files_and_refuses_in_use_deletes,
     stop_early_reaches_the_worker_through_heartbeats_and_metrics_reports,
     a_system_failure_while_pausing_pauses_instead_of_retrying,
+    the_fleet_lists_workers_by_last_sighting_with_their_current_job,
 );
 
 /// PostgreSQL only: a change committed through one replica wakes waiters of another replica

@@ -83,6 +83,8 @@ pub struct ServerProcess {
     child: Child,
     pub url: String,
     pub log: PathBuf,
+    /// The server's `TUNA_API_KEY`, which [`Self::cli`] passes on.
+    pub api_key: Option<String>,
 }
 
 impl ServerProcess {
@@ -128,10 +130,15 @@ impl ServerProcess {
             .stderr(log_file)
             .spawn()
             .unwrap();
+        let api_key = env
+            .iter()
+            .find(|(k, _)| *k == "TUNA_API_KEY")
+            .map(|(_, v)| v.to_string());
         let server = Self {
             child,
             url: format!("http://{listen}"),
             log,
+            api_key,
         };
         server.wait_ready();
         server
@@ -154,11 +161,12 @@ impl ServerProcess {
 
     /// Runs the `tuna` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(tuna_bin())
-            .args(args)
-            .env("TUNA_SERVER", &self.url)
-            .output()
-            .unwrap()
+        let mut cmd = Command::new(tuna_bin());
+        cmd.args(args).env("TUNA_SERVER", &self.url);
+        if let Some(key) = &self.api_key {
+            cmd.env("TUNA_API_KEY", key);
+        }
+        cmd.output().unwrap()
     }
 
     /// Runs the CLI with `--output json` and parses stdout; panics with stderr on failure.

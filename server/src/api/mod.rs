@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod convert;
 pub mod files;
+pub mod fleet;
 pub mod jobs;
 pub mod models;
 pub mod page_token;

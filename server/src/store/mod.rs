@@ -133,6 +133,16 @@ pub struct WorkerRecord {
     pub capabilities: String,
 }
 
+/// A worker as operators see it: when it was last seen and what it runs now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerStatus {
+    pub worker: WorkerRecord,
+    pub registered_at: i64,
+    pub last_seen_at: i64,
+    /// The job whose lease it holds, if any.
+    pub current_job_id: Option<String>,
+}
+
 /// A claimed job: what the worker needs to run the attempt.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -397,6 +407,12 @@ pub trait Store: Send + Sync + 'static {
         capabilities: &str,
     ) -> Result<WorkerRecord>;
     async fn get_worker(&self, id: &str) -> Result<WorkerRecord>;
+    /// Most recently seen first; with `seen_within_ms`, only workers seen that recently.
+    async fn list_workers(
+        &self,
+        seen_within_ms: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<WorkerStatus>>;
     /// Claims the best job the worker can run: QUEUED and due, or RUNNING with an expired lease
     /// (reclaimed with attempt + 1). Highest priority first, then oldest.
     async fn claim_job(&self, worker: &WorkerRecord) -> Result<Option<Lease>>;

@@ -85,7 +85,7 @@ macro_rules! impl_store {
             ArtifactRecord, Cursor, EventRecord, FailReply, Fence, FileRecord, HeartbeatReply,
             JobFilter, JobRecord, Lease, MetricInput, MetricRecord, MetricsReply, ModelFileRecord,
             ModelRecord, NewArtifact, NewJob, Result, StoreError, SweepAdvance, SweepEventRecord,
-            SweepRecord, TrialRecord, UpdateRecord, WorkerRecord,
+            SweepRecord, TrialRecord, UpdateRecord, WorkerRecord, WorkerStatus,
         };
 
         type Tx = sqlx::Transaction<'static, $Db>;
@@ -172,6 +172,14 @@ macro_rules! impl_store {
 
             async fn get_worker(&self, id: &str) -> Result<WorkerRecord> {
                 get_worker(self, id).await
+            }
+
+            async fn list_workers(
+                &self,
+                seen_within_ms: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<WorkerStatus>> {
+                list_workers(self, seen_within_ms, limit).await
             }
 
             async fn claim_job(&self, worker: &WorkerRecord) -> Result<Option<Lease>> {

@@ -107,6 +107,15 @@ macro_rules! sql_queue {
             .ok_or_else(|| StoreError::LeaseLost {
                 job_id: fence.job_id.to_string(),
             })?;
+            // The fleet view's "last seen": a busy worker heartbeats but does not long-poll.
+            sqlx::query(
+                "UPDATE workers SET last_seen_at = $2 \
+                 WHERE id = (SELECT worker_id FROM jobs WHERE id = $1)",
+            )
+            .bind(fence.job_id)
+            .bind(store.clock.now_ms())
+            .execute(&store.pool)
+            .await?;
             let state: String = row.try_get("state")?;
             let stop: bool = row.try_get("stop_requested")?;
             let directive = queue::directive_for(parse_text("jobs", &state, JobState::parse)?, stop);

@@ -58,5 +58,35 @@ macro_rules! sql_workers {
             })?;
             worker_from_row(&row)
         }
+
+        async fn list_workers(
+            store: &$Store,
+            seen_within_ms: Option<i64>,
+            limit: u32,
+        ) -> Result<Vec<WorkerStatus>> {
+            let rows = sqlx::query(
+                "SELECT w.id, w.name, w.device, w.memory_bytes, w.capabilities, \
+                 w.registered_at, w.last_seen_at, \
+                 (SELECT j.id FROM jobs j WHERE j.worker_id = w.id \
+                  AND j.state IN ('running', 'cancelling', 'pausing') \
+                  ORDER BY j.updated_at DESC LIMIT 1) AS current_job_id \
+                 FROM workers w WHERE w.last_seen_at >= $1 \
+                 ORDER BY w.last_seen_at DESC, w.id LIMIT $2",
+            )
+            .bind(seen_within_ms.map_or(i64::MIN, |w| store.clock.now_ms().saturating_sub(w)))
+            .bind(i64::from(limit))
+            .fetch_all(&store.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(WorkerStatus {
+                        worker: worker_from_row(row)?,
+                        registered_at: row.try_get("registered_at")?,
+                        last_seen_at: row.try_get("last_seen_at")?,
+                        current_job_id: row.try_get("current_job_id")?,
+                    })
+                })
+                .collect()
+        }
     };
 }
