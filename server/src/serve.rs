@@ -233,6 +233,7 @@ impl ControlPlane {
             Duration::from_secs(15),
         ));
 
+        let api_key = self.edge.api_key.clone();
         let edge = EdgeLayer::new(self.edge, self.ctx.metrics.clone());
         let ctx = self.ctx;
         let reporter = health_reporter.clone();
@@ -261,7 +262,7 @@ impl ControlPlane {
         // The JSON gateway calls the services through the same edge stack (and the same
         // concurrency cap and metrics), in-process.
         let grpc: GrpcStack = BoxCloneSyncService::new(edge.clone().layer(routes.clone()));
-        let http = HttpLayer::new(grpc)?;
+        let http = HttpLayer::new(grpc, api_key)?;
         tracing::info!(addr = ?local, "tuna control plane serving (gRPC, and HTTP: /api/, dashboard at /)");
         let result = Server::builder()
             .accept_http1(true)

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::dashboard;
 use super::gateway::{Gateway, GrpcStack};
 use super::routes::RouteError;
+use crate::edge::auth::Token;
 
 /// Puts the HTTP side in front of the gRPC stack.
 #[derive(Clone)]
@@ -22,10 +23,11 @@ pub struct HttpLayer {
 }
 
 impl HttpLayer {
-    /// `grpc`: the same services behind the same edge stack the server serves.
-    pub fn new(grpc: GrpcStack) -> Result<Self, RouteError> {
+    /// `grpc`: the same services behind the same edge stack the server serves; `api_key`:
+    /// the edge's client credential, also checked before a request body is read.
+    pub fn new(grpc: GrpcStack, api_key: Token) -> Result<Self, RouteError> {
         Ok(Self {
-            gateway: Gateway::new(grpc)?,
+            gateway: Gateway::new(grpc, api_key)?,
         })
     }
 }
