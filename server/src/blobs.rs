@@ -103,6 +103,12 @@ impl Blobs {
         }
     }
 
+    /// One request to the blob store (readiness): a missing probe key is an answer, any
+    /// other error means the store cannot be reached.
+    pub async fn ping(&self) -> Result<(), BlobError> {
+        self.exists("readiness-probe").await.map(|_| ())
+    }
+
     /// Number of blobs under a prefix (for example `tmp`).
     pub async fn count(&self, prefix: &str) -> Result<usize, BlobError> {
         let prefix = Path::from(prefix);

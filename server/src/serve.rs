@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tower::Layer;
@@ -187,27 +188,20 @@ impl ControlPlane {
             check_exposure(addr, &self.edge)?;
         }
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<JobServiceServer<Jobs>>()
-            .await;
-        health_reporter
-            .set_serving::<FileServiceServer<Files>>()
-            .await;
-        health_reporter
-            .set_serving::<ArtifactServiceServer<Artifacts>>()
-            .await;
-        health_reporter
-            .set_serving::<WorkerServiceServer<Workers>>()
-            .await;
-        health_reporter
-            .set_serving::<ModelServiceServer<Models>>()
-            .await;
-        health_reporter
-            .set_serving::<SweepServiceServer<Sweeps>>()
-            .await;
-        health_reporter
-            .set_serving::<FleetServiceServer<Fleet>>()
-            .await;
+        let services = vec![
+            <JobServiceServer<Jobs> as NamedService>::NAME,
+            <FileServiceServer<Files> as NamedService>::NAME,
+            <ArtifactServiceServer<Artifacts> as NamedService>::NAME,
+            <WorkerServiceServer<Workers> as NamedService>::NAME,
+            <ModelServiceServer<Models> as NamedService>::NAME,
+            <SweepServiceServer<Sweeps> as NamedService>::NAME,
+            <FleetServiceServer<Fleet> as NamedService>::NAME,
+        ];
+        for service in &services {
+            health_reporter
+                .set_service_status(*service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tuna_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -227,6 +221,14 @@ impl ControlPlane {
             Controller::new(self.ctx.store.clone(), tick)
                 .run_until(tick, self.ctx.shutdown.clone()),
         );
+        let readiness = tokio::spawn(crate::readiness::watch(
+            self.ctx.store.clone(),
+            self.ctx.blobs.clone(),
+            health_reporter.clone(),
+            services,
+            Duration::from_secs(1),
+            self.ctx.shutdown.clone(),
+        ));
         let sampler = tokio::spawn(sample_forever(
             self.ctx.store.clone(),
             self.ctx.metrics.clone(),
@@ -283,6 +285,7 @@ impl ControlPlane {
             tracing::warn!("the sweep controller did not stop in time");
         }
         sampler.abort();
+        readiness.abort();
         result?;
         tracing::info!("tuna control plane stopped");
         Ok(())

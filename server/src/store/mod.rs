@@ -438,6 +438,9 @@ pub trait Store: Send + Sync + 'static {
     /// On PostgreSQL only one replica reaps at a time.
     async fn reap_expired(&self) -> Result<u64>;
 
+    /// One round trip to the database (readiness).
+    async fn ping(&self) -> Result<()>;
+
     /// Events and metric points with `seq > after_seq`, at most `limit`, in `seq` order.
     async fn list_updates(
         &self,

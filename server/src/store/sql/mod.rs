@@ -219,6 +219,11 @@ macro_rules! impl_store {
                 reap_expired(self).await
             }
 
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn list_updates(
                 &self,
                 job_id: &str,
