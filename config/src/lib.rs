@@ -60,6 +60,13 @@ pub struct Api {
     pub unary_timeout_ms: u64,
     /// Most calls the server works on at once; further calls wait for a slot.
     pub concurrency_limit: u64,
+    /// Most file uploads streaming at once; more are RESOURCE_EXHAUSTED. Each holds a
+    /// temporary blob (an open file locally) until it ends. Workers' artifact uploads are not
+    /// counted, so clients cannot starve them.
+    pub max_concurrent_uploads: u64,
+    /// An upload that sends nothing for this long is abandoned (DEADLINE_EXCEEDED), so idle
+    /// streams cannot hold upload slots and open files.
+    pub upload_idle_timeout_ms: u64,
     /// Serve a non-loopback address without an API key or worker token. Off by default: such
     /// a server refuses to start, since anyone who reaches it could run and read jobs.
     pub insecure: bool,
@@ -75,6 +82,8 @@ impl Default for Api {
             max_acquire_wait_ms: 60_000,
             unary_timeout_ms: 30_000,
             concurrency_limit: 1_024,
+            max_concurrent_uploads: 64,
+            upload_idle_timeout_ms: 30_000,
             insecure: false,
         }
     }
@@ -202,6 +211,16 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
     ("TUNA_MAX_ACQUIRE_WAIT_MS", "api", "max_acquire_wait_ms"),
     ("TUNA_UNARY_TIMEOUT_MS", "api", "unary_timeout_ms"),
     ("TUNA_CONCURRENCY_LIMIT", "api", "concurrency_limit"),
+    (
+        "TUNA_MAX_CONCURRENT_UPLOADS",
+        "api",
+        "max_concurrent_uploads",
+    ),
+    (
+        "TUNA_UPLOAD_IDLE_TIMEOUT_MS",
+        "api",
+        "upload_idle_timeout_ms",
+    ),
     ("TUNA_INSECURE", "api", "insecure"),
     ("TUNA_DATABASE_URL", "queue", "database_url"),
     ("TUNA_DATA_DIR", "queue", "data_dir"),
@@ -367,6 +386,12 @@ impl Config {
         }
         if a.concurrency_limit == 0 {
             return Err(bad("api.concurrency_limit", "must be > 0".into()));
+        }
+        if a.max_concurrent_uploads == 0 {
+            return Err(bad("api.max_concurrent_uploads", "must be > 0".into()));
+        }
+        if a.upload_idle_timeout_ms == 0 {
+            return Err(bad("api.upload_idle_timeout_ms", "must be > 0".into()));
         }
         let w = &self.worker;
         if w.memory_bytes < 0 {

@@ -21,6 +21,9 @@ pub fn limits(config: &Config) -> Limits {
         max_upload_bytes: config.api.max_upload_bytes,
         max_acquire_wait_ms: config.api.max_acquire_wait_ms,
         poll_interval_ms: config.queue.poll_interval_ms,
+        max_concurrent_uploads: usize::try_from(config.api.max_concurrent_uploads)
+            .unwrap_or(usize::MAX),
+        upload_idle_timeout_ms: config.api.upload_idle_timeout_ms,
     }
 }
 

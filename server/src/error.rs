@@ -40,6 +40,12 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A limit on concurrent use was reached (the message names it).
+    #[error("{0}")]
+    Exhausted(String),
+    /// A stream went silent past its idle deadline.
+    #[error("{0}")]
+    Idle(String),
 }
 
 /// Most field violations one error carries; past it a last one says how many more there
@@ -160,6 +166,8 @@ impl From<ApiError> for Status {
             ApiError::DigestMismatch { .. } => Status::new(Code::DataLoss, message),
             ApiError::Unauthenticated(_) => Status::unauthenticated(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
+            ApiError::Exhausted(_) => Status::resource_exhausted(message),
+            ApiError::Idle(_) => Status::deadline_exceeded(message),
             ApiError::Blob(e) => match e {
                 BlobError::NotFound(_) => Status::not_found(message),
                 _ => internal("blob store error", &e),

@@ -153,6 +153,11 @@ impl ControlPlane {
             ctx: ApiContext {
                 store,
                 blobs,
+                uploads: Arc::new(tokio::sync::Semaphore::new(
+                    limits
+                        .max_concurrent_uploads
+                        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+                )),
                 limits,
                 metrics: ServiceMetrics::new(),
                 shutdown,

@@ -290,3 +290,76 @@ async fn oversized_lists_and_values_are_refused_naming_the_limit(pool: sqlx::PgP
     assert!(err.message().len() < 64 << 10, "{}", err.message().len());
     h.stop().await;
 }
+
+/// An upload stream that sent its header and then stays open, silent.
+fn silent_upload(
+    channel: &tonic::transport::Channel,
+) -> (
+    tokio::sync::mpsc::Sender<pb::UploadFileRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::File>, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let header = pb::UploadFileRequest {
+        data: Some(pb::upload_file_request::Data::Header(
+            pb::UploadFileHeader {
+                name: "slow.jsonl".into(),
+                purpose: pb::FilePurpose::Dataset as i32,
+                size_bytes: 100,
+                sha256: "0".repeat(64),
+                format: 0,
+            },
+        )),
+    };
+    let mut client = tuna_proto::v1::file_service_client::FileServiceClient::new(channel.clone());
+    let task = tokio::spawn(async move {
+        client
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        let _ = sender.send(header).await;
+    });
+    (tx, task)
+}
+
+#[sqlx::test(migrations = false)]
+async fn idle_uploads_are_abandoned_and_never_hold_more_than_the_upload_slots(pool: sqlx::PgPool) {
+    let store = tuna_server::store::postgres::PgStore::from_pool(
+        pool,
+        support::policy(),
+        Arc::new(tuna_server::store::SystemClock),
+    )
+    .await
+    .unwrap();
+    let limits = Limits {
+        max_concurrent_uploads: 2,
+        upload_idle_timeout_ms: 500,
+        ..Limits::default()
+    };
+    let h = Harness::start(Arc::new(store), limits, Config::default()).await;
+    let (_keep_a, a) = silent_upload(&h.channel);
+    let (_keep_b, b) = silent_upload(&h.channel);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Both slots are taken: a third upload is refused at once, naming the limit.
+    let (_keep_c, c) = silent_upload(&h.channel);
+    let started = Instant::now();
+    let refused = c.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("max_concurrent_uploads"));
+    assert!(started.elapsed() < Duration::from_millis(400));
+    // The silent ones are abandoned after the idle deadline, though their streams stay open.
+    for task in [a, b] {
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert!(err.message().contains("upload_idle_timeout_ms"));
+    }
+    // Their slots and temporary blobs are released.
+    assert_eq!(h.blobs.count("tmp").await.unwrap(), 0);
+    // A new upload gets a slot again: ending it after the header is judged on its content.
+    let (tx, d) = silent_upload(&h.channel);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(tx);
+    let err = d.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}

@@ -1,6 +1,7 @@
 //! `tuna.v1.FileService`: datasets and model files, streamed into the blob store.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -8,8 +9,8 @@ use tuna_proto::v1 as pb;
 use tuna_proto::v1::file_service_server::FileService;
 
 use super::{
-    ApiContext, convert, page_token, receive_blob, rechunk, require_id, require_name,
-    require_sha256, require_size,
+    ApiContext, convert, next_within, page_token, receive_blob, rechunk, require_id, require_name,
+    require_sha256, require_size, upload_slot,
 };
 use crate::dataset::JsonlValidator;
 use crate::domain::{FilePurpose, ids};
@@ -66,8 +67,10 @@ impl FileService for Files {
         &self,
         request: Request<Streaming<pb::UploadFileRequest>>,
     ) -> Result<Response<pb::File>, Status> {
+        let _slot = upload_slot(&self.ctx)?;
+        let idle = Duration::from_millis(self.ctx.limits.upload_idle_timeout_ms);
         let mut stream = request.into_inner();
-        let header = match stream.next().await {
+        let header = match next_within(&mut stream, idle).await? {
             Some(Ok(pb::UploadFileRequest {
                 data: Some(pb::upload_file_request::Data::Header(h)),
             })) => h,
@@ -110,6 +113,7 @@ impl FileService for Files {
             header.size_bytes,
             &header.sha256,
             validator.as_mut(),
+            idle,
         )
         .await?;
         let (format, line_count) = match validator.map(JsonlValidator::finish).transpose() {

@@ -12,6 +12,7 @@ pub mod sweeps;
 pub mod workers;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 
@@ -32,6 +33,10 @@ pub struct Limits {
     pub max_acquire_wait_ms: i64,
     /// How often waiters re-check the database when no notification arrives.
     pub poll_interval_ms: u64,
+    /// Most file uploads streaming at once (workers' artifact uploads are not counted).
+    pub max_concurrent_uploads: usize,
+    /// An upload silent for this long is abandoned.
+    pub upload_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -40,6 +45,8 @@ impl Default for Limits {
             max_upload_bytes: 10 * 1024 * 1024 * 1024,
             max_acquire_wait_ms: 60_000,
             poll_interval_ms: 1_000,
+            max_concurrent_uploads: 64,
+            upload_idle_timeout_ms: 30_000,
         }
     }
 }
@@ -50,6 +57,8 @@ pub struct ApiContext {
     pub store: Arc<dyn Store>,
     pub blobs: Blobs,
     pub limits: Limits,
+    /// Upload slots ([`Limits::max_concurrent_uploads`]).
+    pub uploads: Arc<tokio::sync::Semaphore>,
     pub metrics: ServiceMetrics,
     /// Flips to true when the server starts shutting down, so long-lived calls (watches,
     /// long-polls) end instead of holding the graceful shutdown open.
@@ -198,12 +207,39 @@ pub fn require_size(field: &str, size: i64, limits: &Limits) -> Result<(), ApiEr
 
 /// Streams chunks into a temporary blob, enforcing the declared size and checking the digest
 /// (and, for datasets, every JSONL line). On any error the partial blob is removed.
+/// A slot for one upload, or RESOURCE_EXHAUSTED naming the limit. Held until the upload
+/// ends, so idle or slow streams cannot pile up temporary blobs and open files.
+pub fn upload_slot(ctx: &ApiContext) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    ctx.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Exhausted(format!(
+            "{} uploads are already in progress (api.max_concurrent_uploads); retry later",
+            ctx.limits.max_concurrent_uploads
+        ))
+    })
+}
+
+/// The next message of an upload stream, or DEADLINE_EXCEEDED after `idle` of silence.
+pub async fn next_within<S: Stream + Unpin>(
+    stream: &mut S,
+    idle: Duration,
+) -> Result<Option<S::Item>, ApiError> {
+    tokio::time::timeout(idle, stream.next())
+        .await
+        .map_err(|_| {
+            ApiError::Idle(format!(
+                "the upload sent nothing for {} ms (api.upload_idle_timeout_ms); abandoned",
+                idle.as_millis()
+            ))
+        })
+}
+
 pub async fn receive_blob<S>(
     blobs: &Blobs,
     mut chunks: S,
     declared_size: i64,
     declared_sha256: &str,
     mut validator: Option<&mut JsonlValidator>,
+    idle: Duration,
 ) -> Result<FinishedBlob, ApiError>
 where
     S: Stream<Item = Result<Vec<u8>, ApiError>> + Unpin,
@@ -211,7 +247,7 @@ where
     let declared = u64::try_from(declared_size).unwrap_or(0);
     let mut writer = blobs.begin().await?;
     let streamed: Result<(), ApiError> = async {
-        while let Some(chunk) = chunks.next().await {
+        while let Some(chunk) = next_within(&mut chunks, idle).await? {
             let chunk = chunk?;
             if writer.size() + chunk.len() as u64 > declared {
                 return Err(ApiError::field(

@@ -9,7 +9,8 @@ use tuna_proto::v1::worker_service_server::WorkerService;
 use tuna_proto::{ts_from_ms, ts_to_ms};
 
 use super::{
-    ApiContext, convert, receive_blob, require_id, require_name, require_sha256, require_size,
+    ApiContext, convert, next_within, receive_blob, require_id, require_name, require_sha256,
+    require_size,
 };
 use crate::domain::{Directive, FailureKind, Outcome, ids};
 use crate::error::ApiError;
@@ -297,7 +298,8 @@ impl WorkerService for Workers {
         request: Request<Streaming<pb::UploadArtifactRequest>>,
     ) -> Result<Response<pb::Artifact>, Status> {
         let mut stream = request.into_inner();
-        let header = match stream.next().await {
+        let idle = Duration::from_millis(self.ctx.limits.upload_idle_timeout_ms);
+        let header = match next_within(&mut stream, idle).await? {
             Some(Ok(pb::UploadArtifactRequest {
                 data: Some(pb::upload_artifact_request::Data::Header(h)),
             })) => h,
@@ -334,7 +336,8 @@ impl WorkerService for Workers {
             ))),
         });
         let blobs = &self.ctx.blobs;
-        let finished = receive_blob(blobs, chunks, header.size_bytes, &header.sha256, None).await?;
+        let finished =
+            receive_blob(blobs, chunks, header.size_bytes, &header.sha256, None, idle).await?;
         let id = ids::new_id(ids::ARTIFACT);
         let new = NewArtifact {
             blob_key: format!("artifacts/{}/{id}", header.job_id),
