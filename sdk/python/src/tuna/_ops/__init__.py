@@ -1,0 +1,1 @@
+"""The plans of every operation, one module per service (see :mod:`tuna._effects`)."""

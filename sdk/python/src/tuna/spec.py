@@ -1,0 +1,296 @@
+"""Typed builders for a job's spec: the PEFT method, hyperparameters and resources.
+
+Every field left ``None`` stays unset in the request, so the server applies its documented
+default (and the job's stored spec, returned by ``jobs.get``, shows the value it chose).
+Values are validated by the server, which names the offending field in
+:attr:`tuna.InvalidArgument.field_violations` (``spec.method.lora.r``, ...); the builders only
+check types, so the SDK never disagrees with the server about what is valid.
+
+>>> LoRA(r=16, alpha=32, target_modules=["q_proj", "v_proj"]).to_proto().lora.r
+16
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import ClassVar, Literal
+
+from tuna.v1 import job_pb2
+
+__all__ = [
+    "LoRA",
+    "DoRA",
+    "IA3",
+    "PromptTuning",
+    "BitFit",
+    "Full",
+    "Method",
+    "MethodLike",
+    "Hyperparameters",
+    "Resources",
+    "method_to_proto",
+    "build_job_spec",
+]
+
+LoraInit = Literal["default", "gaussian", "pissa", "lora_ga"]
+
+
+def _set_optional(message: object, values: Mapping[str, object]) -> None:
+    """Sets the fields of ``message`` whose value is not ``None``."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            getattr(message, name).extend(value)
+        else:
+            setattr(message, name, value)
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """Low-rank adaptation (``method.type = "lora"``).
+
+    Args:
+        r: rank, 1..=1024 (server default 8).
+        alpha: scaling numerator, > 0 (default ``2 * r``).
+        dropout: 0 <= dropout < 1 (default 0).
+        target_modules: module names (``q_proj``, ...) or ``["all-linear"]``; empty means the
+            architecture's default.
+        use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
+        init: PEFT's ``init_lora_weights``: default, gaussian, pissa or lora_ga.
+        lr_ratio_b: LoRA+ learning-rate ratio of B to A, >= 1 (default 1).
+    """
+
+    type: ClassVar[str] = "lora"
+
+    r: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    target_modules: Sequence[str] = ()
+    use_rslora: bool = False
+    init: LoraInit | None = None
+    lr_ratio_b: float | None = None
+
+    def to_proto(self) -> job_pb2.Method:
+        """The ``tuna.v1.Method`` message."""
+        params = job_pb2.LoraParams()
+        _set_optional(
+            params,
+            {
+                "r": self.r,
+                "alpha": None if self.alpha is None else float(self.alpha),
+                "dropout": None if self.dropout is None else float(self.dropout),
+                "target_modules": list(self.target_modules),
+                "use_rslora": self.use_rslora or None,
+                "init": self.init,
+                "lr_ratio_b": None if self.lr_ratio_b is None else float(self.lr_ratio_b),
+            },
+        )
+        return job_pb2.Method(type=self.type, lora=params)
+
+
+@dataclass(frozen=True)
+class DoRA(LoRA):
+    """Weight-decomposed low-rank adaptation (``method.type = "dora"``): LoRA's parameters
+    plus a learned magnitude vector. ``init`` pissa and lora_ga do not combine with DoRA."""
+
+    type: ClassVar[str] = "dora"
+
+
+@dataclass(frozen=True)
+class IA3:
+    """(IA)^3: learned rescaling vectors (``method.type = "ia3"``).
+
+    Args:
+        target_modules: empty means the architecture's default (k_proj, v_proj, down_proj on
+            Llama).
+    """
+
+    type: ClassVar[str] = "ia3"
+
+    target_modules: Sequence[str] = ()
+
+    def to_proto(self) -> job_pb2.Method:
+        """The ``tuna.v1.Method`` message."""
+        return job_pb2.Method(
+            type=self.type, ia3=job_pb2.Ia3Params(target_modules=list(self.target_modules))
+        )
+
+
+@dataclass(frozen=True)
+class PromptTuning:
+    """Soft prompt tuning (``method.type = "prompt_tuning"``).
+
+    Args:
+        num_virtual_tokens: trainable virtual tokens, 1..=512 (default 20).
+    """
+
+    type: ClassVar[str] = "prompt_tuning"
+
+    num_virtual_tokens: int | None = None
+
+    def to_proto(self) -> job_pb2.Method:
+        """The ``tuna.v1.Method`` message."""
+        params = job_pb2.PromptTuningParams()
+        _set_optional(params, {"num_virtual_tokens": self.num_virtual_tokens})
+        return job_pb2.Method(type=self.type, prompt_tuning=params)
+
+
+@dataclass(frozen=True)
+class BitFit:
+    """Bias-only fine-tuning (``method.type = "bitfit"``); no parameters."""
+
+    type: ClassVar[str] = "bitfit"
+
+    def to_proto(self) -> job_pb2.Method:
+        """The ``tuna.v1.Method`` message."""
+        return job_pb2.Method(type=self.type)
+
+
+@dataclass(frozen=True)
+class Full:
+    """Full fine-tuning of every weight (``method.type = "full"``); no parameters."""
+
+    type: ClassVar[str] = "full"
+
+    def to_proto(self) -> job_pb2.Method:
+        """The ``tuna.v1.Method`` message."""
+        return job_pb2.Method(type=self.type)
+
+
+Method = LoRA | DoRA | IA3 | PromptTuning | BitFit | Full
+#: What ``jobs.create(method=...)`` accepts: a helper, a method name with server defaults
+#: (``"lora"``, ``"ia3"``, ...) or a ``tuna.v1.Method`` message.
+MethodLike = Method | str | job_pb2.Method
+
+
+#: The method of ``jobs.create`` when none is given: LoRA with the server's defaults.
+DEFAULT_METHOD = LoRA()
+
+
+def method_to_proto(method: MethodLike) -> job_pb2.Method:
+    """The ``tuna.v1.Method`` for any :data:`MethodLike`."""
+    if isinstance(method, job_pb2.Method):
+        return method
+    if isinstance(method, str):
+        return job_pb2.Method(type=method)
+    if isinstance(method, (LoRA, IA3, PromptTuning, BitFit, Full)):
+        return method.to_proto()
+    raise TypeError(
+        "method must be LoRA, DoRA, IA3, PromptTuning, BitFit, Full, a method name or a "
+        f"tuna.v1.Method, not {type(method).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Training hyperparameters; ``None`` means the server's default (in brackets).
+
+    Args:
+        learning_rate: > 0 and <= 1 [2e-4].
+        epochs: passes over the training file, 1..=1000 [3]; ignored when ``max_steps`` is set.
+        max_steps: optimizer steps; bounds training instead of epochs.
+        batch_size: 1..=4096 [8].
+        grad_accumulation: micro-batches per optimizer step, 1..=1024 [1].
+        warmup_steps: linear warmup, >= 0 [0].
+        schedule: ``cosine`` [default], ``linear`` or ``constant``.
+        weight_decay: >= 0 [0].
+        max_seq_len: 1..=131072 [512].
+        seed: seed of every random choice [0].
+        eval_every: evaluate every N steps, 0 = only at the end [0].
+        checkpoint_every: checkpoint every N steps, 0 = never [100].
+        max_grad_norm: global-norm clipping, > 0 [1.0].
+        optimizer: ``adamw`` [default].
+    """
+
+    learning_rate: float | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    grad_accumulation: int | None = None
+    warmup_steps: int | None = None
+    schedule: Literal["cosine", "linear", "constant"] | None = None
+    weight_decay: float | None = None
+    max_seq_len: int | None = None
+    seed: int | None = None
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    max_grad_norm: float | None = None
+    optimizer: str | None = None
+
+    _FLOATS: ClassVar[frozenset[str]] = frozenset(
+        {"learning_rate", "weight_decay", "max_grad_norm"}
+    )
+
+    def to_proto(self) -> job_pb2.Hyperparameters:
+        """The ``tuna.v1.Hyperparameters`` message."""
+        message = job_pb2.Hyperparameters()
+        values: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name in self._FLOATS:
+                value = float(value)
+            values[f.name] = value
+        _set_optional(message, values)
+        return message
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a worker needs to run the job.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``any`` (default).
+        min_memory_bytes: minimum device memory of the worker (default 0).
+    """
+
+    device: Literal["cpu", "cuda", "any"] | None = None
+    min_memory_bytes: int | None = None
+
+    def to_proto(self) -> job_pb2.Resources:
+        """The ``tuna.v1.Resources`` message."""
+        message = job_pb2.Resources()
+        _set_optional(message, {"device": self.device, "min_memory_bytes": self.min_memory_bytes})
+        return message
+
+
+def build_job_spec(
+    *,
+    model: str,
+    training_file: str,
+    validation_file: str | None = None,
+    method: MethodLike = DEFAULT_METHOD,
+    hyperparameters: Hyperparameters | job_pb2.Hyperparameters | None = None,
+    resources: Resources | job_pb2.Resources | None = None,
+    task: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> job_pb2.JobSpec:
+    """Assembles a ``tuna.v1.JobSpec`` from the typed pieces (ids already resolved)."""
+    spec = job_pb2.JobSpec(base_model=model, training_file=training_file)
+    if validation_file:
+        spec.validation_file = validation_file
+    spec.method.CopyFrom(method_to_proto(method))
+    if hyperparameters is not None:
+        spec.hyperparameters.CopyFrom(
+            hyperparameters
+            if isinstance(hyperparameters, job_pb2.Hyperparameters)
+            else hyperparameters.to_proto()
+        )
+    if resources is not None:
+        spec.resources.CopyFrom(
+            resources if isinstance(resources, job_pb2.Resources) else resources.to_proto()
+        )
+    if task:
+        spec.task = task
+    if priority is not None:
+        spec.priority = priority
+    if max_attempts is not None:
+        spec.max_attempts = max_attempts
+    for key, value in (labels or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"labels must map str to str, got {key!r}: {value!r}")
+        spec.labels[key] = value
+    return spec

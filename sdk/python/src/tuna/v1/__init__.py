@@ -1,0 +1,1 @@
+"""Generated from proto/tuna/v1 by sdk/python/scripts/gen_stubs.py; do not edit."""
