@@ -50,7 +50,9 @@ pub fn init(service_name: &str, config: &Telemetry) -> Result<TelemetryGuard, Te
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),
+        // Colour only for a terminal: escape codes in a log file or collector are noise.
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),

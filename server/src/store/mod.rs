@@ -116,10 +116,20 @@ pub struct Cursor {
 }
 
 /// Identifies the attempt a worker write belongs to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Fence<'a> {
     pub job_id: &'a str,
     pub lease_token: &'a str,
+}
+
+/// The token is a credential for the attempt: spans and logs get the job only.
+impl std::fmt::Debug for Fence<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("job_id", &self.job_id)
+            .field("lease_token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A worker as registered.
@@ -144,7 +154,7 @@ pub struct WorkerStatus {
 }
 
 /// A claimed job: what the worker needs to run the attempt.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Lease {
     pub job: JobRecord,
     pub lease_token: String,
@@ -153,6 +163,18 @@ pub struct Lease {
     pub resume_from: Option<ArtifactRecord>,
     /// The job was taken over from an attempt whose lease expired.
     pub reclaimed: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("job", &self.job)
+            .field("lease_token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("resume_from", &self.resume_from)
+            .field("reclaimed", &self.reclaimed)
+            .finish()
+    }
 }
 
 /// Answer to a heartbeat.
@@ -541,5 +563,23 @@ pub async fn open(url: &str, policy: QueuePolicy, clock: Arc<dyn Clock>) -> Resu
         Ok(Arc::new(
             sqlite::SqliteStore::connect(url, policy, clock).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Store functions are traced with their arguments (`instrument(skip(store))`), so a
+    /// fence's Debug is what reaches spans and logs.
+    #[test]
+    fn lease_tokens_never_reach_debug_output_or_spans() {
+        let fence = Fence {
+            job_id: "job_1",
+            lease_token: "lease-secret-token",
+        };
+        let text = format!("{fence:?}");
+        assert!(text.contains("job_1"));
+        assert!(!text.contains("lease-secret-token"), "{text}");
     }
 }

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod conn;
 mod heartbeat;
 mod metrics;
+mod settle;
 
 pub mod runner;
 
@@ -370,7 +371,7 @@ impl Agent {
     ) {
         let job = &lease.job_id;
         let token = &lease.lease_token;
-        let mut client = self.conn.worker();
+        let client = self.conn.worker();
         let Finished {
             outcome,
             uploader,
@@ -392,7 +393,13 @@ impl Agent {
                     kind: kind as i32,
                     message: truncate(&e.to_string(), 4096),
                 };
-                if let Err(s) = client.fail_job(req).await {
+                let patience = settle::Patience::for_lease(self.lease);
+                let (result, _) = settle::settle(patience, || {
+                    let (mut client, req) = (client.clone(), req.clone());
+                    async move { client.fail_job(req).await }
+                })
+                .await;
+                if let Err(s) = result {
                     tracing::warn!(error = %s, "could not report the failure; the lease will expire");
                 }
                 return;
@@ -446,7 +453,12 @@ impl Agent {
                 kind: pb::FailureKind::System as i32,
                 message: truncate(&format!("uploading the adapter failed: {e}"), 4096),
             };
-            let _ = client.fail_job(req).await;
+            let patience = settle::Patience::for_lease(self.lease);
+            let _ = settle::settle(patience, || {
+                let (mut client, req) = (client.clone(), req.clone());
+                async move { client.fail_job(req).await }
+            })
+            .await;
             return;
         }
         let req = pb::CompleteJobRequest {
@@ -454,7 +466,14 @@ impl Agent {
             lease_token: token.clone(),
             outcome: outcome_kind as i32,
         };
-        match client.complete_job(req).await {
+        let patience = settle::Patience::for_lease(self.lease);
+        match settle::settle(patience, || {
+            let (mut client, req) = (client.clone(), req.clone());
+            async move { client.complete_job(req).await }
+        })
+        .await
+        .0
+        {
             Ok(r) => tracing::info!(state = ?r.into_inner().state(), "attempt ended"),
             Err(s) => {
                 tracing::warn!(error = %s, "could not end the attempt; the lease will expire")
