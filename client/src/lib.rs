@@ -187,19 +187,8 @@ impl Client {
             )),
         };
         let file = tokio::fs::File::open(path).await.map_err(io)?;
-        let chunks = futures::stream::unfold(Some(file), |state| async move {
-            let mut file = state?;
-            let mut buf = vec![0u8; tuna_proto::CHUNK_SIZE];
-            match read_full(&mut file, &mut buf).await {
-                Ok(0) | Err(_) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    let msg = pb::UploadFileRequest {
-                        data: Some(pb::upload_file_request::Data::Chunk(buf)),
-                    };
-                    Some((msg, Some(file)))
-                }
-            }
+        let chunks = futures::StreamExt::map(file_chunks(file), |c| pb::UploadFileRequest {
+            data: Some(pb::upload_file_request::Data::Chunk(c)),
         });
         let stream = futures::StreamExt::chain(futures::stream::once(async { header }), chunks);
         Ok(self.files().upload(stream).await?.into_inner())
@@ -474,6 +463,23 @@ async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Resul
         filled += n;
     }
     Ok(filled)
+}
+
+/// A file's bytes in [`tuna_proto::CHUNK_SIZE`] chunks, read as the stream is polled (one
+/// chunk in memory at a time). A read error ends the stream early, which the server refuses
+/// as shorter than the declared size.
+pub fn file_chunks(file: tokio::fs::File) -> impl futures::Stream<Item = Vec<u8>> + Send + 'static {
+    futures::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; tuna_proto::CHUNK_SIZE];
+        match read_full(&mut file, &mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((buf, Some(file)))
+            }
+        }
+    })
 }
 
 /// Size and lowercase hex SHA-256 of a file.

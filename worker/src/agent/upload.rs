@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
+use futures::StreamExt;
+
 use tuna_proto::v1 as pb;
 
 use super::cache::Cache;
@@ -80,8 +81,9 @@ async fn upload_file(
         path: path.display().to_string(),
         source,
     };
-    let bytes = tokio::fs::read(path).await.map_err(io)?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    // Two passes over the file, never the whole archive in memory: the digest first (the
+    // header carries it), then the bytes chunk by chunk.
+    let (size, sha256) = tuna_client::hash_file(path).await.map_err(io)?;
     let header = pb::UploadArtifactRequest {
         data: Some(pb::upload_artifact_request::Data::Header(
             pb::UploadArtifactHeader {
@@ -90,23 +92,17 @@ async fn upload_file(
                 kind: kind as i32,
                 step,
                 name: name.to_string(),
-                size_bytes: bytes.len() as i64,
+                size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
                 sha256,
             },
         )),
     };
-    let mut messages = vec![header];
-    messages.extend(
-        bytes
-            .chunks(tuna_proto::CHUNK_SIZE)
-            .map(|c| pb::UploadArtifactRequest {
-                data: Some(pb::upload_artifact_request::Data::Chunk(c.to_vec())),
-            }),
-    );
-    let reply = conn
-        .worker()
-        .upload_artifact(futures::stream::iter(messages))
-        .await?;
+    let file = tokio::fs::File::open(path).await.map_err(io)?;
+    let chunks = tuna_client::file_chunks(file).map(|c| pb::UploadArtifactRequest {
+        data: Some(pb::upload_artifact_request::Data::Chunk(c)),
+    });
+    let messages = futures::stream::once(async { header }).chain(chunks);
+    let reply = conn.worker().upload_artifact(messages).await?;
     Ok(reply.into_inner())
 }
 
