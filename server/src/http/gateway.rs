@@ -55,7 +55,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(grpc: GrpcStack, api_key: Token) -> Result<Self, RouteError> {
         let routes = RouteTable::client_api()?;
-        let openapi = Bytes::from(openapi::document(&routes).to_string());
+        let openapi = Bytes::from(openapi::document(&routes, api_key.is_set()).to_string());
         Ok(Self {
             routes: Arc::new(routes),
             grpc,

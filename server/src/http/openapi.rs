@@ -22,17 +22,19 @@ fn kind_schema(kind: &Kind) -> Value {
             json!({"type": "integer", "format": "int32"})
         }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
+        // Written as strings; read as strings or numbers (protobuf's JSON mapping).
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
-            json!({"type": "string", "format": "int64"})
+            json!({"type": ["string", "integer"], "format": "int64"})
         }
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "format": "byte"}),
         Kind::Message(m) => schema_ref(m),
-        Kind::Enum(e) => json!({
-            "type": "string",
-            "enum": e.values().map(|v| v.name().to_string()).collect::<Vec<_>>(),
-        }),
+        // Written as names; read as names or numbers.
+        Kind::Enum(e) => json!({"anyOf": [
+            {"type": "string", "enum": e.values().map(|v| v.name().to_string()).collect::<Vec<_>>()},
+            {"type": "integer"},
+        ]}),
     }
 }
 
@@ -51,10 +53,22 @@ fn field_schema(field: &FieldDescriptor) -> Value {
     }
 }
 
+/// The JSON mapping reads `null` as the field's default, so every field may be null.
+fn nullable(schema: Value) -> Value {
+    match schema.get("type").and_then(Value::as_str) {
+        Some(t) => {
+            let mut schema = schema.clone();
+            schema["type"] = json!([t, "null"]);
+            schema
+        }
+        None => json!({"anyOf": [schema, {"type": "null"}]}),
+    }
+}
+
 fn message_schema(message: &MessageDescriptor) -> Value {
     let properties: Map<String, Value> = message
         .fields()
-        .map(|f| (f.json_name().to_string(), field_schema(&f)))
+        .map(|f| (f.json_name().to_string(), nullable(field_schema(&f))))
         .collect();
     let mut schema = json!({"type": "object", "properties": properties});
     let oneofs: Vec<Value> = message
@@ -84,7 +98,9 @@ fn operation(rpc: &str, route: &Route) -> Value {
         "operationId": format!("{}_{}", service.name(), route.method.name()),
         "tags": [service.name()],
         "summary": format!("{} ({rpc})", route.method.name()),
-        "responses": {"default": error},
+        "responses": {"400": {"description": "INVALID_ARGUMENT: the request names a bad field (see fieldViolations)",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "default": error},
     });
     match route.shape() {
         Shape::Unary => {
@@ -123,8 +139,9 @@ fn operation(rpc: &str, route: &Route) -> Value {
     op
 }
 
-/// The whole document.
-pub fn document(table: &RouteTable) -> Value {
+/// The whole document; `secured` when the server requires the API key (then every operation
+/// declares the bearer scheme, and an unauthenticated call is a 401).
+pub fn document(table: &RouteTable, secured: bool) -> Value {
     let mut paths = Map::new();
     for (rpc, route) in table.iter() {
         let post = operation(rpc, route);
@@ -166,7 +183,7 @@ pub fn document(table: &RouteTable) -> Value {
             "correlationId": {"type": "string", "description": "quote it when reporting an INTERNAL error"}
         }}),
     );
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Tuna JSON API",
@@ -178,8 +195,11 @@ pub fn document(table: &RouteTable) -> Value {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
         },
-        "security": [{"bearer": []}]
-    })
+    });
+    if secured {
+        doc["security"] = json!([{"bearer": []}]);
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -204,7 +224,9 @@ mod tests {
     #[test]
     fn every_route_is_documented_and_every_reference_resolves() {
         let table = RouteTable::client_api().unwrap_or_else(|e| panic!("{e}"));
-        let doc = document(&table);
+        let doc = document(&table, true);
+        assert_eq!(doc["security"][0]["bearer"], json!([]));
+        assert!(document(&table, false).get("security").is_none());
         for (rpc, _) in table.iter() {
             assert!(doc["paths"].get(format!("/api/{rpc}")).is_some(), "{rpc}");
         }
