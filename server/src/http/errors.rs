@@ -65,18 +65,21 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// The JSON error body: `{"code", "message", "fieldViolations"?, "reason"?, "correlationId"?}`.
 pub fn error_json(status: &Status) -> Value {
+    let details = status.get_error_details();
+    let violations: Vec<Value> = details
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| json!({"field": v.field, "description": v.description}))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut body = json!({
         "code": code_name(status.code()),
         "message": status.message(),
+        "fieldViolations": violations,
     });
-    let details = status.get_error_details();
-    if let Some(bad) = details.bad_request() {
-        body["fieldViolations"] = bad
-            .field_violations
-            .iter()
-            .map(|v| json!({"field": v.field, "description": v.description}))
-            .collect();
-    }
     if let Some(info) = details.error_info() {
         body["reason"] = Value::String(info.reason.clone());
     }

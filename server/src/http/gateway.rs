@@ -75,7 +75,7 @@ impl Gateway {
             )));
         };
         if req.method() != Method::GET && req.method() != Method::POST {
-            let mut response = error_response(&Status::invalid_argument(format!(
+            let mut response = error_response(&Status::unimplemented(format!(
                 "{} is not allowed; use POST (or GET with query parameters)",
                 req.method()
             )));
