@@ -9,6 +9,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod endpoint;
 pub mod pack;
 pub mod spec_file;
 pub mod transfer;
@@ -23,7 +24,7 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 pub use tuna_proto::v1 as pb;
 use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
 use tuna_proto::v1::file_service_client::FileServiceClient;
@@ -95,14 +96,17 @@ pub struct Client {
 impl Client {
     /// Connects to `url` (for example `http://127.0.0.1:50051`).
     pub async fn connect(url: &str, api_key: Option<&str>) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| ClientError::Url {
-                url: url.to_string(),
-                message: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true);
-        let channel = endpoint
+        Self::connect_with(url, api_key, None).await
+    }
+
+    /// Connects to `url`; an `https://` server is verified against `ca_file` (PEM) when given,
+    /// else the system's roots.
+    pub async fn connect_with(
+        url: &str,
+        api_key: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let channel = endpoint::endpoint(url, ca_file)?
             .connect()
             .await
             .map_err(|source| ClientError::Connect {

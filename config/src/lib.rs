@@ -67,8 +67,13 @@ pub struct Api {
     /// An upload that sends nothing for this long is abandoned (DEADLINE_EXCEEDED), so idle
     /// streams cannot hold upload slots and open files.
     pub upload_idle_timeout_ms: u64,
-    /// Serve a non-loopback address without an API key or worker token. Off by default: such
-    /// a server refuses to start, since anyone who reaches it could run and read jobs.
+    /// PEM certificate chain and private key: with both set, gRPC, the JSON API and the
+    /// dashboard are served over TLS only.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Serve a non-loopback address without TLS, an API key or a worker token. Off by default:
+    /// such a server refuses to start, since anyone who reaches it (or reads its traffic)
+    /// could run and read jobs.
     pub insecure: bool,
 }
 
@@ -84,6 +89,8 @@ impl Default for Api {
             concurrency_limit: 1_024,
             max_concurrent_uploads: 64,
             upload_idle_timeout_ms: 30_000,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
             insecure: false,
         }
     }
@@ -168,6 +175,9 @@ pub struct Worker {
     pub token: String,
     /// API key for downloads, when the server requires one.
     pub api_key: String,
+    /// PEM CA certificate that signed the server's TLS certificate (for `https://` servers
+    /// with a private CA; empty means the system's roots).
+    pub ca_file: PathBuf,
     /// Name shown in job events; empty means the host name.
     pub name: String,
     /// cpu or cuda (cuda needs a build with `--features cuda`).
@@ -190,6 +200,7 @@ impl Default for Worker {
             server: "http://127.0.0.1:50051".into(),
             token: String::new(),
             api_key: String::new(),
+            ca_file: PathBuf::new(),
             name: String::new(),
             device: "cpu".into(),
             memory_bytes: 0,
@@ -221,7 +232,10 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "api",
         "upload_idle_timeout_ms",
     ),
+    ("TUNA_TLS_CERT", "api", "tls_cert"),
+    ("TUNA_TLS_KEY", "api", "tls_key"),
     ("TUNA_INSECURE", "api", "insecure"),
+    ("TUNA_CA_FILE", "worker", "ca_file"),
     ("TUNA_DATABASE_URL", "queue", "database_url"),
     ("TUNA_DATA_DIR", "queue", "data_dir"),
     ("TUNA_LEASE_MS", "queue", "lease_ms"),
@@ -389,6 +403,12 @@ impl Config {
         }
         if a.max_concurrent_uploads == 0 {
             return Err(bad("api.max_concurrent_uploads", "must be > 0".into()));
+        }
+        if a.tls_cert.as_os_str().is_empty() != a.tls_key.as_os_str().is_empty() {
+            return Err(bad(
+                "api.tls_cert",
+                "api.tls_cert and api.tls_key go together: set both or neither".into(),
+            ));
         }
         if a.upload_idle_timeout_ms == 0 {
             return Err(bad("api.upload_idle_timeout_ms", "must be > 0".into()));

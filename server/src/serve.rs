@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
 use tuna_proto::v1::artifact_service_server::ArtifactServiceServer;
@@ -61,11 +61,15 @@ pub enum ServeError {
     Routes(#[from] RouteError),
     #[error(
         "refusing to serve {addr} without {missing}: anyone who reaches a non-loopback address \
-         could run, read and cancel jobs. Set TUNA_API_KEY and TUNA_WORKER_TOKEN (or [api] \
-         api_key and worker_token; `openssl rand -hex 32` makes one), listen on 127.0.0.1, or \
-         pass --insecure (TUNA_INSECURE=true) to serve an open server on purpose"
+         could run, read and cancel jobs, and bearer tokens would cross the network in clear. \
+         Set TUNA_API_KEY and TUNA_WORKER_TOKEN (or [api] api_key and worker_token; `openssl \
+         rand -hex 32` makes one) and TLS (--tls-cert/--tls-key, [api] tls_cert and tls_key), \
+         listen on 127.0.0.1, or pass --insecure (TUNA_INSECURE=true) when TLS ends in front of \
+         the server or an open server is meant"
     )]
     Insecure { addr: SocketAddr, missing: String },
+    #[error("TLS: {path}: {message}")]
+    Tls { path: String, message: String },
 }
 
 /// Refuses a non-loopback listener when a secret is missing, unless `insecure`: an empty
@@ -74,11 +78,14 @@ pub fn check_exposure(addr: SocketAddr, edge: &EdgeConfig) -> Result<(), ServeEr
     if addr.ip().is_loopback() {
         return Ok(());
     }
-    let missing: Vec<&str> = [&edge.api_key, &edge.worker_token]
+    let mut missing: Vec<&str> = [&edge.api_key, &edge.worker_token]
         .into_iter()
         .filter(|t| !t.is_set())
         .map(|t| t.what())
         .collect();
+    if edge.tls.is_none() {
+        missing.push("TLS");
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -148,6 +155,10 @@ impl ControlPlane {
             ),
             concurrency_limit: usize::try_from(api.concurrency_limit).unwrap_or(usize::MAX),
             insecure: api.insecure,
+            tls: (!api.tls_cert.as_os_str().is_empty()).then(|| crate::edge::TlsFiles {
+                cert: api.tls_cert.clone(),
+                key: api.tls_key.clone(),
+            }),
         };
         Self {
             ctx: ApiContext {
@@ -241,6 +252,7 @@ impl ControlPlane {
         ));
 
         let api_key = self.edge.api_key.clone();
+        let tls = self.edge.tls.as_ref().map(tls_config).transpose()?;
         let edge = EdgeLayer::new(self.edge, self.ctx.metrics.clone());
         let ctx = self.ctx;
         let reporter = health_reporter.clone();
@@ -271,7 +283,14 @@ impl ControlPlane {
         let grpc: GrpcStack = BoxCloneSyncService::new(edge.clone().layer(routes.clone()));
         let http = HttpLayer::new(grpc, api_key)?;
         tracing::info!(addr = ?local, "tuna control plane serving (gRPC, and HTTP: /api/, dashboard at /)");
-        let result = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).map_err(|e| ServeError::Tls {
+                path: "certificate and key".into(),
+                message: e.to_string(),
+            })?;
+        }
+        let result = server
             .accept_http1(true)
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .tcp_nodelay(true)
@@ -295,6 +314,31 @@ impl ControlPlane {
         tracing::info!("tuna control plane stopped");
         Ok(())
     }
+}
+
+/// The server's TLS settings from its PEM files (read at start-up, so a bad path or file
+/// stops the server with the file named).
+fn tls_config(files: &crate::edge::TlsFiles) -> Result<ServerTlsConfig, ServeError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ServeError::Tls {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let cert = read(&files.cert)?;
+    let key = read(&files.key)?;
+    for (path, pem, marker) in [
+        (&files.cert, &cert, "CERTIFICATE"),
+        (&files.key, &key, "PRIVATE KEY"),
+    ] {
+        if !String::from_utf8_lossy(pem).contains(marker) {
+            return Err(ServeError::Tls {
+                path: path.display().to_string(),
+                message: format!("not a PEM file with a {marker} block"),
+            });
+        }
+    }
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
 }
 
 /// Periodically finishes what expired leases left behind (leader-only on PostgreSQL).

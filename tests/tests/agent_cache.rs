@@ -66,7 +66,7 @@ async fn files_are_downloaded_once_verified_and_assembled_into_model_folders() {
 
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(cache_dir.path()).unwrap();
-    let conn = Conn::new(&url, None, None).unwrap();
+    let conn = Conn::new(&url, None, None, None).unwrap();
     let path = cache.file(&conn, &weights).await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap().len(), 3_000_000);
 

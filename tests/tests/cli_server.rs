@@ -402,6 +402,11 @@ fn a_server_on_a_public_address_refuses_to_start_without_credentials() {
         (vec![], vec![]),
         (vec!["--api-key", "k3y"], vec![]),
         (vec![], vec![("TUNA_WORKER_TOKEN", "t0ken")]),
+        // Both secrets but no TLS: they would cross the network in clear.
+        (
+            vec!["--api-key", "k3y"],
+            vec![("TUNA_WORKER_TOKEN", "t0ken")],
+        ),
     ] {
         let started = Instant::now();
         let out = server(&extra, &env).output().unwrap();
@@ -413,11 +418,15 @@ fn a_server_on_a_public_address_refuses_to_start_without_credentials() {
         );
         assert!(started.elapsed() < Duration::from_secs(30));
     }
-    // With the key as a flag and the token from the environment, it serves and checks both.
-    let mut child = server(&["--api-key", "k3y"], &[("TUNA_WORKER_TOKEN", "t0ken")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // With the key as a flag, the token from the environment and TLS ended in front of it
+    // (--insecure), it serves and checks both; tls.rs covers TLS served by tuna itself.
+    let mut child = server(
+        &["--api-key", "k3y", "--insecure"],
+        &[("TUNA_WORKER_TOKEN", "t0ken")],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let list = |key: Option<&str>| {
         let mut cmd = Command::new(&bin);

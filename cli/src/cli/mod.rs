@@ -36,6 +36,9 @@ pub struct Cli {
     /// API key for client services (when the server requires one).
     #[arg(long, global = true, env = "TUNA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM CA certificate of an https:// server with a private CA (default: system roots).
+    #[arg(long, global = true, env = "TUNA_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -95,7 +98,7 @@ pub enum CliError {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, CliError> {
-    Ok(Client::connect(&cli.server, cli.api_key.as_deref()).await?)
+    Ok(Client::connect_with(&cli.server, cli.api_key.as_deref(), cli.ca_file.as_deref()).await?)
 }
 
 /// Runs the parsed command.
@@ -109,7 +112,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(|e| CliError::Usage(format!("training thread: {e}")))?
         }
-        Command::Worker(args) => worker::run(&cli.server, cli.api_key.clone(), args).await,
+        Command::Worker(args) => {
+            worker::run(
+                &cli.server,
+                cli.api_key.clone(),
+                cli.ca_file.as_deref(),
+                args,
+            )
+            .await
+        }
         Command::Files(cmd) => files::run(&cli, cmd).await,
         Command::Jobs(cmd) => jobs::run(&cli, cmd).await,
         Command::Models(cmd) => models::run(&cli, cmd).await,

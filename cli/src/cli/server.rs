@@ -33,7 +33,14 @@ pub struct ServerArgs {
     /// Also run a CPU training worker in this process (single-machine use).
     #[arg(long)]
     embedded_worker: bool,
-    /// Serve a non-loopback address without an API key or worker token (refused otherwise).
+    /// PEM certificate chain: serve TLS only (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS, an API key or a worker token (refused
+    /// otherwise): for TLS ended by a proxy in front, or an open server on purpose.
     #[arg(long)]
     insecure: bool,
 }
@@ -61,6 +68,12 @@ pub async fn run(args: &ServerArgs, api_key: Option<&str>) -> Result<ExitCode, C
     }
     if args.insecure {
         config.api.insecure = true;
+    }
+    if let Some(v) = &args.tls_cert {
+        config.api.tls_cert = v.clone();
+    }
+    if let Some(v) = &args.tls_key {
+        config.api.tls_key = v.clone();
     }
     config.validate()?;
     let _telemetry = tuna_telemetry::init("tuna-server", &config.telemetry)?;
@@ -95,8 +108,18 @@ pub async fn run(args: &ServerArgs, api_key: Option<&str>) -> Result<ExitCode, C
     // The worker reaches its own process over loopback, through the same API as any worker.
     let worker_args =
         super::worker::WorkerArgs::in_process(config.queue.data_dir.join("worker-cache"));
+    // Over TLS the worker verifies the server like any client: TUNA_CA_FILE / [worker] ca_file
+    // (the server's own certificate, when self-signed), else the system's roots.
+    let scheme = if config.api.tls_cert.as_os_str().is_empty() {
+        "http"
+    } else {
+        "https"
+    };
     let mut agent_config =
-        super::worker::agent_config(&format!("http://{local}"), &worker_args, None);
+        super::worker::agent_config(&format!("{scheme}://{local}"), &worker_args, None);
+    if !config.worker.ca_file.as_os_str().is_empty() {
+        agent_config.ca_file = Some(config.worker.ca_file.clone());
+    }
     let api = &config.api;
     agent_config.worker_token = (!api.worker_token.is_empty()).then(|| api.worker_token.clone());
     agent_config.api_key = (!api.api_key.is_empty()).then(|| api.api_key.clone());

@@ -111,6 +111,7 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), CliError> {
 pub async fn run(
     server: &str,
     api_key: Option<String>,
+    ca_file: Option<&std::path::Path>,
     args: &WorkerArgs,
 ) -> Result<ExitCode, CliError> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
@@ -121,6 +122,9 @@ pub async fn run(
     }
     if let Some(key) = api_key {
         config.worker.api_key = key;
+    }
+    if let Some(ca) = ca_file {
+        config.worker.ca_file = ca.to_path_buf();
     }
     args.apply(&mut config.worker);
     config.validate()?;

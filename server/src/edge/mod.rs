@@ -33,8 +33,17 @@ pub struct EdgeConfig {
     /// Longest AcquireJob wait the server grants; the long-poll's deadline adds the unary one.
     pub max_acquire_wait: Duration,
     pub concurrency_limit: usize,
-    /// Serve a non-loopback address even without both secrets (`--insecure`).
+    /// Serve a non-loopback address even without TLS or both secrets (`--insecure`).
     pub insecure: bool,
+    /// PEM certificate chain and key: serve TLS only.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the server's certificate and key are.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// The whole stack as one layer.

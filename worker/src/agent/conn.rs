@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
 use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::worker_service_client::WorkerServiceClient;
@@ -57,9 +57,10 @@ impl Conn {
         url: &str,
         worker_token: Option<&str>,
         api_key: Option<&str>,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<Self, AgentError> {
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| AgentError::Config(format!("server URL {url:?}: {e}")))?
+        let channel = tuna_client::endpoint::endpoint(url, ca_file)
+            .map_err(|e| AgentError::Config(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))

@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub worker_token: Option<String>,
     /// Needed for downloads only when the server requires an API key.
     pub api_key: Option<String>,
+    /// PEM CA of an `https://` server with a private CA.
+    pub ca_file: Option<PathBuf>,
     pub name: String,
     /// cpu or cuda.
     pub device: String,
@@ -68,6 +70,7 @@ impl AgentConfig {
             server: w.server.clone(),
             worker_token: secret(&w.token),
             api_key: secret(&w.api_key),
+            ca_file: (!w.ca_file.as_os_str().is_empty()).then(|| w.ca_file.clone()),
             name: if w.name.is_empty() {
                 host_name()
             } else {
@@ -113,6 +116,7 @@ impl Agent {
             &config.server,
             config.worker_token.as_deref(),
             config.api_key.as_deref(),
+            config.ca_file.as_deref(),
         )?;
         let cache = Cache::new(&config.cache_dir)?;
         let mut delay = Duration::from_millis(200);
