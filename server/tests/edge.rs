@@ -345,11 +345,13 @@ async fn a_server_on_a_public_address_refuses_to_start_without_credentials() {
         c
     };
     for (key, token, missing) in [
-        ("", "", "API key and worker token"),
-        ("k3y", "", "worker token"),
-        ("", "t0ken", "API key"),
+        ("", "", "API key and worker token and TLS"),
+        ("k3y", "", "worker token and TLS"),
+        ("", "t0ken", "API key and TLS"),
         // Whitespace is no secret: no bearer header can carry it.
-        ("  ", "t0ken", "API key"),
+        ("  ", "t0ken", "API key and TLS"),
+        // Both secrets, but they would cross the network in clear.
+        ("k3y", "t0ken", "TLS"),
     ] {
         let err = serve_public(&with(key, token, false)).await.unwrap_err();
         assert!(
@@ -357,8 +359,8 @@ async fn a_server_on_a_public_address_refuses_to_start_without_credentials() {
             "{key:?}/{token:?}: {err}"
         );
     }
-    // Both secrets: it serves, and checks them.
-    let (addr, stop) = serve_public(&with("k3y", "t0ken", false)).await.unwrap();
+    // Both secrets with TLS ended in front (--insecure): it serves, and checks them.
+    let (addr, stop) = serve_public(&with("k3y", "t0ken", true)).await.unwrap();
     let ch = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
