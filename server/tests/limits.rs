@@ -261,6 +261,16 @@ async fn oversized_lists_and_values_are_refused_naming_the_limit(pool: sqlx::PgP
         .unwrap()
         .into_inner();
     assert!(page.jobs.is_empty());
+    // A filter key no job could carry is refused, not answered with an empty page.
+    let err = jobs
+        .list_jobs(pb::ListJobsRequest {
+            labels: [("BAD KEY".to_string(), "x".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err)[0].0, "labels[\"BAD KEY\"]");
     // Many bad values give a bounded error: at most 32 violations and one counting the rest.
     let bad: Vec<String> = (0..256).map(|i| format!("schedule{i}")).collect();
     let err = create_sweep(

@@ -136,10 +136,7 @@ impl Check {
             );
         }
         for (k, v) in labels {
-            let key_ok = (1..=63).contains(&k.len())
-                && k.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
-            if !key_ok {
+            if !is_label_key(k) {
                 self.fail(
                     &format!("spec.labels[{k:?}]"),
                     "label keys are 1..=63 characters of [a-z0-9_.-]",
@@ -153,4 +150,13 @@ impl Check {
             }
         }
     }
+}
+
+/// Whether `key` can be a job label's key: 1..=63 characters of `[a-z0-9_.-]`. Label filters
+/// use the same rule, so a filter no job could match is refused rather than answered empty.
+pub fn is_label_key(key: &str) -> bool {
+    (1..=63).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
 }

@@ -15,7 +15,7 @@ mod parts;
 mod plan;
 mod stored;
 
-pub use check::{FieldViolation, MAX_MIN_MEMORY_BYTES, MAX_TARGET_MODULES};
+pub use check::{FieldViolation, MAX_MIN_MEMORY_BYTES, MAX_TARGET_MODULES, is_label_key};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION, default_alpha,
 };

@@ -61,12 +61,13 @@ fn filter_from(req: &pb::ListJobsRequest) -> Result<JobFilter, ApiError> {
     if let Some((k, _)) = req
         .labels
         .iter()
-        .find(|(k, v)| k.len() > 63 || v.len() > 256)
+        .find(|(k, v)| !tuna_spec::is_label_key(k) || v.len() > 256)
     {
         let shown: String = k.chars().take(63).collect();
         return Err(ApiError::field(
             &format!("labels[{shown:?}]"),
-            "label keys are at most 63 bytes and values at most 256 bytes",
+            "label keys are 1..=63 characters of [a-z0-9_.-] (as on jobs) and values at most \
+             256 bytes",
         ));
     }
     Ok(JobFilter {
