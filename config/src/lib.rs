@@ -153,6 +153,9 @@ pub struct Telemetry {
     pub log_format: LogFormat,
     /// `tracing` filter directives (`RUST_LOG`, when set, wins).
     pub log_filter: String,
+    /// Address of the server's Prometheus endpoint (`GET /metrics`, plain HTTP on its own
+    /// port); empty disables it.
+    pub metrics_listen: String,
 }
 
 impl Default for Telemetry {
@@ -161,6 +164,7 @@ impl Default for Telemetry {
             otlp_endpoint: String::new(),
             log_format: LogFormat::Text,
             log_filter: "info".into(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -246,6 +250,7 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
     ("TUNA_OTLP_ENDPOINT", "telemetry", "otlp_endpoint"),
     ("TUNA_LOG_FORMAT", "telemetry", "log_format"),
     ("TUNA_LOG_FILTER", "telemetry", "log_filter"),
+    ("TUNA_METRICS_LISTEN", "telemetry", "metrics_listen"),
     ("TUNA_SERVER", "worker", "server"),
     ("TUNA_WORKER_TOKEN", "worker", "token"),
     ("TUNA_API_KEY", "worker", "api_key"),

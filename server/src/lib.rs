@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod model_facts;
+pub mod prometheus;
 pub mod readiness;
 pub mod search;
 pub mod serve;

@@ -10,6 +10,7 @@ use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
 use opentelemetry::{KeyValue, StringValue};
 
 use crate::domain::JobState;
+use crate::prometheus::{Prometheus, RpcLabels, StateLabel};
 use crate::store::Store;
 
 /// The control plane's instruments.
@@ -23,6 +24,8 @@ pub struct ServiceMetrics {
     rpc_seconds: Histogram<f64>,
     depth: Arc<Mutex<BTreeMap<&'static str, i64>>>,
     _depth_gauge: Arc<ObservableGauge<i64>>,
+    /// The same events for the Prometheus endpoint.
+    prom: Arc<Prometheus>,
 }
 
 impl Default for ServiceMetrics {
@@ -78,45 +81,78 @@ impl ServiceMetrics {
                 .build(),
             depth,
             _depth_gauge: Arc::new(gauge),
+            prom: Arc::new(Prometheus::new()),
         }
+    }
+
+    /// The Prometheus registry these metrics also record into.
+    pub fn prometheus(&self) -> Arc<Prometheus> {
+        self.prom.clone()
+    }
+
+    /// One claim attempt against the store took `seconds`.
+    pub fn claim_finished(&self, seconds: f64) {
+        self.prom.claim_seconds.observe(seconds);
+    }
+
+    /// A SYSTEM failure put a job back in the queue.
+    pub fn retry_scheduled(&self) {
+        self.prom.retries.inc();
     }
 
     /// A job reached a terminal state; `seconds` since its first claim when known.
     pub fn job_finished(&self, state: JobState, seconds: Option<f64>) {
         let attrs = [KeyValue::new("state", state.as_str())];
         self.finished.add(1, &attrs);
+        let label = StateLabel {
+            state: state.as_str().into(),
+        };
+        self.prom.finished.get_or_create(&label).inc();
         if let Some(s) = seconds {
             self.job_seconds.record(s, &attrs);
+            self.prom.job_seconds.get_or_create(&label).observe(s);
         }
     }
 
     /// A gRPC call ended with `code` after `seconds`.
     pub fn rpc_finished(&self, method: Arc<str>, code: tonic::Code, seconds: f64) {
+        let method_name = method.clone();
         let attrs = [
             KeyValue::new("rpc.method", StringValue::from(method)),
             KeyValue::new("rpc.grpc.status_code", code as i64),
         ];
         self.rpc_calls.add(1, &attrs);
         self.rpc_seconds.record(seconds, &attrs);
+        let labels = RpcLabels {
+            method: method_name.to_string(),
+            code: format!("{code:?}"),
+        };
+        self.prom.rpc_calls.get_or_create(&labels).inc();
+        self.prom
+            .rpc_seconds
+            .get_or_create(&labels)
+            .observe(seconds);
     }
 
     pub fn tokens_per_s(&self, value: f64) {
         self.tokens_per_s.record(value, &[]);
+        self.prom.tokens_per_s.observe(value);
     }
 
     pub fn leases_lost(&self, n: u64) {
         if n > 0 {
             self.lease_losses.add(n, &[]);
+            self.prom.lease_losses.inc_by(n);
         }
     }
 
-    fn set_depth(&self, counts: Vec<(JobState, i64)>) {
+    fn set_depth(&self, counts: Vec<(JobState, String, i64)>) {
         if let Ok(mut depth) = self.depth.lock() {
             for s in JobState::ALL {
                 depth.insert(s.as_str(), 0);
             }
-            for (s, n) in counts {
-                depth.insert(s.as_str(), n);
+            for (s, _device, n) in counts {
+                *depth.entry(s.as_str()).or_insert(0) += n;
             }
         }
     }
@@ -128,7 +164,7 @@ pub async fn sample_forever(store: Arc<dyn Store>, metrics: ServiceMetrics, ever
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match store.count_jobs_by_state().await {
+        match store.count_jobs().await {
             Ok(counts) => metrics.set_depth(counts),
             Err(e) => tracing::warn!(error = %e, "sampling queue depth failed"),
         }

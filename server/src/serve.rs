@@ -108,6 +108,8 @@ pub struct ControlPlane {
     pub ctx: ApiContext,
     stopping: tokio::sync::watch::Sender<bool>,
     edge: EdgeConfig,
+    /// Where to serve Prometheus `GET /metrics`, if anywhere.
+    metrics_listen: Option<String>,
 }
 
 impl ControlPlane {
@@ -175,6 +177,8 @@ impl ControlPlane {
             },
             stopping,
             edge,
+            metrics_listen: (!config.telemetry.metrics_listen.is_empty())
+                .then(|| config.telemetry.metrics_listen.clone()),
         }
     }
 
@@ -237,6 +241,25 @@ impl ControlPlane {
             Controller::new(self.ctx.store.clone(), tick)
                 .run_until(tick, self.ctx.shutdown.clone()),
         );
+        let prometheus = match &self.metrics_listen {
+            Some(addr) => {
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            addr: addr.clone(),
+                            source,
+                        })?;
+                tracing::info!(addr = ?listener.local_addr().ok(), "Prometheus metrics at /metrics");
+                Some(tokio::spawn(crate::prometheus::serve(
+                    listener,
+                    self.ctx.metrics.prometheus(),
+                    self.ctx.store.clone(),
+                    self.ctx.shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
         let readiness = tokio::spawn(crate::readiness::watch(
             self.ctx.store.clone(),
             self.ctx.blobs.clone(),
@@ -310,6 +333,9 @@ impl ControlPlane {
         }
         sampler.abort();
         readiness.abort();
+        if let Some(task) = prometheus {
+            task.abort();
+        }
         result?;
         tracing::info!("tuna control plane stopped");
         Ok(())

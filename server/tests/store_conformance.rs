@@ -209,11 +209,14 @@ mod cases {
             JobState::Cancelled
         );
         store.create_job(new_job(0, 3)).await.unwrap();
-        let mut counts = store.count_jobs_by_state().await.unwrap();
-        counts.sort_by_key(|(s, _)| s.as_str());
+        let mut counts = store.count_jobs().await.unwrap();
+        counts.sort_by_key(|(s, _, _)| s.as_str());
         assert_eq!(
             counts,
-            vec![(JobState::Cancelled, 1), (JobState::Queued, 1)]
+            vec![
+                (JobState::Cancelled, "any".to_string(), 1),
+                (JobState::Queued, "any".to_string(), 1)
+            ]
         );
         let w = worker(&store, "w").await;
         let next = store.claim_job(&w).await.unwrap().unwrap();

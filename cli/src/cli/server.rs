@@ -33,6 +33,9 @@ pub struct ServerArgs {
     /// Also run a CPU training worker in this process (single-machine use).
     #[arg(long)]
     embedded_worker: bool,
+    /// Serve Prometheus `GET /metrics` on this address (plain HTTP, its own port).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// PEM certificate chain: serve TLS only (with --tls-key).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -68,6 +71,9 @@ pub async fn run(args: &ServerArgs, api_key: Option<&str>) -> Result<ExitCode, C
     }
     if args.insecure {
         config.api.insecure = true;
+    }
+    if let Some(v) = &args.metrics_listen {
+        config.telemetry.metrics_listen = v.clone();
     }
     if let Some(v) = &args.tls_cert {
         config.api.tls_cert = v.clone();

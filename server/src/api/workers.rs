@@ -230,7 +230,12 @@ impl WorkerService for Workers {
             let notified = store.notifier().queue().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(lease) = store.claim_job(&worker).await? {
+            let started = std::time::Instant::now();
+            let claimed = store.claim_job(&worker).await?;
+            self.ctx
+                .metrics
+                .claim_finished(started.elapsed().as_secs_f64());
+            if let Some(lease) = claimed {
                 if lease.reclaimed {
                     self.ctx.metrics.leases_lost(1);
                 }
@@ -402,6 +407,9 @@ impl WorkerService for Workers {
             return Err(ApiError::field("message", "must be 1..=4096 characters").into());
         }
         let reply = self.ctx.store.fail_job(f, kind, &req.message).await?;
+        if reply.will_retry {
+            self.ctx.metrics.retry_scheduled();
+        }
         self.record_finish(&req.job_id, reply.state).await;
         Ok(Response::new(pb::FailJobResponse {
             state: convert::job_state(reply.state) as i32,

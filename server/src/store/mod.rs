@@ -542,8 +542,8 @@ pub trait Store: Send + Sync + 'static {
     /// Gives the role up (graceful shutdown), so another replica takes over at once.
     async fn release_leadership(&self, role: &str, holder: &str) -> Result<()>;
 
-    /// Number of jobs per state (states without jobs are absent).
-    async fn count_jobs_by_state(&self) -> Result<Vec<(JobState, i64)>>;
+    /// Number of jobs per state and device (pairs without jobs are absent).
+    async fn count_jobs(&self) -> Result<Vec<(JobState, String, i64)>>;
 
     /// Wake-ups for long-polls and watches.
     fn notifier(&self) -> &Notifier;

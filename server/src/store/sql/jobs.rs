@@ -359,14 +359,20 @@ macro_rules! sql_jobs {
             store.transition(id, Action::Resume).await
         }
 
-        async fn count_jobs_by_state(store: &$Store) -> Result<Vec<(JobState, i64)>> {
-            let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-                .fetch_all(&store.pool)
-                .await?;
+        async fn count_jobs(store: &$Store) -> Result<Vec<(JobState, String, i64)>> {
+            let rows = sqlx::query(
+                "SELECT state, device, COUNT(*) AS n FROM jobs GROUP BY state, device",
+            )
+            .fetch_all(&store.pool)
+            .await?;
             rows.iter()
                 .map(|r| {
                     let state: String = r.try_get("state")?;
-                    Ok((parse_text("jobs", &state, JobState::parse)?, r.try_get("n")?))
+                    Ok((
+                        parse_text("jobs", &state, JobState::parse)?,
+                        r.try_get("device")?,
+                        r.try_get("n")?,
+                    ))
                 })
                 .collect()
         }

@@ -357,8 +357,8 @@ macro_rules! impl_store {
                 release_leadership(self, role, holder).await
             }
 
-            async fn count_jobs_by_state(&self) -> Result<Vec<(JobState, i64)>> {
-                count_jobs_by_state(self).await
+            async fn count_jobs(&self) -> Result<Vec<(JobState, String, i64)>> {
+                count_jobs(self).await
             }
 
             fn notifier(&self) -> &$crate::store::Notifier {
