@@ -45,12 +45,16 @@ mod tests {
             (
                 l.max_upload_bytes,
                 l.max_acquire_wait_ms,
-                l.poll_interval_ms
+                l.poll_interval_ms,
+                l.max_concurrent_uploads,
+                l.upload_idle_timeout_ms
             ),
             (
                 d.max_upload_bytes,
                 d.max_acquire_wait_ms,
-                d.poll_interval_ms
+                d.poll_interval_ms,
+                d.max_concurrent_uploads,
+                d.upload_idle_timeout_ms
             )
         );
     }

@@ -164,17 +164,8 @@ impl Prometheus {
 
     /// Reads the gauges from the store, then encodes everything.
     pub async fn render(&self, store: &dyn Store) -> Result<String, String> {
-        let counts = tokio::time::timeout(Duration::from_secs(5), store.count_jobs())
-            .await
-            .map_err(|_| "the store did not answer within 5 s".to_string())?
-            .map_err(|e| e.to_string())?;
-        let workers = tokio::time::timeout(
-            Duration::from_secs(5),
-            store.list_workers(Some(WORKER_RECENT_MS), 1_000),
-        )
-        .await
-        .map_err(|_| "the store did not answer within 5 s".to_string())?
-        .map_err(|e| e.to_string())?;
+        let counts = within_scrape(store.count_jobs()).await?;
+        let workers = within_scrape(store.list_workers(Some(WORKER_RECENT_MS), 1_000)).await?;
         self.jobs.clear();
         // Every state of every device in use, zeros included, so queries need no `or vector(0)`.
         let mut devices: Vec<String> = counts.iter().map(|(_, d, _)| d.clone()).collect();
@@ -212,6 +203,16 @@ impl Prometheus {
             .map_err(|e| e.to_string())?;
         Ok(out)
     }
+}
+
+/// A store read bounded so a scrape answers (with an error) while the database hangs.
+async fn within_scrape<T>(
+    read: impl std::future::Future<Output = crate::store::Result<T>>,
+) -> Result<T, String> {
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| "the store did not answer within 5 s".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` flips.

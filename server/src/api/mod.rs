@@ -205,8 +205,6 @@ pub fn require_size(field: &str, size: i64, limits: &Limits) -> Result<(), ApiEr
     Ok(())
 }
 
-/// Streams chunks into a temporary blob, enforcing the declared size and checking the digest
-/// (and, for datasets, every JSONL line). On any error the partial blob is removed.
 /// A slot for one upload, or RESOURCE_EXHAUSTED naming the limit. Held until the upload
 /// ends, so idle or slow streams cannot pile up temporary blobs and open files.
 pub fn upload_slot(ctx: &ApiContext) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
@@ -233,6 +231,8 @@ pub async fn next_within<S: Stream + Unpin>(
         })
 }
 
+/// Streams chunks into a temporary blob, enforcing the declared size and checking the digest
+/// (and, for datasets, every JSONL line). On any error the partial blob is removed.
 pub async fn receive_blob<S>(
     blobs: &Blobs,
     mut chunks: S,

@@ -397,13 +397,7 @@ impl Agent {
                     kind: kind as i32,
                     message: truncate(&e.to_string(), 4096),
                 };
-                let patience = settle::Patience::for_lease(self.lease);
-                let (result, _) = settle::settle(patience, || {
-                    let (mut client, req) = (client.clone(), req.clone());
-                    async move { client.fail_job(req).await }
-                })
-                .await;
-                if let Err(s) = result {
+                if let Err(s) = self.report_failure(&client, req).await {
                     tracing::warn!(error = %s, "could not report the failure; the lease will expire");
                 }
                 return;
@@ -457,12 +451,7 @@ impl Agent {
                 kind: pb::FailureKind::System as i32,
                 message: truncate(&format!("uploading the adapter failed: {e}"), 4096),
             };
-            let patience = settle::Patience::for_lease(self.lease);
-            let _ = settle::settle(patience, || {
-                let (mut client, req) = (client.clone(), req.clone());
-                async move { client.fail_job(req).await }
-            })
-            .await;
+            let _ = self.report_failure(&client, req).await;
             return;
         }
         let req = pb::CompleteJobRequest {
@@ -476,13 +465,26 @@ impl Agent {
             async move { client.complete_job(req).await }
         })
         .await
-        .0
         {
             Ok(r) => tracing::info!(state = ?r.into_inner().state(), "attempt ended"),
             Err(s) => {
                 tracing::warn!(error = %s, "could not end the attempt; the lease will expire")
             }
         }
+    }
+
+    /// Ends the attempt as failed, retrying through transient errors (see [`settle`]).
+    async fn report_failure(
+        &self,
+        client: &conn::Worker,
+        req: pb::FailJobRequest,
+    ) -> Result<(), tonic::Status> {
+        settle::settle(settle::Patience::for_lease(self.lease), || {
+            let (mut client, req) = (client.clone(), req.clone());
+            async move { client.fail_job(req).await }
+        })
+        .await
+        .map(drop)
     }
 }
 

@@ -44,24 +44,22 @@ pub fn is_transient(status: &Status) -> bool {
 }
 
 /// Calls `call` until it succeeds, fails for good, or `patience` runs out; returns the last
-/// result and how many calls were made.
-pub async fn settle<T, F, Fut>(patience: Patience, mut call: F) -> (Result<T, Status>, u32)
+/// result.
+pub async fn settle<T, F, Fut>(patience: Patience, mut call: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
     let start = tokio::time::Instant::now();
     let mut delay = patience.first_delay;
-    let mut calls = 0;
     loop {
-        calls += 1;
         match call().await {
             Err(status) if is_transient(&status) && start.elapsed() + delay < patience.total => {
                 tracing::warn!(error = %status, retry_in = ?delay, "ending the attempt failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(patience.max_delay);
             }
-            result => return (result, calls),
+            result => return result,
         }
     }
 }
@@ -82,7 +80,7 @@ mod tests {
     #[tokio::test]
     async fn completion_is_retried_through_transient_errors_until_it_lands() {
         let tries = AtomicU32::new(0);
-        let (result, calls) = settle(quick(), || async {
+        let result = settle(quick(), || async {
             match tries.fetch_add(1, Ordering::SeqCst) {
                 0 => Err(Status::unavailable("database unavailable, retry later")),
                 1 => Err(Status::internal("internal error (correlation id err_1)")),
@@ -92,7 +90,7 @@ mod tests {
         })
         .await;
         assert_eq!(result.ok(), Some("SUCCEEDED"));
-        assert_eq!(calls, 4);
+        assert_eq!(tries.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]
@@ -104,12 +102,14 @@ mod tests {
         ] {
             let code = status.code();
             let mut once = Some(status);
-            let (result, calls) = settle(quick(), || {
+            let calls = AtomicU32::new(0);
+            let result = settle(quick(), || {
+                calls.fetch_add(1, Ordering::SeqCst);
                 let s = once.take();
                 async move { Err::<(), _>(s.unwrap_or_else(|| Status::ok(""))) }
             })
             .await;
-            assert_eq!(calls, 1);
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
             assert_eq!(result.err().map(|s| s.code()), Some(code));
         }
     }
@@ -121,11 +121,14 @@ mod tests {
             max_delay: Duration::from_millis(10),
             total: Duration::from_millis(60),
         };
-        let (result, calls) = settle(patience, || async {
-            Err::<(), _>(Status::unavailable("down"))
+        let calls = AtomicU32::new(0);
+        let result = settle(patience, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(Status::unavailable("down")) }
         })
         .await;
         assert_eq!(result.err().map(|s| s.code()), Some(Code::Unavailable));
+        let calls = calls.load(Ordering::SeqCst);
         assert!((3..=12).contains(&calls), "{calls}");
     }
 }
