@@ -38,6 +38,7 @@ pub struct Config {
     pub api: Api,
     pub queue: Queue,
     pub blobs: Blobs,
+    pub retention: Retention,
     pub telemetry: Telemetry,
     pub worker: Worker,
 }
@@ -130,8 +131,39 @@ impl Default for Queue {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Blobs {
-    /// Blob store directory; empty means `<queue.data_dir>/blobs`.
+    /// Blob store directory; empty means `<queue.data_dir>/blobs`. Ignored when `url` is set.
     pub dir: PathBuf,
+    /// `s3://bucket/prefix` to keep blobs in S3 (or any S3-compatible server), shared by every
+    /// replica; endpoint, region and credentials come from the standard `AWS_*` variables.
+    /// Empty means the local directory.
+    pub url: String,
+}
+
+/// `[retention]`: what the leading replica removes, in small batches, as time passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Metric points and events of jobs finished longer ago than this are removed (the job
+    /// row, its artifacts and its final state stay); 0 keeps them forever.
+    pub job_history_max_age_ms: i64,
+    /// Jobs whose history one batch removes (one transaction each).
+    pub prune_batch_jobs: u32,
+    /// Blobs no file or artifact row names are removed once older than this; the margin
+    /// covers an upload whose row is being written, so it must be at least a minute.
+    pub orphan_blob_grace_ms: i64,
+    /// How often the leader runs retention and the orphan-blob collector.
+    pub interval_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            job_history_max_age_ms: 0,
+            prune_batch_jobs: 100,
+            orphan_blob_grace_ms: 3_600_000,
+            interval_ms: 600_000,
+        }
+    }
 }
 
 /// Log line format.
@@ -247,6 +279,18 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
     ("TUNA_BACKOFF_MAX_MS", "queue", "backoff_max_ms"),
     ("TUNA_POLL_INTERVAL_MS", "queue", "poll_interval_ms"),
     ("TUNA_BLOB_DIR", "blobs", "dir"),
+    ("TUNA_BLOB_URL", "blobs", "url"),
+    (
+        "TUNA_JOB_HISTORY_MAX_AGE_MS",
+        "retention",
+        "job_history_max_age_ms",
+    ),
+    (
+        "TUNA_ORPHAN_BLOB_GRACE_MS",
+        "retention",
+        "orphan_blob_grace_ms",
+    ),
+    ("TUNA_RETENTION_INTERVAL_MS", "retention", "interval_ms"),
     ("TUNA_OTLP_ENDPOINT", "telemetry", "otlp_endpoint"),
     ("TUNA_LOG_FORMAT", "telemetry", "log_format"),
     ("TUNA_LOG_FILTER", "telemetry", "log_filter"),
@@ -418,6 +462,41 @@ impl Config {
         if a.upload_idle_timeout_ms == 0 {
             return Err(bad("api.upload_idle_timeout_ms", "must be > 0".into()));
         }
+        let url = &self.blobs.url;
+        if !url.is_empty() {
+            let bucket = url
+                .strip_prefix("s3://")
+                .map(|r| r.split('/').next().unwrap_or(""));
+            match bucket {
+                Some(b) if !b.is_empty() => {}
+                Some(_) => return Err(bad("blobs.url", "the bucket name is missing".into())),
+                None => {
+                    return Err(bad(
+                        "blobs.url",
+                        format!("must be s3://bucket/prefix (or empty for blobs.dir), got {url:?}"),
+                    ));
+                }
+            }
+        }
+        let r = &self.retention;
+        if r.job_history_max_age_ms < 0 {
+            return Err(bad(
+                "retention.job_history_max_age_ms",
+                "must be >= 0 (0 keeps history forever)".into(),
+            ));
+        }
+        if r.prune_batch_jobs == 0 {
+            return Err(bad("retention.prune_batch_jobs", "must be > 0".into()));
+        }
+        if r.orphan_blob_grace_ms < 60_000 {
+            return Err(bad(
+                "retention.orphan_blob_grace_ms",
+                format!("must be >= 60000, got {}", r.orphan_blob_grace_ms),
+            ));
+        }
+        if r.interval_ms == 0 {
+            return Err(bad("retention.interval_ms", "must be > 0".into()));
+        }
         let w = &self.worker;
         if w.memory_bytes < 0 {
             return Err(bad("worker.memory_bytes", "must be >= 0".into()));
@@ -456,6 +535,7 @@ fn check_section(section: &str, table: &toml::Table) -> Result<(), toml::de::Err
         "api" => de::<Api>(table),
         "queue" => de::<Queue>(table),
         "blobs" => de::<Blobs>(table),
+        "retention" => de::<Retention>(table),
         "telemetry" => de::<Telemetry>(table),
         "worker" => de::<Worker>(table),
         _ => Ok(()),

@@ -110,6 +110,7 @@ pub struct ControlPlane {
     edge: EdgeConfig,
     /// Where to serve Prometheus `GET /metrics`, if anywhere.
     metrics_listen: Option<String>,
+    retention: crate::retention::RetentionPolicy,
 }
 
 impl ControlPlane {
@@ -134,7 +135,7 @@ impl ControlPlane {
             })?;
         }
         let store = store::open(&url, crate::config::policy(config), clock).await?;
-        let blobs = Blobs::local(&config.blob_dir())?;
+        let blobs = Blobs::open(&config.blobs.url, &config.blob_dir())?;
         Ok(Self::new(
             store,
             blobs,
@@ -179,6 +180,7 @@ impl ControlPlane {
             edge,
             metrics_listen: (!config.telemetry.metrics_listen.is_empty())
                 .then(|| config.telemetry.metrics_listen.clone()),
+            retention: crate::retention::RetentionPolicy::from_config(&config.retention),
         }
     }
 
@@ -240,6 +242,14 @@ impl ControlPlane {
         let controller = tokio::spawn(
             Controller::new(self.ctx.store.clone(), tick)
                 .run_until(tick, self.ctx.shutdown.clone()),
+        );
+        let retention = tokio::spawn(
+            crate::retention::Retention::new(
+                self.ctx.store.clone(),
+                self.ctx.blobs.clone(),
+                self.retention.clone(),
+            )
+            .run_until(self.ctx.shutdown.clone()),
         );
         let prometheus = match &self.metrics_listen {
             Some(addr) => {
@@ -330,6 +340,12 @@ impl ControlPlane {
             .is_err()
         {
             tracing::warn!("the sweep controller did not stop in time");
+        }
+        if tokio::time::timeout(Duration::from_secs(2), retention)
+            .await
+            .is_err()
+        {
+            tracing::warn!("retention did not stop in time");
         }
         sampler.abort();
         readiness.abort();

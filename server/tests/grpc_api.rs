@@ -138,9 +138,11 @@ async fn assert_nothing_stored(h: &Harness) {
         "committed blobs left"
     );
     assert_eq!(
-        h.blobs.count("tmp").await.unwrap(),
+        h.blobs
+            .remove_stale_staging(std::time::Duration::ZERO)
+            .unwrap(),
         0,
-        "temporary blobs left"
+        "partial uploads left"
     );
 }
 

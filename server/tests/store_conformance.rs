@@ -683,6 +683,108 @@ mod cases {
         assert_eq!(all[0].current_job_id, None);
     }
 
+    pub async fn deleting_a_finished_job_removes_its_rows_and_old_history_is_pruned_in_batches(
+        store: S,
+        clock: C,
+    ) {
+        let w = worker(&store, "w").await;
+        let mut finished = Vec::new();
+        for i in 0..3 {
+            let (job, _) = store.create_job(new_job(0, 3)).await.unwrap();
+            let lease = store.claim_job(&w).await.unwrap().unwrap();
+            let f = fence(&job.id, &lease.lease_token);
+            store.record_metrics(f, &[metric(1, 2.0)]).await.unwrap();
+            store
+                .insert_artifact(
+                    f,
+                    &NewArtifact {
+                        id: format!("art_0000000000000000000000000000010{i}"),
+                        kind: ArtifactKind::Adapter,
+                        step: 1,
+                        name: "adapter".into(),
+                        size_bytes: 1,
+                        sha256: "0".repeat(64),
+                        blob_key: format!("artifacts/{}/a", job.id),
+                    },
+                )
+                .await
+                .unwrap();
+            if i == 0 {
+                // A running job cannot be deleted.
+                assert!(matches!(
+                    store.delete_job(&job.id).await,
+                    Err(StoreError::InvalidTransition { .. })
+                ));
+            }
+            store.complete_job(f, Outcome::Succeeded).await.unwrap();
+            finished.push(job.id);
+            clock.advance(10_000);
+        }
+        let keys: Vec<String> = finished
+            .iter()
+            .map(|id| format!("artifacts/{id}/a"))
+            .collect();
+        let known = store
+            .known_blob_keys(&[keys[0].clone(), "files/nobody".into()])
+            .await
+            .unwrap();
+        assert_eq!(known, HashSet::from([keys[0].clone()]));
+
+        assert_eq!(
+            store.delete_job(&finished[0]).await.unwrap(),
+            [keys[0].clone()]
+        );
+        assert!(matches!(
+            store.get_job(&finished[0]).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(
+            store
+                .list_artifacts(&finished[0], None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.known_blob_keys(&keys[..1]).await.unwrap().is_empty());
+        assert!(matches!(
+            store.delete_job(&finished[0]).await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        // History of jobs finished before the cut-off goes, one job per batch here; the job
+        // rows, their states and their artifacts stay.
+        let cut = tuna_server::store::Clock::now_ms(clock.as_ref()) - 15_000;
+        let first = store.prune_job_history(cut, 1).await.unwrap();
+        assert!(first > 0);
+        assert_eq!(store.prune_job_history(cut, 1).await.unwrap(), 0);
+        assert!(
+            store
+                .list_updates(&finished[1], 0, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            !store
+                .list_updates(&finished[2], 0, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.get_job(&finished[1]).await.unwrap().state,
+            JobState::Succeeded
+        );
+        assert_eq!(
+            store
+                .list_artifacts(&finished[1], None)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
     /// Lets cases read the manual clock without importing the trait everywhere.
     trait NowForTest {
         fn now_ms_for_test(&self) -> i64;
@@ -739,6 +841,7 @@ conformance!(
     stop_early_reaches_the_worker_through_heartbeats_and_metrics_reports,
     a_system_failure_while_pausing_pauses_instead_of_retrying,
     the_fleet_lists_workers_by_last_sighting_with_their_current_job,
+    deleting_a_finished_job_removes_its_rows_and_old_history_is_pruned_in_batches,
 );
 
 /// PostgreSQL only: a change committed through one replica wakes waiters of another replica

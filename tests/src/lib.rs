@@ -305,3 +305,128 @@ pub fn setup(server: &ServerProcess, dir: &std::path::Path) -> Setup {
         valid,
     }
 }
+
+impl ServerProcess {
+    /// The server's process id (replica tests match it against leadership holders).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to release leases or finish requests.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real S3-compatible server (moto's standalone server, from PyPI) on a loopback port, with
+/// one bucket, killed when dropped.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl S3Server {
+    /// Starts the server, or returns `None` (the caller skips) when it is not installed and
+    /// `TUNA_TEST_S3` is unset; with `TUNA_TEST_S3` set (CI) a missing server fails loudly.
+    pub fn start() -> Option<Self> {
+        let port = free_port();
+        let spawned = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => return Self::missing(&format!("python3 could not start: {e}")),
+        };
+        let mut server = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: format!("tuna-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Self::missing(&format!(
+                    "`python3 -m moto.server` exited with {status} (pip install 'moto[server]')"
+                ));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the S3 server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server.create_bucket();
+        Some(server)
+    }
+
+    fn missing(why: &str) -> Option<Self> {
+        assert!(
+            std::env::var_os("TUNA_TEST_S3").is_none(),
+            "TUNA_TEST_S3 is set but no S3 server could be started: {why}"
+        );
+        eprintln!("skipped: no S3 server ({why})");
+        None
+    }
+
+    /// `PUT /<bucket>` (path-style), retried while the server finishes starting.
+    fn create_bucket(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://").to_string();
+        for _ in 0..50 {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                let req = format!(
+                    "PUT /{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    self.bucket
+                );
+                let mut reply = String::new();
+                if s.write_all(req.as_bytes()).is_ok()
+                    && s.read_to_string(&mut reply).is_ok()
+                    && reply.starts_with("HTTP/1.1 200")
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "could not create bucket {} on {}",
+            self.bucket, self.endpoint
+        );
+    }
+
+    /// `s3://<bucket>/<prefix>`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// The standard AWS variables a client of this server needs.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "tuna-test"),
+            ("AWS_SECRET_ACCESS_KEY", "tuna-test-secret"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

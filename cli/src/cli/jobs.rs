@@ -44,6 +44,10 @@ pub enum JobsCommand {
     Resume {
         id: String,
     },
+    /// Delete a finished job with its history, checkpoints and artifacts.
+    Delete {
+        id: String,
+    },
     /// Follow a job's events and metrics until it ends. Exit code 0 when it SUCCEEDED,
     /// 3 when it FAILED, 4 when it was CANCELLED.
     Watch {
@@ -292,6 +296,17 @@ pub async fn run(cli: &Cli, cmd: &JobsCommand) -> Result<ExitCode, CliError> {
                     .map_err(rpc)?
                     .into_inner(),
             );
+        }
+        JobsCommand::Delete { id } => {
+            client
+                .jobs()
+                .delete_job(pb::DeleteJobRequest { id: id.clone() })
+                .await
+                .map_err(rpc)?;
+            match cli.output {
+                Output::Json => output::print_json(&serde_json::json!({ "deleted": id })),
+                Output::Text => println!("deleted {id}"),
+            }
         }
         JobsCommand::Watch { id, after_seq } => return watch(cli, &client, id, *after_seq).await,
         JobsCommand::Events {

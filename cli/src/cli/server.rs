@@ -86,7 +86,11 @@ pub async fn run(args: &ServerArgs, api_key: Option<&str>) -> Result<ExitCode, C
     let plane = ControlPlane::open(&config).await?;
     tracing::info!(
         database = %redact(&config.database_url()),
-        blobs = %config.blob_dir().display(),
+        blobs = %if config.blobs.url.is_empty() {
+            config.blob_dir().display().to_string()
+        } else {
+            config.blobs.url.clone()
+        },
         "store opened"
     );
     if !args.embedded_worker {

@@ -92,7 +92,7 @@ impl FileService for Files {
                 ApiError::field("header.format", "only DATASET files have a format").into(),
             );
         }
-        let mut validator = (purpose == FilePurpose::Dataset).then(|| JsonlValidator::new(format));
+        let validator = (purpose == FilePurpose::Dataset).then(|| JsonlValidator::new(format));
         let chunks = stream.map(|m| match m {
             Ok(pb::UploadFileRequest {
                 data: Some(pb::upload_file_request::Data::Chunk(c)),
@@ -107,36 +107,33 @@ impl FileService for Files {
             ))),
         });
         let blobs = &self.ctx.blobs;
-        let finished = receive_blob(
+        let id = ids::new_id(ids::FILE);
+        tracing::Span::current().record("file", id.as_str());
+        let key = blob_key(&id);
+        let received = receive_blob(
             blobs,
+            &key,
             chunks,
             header.size_bytes,
             &header.sha256,
-            validator.as_mut(),
+            validator,
             idle,
         )
         .await?;
-        let (format, line_count) = match validator.map(JsonlValidator::finish).transpose() {
-            Ok(v) => v.map_or((None, 0), |(f, n)| (Some(f), n as i64)),
-            Err(e) => {
-                blobs.discard(finished).await;
-                return Err(ApiError::from(e).into());
-            }
-        };
-        let id = ids::new_id(ids::FILE);
-        tracing::Span::current().record("file", id.as_str());
+        let (format, line_count) = received
+            .dataset
+            .map_or((None, 0), |(f, n)| (Some(f), n as i64));
         let record = FileRecord {
             id: id.clone(),
             name: header.name,
             purpose,
             format,
             size_bytes: header.size_bytes,
-            sha256: finished.sha256.clone(),
+            sha256: received.blob.sha256,
             line_count,
-            blob_key: blob_key(&id),
+            blob_key: key,
             created_at: self.ctx.store.clock().now_ms(),
         };
-        blobs.commit(&finished, &record.blob_key).await?;
         if let Err(e) = self.ctx.store.insert_file(&record).await {
             // Never leave a blob without its row.
             let _ = blobs.delete(&record.blob_key).await;

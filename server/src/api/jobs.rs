@@ -229,6 +229,25 @@ impl JobService for Jobs {
         Ok(Response::new(convert::job(&job)))
     }
 
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().id))]
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let id = request.into_inner().id;
+        require_id("id", ids::JOB, &id)?;
+        let keys = self.ctx.store.delete_job(&id).await?;
+        // The row is gone; a blob that cannot be removed now is an orphan the collector
+        // removes later, never a dangling reference.
+        for key in &keys {
+            if let Err(e) = self.ctx.blobs.delete(key).await {
+                tracing::warn!(%key, error = %e, "artifact blob left for the orphan collector");
+            }
+        }
+        tracing::info!(artifacts = keys.len(), "job deleted");
+        Ok(Response::new(pb::DeleteJobResponse {}))
+    }
+
     type WatchJobStream = UpdateStream;
 
     #[tracing::instrument(skip_all)]

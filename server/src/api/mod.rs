@@ -231,22 +231,30 @@ pub async fn next_within<S: Stream + Unpin>(
         })
 }
 
-/// Streams chunks into a temporary blob, enforcing the declared size and checking the digest
-/// (and, for datasets, every JSONL line). On any error the partial blob is removed.
+/// What [`receive_blob`] stored.
+pub struct Received {
+    pub blob: FinishedBlob,
+    /// A dataset's format and line count, when a validator was given.
+    pub dataset: Option<(crate::domain::DatasetFormat, u64)>,
+}
+
+/// Streams chunks into the blob `key`, enforcing the declared size, the digest and (for
+/// datasets) every JSONL line before the blob becomes visible; on any error nothing is left.
 pub async fn receive_blob<S>(
     blobs: &Blobs,
+    key: &str,
     mut chunks: S,
     declared_size: i64,
     declared_sha256: &str,
-    mut validator: Option<&mut JsonlValidator>,
+    mut validator: Option<JsonlValidator>,
     idle: Duration,
-) -> Result<FinishedBlob, ApiError>
+) -> Result<Received, ApiError>
 where
     S: Stream<Item = Result<Vec<u8>, ApiError>> + Unpin,
 {
     let declared = u64::try_from(declared_size).unwrap_or(0);
-    let mut writer = blobs.begin().await?;
-    let streamed: Result<(), ApiError> = async {
+    let mut writer = blobs.begin(key).await?;
+    let checked: Result<_, ApiError> = async {
         while let Some(chunk) = next_within(&mut chunks, idle).await? {
             let chunk = chunk?;
             if writer.size() + chunk.len() as u64 > declared {
@@ -255,7 +263,7 @@ where
                     format!("received more than the declared {declared} bytes"),
                 ));
             }
-            if let Some(v) = validator.as_deref_mut() {
+            if let Some(v) = validator.as_mut() {
                 v.feed(&chunk)?;
             }
             writer.write(&chunk).await?;
@@ -269,23 +277,26 @@ where
                 ),
             ));
         }
-        Ok(())
+        let actual = writer.sha256();
+        if actual != declared_sha256 {
+            return Err(ApiError::DigestMismatch {
+                declared: declared_sha256.to_string(),
+                actual,
+            });
+        }
+        Ok(validator.map(JsonlValidator::finish).transpose()?)
     }
     .await;
-    if let Err(e) = streamed {
-        writer.abort().await;
-        return Err(e);
+    match checked {
+        Ok(dataset) => Ok(Received {
+            blob: writer.finish().await?,
+            dataset,
+        }),
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
+        }
     }
-    let finished = writer.finish().await?;
-    if finished.sha256 != declared_sha256 {
-        let actual = finished.sha256.clone();
-        blobs.discard(finished).await;
-        return Err(ApiError::DigestMismatch {
-            declared: declared_sha256.to_string(),
-            actual,
-        });
-    }
-    Ok(finished)
 }
 
 /// Re-slices a byte stream into chunks of at most [`tuna_proto::CHUNK_SIZE`].

@@ -341,19 +341,27 @@ impl WorkerService for Workers {
             ))),
         });
         let blobs = &self.ctx.blobs;
-        let finished =
-            receive_blob(blobs, chunks, header.size_bytes, &header.sha256, None, idle).await?;
         let id = ids::new_id(ids::ARTIFACT);
+        let key = format!("artifacts/{}/{id}", header.job_id);
+        let received = receive_blob(
+            blobs,
+            &key,
+            chunks,
+            header.size_bytes,
+            &header.sha256,
+            None,
+            idle,
+        )
+        .await?;
         let new = NewArtifact {
-            blob_key: format!("artifacts/{}/{id}", header.job_id),
+            blob_key: key,
             id,
             kind,
             step: header.step,
             name: header.name,
             size_bytes: header.size_bytes,
-            sha256: finished.sha256.clone(),
+            sha256: received.blob.sha256,
         };
-        blobs.commit(&finished, &new.blob_key).await?;
         match self.ctx.store.insert_artifact(f, &new).await {
             Ok(record) => Ok(Response::new(convert::artifact(&record))),
             Err(e) => {

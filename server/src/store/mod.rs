@@ -545,6 +545,16 @@ pub trait Store: Send + Sync + 'static {
     /// Number of jobs per state and device (pairs without jobs are absent).
     async fn count_jobs(&self) -> Result<Vec<(JobState, String, i64)>>;
 
+    /// Deletes a finished job that is not a sweep trial, with its labels, history and artifact
+    /// rows; returns the artifacts' blob keys for the caller to remove. `InvalidTransition`
+    /// while the job is not finished, `InUse` for a trial.
+    async fn delete_job(&self, id: &str) -> Result<Vec<String>>;
+    /// Removes the metric points and events of up to `max_jobs` jobs that finished before
+    /// `finished_before_ms` (one batch, one transaction); returns the rows removed.
+    async fn prune_job_history(&self, finished_before_ms: i64, max_jobs: u32) -> Result<u64>;
+    /// Which of `keys` a file or artifact row still names (the orphan-blob collector).
+    async fn known_blob_keys(&self, keys: &[String]) -> Result<std::collections::HashSet<String>>;
+
     /// Wake-ups for long-polls and watches.
     fn notifier(&self) -> &Notifier;
     /// Lease and retry timing.

@@ -50,16 +50,19 @@ pub struct Controller {
     holder: String,
     lease_ms: i64,
     drivers: HashMap<String, Driver>,
+    /// Whether the last round led (to log changes of leadership once).
+    leading: bool,
 }
 
 impl Controller {
     pub fn new(store: Arc<dyn Store>, tick: Duration) -> Self {
         Self {
             store,
-            holder: uuid::Uuid::new_v4().to_string(),
+            holder: crate::leader_holder(),
             // Several ticks, so a slow round does not hand leadership over.
             lease_ms: (tick.as_millis() as i64 * 10).max(10_000),
             drivers: HashMap::new(),
+            leading: false,
         }
     }
 
@@ -88,11 +91,15 @@ impl Controller {
 
     /// One round over all running sweeps (if this process leads).
     pub async fn round(&mut self) -> Result<(), ControllerError> {
-        if !self
+        let leads = self
             .store
             .acquire_leadership(ROLE, &self.holder, self.lease_ms)
-            .await?
-        {
+            .await?;
+        if leads != self.leading {
+            self.leading = leads;
+            tracing::info!(holder = %self.holder, leads, "sweep controller leadership changed");
+        }
+        if !leads {
             // Another replica leads; whatever we cached may be stale when we lead again.
             self.drivers.clear();
             return Ok(());

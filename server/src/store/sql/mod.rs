@@ -28,6 +28,8 @@ mod models;
 #[macro_use]
 mod queue;
 #[macro_use]
+mod retention;
+#[macro_use]
 mod sweeps;
 #[macro_use]
 mod workers;
@@ -128,6 +130,7 @@ macro_rules! impl_store {
         sql_artifacts!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
         sql_sweeps!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
         sql_leadership!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
+        sql_retention!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
 
         #[tonic::async_trait]
         impl $crate::store::Store for $Store {
@@ -359,6 +362,25 @@ macro_rules! impl_store {
 
             async fn count_jobs(&self) -> Result<Vec<(JobState, String, i64)>> {
                 count_jobs(self).await
+            }
+
+            async fn delete_job(&self, id: &str) -> Result<Vec<String>> {
+                delete_job(self, id).await
+            }
+
+            async fn prune_job_history(
+                &self,
+                finished_before_ms: i64,
+                max_jobs: u32,
+            ) -> Result<u64> {
+                prune_job_history(self, finished_before_ms, max_jobs).await
+            }
+
+            async fn known_blob_keys(
+                &self,
+                keys: &[String],
+            ) -> Result<std::collections::HashSet<String>> {
+                known_blob_keys(self, keys).await
             }
 
             fn notifier(&self) -> &$crate::store::Notifier {
