@@ -71,7 +71,7 @@ fn status_text(s: &Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-/// Adds `authorization: Bearer <key>` when a key is set.
+/// Adds `authorization: Bearer <key>` when a key is set, and the caller's `traceparent`.
 #[derive(Clone, Debug)]
 pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
 
@@ -80,6 +80,7 @@ impl Interceptor for Auth {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        tuna_telemetry::propagation::inject_current(req.metadata_mut());
         Ok(req)
     }
 }

@@ -325,7 +325,11 @@ impl ControlPlane {
         }
         let result = server
             .accept_http1(true)
-            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .trace_fn(|req| {
+                let span = tracing::info_span!("grpc", method = %req.uri().path());
+                tuna_telemetry::propagation::continue_from_headers(&span, req.headers());
+                span
+            })
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(http)

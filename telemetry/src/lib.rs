@@ -3,6 +3,8 @@
 //! and the shutdown signal every long-running command drains on. A crate of its own so the
 //! worker side sets up logging without linking the control plane.
 
+pub mod propagation;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;

@@ -121,10 +121,34 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             )
             .await
         }
-        Command::Files(cmd) => files::run(&cli, cmd).await,
-        Command::Jobs(cmd) => jobs::run(&cli, cmd).await,
-        Command::Models(cmd) => models::run(&cli, cmd).await,
-        Command::Artifacts(cmd) => artifacts::run(&cli, cmd).await,
-        Command::Sweeps(cmd) => sweeps::run(&cli, cmd).await,
+        Command::Files(cmd) => traced("files", files::run(&cli, cmd)).await,
+        Command::Jobs(cmd) => traced("jobs", jobs::run(&cli, cmd)).await,
+        Command::Models(cmd) => traced("models", models::run(&cli, cmd)).await,
+        Command::Artifacts(cmd) => traced("artifacts", artifacts::run(&cli, cmd)).await,
+        Command::Sweeps(cmd) => traced("sweeps", sweeps::run(&cli, cmd)).await,
     }
+}
+
+/// Runs a client command in a `tuna <group>` span exported over OTLP when
+/// `TUNA_OTLP_ENDPOINT` is set, so its calls carry a `traceparent` and the server's (and a
+/// job's worker's) spans join the same trace. Without the variable nothing is set up.
+async fn traced(
+    group: &'static str,
+    command: impl std::future::Future<Output = Result<ExitCode, CliError>>,
+) -> Result<ExitCode, CliError> {
+    use tracing::Instrument;
+    let endpoint = std::env::var("TUNA_OTLP_ENDPOINT").unwrap_or_default();
+    if endpoint.is_empty() {
+        return command.await;
+    }
+    let config = tuna_config::Telemetry {
+        otlp_endpoint: endpoint,
+        log_filter: "warn,tuna=info".into(),
+        ..Default::default()
+    };
+    // Dropped at the end of this function: pending spans are flushed before the CLI exits.
+    let _telemetry = tuna_telemetry::init("tuna-cli", &config)?;
+    let args: Vec<String> = std::env::args().skip(1).take(2).collect();
+    let span = tracing::info_span!("cli", group, command = %args.join(" "));
+    command.instrument(span).await
 }

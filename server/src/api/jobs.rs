@@ -144,6 +144,7 @@ impl JobService for Jobs {
                 request_id: (!req.request_id.is_empty()).then_some(req.request_id),
                 sweep_id: None,
                 resume_from_job: None,
+                trace_context: tuna_telemetry::propagation::current_traceparent(),
             })
             .await?;
         tracing::info!(job = %job.id, created, "create job");

@@ -82,6 +82,7 @@ impl Workers {
                     model,
                     training_file: Some(convert::file(&t)),
                     validation_file: v.and_then(Result::ok).as_ref().map(convert::file),
+                    trace_parent: lease.job.trace_context.clone().unwrap_or_default(),
                 }));
             }
         };
@@ -239,6 +240,17 @@ impl WorkerService for Workers {
                 if lease.reclaimed {
                     self.ctx.metrics.leases_lost(1);
                 }
+                // The claim is a step of the job's trace (the long-poll belongs to the worker's).
+                let claim = tracing::info_span!(
+                    "claim",
+                    job = %lease.job.id,
+                    attempt = lease.job.attempt,
+                    worker = %worker.id
+                );
+                if let Some(tp) = &lease.job.trace_context {
+                    tuna_telemetry::propagation::continue_from_traceparent(&claim, tp);
+                }
+                claim.in_scope(|| tracing::info!("job claimed"));
                 match self.resolve(lease).await? {
                     Some(lease) => {
                         return Ok(Response::new(pb::AcquireJobResponse { lease: Some(lease) }));

@@ -86,6 +86,8 @@ pub struct JobRecord {
     pub updated_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// W3C `traceparent` of the request that created the job (claims and training join it).
+    pub trace_context: Option<String>,
 }
 
 /// A job to enqueue.
@@ -98,6 +100,8 @@ pub struct NewJob {
     /// Start from this other job's latest checkpoint when the job has none of its own
     /// (an ASHA promotion resumes the previous run of its trial).
     pub resume_from_job: Option<String>,
+    /// W3C `traceparent` of the creating request, when it was traced.
+    pub trace_context: Option<String>,
 }
 
 /// Filters of `list_jobs`; all must match.

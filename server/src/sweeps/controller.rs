@@ -339,6 +339,7 @@ impl Controller {
                             } else {
                                 None
                             },
+                            trace_context: tuna_telemetry::propagation::current_traceparent(),
                         })
                     } else {
                         None

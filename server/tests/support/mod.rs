@@ -66,6 +66,7 @@ pub fn new_job(priority: i32, max_attempts: i32) -> NewJob {
         request_id: None,
         sweep_id: None,
         resume_from_job: None,
+        trace_context: None,
     }
 }
 

@@ -13,7 +13,7 @@ use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 
 use super::AgentError;
 
-/// Adds `authorization: Bearer <secret>` when a secret is set.
+/// Adds `authorization: Bearer <secret>` when a secret is set, and the caller's `traceparent`.
 #[derive(Clone, Debug, Default)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
@@ -36,6 +36,7 @@ impl Interceptor for Bearer {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        tuna_telemetry::propagation::inject_current(req.metadata_mut());
         Ok(req)
     }
 }

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 use tuna_client::pack;
 use tuna_proto::v1 as pb;
 use tuna_spec::JobSpec;
@@ -204,23 +205,35 @@ impl Agent {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all, fields(job = %lease.job_id, attempt = lease.attempt))]
-    async fn run_job(&self, lease: pb::Lease, mut shutdown: watch::Receiver<bool>) {
+    /// Runs one leased attempt in a `job` span that continues the trace of the request that
+    /// created the job (the lease carries its `traceparent`).
+    async fn run_job(&self, lease: pb::Lease, shutdown: watch::Receiver<bool>) {
+        let span = tracing::info_span!("job", job = %lease.job_id, attempt = lease.attempt);
+        if !lease.trace_parent.is_empty() {
+            tuna_telemetry::propagation::continue_from_traceparent(&span, &lease.trace_parent);
+        }
+        self.run_leased(lease, shutdown).instrument(span).await
+    }
+
+    async fn run_leased(&self, lease: pb::Lease, mut shutdown: watch::Receiver<bool>) {
         let control = Arc::new(Control::new());
         let step = Arc::new(AtomicI64::new(0));
         let (done_tx, done_rx) = watch::channel(false);
-        let beat = tokio::spawn(heartbeat::run(
-            self.conn.clone(),
-            heartbeat::Lease {
-                job_id: lease.job_id.clone(),
-                token: lease.lease_token.clone(),
-                interval: self.heartbeat,
-                duration: self.lease,
-            },
-            control.clone(),
-            step.clone(),
-            done_rx,
-        ));
+        let beat = tokio::spawn(
+            heartbeat::run(
+                self.conn.clone(),
+                heartbeat::Lease {
+                    job_id: lease.job_id.clone(),
+                    token: lease.lease_token.clone(),
+                    interval: self.heartbeat,
+                    duration: self.lease,
+                },
+                control.clone(),
+                step.clone(),
+                done_rx,
+            )
+            .in_current_span(),
+        );
         // SIGTERM while training: drain.
         let drain = {
             let control = control.clone();
@@ -254,24 +267,31 @@ impl Agent {
     ) -> Result<Finished, RunError> {
         let inputs = self.inputs(lease, work_dir).await?;
         let (metrics_tx, metrics_rx) = mpsc::channel(4096);
-        let metrics = tokio::spawn(metrics::run(
-            self.conn.clone(),
-            lease.job_id.clone(),
-            lease.lease_token.clone(),
-            metrics_rx,
-            self.config.metrics_every,
-            control.clone(),
-        ));
+        let metrics = tokio::spawn(
+            metrics::run(
+                self.conn.clone(),
+                lease.job_id.clone(),
+                lease.lease_token.clone(),
+                metrics_rx,
+                self.config.metrics_every,
+                control.clone(),
+            )
+            .in_current_span(),
+        );
         let (ckpt_tx, ckpt_rx) = mpsc::unbounded_channel();
         // Checkpoints are uploaded while training goes on, so a crash loses at most the steps
         // since the last one.
-        let uploader = tokio::spawn(upload_checkpoints(self.uploader(lease), ckpt_rx));
+        let uploader =
+            tokio::spawn(upload_checkpoints(self.uploader(lease), ckpt_rx).in_current_span());
         let runner = self.runner.clone();
+        let job_span = tracing::Span::current();
         let outcome = tokio::task::spawn_blocking(move || {
             let mut reporter = ChannelReporter {
                 metrics: metrics_tx,
                 checkpoints: ckpt_tx,
                 step,
+                job_span,
+                sampled_step: None,
             };
             runner.run(&inputs, &control, &mut reporter)
         })
@@ -514,15 +534,37 @@ async fn upload_checkpoints(
 }
 
 /// The engine's reporter: never blocks on the network.
+/// One training step in this many gets a `train_step` span (a trace of every step would
+/// outweigh the training it describes).
+const TRACE_EVERY_STEPS: i64 = 50;
+
 struct ChannelReporter {
     metrics: mpsc::Sender<Progress>,
     checkpoints: mpsc::UnboundedSender<(i64, PathBuf)>,
     step: Arc<AtomicI64>,
+    /// The attempt's span, parent of the sampled step spans.
+    job_span: tracing::Span,
+    /// The sampled step in progress: opened when the step before it is reported, closed
+    /// (hence timed) when it is reported itself.
+    sampled_step: Option<tracing::Span>,
 }
 
 impl Reporter for ChannelReporter {
     fn progress(&mut self, p: Progress) {
         self.step.store(p.step, Ordering::Relaxed);
+        if let Some(span) = self.sampled_step.take() {
+            if let Some(loss) = p.values.get("loss") {
+                span.record("loss", loss);
+            }
+        }
+        if p.step % TRACE_EVERY_STEPS == 0 {
+            self.sampled_step = Some(tracing::info_span!(
+                parent: &self.job_span,
+                "train_step",
+                step = p.step + 1,
+                loss = tracing::field::Empty
+            ));
+        }
         // A full buffer means the network is far behind: drop rather than stall training.
         let _ = self.metrics.try_send(p);
     }

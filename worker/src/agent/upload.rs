@@ -34,6 +34,7 @@ pub struct Uploader {
 
 impl Uploader {
     /// Packs `dir` and uploads it as an artifact named `name`.
+    #[tracing::instrument(name = "upload_artifact", skip(self, dir), fields(job = %self.job_id))]
     pub async fn upload_dir(
         &self,
         kind: pb::ArtifactKind,

@@ -42,6 +42,7 @@ macro_rules! sql_jobs {
                     updated_at: row.try_get("updated_at")?,
                     started_at: row.try_get("started_at")?,
                     finished_at: row.try_get("finished_at")?,
+                    trace_context: row.try_get("trace_context")?,
                 },
                 lease_token: row.try_get("lease_token")?,
                 request_hash: row.try_get("request_hash")?,
@@ -239,8 +240,8 @@ macro_rules! sql_jobs {
             sqlx::query(
                 "INSERT INTO jobs (id, state, spec, base_model, training_file, validation_file, \
                  priority, device, min_memory_bytes, max_attempts, run_after, sweep_id, \
-                 request_id, request_hash, created_at, updated_at, resume_from_job) \
-                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $10, $10, $14)",
+                 request_id, request_hash, created_at, updated_at, resume_from_job, trace_context) \
+                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $10, $10, $14, $15)",
             )
             .bind(&id)
             .bind(spec_json)
@@ -256,6 +257,7 @@ macro_rules! sql_jobs {
             .bind(&job.request_id)
             .bind(job.request_id.as_ref().map(|_| hash))
             .bind(&job.resume_from_job)
+            .bind(&job.trace_context)
             .execute(&mut **tx)
             .await?;
             for (key, value) in &spec.labels {

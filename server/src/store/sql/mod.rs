@@ -39,7 +39,7 @@ macro_rules! job_columns {
     () => {
         "id, state, spec, attempt, max_attempts, lease_expires_at, worker_id, run_after, \
          failure_kind, failure_message, sweep_id, request_id, last_seq, created_at, updated_at, \
-         started_at, finished_at, lease_token, request_hash"
+         started_at, finished_at, lease_token, request_hash, trace_context"
     };
 }
 
