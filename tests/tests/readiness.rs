@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tuna_e2e::{ServerProcess, TestDb};
+use tuna_e2e::{ServerProcess, TestDb, setup, worker};
 
 /// A TCP relay to PostgreSQL that can refuse and drop connections.
 struct Relay {
@@ -86,7 +86,7 @@ async fn wait_for(url: &str, service: &str, want: ServingStatus, limit: Duration
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_is_not_serving_while_the_database_is_unreachable_and_serving_after() {
+async fn readiness_is_not_serving_during_a_database_outage_and_no_job_is_lost_or_run_twice() {
     let db = TestDb::create().await;
     let relay = Relay::start().await;
     let base = db.url.rsplit_once('/').unwrap();
@@ -96,6 +96,27 @@ async fn readiness_is_not_serving_while_the_database_is_unreachable_and_serving_
     let url = server.url.clone();
     let jobs = "tuna.v1.JobService";
     wait_for(&url, jobs, ServingStatus::Serving, Duration::from_secs(5)).await;
+    // A job trains across the outage.
+    let s = setup(&server, dir.path());
+    let created = server.json(&[
+        "jobs",
+        "create",
+        "--model",
+        &s.model,
+        "--training-file",
+        &s.train,
+        "--r",
+        "4",
+        "--max-steps",
+        "600",
+    ]);
+    let id = created["id"].as_str().unwrap().to_string();
+    let _w = worker(&server, dir.path(), "w");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.json(&["jobs", "get", &id])["state"] != "running" {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     relay.cut().await;
     let took = wait_for(
@@ -118,6 +139,19 @@ async fn readiness_is_not_serving_while_the_database_is_unreachable_and_serving_
     println!("SERVING {took:.1} s after the database came back");
     // And it serves calls again.
     assert!(server.cli(&["jobs", "list"]).status.success());
+    // The job was neither lost nor run twice: it finishes in its first attempt.
+    let out = server.cli(&["jobs", "watch", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", server.log_text());
+    let job = server.json(&["jobs", "get", &id]);
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["attempt"], 1, "{job}");
+    let out = server.cli(&["jobs", "events", &id, "--output", "json"]);
+    let events = String::from_utf8_lossy(&out.stdout).into_owned();
+    let claims = events
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"claimed\""))
+        .count();
+    assert_eq!(claims, 1, "claimed more than once: {events}");
     assert!(server.terminate());
     db.drop_db().await;
 }

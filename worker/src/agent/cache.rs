@@ -2,6 +2,7 @@
 //! verified on the way in, and model folders are assembled from hard links to those blobs.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tuna_proto::v1 as pb;
@@ -67,10 +68,27 @@ impl Cache {
             self.root
                 .join("tmp")
                 .join(format!("{}.{}", file.id, uuid::Uuid::new_v4().simple()));
-        let result = download(conn, &file.id, &file.sha256, &tmp).await;
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
+        // A database or blob-store blip answers UNAVAILABLE for a few seconds: retry rather
+        // than fail the attempt (the heartbeat keeps the lease meanwhile).
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match download(conn, &file.id, &file.sha256, &tmp).await {
+                Ok(()) => break,
+                Err(CacheError::Rpc { status, .. })
+                    if super::settle::is_transient(&status)
+                        && started.elapsed() + delay < DOWNLOAD_PATIENCE =>
+                {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    tracing::warn!(file = %file.id, error = %status, retry_in = ?delay, "download failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e);
+                }
+            }
         }
         tokio::fs::rename(&tmp, &path).await.map_err(io(&path))?;
         Ok(path)
@@ -131,6 +149,9 @@ impl Cache {
             .join(format!("{}-{name}", uuid::Uuid::new_v4().simple()))
     }
 }
+
+/// How long a download is retried through transient errors before the attempt fails.
+const DOWNLOAD_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Streams a file from FileService into `out`, verifying it against `expected_sha256`.
 async fn download(
