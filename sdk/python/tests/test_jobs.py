@@ -145,12 +145,17 @@ def test_wait_times_out_then_cancel_ends_the_job(
     with pytest.raises(TimeoutError):
         job.wait(timeout=1.5)
     assert 1.4 <= time.monotonic() - started < 10
+    with pytest.raises(tuna.FailedPrecondition):
+        client.jobs.delete(job.id)  # only finished jobs can be deleted
     cancelling = job.cancel()
     assert cancelling.state in (tuna.JobState.CANCELLING, tuna.JobState.CANCELLED)
     final = job.wait(timeout=60)
     assert final.state is tuna.JobState.CANCELLED and final.is_terminal
     with pytest.raises(tuna.FailedPrecondition):
         client.jobs.resume(job.id)
+    client.jobs.delete(job.id)
+    with pytest.raises(tuna.NotFound):
+        client.jobs.get(job.id)
 
 
 def test_list_filters_by_labels_and_states(client: tuna.Client, trained_job: TrainedJob) -> None:

@@ -272,6 +272,14 @@ class Jobs(_Service):
         """Pauses a job: QUEUED ones at once, RUNNING ones checkpoint first (PAUSING)."""
         return self._job(self._transport.run(job_ops.pause(id_of(job_id), timeout)))
 
+    def delete(self, job_id: str | Job, *, timeout: Timeout = DEFAULT) -> None:
+        """Deletes a finished job with its events, metrics, checkpoints and artifacts.
+
+        Raises:
+            FailedPrecondition: the job has not finished, or it is a sweep trial.
+        """
+        self._transport.run(job_ops.delete(id_of(job_id), timeout))
+
     def resume(self, job_id: str | Job, *, timeout: Timeout = DEFAULT) -> Job:
         """Resumes a PAUSED job (queued again, resuming from its latest checkpoint) or a
         PAUSING one (running again)."""

@@ -40,6 +40,7 @@ __all__ = [
     "cancel",
     "pause",
     "resume",
+    "delete",
     "events",
     "checkpoints",
     "watch",
@@ -108,6 +109,12 @@ def resume(job_id: str, timeout: Timeout) -> Plan[job_pb2.Job]:
     request = job_pb2.ResumeJobRequest(id=job_id)
     job: job_pb2.Job = yield Unary(lambda s: s.jobs.ResumeJob, request, timeout)
     return job
+
+
+def delete(job_id: str, timeout: Timeout) -> Plan[None]:
+    request = job_pb2.DeleteJobRequest(id=job_id)
+    yield Unary(lambda s: s.jobs.DeleteJob, request, timeout)
+    return None
 
 
 def events(job_id: str, page_size: int, timeout: Timeout) -> Stream[JobEvent]:

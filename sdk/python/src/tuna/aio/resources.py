@@ -192,6 +192,10 @@ class AsyncJobs(_AsyncService):
         """Pauses a job."""
         return self._job(await self._transport.run(job_ops.pause(id_of(job_id), timeout)))
 
+    async def delete(self, job_id: str | AsyncJob, *, timeout: Timeout = DEFAULT) -> None:
+        """Deletes a finished job with its history and artifacts."""
+        await self._transport.run(job_ops.delete(id_of(job_id), timeout))
+
     async def resume(self, job_id: str | AsyncJob, *, timeout: Timeout = DEFAULT) -> AsyncJob:
         """Resumes a paused job."""
         return self._job(await self._transport.run(job_ops.resume(id_of(job_id), timeout)))

@@ -92,6 +92,11 @@ class JobServiceStub:
                 request_serializer=tuna_dot_v1_dot_job__pb2.ListCheckpointsRequest.SerializeToString,
                 response_deserializer=tuna_dot_v1_dot_job__pb2.ListCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/tuna.v1.JobService/DeleteJob',
+                request_serializer=tuna_dot_v1_dot_job__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=tuna_dot_v1_dot_job__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -176,6 +181,15 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Deletes a finished (SUCCEEDED/FAILED/CANCELLED) job with its events, metrics, checkpoints
+        and artifacts, blobs included. FAILED_PRECONDITION while the job is not finished or when it
+        is a sweep trial (trials stay with their sweep).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +237,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListCheckpoints,
                     request_deserializer=tuna_dot_v1_dot_job__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=tuna_dot_v1_dot_job__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=tuna_dot_v1_dot_job__pb2.DeleteJobRequest.FromString,
+                    response_serializer=tuna_dot_v1_dot_job__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +500,33 @@ class JobService:
             '/tuna.v1.JobService/ListCheckpoints',
             tuna_dot_v1_dot_job__pb2.ListCheckpointsRequest.SerializeToString,
             tuna_dot_v1_dot_job__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuna.v1.JobService/DeleteJob',
+            tuna_dot_v1_dot_job__pb2.DeleteJobRequest.SerializeToString,
+            tuna_dot_v1_dot_job__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
