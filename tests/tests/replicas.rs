@@ -156,10 +156,10 @@ async fn two_replicas_share_one_database_and_bucket_and_the_sweep_controller_fai
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(h) = controller_holder(&db).await {
-            if pid_of(&h) == survivor.pid() {
-                break;
-            }
+        if let Some(h) = controller_holder(&db).await
+            && pid_of(&h) == survivor.pid()
+        {
+            break;
         }
         assert!(
             Instant::now() < deadline,

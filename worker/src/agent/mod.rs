@@ -552,10 +552,10 @@ struct ChannelReporter {
 impl Reporter for ChannelReporter {
     fn progress(&mut self, p: Progress) {
         self.step.store(p.step, Ordering::Relaxed);
-        if let Some(span) = self.sampled_step.take() {
-            if let Some(loss) = p.values.get("loss") {
-                span.record("loss", loss);
-            }
+        if let Some(span) = self.sampled_step.take()
+            && let Some(loss) = p.values.get("loss")
+        {
+            span.record("loss", loss);
         }
         if p.step % TRACE_EVERY_STEPS == 0 {
             self.sampled_step = Some(tracing::info_span!(
