@@ -452,3 +452,36 @@ fn a_server_on_a_public_address_refuses_to_start_without_credentials() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `tuna worker --log-format json` writes one JSON object per line (as the server does with
+/// the same flag), and text logs carry no ANSI colour codes when stderr is not a terminal.
+#[test]
+fn worker_logs_are_json_lines_on_request_and_plain_text_otherwise() {
+    let dead = format!("http://127.0.0.1:{}", tuna_e2e::free_port());
+    for format in ["json", "text"] {
+        let mut child = std::process::Command::new(tuna_e2e::tuna_bin())
+            .args(["worker", "--log-format", format, "--server-url", &dead])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stderr).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(!lines.is_empty(), "{format}: no log lines");
+        assert!(!text.contains('\u{1b}'), "{format}: ANSI escapes in {text}");
+        for line in lines {
+            let parsed = serde_json::from_str::<serde_json::Value>(line);
+            if format == "json" {
+                let v = parsed.unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(
+                    v["level"].is_string() && v["fields"]["message"].is_string(),
+                    "{v}"
+                );
+            } else {
+                assert!(parsed.is_err(), "text logs are not JSON: {line}");
+            }
+        }
+    }
+}

@@ -97,6 +97,15 @@ pub enum CliError {
     Usage(String),
 }
 
+/// `--log-format`: text (the default) or json, one object per line, for log collectors.
+pub(crate) fn parse_log_format(v: &str) -> Result<tuna_config::LogFormat, String> {
+    match v {
+        "text" => Ok(tuna_config::LogFormat::Text),
+        "json" => Ok(tuna_config::LogFormat::Json),
+        other => Err(format!("{other:?} is not a log format (text or json)")),
+    }
+}
+
 async fn connect(cli: &Cli) -> Result<Client, CliError> {
     Ok(Client::connect_with(&cli.server, cli.api_key.as_deref(), cli.ca_file.as_deref()).await?)
 }

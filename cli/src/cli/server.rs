@@ -46,6 +46,9 @@ pub struct ServerArgs {
     /// otherwise): for TLS ended by a proxy in front, or an open server on purpose.
     #[arg(long)]
     insecure: bool,
+    /// Log lines as text (default) or json (also TUNA_LOG_FORMAT, [telemetry] log_format).
+    #[arg(long, value_parser = super::parse_log_format)]
+    log_format: Option<tuna_config::LogFormat>,
 }
 
 /// `api_key` is the global `--api-key` (or TUNA_API_KEY).
@@ -80,6 +83,9 @@ pub async fn run(args: &ServerArgs, api_key: Option<&str>) -> Result<ExitCode, C
     }
     if let Some(v) = &args.tls_key {
         config.api.tls_key = v.clone();
+    }
+    if let Some(v) = args.log_format {
+        config.telemetry.log_format = v;
     }
     config.validate()?;
     let _telemetry = tuna_telemetry::init("tuna-server", &config.telemetry)?;

@@ -41,6 +41,9 @@ pub struct WorkerArgs {
     /// Exit after this many jobs.
     #[arg(long)]
     max_jobs: Option<usize>,
+    /// Log lines as text (default) or json (also TUNA_LOG_FORMAT, [telemetry] log_format).
+    #[arg(long, value_parser = super::parse_log_format)]
+    log_format: Option<tuna_config::LogFormat>,
 }
 
 impl WorkerArgs {
@@ -55,6 +58,7 @@ impl WorkerArgs {
             memory_bytes: None,
             cache_dir: Some(cache_dir),
             max_jobs: None,
+            log_format: None,
         }
     }
 
@@ -128,6 +132,9 @@ pub async fn run(
     }
     args.apply(&mut config.worker);
     config.validate()?;
+    if let Some(v) = args.log_format {
+        config.telemetry.log_format = v;
+    }
     let _telemetry = tuna_telemetry::init("tuna-worker", &config.telemetry)?;
     run_agent(AgentConfig::from_section(&config.worker)).await?;
     Ok(ExitCode::SUCCESS)
