@@ -209,7 +209,8 @@ pub struct Worker {
     pub server: String,
     /// Worker token, when the server requires one.
     pub token: String,
-    /// API key for downloads, when the server requires one.
+    /// Unused: workers download their inputs through their lease with the worker token alone.
+    /// Kept so configs and the shared `TUNA_API_KEY` variable that set it still load.
     pub api_key: String,
     /// PEM CA certificate that signed the server's TLS certificate (for `https://` servers
     /// with a private CA; empty means the system's roots).
@@ -650,6 +651,26 @@ mod tests {
             Config::load(Some(&path), Vec::new()).unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn a_blob_url_names_an_s3_bucket_and_retention_keeps_a_grace_period() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let ok = Config::load(None, env("TUNA_BLOB_URL", "s3://bucket/some/prefix")).unwrap();
+        assert_eq!(ok.blobs.url, "s3://bucket/some/prefix");
+        for bad in ["gs://bucket", "s3://", "/var/lib/blobs"] {
+            let err = Config::load(None, env("TUNA_BLOB_URL", bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("blobs.url") && err.contains("TUNA_BLOB_URL"),
+                "{err}"
+            );
+        }
+        let err = Config::load(None, env("TUNA_ORPHAN_BLOB_GRACE_MS", "10"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.orphan_blob_grace_ms"), "{err}");
     }
 
     #[test]

@@ -79,7 +79,9 @@ impl Blobs {
             path: dir.display().to_string(),
             source,
         })?;
-        let fs = LocalFileSystem::new_with_prefix(dir)?;
+        // fsync files and their directories before a write reports success: an acknowledged
+        // upload or artifact survives a power loss, as it would on S3.
+        let fs = LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
         Ok(Self {
             store: Arc::new(fs),
             local_dir: Some(dir.to_path_buf()),

@@ -902,3 +902,131 @@ async fn models_register_from_uploaded_files_and_files_download_verified(pool: s
     assert_eq!(meta.unwrap().sha256, weights.sha256);
     h.stop().await;
 }
+
+/// Streams a DownloadInput answer; the header's id and the bytes.
+async fn download_input(
+    w: &mut WorkerServiceClient<Channel>,
+    job_id: &str,
+    token: &str,
+    input: pb::download_input_request::Input,
+) -> Result<(String, Vec<u8>), tonic::Status> {
+    let mut stream = w
+        .download_input(pb::DownloadInputRequest {
+            job_id: job_id.into(),
+            lease_token: token.into(),
+            input: Some(input),
+        })
+        .await?
+        .into_inner();
+    let (mut id, mut bytes) = (String::new(), Vec::new());
+    while let Some(m) = stream.next().await {
+        match m?.data {
+            Some(pb::download_input_response::Data::File(f)) => id = f.id,
+            Some(pb::download_input_response::Data::Artifact(a)) => id = a.id,
+            Some(pb::download_input_response::Data::Chunk(c)) => bytes.extend(c),
+            None => {}
+        }
+    }
+    Ok((id, bytes))
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_downloads_only_the_inputs_of_the_lease_it_holds(pool: sqlx::PgPool) {
+    use pb::download_input_request::Input;
+    let h = harness(pool).await;
+    // The harness registers rows for the dataset and the model; give them bytes.
+    for id in [support::DATASET_ID, support::MODEL_WEIGHTS_ID] {
+        let key = h.store.get_file(id).await.unwrap().blob_key;
+        let mut writer = h.blobs.begin(&key).await.unwrap();
+        writer.write(id.as_bytes()).await.unwrap();
+        writer.finish().await.unwrap();
+    }
+    let outside = upload_model_file(&h, "other.bin", b"not this job's").await;
+    let mut w = WorkerServiceClient::new(h.channel.clone());
+    let job = create(&h.channel, 0).await;
+    let reg = w
+        .register_worker(register_request("w"))
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = w
+        .acquire_job(pb::AcquireJobRequest {
+            worker_id: reg.worker_id,
+            wait_ms: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    let token = lease.lease_token.clone();
+
+    // Its training file and its model's files come through the lease, worker token only.
+    for id in [support::DATASET_ID, support::MODEL_WEIGHTS_ID] {
+        let (got, bytes) = download_input(&mut w, &job.id, &token, Input::FileId(id.into()))
+            .await
+            .unwrap();
+        assert_eq!((got.as_str(), bytes.as_slice()), (id, id.as_bytes()));
+    }
+    // Another file exists but is not an input of this lease: NOT_FOUND, as if it did not.
+    let err = download_input(&mut w, &job.id, &token, Input::FileId(outside.id.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    // A wrong token is a lost lease.
+    let err = download_input(
+        &mut w,
+        &job.id,
+        "stolen",
+        Input::FileId(support::DATASET_ID.into()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // Its own checkpoint comes back; once the attempt ended nothing does.
+    let body = b"checkpoint bytes".to_vec();
+    let art = w
+        .upload_artifact(tokio_stream::iter(vec![
+            pb::UploadArtifactRequest {
+                data: Some(pb::upload_artifact_request::Data::Header(
+                    pb::UploadArtifactHeader {
+                        job_id: job.id.clone(),
+                        lease_token: token.clone(),
+                        kind: pb::ArtifactKind::Checkpoint as i32,
+                        step: 1,
+                        name: "ckpt.tar".into(),
+                        size_bytes: body.len() as i64,
+                        sha256: hex::encode(Sha256::digest(&body)),
+                    },
+                )),
+            },
+            pb::UploadArtifactRequest {
+                data: Some(pb::upload_artifact_request::Data::Chunk(body.clone())),
+            },
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let (got, bytes) = download_input(&mut w, &job.id, &token, Input::ArtifactId(art.id.clone()))
+        .await
+        .unwrap();
+    assert_eq!((got, bytes), (art.id.clone(), body));
+    w.complete_job(pb::CompleteJobRequest {
+        job_id: job.id.clone(),
+        lease_token: token.clone(),
+        outcome: pb::Outcome::Succeeded as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = download_input(
+        &mut w,
+        &job.id,
+        &token,
+        Input::FileId(support::DATASET_ID.into()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    h.stop().await;
+}

@@ -72,7 +72,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode, CliError> {
     );
 
     let worker_args = worker::WorkerArgs::in_process(dir.join("worker-cache"));
-    let agent_config = worker::agent_config(&url, &worker_args, None);
+    let agent_config = worker::agent_config(&url, &worker_args);
     let agent = tuna_worker::agent::Agent::register(
         agent_config,
         std::sync::Arc::new(tuna_worker::runner::EngineRunner),

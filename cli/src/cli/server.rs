@@ -132,13 +132,12 @@ pub async fn run(args: &ServerArgs, api_key: Option<&str>) -> Result<ExitCode, C
         "https"
     };
     let mut agent_config =
-        super::worker::agent_config(&format!("{scheme}://{local}"), &worker_args, None);
+        super::worker::agent_config(&format!("{scheme}://{local}"), &worker_args);
     if !config.worker.ca_file.as_os_str().is_empty() {
         agent_config.ca_file = Some(config.worker.ca_file.clone());
     }
     let api = &config.api;
     agent_config.worker_token = (!api.worker_token.is_empty()).then(|| api.worker_token.clone());
-    agent_config.api_key = (!api.api_key.is_empty()).then(|| api.api_key.clone());
     let agent = tuna_worker::agent::Agent::register(
         agent_config,
         std::sync::Arc::new(tuna_worker::runner::EngineRunner),

@@ -89,10 +89,9 @@ impl WorkerArgs {
 }
 
 /// The agent configuration of an in-process worker talking to `server` (defaults, then `args`).
-pub fn agent_config(server: &str, args: &WorkerArgs, api_key: Option<String>) -> AgentConfig {
+pub fn agent_config(server: &str, args: &WorkerArgs) -> AgentConfig {
     let mut w = tuna_config::Worker {
         server: server.to_string(),
-        api_key: api_key.unwrap_or_default(),
         ..Default::default()
     };
     args.apply(&mut w);

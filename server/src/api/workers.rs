@@ -16,6 +16,10 @@ use crate::domain::{Directive, FailureKind, Outcome, ids};
 use crate::error::ApiError;
 use crate::store::{Fence, Lease, MetricInput, NewArtifact, StoreError};
 
+type InputStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::DownloadInputResponse, Status>> + Send>,
+>;
+
 /// Most metric points per ReportMetrics call.
 pub const MAX_POINTS_PER_REPORT: usize = 1000;
 
@@ -166,6 +170,83 @@ fn metric_inputs(points: Vec<pb::MetricPoint>) -> Result<Vec<MetricInput>, ApiEr
 
 #[tonic::async_trait]
 impl WorkerService for Workers {
+    type DownloadInputStream = InputStream;
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id))]
+    async fn download_input(
+        &self,
+        request: Request<pb::DownloadInputRequest>,
+    ) -> Result<Response<Self::DownloadInputStream>, Status> {
+        let req = request.into_inner();
+        let f = fence(&req.job_id, &req.lease_token)?;
+        // The lease must be held now (a download is the holder's activity, so it renews it).
+        self.ctx.store.heartbeat(f).await?;
+        let job = self.ctx.store.get_job(&req.job_id).await?;
+        let store = &self.ctx.store;
+        let (header, blob_key) = match req.input {
+            Some(pb::download_input_request::Input::FileId(id)) => {
+                require_id("file_id", ids::FILE, &id)?;
+                let spec = &job.spec;
+                let named = spec.training_file == id
+                    || spec.validation_file.as_deref() == Some(id.as_str());
+                let of_model = !named
+                    && store
+                        .get_model(&spec.base_model)
+                        .await
+                        .is_ok_and(|m| m.files.iter().any(|mf| mf.file.id == id));
+                if !named && !of_model {
+                    // Indistinguishable from a missing file: a worker learns nothing else.
+                    return Err(ApiError::from(StoreError::NotFound { kind: "file", id }).into());
+                }
+                let file = store.get_file(&id).await?;
+                let key = file.blob_key.clone();
+                (
+                    pb::download_input_response::Data::File(convert::file(&file)),
+                    key,
+                )
+            }
+            Some(pb::download_input_request::Input::ArtifactId(id)) => {
+                require_id("artifact_id", ids::ARTIFACT, &id)?;
+                let not_found = || {
+                    ApiError::from(StoreError::NotFound {
+                        kind: "artifact",
+                        id: id.clone(),
+                    })
+                };
+                let artifact = store.get_artifact(&id).await.map_err(|_| not_found())?;
+                // Its own checkpoints, or (an ASHA promotion) those of a run of its sweep.
+                let own = artifact.job_id == job.id;
+                let same_sweep = !own
+                    && job.sweep_id.is_some()
+                    && store
+                        .get_job(&artifact.job_id)
+                        .await
+                        .is_ok_and(|other| other.sweep_id == job.sweep_id);
+                if !(own || same_sweep) {
+                    return Err(not_found().into());
+                }
+                let key = artifact.blob_key.clone();
+                (
+                    pb::download_input_response::Data::Artifact(convert::artifact(&artifact)),
+                    key,
+                )
+            }
+            None => return Err(ApiError::field("input", "name a file_id or an artifact_id").into()),
+        };
+        let body = self.ctx.blobs.read(&blob_key).await?;
+        let first =
+            futures::stream::once(
+                async move { Ok(pb::DownloadInputResponse { data: Some(header) }) },
+            );
+        let chunks = super::rechunk(body).map(|r| {
+            r.map(|chunk| pb::DownloadInputResponse {
+                data: Some(pb::download_input_response::Data::Chunk(chunk)),
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(first.chain(chunks))))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn register_worker(
         &self,

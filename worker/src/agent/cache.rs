@@ -56,7 +56,12 @@ impl Cache {
     }
 
     /// Path of a verified local copy of `file`, downloading it if needed.
-    pub async fn file(&self, conn: &Conn, file: &pb::File) -> Result<PathBuf, CacheError> {
+    pub async fn file(
+        &self,
+        conn: &Conn,
+        lease: LeaseRef<'_>,
+        file: &pb::File,
+    ) -> Result<PathBuf, CacheError> {
         let path = self.root.join("blobs").join(&file.sha256);
         if tokio::fs::metadata(&path)
             .await
@@ -73,7 +78,7 @@ impl Cache {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(250);
         loop {
-            match download(conn, &file.id, &file.sha256, &tmp).await {
+            match download(conn, lease, &file.id, &file.sha256, &tmp).await {
                 Ok(()) => break,
                 Err(CacheError::Rpc { status, .. })
                     if super::settle::is_transient(&status)
@@ -95,7 +100,12 @@ impl Cache {
     }
 
     /// A folder holding the model's files under their paths, assembled from the blob cache.
-    pub async fn model(&self, conn: &Conn, model: &pb::Model) -> Result<PathBuf, CacheError> {
+    pub async fn model(
+        &self,
+        conn: &Conn,
+        lease: LeaseRef<'_>,
+        model: &pb::Model,
+    ) -> Result<PathBuf, CacheError> {
         let mut hasher = Sha256::new();
         for f in &model.files {
             hasher.update(f.path.as_bytes());
@@ -115,7 +125,7 @@ impl Cache {
                 sha256: f.sha256.clone(),
                 ..Default::default()
             };
-            let blob = self.file(conn, &file).await?;
+            let blob = self.file(conn, lease, &file).await?;
             let target = dir.join(&f.path);
             let _ = tokio::fs::remove_file(&target).await;
             if tokio::fs::hard_link(&blob, &target).await.is_err() {
@@ -153,9 +163,27 @@ impl Cache {
 /// How long a download is retried through transient errors before the attempt fails.
 const DOWNLOAD_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Streams a file from FileService into `out`, verifying it against `expected_sha256`.
+/// The lease whose inputs a download fetches: the server hands a worker only those.
+#[derive(Clone, Copy)]
+pub struct LeaseRef<'a> {
+    pub job_id: &'a str,
+    pub token: &'a str,
+}
+
+impl std::fmt::Debug for LeaseRef<'_> {
+    /// The token stays out of logs and spans.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseRef")
+            .field("job_id", &self.job_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Streams an input of the lease into `out` (WorkerService.DownloadInput), verifying it
+/// against `expected_sha256`.
 async fn download(
     conn: &Conn,
+    lease: LeaseRef<'_>,
     id: &str,
     expected_sha256: &str,
     out: &Path,
@@ -170,14 +198,19 @@ async fn download(
             }
         }
     };
+    let request = pb::DownloadInputRequest {
+        job_id: lease.job_id.to_string(),
+        lease_token: lease.token.to_string(),
+        input: Some(pb::download_input_request::Input::FileId(id.to_string())),
+    };
     let mut stream = conn
-        .files()
-        .download(pb::DownloadFileRequest { id: id.to_string() })
+        .worker()
+        .download_input(request)
         .await
         .map_err(rpc)?
         .into_inner();
-    let chunk = |m: pb::DownloadFileResponse| match m.data {
-        Some(pb::download_file_response::Data::Chunk(c)) => Some(c),
+    let chunk = |m: pb::DownloadInputResponse| match m.data {
+        Some(pb::download_input_response::Data::Chunk(c)) => Some(c),
         _ => None,
     };
     save_verified(&mut stream, chunk, out, expected_sha256)

@@ -1,5 +1,5 @@
-//! gRPC clients of the control plane, with the worker token on WorkerService calls and the
-//! (optional) API key on file and artifact downloads.
+//! The gRPC client of the control plane's WorkerService, with the worker token on every call
+//! (inputs are downloaded through the lease, so a worker holds no client API key).
 
 use std::time::Duration;
 
@@ -7,8 +7,6 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
-use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 
 use super::AgentError;
@@ -42,22 +40,18 @@ impl Interceptor for Bearer {
 }
 
 pub type Worker = WorkerServiceClient<InterceptedService<Channel, Bearer>>;
-pub type Files = FileServiceClient<InterceptedService<Channel, Bearer>>;
-pub type Artifacts = ArtifactServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// One HTTP/2 connection, shared by all clients; reconnects lazily after the server restarts.
 #[derive(Clone, Debug)]
 pub struct Conn {
     channel: Channel,
     worker_token: Bearer,
-    api_key: Bearer,
 }
 
 impl Conn {
     pub fn new(
         url: &str,
         worker_token: Option<&str>,
-        api_key: Option<&str>,
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, AgentError> {
         let channel = tuna_client::endpoint::endpoint(url, ca_file)
@@ -69,19 +63,10 @@ impl Conn {
         Ok(Self {
             channel,
             worker_token: Bearer::new(worker_token)?,
-            api_key: Bearer::new(api_key)?,
         })
     }
 
     pub fn worker(&self) -> Worker {
         WorkerServiceClient::with_interceptor(self.channel.clone(), self.worker_token.clone())
-    }
-
-    pub fn files(&self) -> Files {
-        FileServiceClient::with_interceptor(self.channel.clone(), self.api_key.clone())
-    }
-
-    pub fn artifacts(&self) -> Artifacts {
-        ArtifactServiceClient::with_interceptor(self.channel.clone(), self.api_key.clone())
     }
 }

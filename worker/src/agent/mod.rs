@@ -44,9 +44,8 @@ pub enum AgentError {
 pub struct AgentConfig {
     /// Control plane URL, for example http://127.0.0.1:50051.
     pub server: String,
+    /// The worker token: the only secret a worker needs (inputs come through its lease).
     pub worker_token: Option<String>,
-    /// Needed for downloads only when the server requires an API key.
-    pub api_key: Option<String>,
     /// PEM CA of an `https://` server with a private CA.
     pub ca_file: Option<PathBuf>,
     pub name: String,
@@ -70,7 +69,6 @@ impl AgentConfig {
         Self {
             server: w.server.clone(),
             worker_token: secret(&w.token),
-            api_key: secret(&w.api_key),
             ca_file: (!w.ca_file.as_os_str().is_empty()).then(|| w.ca_file.clone()),
             name: if w.name.is_empty() {
                 host_name()
@@ -116,7 +114,6 @@ impl Agent {
         let conn = Conn::new(
             &config.server,
             config.worker_token.as_deref(),
-            config.api_key.as_deref(),
             config.ca_file.as_deref(),
         )?;
         let cache = Cache::new(&config.cache_dir)?;
@@ -325,13 +322,17 @@ impl Agent {
                 described.join("; ")
             ))
         })?;
+        let held = cache::LeaseRef {
+            job_id: &lease.job_id,
+            token: &lease.lease_token,
+        };
         let model = lease
             .model
             .as_ref()
             .ok_or_else(|| RunError::User("the lease names no registered model".into()))?;
         let model_dir = self
             .cache
-            .model(&self.conn, model)
+            .model(&self.conn, held, model)
             .await
             .map_err(cache_err)?;
         let training = lease
@@ -340,11 +341,16 @@ impl Agent {
             .ok_or_else(|| RunError::User("the lease names no training file".into()))?;
         let training_file = self
             .cache
-            .file(&self.conn, training)
+            .file(&self.conn, held, training)
             .await
             .map_err(cache_err)?;
         let validation_file = match &lease.validation_file {
-            Some(v) => Some(self.cache.file(&self.conn, v).await.map_err(cache_err)?),
+            Some(v) => Some(
+                self.cache
+                    .file(&self.conn, held, v)
+                    .await
+                    .map_err(cache_err)?,
+            ),
             None => None,
         };
         tokio::fs::create_dir_all(work_dir)
@@ -353,7 +359,7 @@ impl Agent {
         let resume_from = match &lease.resume_from {
             Some(artifact) => {
                 let tar = work_dir.join("resume.tar");
-                upload::download_artifact(&self.conn, artifact, &tar)
+                upload::download_artifact(&self.conn, held, artifact, &tar)
                     .await
                     .map_err(|e| {
                         RunError::System(format!("downloading checkpoint {}: {e}", artifact.id))

@@ -107,18 +107,24 @@ async fn upload_file(
     Ok(reply.into_inner())
 }
 
-/// Downloads an artifact into `out`, verifying its sha256.
+/// Downloads a checkpoint of the lease into `out` (WorkerService.DownloadInput), verifying
+/// its sha256.
 pub async fn download_artifact(
     conn: &Conn,
+    lease: super::cache::LeaseRef<'_>,
     artifact: &pb::Artifact,
     out: &Path,
 ) -> Result<(), TransferError> {
-    let req = pb::DownloadRequest {
-        artifact_id: artifact.id.clone(),
+    let req = pb::DownloadInputRequest {
+        job_id: lease.job_id.to_string(),
+        lease_token: lease.token.to_string(),
+        input: Some(pb::download_input_request::Input::ArtifactId(
+            artifact.id.clone(),
+        )),
     };
-    let mut stream = conn.artifacts().download(req).await?.into_inner();
-    let chunk = |m: pb::DownloadResponse| match m.data {
-        Some(pb::download_response::Data::Chunk(c)) => Some(c),
+    let mut stream = conn.worker().download_input(req).await?.into_inner();
+    let chunk = |m: pb::DownloadInputResponse| match m.data {
+        Some(pb::download_input_response::Data::Chunk(c)) => Some(c),
         _ => None,
     };
     save_verified(&mut stream, chunk, out, &artifact.sha256).await

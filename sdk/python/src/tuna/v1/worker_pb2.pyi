@@ -39,6 +39,28 @@ OUTCOME_CANCELLED: Outcome
 OUTCOME_PAUSED: Outcome
 OUTCOME_RELEASED: Outcome
 
+class DownloadInputRequest(_message.Message):
+    __slots__ = ("job_id", "lease_token", "file_id", "artifact_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    lease_token: str
+    file_id: str
+    artifact_id: str
+    def __init__(self, job_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., file_id: _Optional[str] = ..., artifact_id: _Optional[str] = ...) -> None: ...
+
+class DownloadInputResponse(_message.Message):
+    __slots__ = ("file", "artifact", "chunk")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    file: _file_pb2.File
+    artifact: _job_pb2.Artifact
+    chunk: bytes
+    def __init__(self, file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., artifact: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
 class WorkerCapabilities(_message.Message):
     __slots__ = ("device", "memory_bytes", "free_disk_bytes", "cached_models")
     DEVICE_FIELD_NUMBER: _ClassVar[int]

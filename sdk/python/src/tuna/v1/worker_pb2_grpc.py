@@ -76,6 +76,11 @@ class WorkerServiceStub:
                 request_serializer=tuna_dot_v1_dot_worker__pb2.FailJobRequest.SerializeToString,
                 response_deserializer=tuna_dot_v1_dot_worker__pb2.FailJobResponse.FromString,
                 _registered_method=True)
+        self.DownloadInput = channel.unary_stream(
+                '/tuna.v1.WorkerService/DownloadInput',
+                request_serializer=tuna_dot_v1_dot_worker__pb2.DownloadInputRequest.SerializeToString,
+                response_deserializer=tuna_dot_v1_dot_worker__pb2.DownloadInputResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -140,6 +145,17 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadInput(self, request, context):
+        """Streams an input of the caller's lease, authorized by the worker token and the lease itself
+        (workers need no client API key): the job's training or validation file, a file of its base
+        model, or a checkpoint of the job (or of its sweep) to resume from. Any other file or
+        artifact is NOT_FOUND; a lease no longer held is FAILED_PRECONDITION (LEASE_LOST). The
+        first message carries the file or artifact, the rest chunks of at most 1 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +193,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.FailJob,
                     request_deserializer=tuna_dot_v1_dot_worker__pb2.FailJobRequest.FromString,
                     response_serializer=tuna_dot_v1_dot_worker__pb2.FailJobResponse.SerializeToString,
+            ),
+            'DownloadInput': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadInput,
+                    request_deserializer=tuna_dot_v1_dot_worker__pb2.DownloadInputRequest.FromString,
+                    response_serializer=tuna_dot_v1_dot_worker__pb2.DownloadInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -374,6 +395,33 @@ class WorkerService:
             '/tuna.v1.WorkerService/FailJob',
             tuna_dot_v1_dot_worker__pb2.FailJobRequest.SerializeToString,
             tuna_dot_v1_dot_worker__pb2.FailJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuna.v1.WorkerService/DownloadInput',
+            tuna_dot_v1_dot_worker__pb2.DownloadInputRequest.SerializeToString,
+            tuna_dot_v1_dot_worker__pb2.DownloadInputResponse.FromString,
             options,
             channel_credentials,
             insecure,
