@@ -20,6 +20,9 @@ pub fn endpoint(url: &str, ca_file: Option<&Path>) -> Result<Endpoint, ClientErr
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true);
     let tls = url.starts_with("https://");
+    if tls {
+        tuna_telemetry::install_tls_provider();
+    }
     match (tls, ca_file) {
         (true, Some(ca)) => {
             let pem = std::fs::read(ca).map_err(|source| ClientError::Io {

@@ -365,6 +365,7 @@ impl ControlPlane {
 /// The server's TLS settings from its PEM files (read at start-up, so a bad path or file
 /// stops the server with the file named).
 fn tls_config(files: &crate::edge::TlsFiles) -> Result<ServerTlsConfig, ServeError> {
+    tuna_telemetry::install_tls_provider();
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| ServeError::Tls {
             path: path.display().to_string(),

@@ -107,6 +107,14 @@ pub fn init(service_name: &str, config: &Telemetry) -> Result<TelemetryGuard, Te
     Ok(TelemetryGuard { provider, meters })
 }
 
+/// Makes aws-lc-rs (with post-quantum key exchange) the process's TLS crypto provider
+/// (idempotent). Call before building a TLS server config: tonic links ring and the S3
+/// client aws-lc-rs, and rustls refuses to guess between two.
+pub fn install_tls_provider() {
+    // Err means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
