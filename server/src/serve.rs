@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -335,7 +334,12 @@ impl ControlPlane {
             .layer(http)
             .layer(edge)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            // `tcp_nodelay` above only applies to listeners tonic binds itself: set it on each
+            // accepted socket, or small responses wait on Nagle + delayed ACK (~40 ms).
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await;
         reaper.abort();
         // It saw the shutdown signal; give it a moment to release its lease.
