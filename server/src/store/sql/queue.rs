@@ -24,24 +24,59 @@ macro_rules! sql_queue {
         async fn claim_job(store: &$Store, worker: &WorkerRecord) -> Result<Option<Lease>> {
             let now = store.clock.now_ms();
             let mut tx = store.begin().await?;
-            // Eligibility and order are the query's, index-served; `attempt < max_attempts` is
-            // `queue::has_attempts_left` (an exhausted job is left to the reaper to fail).
-            let row = sqlx::query(concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM jobs WHERE ((state = 'queued' AND run_after <= $1) \
-                 OR (state = 'running' AND lease_expires_at <= $1 AND attempt < max_attempts)) \
-                 AND (device = 'any' OR device = $2) AND min_memory_bytes <= $3 \
-                 ORDER BY priority DESC, created_at, id LIMIT 1",
-                $SKIP
-            ))
-            .bind(now)
-            .bind(&worker.device)
-            .bind(worker.memory_bytes)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let job = job_from_row(&row)?.job;
+            // Candidates, each the first in (priority DESC, created_at, id) order straight from
+            // an index and locked (SKIP LOCKED on PostgreSQL): an expired lease with attempts
+            // left (`queue::has_attempts_left`; an exhausted one is the reaper's), a queued job
+            // for any device, one for the worker's device; the best of them wins. One query with
+            // ORs would scan and sort every claimable row per claim.
+            let mut rows = Vec::with_capacity(3);
+            rows.extend(
+                sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE state = 'running' AND lease_expires_at <= $1 \
+                     AND attempt < max_attempts AND (device = 'any' OR device = $2) \
+                     AND min_memory_bytes <= $3 ORDER BY priority DESC, created_at, id LIMIT 1",
+                    $SKIP
+                ))
+                .bind(now)
+                .bind(&worker.device)
+                .bind(worker.memory_bytes)
+                .fetch_optional(&mut *tx)
+                .await?,
+            );
+            let devices: &[&str] = if worker.device == "any" {
+                &["any"]
+            } else {
+                &["any", worker.device.as_str()]
+            };
+            for device in devices {
+                rows.extend(
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        job_columns!(),
+                        " FROM jobs WHERE state = 'queued' AND device = $2 AND run_after <= $1 \
+                         AND min_memory_bytes <= $3 ORDER BY priority DESC, created_at, id LIMIT 1",
+                        $SKIP
+                    ))
+                    .bind(now)
+                    .bind(*device)
+                    .bind(worker.memory_bytes)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                );
+            }
+            let mut best: Option<JobRecord> = None;
+            for row in &rows {
+                let job = job_from_row(row)?.job;
+                let key = |j: &JobRecord| (std::cmp::Reverse(j.spec.priority), j.created_at, j.id.clone());
+                if best.as_ref().is_none_or(|b| key(&job) < key(b)) {
+                    best = Some(job);
+                }
+            }
+            // The other candidates stay locked until this transaction ends (milliseconds).
+            let row: Option<JobRecord> = best;
+            let Some(job) = row else { return Ok(None) };
             let claim = queue::claim(job.state, job.attempt);
             if claim.reclaimed {
                 let msg = format!("lease of attempt {} expired; job reclaimed", job.attempt);
