@@ -1015,7 +1015,6 @@ async fn a_worker_downloads_only_the_inputs_of_the_lease_it_holds(pool: sqlx::Pg
         job_id: job.id.clone(),
         lease_token: token.clone(),
         outcome: pb::Outcome::Succeeded as i32,
-        ..Default::default()
     })
     .await
     .unwrap();
