@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Read, Seek};
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{self, Content, Value};
+use candle_core::quantized::gguf_file::{self, Content, TensorInfo, Value};
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -138,10 +138,7 @@ fn gguf_name(hf: &str) -> Option<String> {
 /// Undoes llama.cpp's `permute(w, n_head)` on Q/K rows (weights `[out, in]` or biases
 /// `[out]`): `reshape(n_head, hd/2, 2, …) → swap(1, 2) → reshape(out, …)`.
 pub fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let dims = w.dims().to_vec();
-    let out = dims[0];
-    let rest: usize = dims[1..].iter().product();
-    let hd = out / n_head;
+    let (dims, hd, rest) = head_split(w, n_head)?;
     w.reshape((n_head, hd / 2, 2, rest))?
         .transpose(1, 2)?
         .contiguous()?
@@ -150,14 +147,162 @@ pub fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
 
 /// llama.cpp's `permute(w, n_head)`: the inverse of [`unpermute`].
 pub fn permute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let dims = w.dims().to_vec();
-    let out = dims[0];
-    let rest: usize = dims[1..].iter().product();
-    let hd = out / n_head;
+    let (dims, hd, rest) = head_split(w, n_head)?;
     w.reshape((n_head, 2, hd / 2, rest))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape(dims)
+}
+
+/// `w`'s dims, rows per head and columns, when its rows split into `n_head` heads of an
+/// even size (a GGUF file's head count and shapes are untrusted: no division by zero).
+fn head_split(w: &Tensor, n_head: usize) -> candle_core::Result<(Vec<usize>, usize, usize)> {
+    let dims = w.dims().to_vec();
+    let Some((&out, rest)) = dims.split_first() else {
+        candle_core::bail!("a scalar has no rows to split into heads");
+    };
+    if n_head == 0 || !out.is_multiple_of(n_head) || !(out / n_head).is_multiple_of(2) {
+        candle_core::bail!("{out} rows do not split into {n_head} heads of an even size");
+    }
+    let rest = rest.iter().product();
+    Ok((dims, out / n_head, rest))
+}
+
+/// Why tensor `info` cannot be read from a file of `file_len` bytes, checked before candle
+/// reads it: candle multiplies the declared dims unchecked (overflowing on a crafted shape)
+/// and views an empty tensor's dangling buffer as `f32`s (undefined behaviour).
+fn unreadable(info: &TensorInfo, data_offset: u64, file_len: u64) -> Option<String> {
+    let elems = info
+        .shape
+        .dims()
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d));
+    if elems == Some(0) {
+        return Some(format!("shape {:?} has no elements", info.shape.dims()));
+    }
+    let bytes = elems
+        .and_then(|n| (n / info.ggml_dtype.block_size()).checked_mul(info.ggml_dtype.type_size()));
+    let end = bytes
+        .and_then(|b| u64::try_from(b).ok())
+        .and_then(|b| data_offset.checked_add(info.offset)?.checked_add(b));
+    if end.is_some_and(|end| end <= file_len) {
+        None
+    } else {
+        Some(format!(
+            "shape {:?} of {:?} does not fit in the file",
+            info.shape.dims(),
+            info.ggml_dtype
+        ))
+    }
+}
+
+/// Whether the metadata sets `general.alignment` to 0, which candle's reader divides by (a
+/// panic). Walks the key/value pairs the way candle does, skipping values; a header it cannot
+/// walk is left to candle's reader, which reports it. The reader is rewound.
+fn zero_alignment(reader: &mut BufReader<File>) -> std::io::Result<bool> {
+    let start = reader.stream_position()?;
+    let found = scan_for_zero_alignment(reader).unwrap_or(false);
+    reader.seek(std::io::SeekFrom::Start(start))?;
+    Ok(found)
+}
+
+fn scan_for_zero_alignment(r: &mut BufReader<File>) -> std::io::Result<bool> {
+    fn bytes<const N: usize>(r: &mut BufReader<File>) -> std::io::Result<[u8; N]> {
+        let mut b = [0; N];
+        r.read_exact(&mut b)?;
+        Ok(b)
+    }
+    fn u32_(r: &mut BufReader<File>) -> std::io::Result<u32> {
+        Ok(u32::from_le_bytes(bytes(r)?))
+    }
+    fn skip(r: &mut BufReader<File>, n: u64) -> std::io::Result<()> {
+        let n = i64::try_from(n).map_err(|_| std::io::ErrorKind::InvalidData)?;
+        r.seek_relative(n)
+    }
+    // GGUF v1 lengths are u32, later ones u64.
+    fn len(r: &mut BufReader<File>, v1: bool) -> std::io::Result<u64> {
+        Ok(if v1 {
+            u64::from(u32_(r)?)
+        } else {
+            u64::from_le_bytes(bytes(r)?)
+        })
+    }
+    /// Bytes of one value of a fixed-size type.
+    fn width(ty: u32) -> Option<u64> {
+        match ty {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        }
+    }
+    fn skip_value(r: &mut BufReader<File>, ty: u32, v1: bool, depth: u32) -> std::io::Result<()> {
+        if let Some(w) = width(ty) {
+            return skip(r, w);
+        }
+        match ty {
+            8 => {
+                let n = len(r, v1)?;
+                skip(r, n)
+            }
+            // candle's nesting limit: arrays down to depth 64.
+            9 if depth <= 64 => {
+                let inner = u32_(r)?;
+                let n = len(r, v1)?;
+                if let Some(w) = width(inner) {
+                    return skip(r, n.checked_mul(w).ok_or(std::io::ErrorKind::InvalidData)?);
+                }
+                // Strings and arrays each read a length, so a count past the end stops at EOF.
+                for _ in 0..n {
+                    skip_value(r, inner, v1, depth + 1)?;
+                }
+                Ok(())
+            }
+            _ => Err(std::io::ErrorKind::InvalidData.into()),
+        }
+    }
+    let magic = u32_(r)?;
+    let version = u32_(r)?;
+    if !matches!(magic, 0x4655_4747 | 0x4747_5546) || !(1..=3).contains(&version) {
+        return Ok(false);
+    }
+    let v1 = version == 1;
+    let _tensors = len(r, v1)?;
+    let kvs = len(r, v1)?;
+    const KEY: &[u8; 17] = b"general.alignment";
+    // candle keeps the last of repeated keys and strips trailing NULs from every key.
+    let mut zero = false;
+    for _ in 0..kvs {
+        let key_len = len(r, v1)?;
+        let mut is_alignment = false;
+        if key_len >= KEY.len() as u64 {
+            is_alignment = bytes(r)? == *KEY;
+            let mut rest = key_len - KEY.len() as u64;
+            let mut chunk = [0u8; 4096];
+            while rest > 0 {
+                let n = rest.min(chunk.len() as u64) as usize;
+                r.read_exact(&mut chunk[..n])?;
+                is_alignment &= chunk[..n].iter().all(|&b| b == 0);
+                rest -= n as u64;
+            }
+        } else {
+            skip(r, key_len)?;
+        }
+        let ty = u32_(r)?;
+        if is_alignment && matches!(ty, 0..=5) {
+            // u8, i8, u16, i16, u32, i32: the types candle reads an alignment from.
+            let width = [1, 1, 2, 2, 4, 4][ty as usize];
+            let mut v = [0u8; 4];
+            r.read_exact(&mut v[..width])?;
+            zero = v == [0; 4];
+        } else {
+            // Any other type leaves candle's default alignment.
+            zero &= !is_alignment;
+            skip_value(r, ty, v1, 0)?;
+        }
+    }
+    Ok(zero)
 }
 
 /// Reads a GGUF file: config from metadata, dequantized HF-named weights in `dtype`, and
@@ -168,7 +313,11 @@ pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<GgufModel, Mod
         reason,
     };
     let file = File::open(path).map_err(|e| read_err(e.to_string()))?;
+    let file_len = file.metadata().map_err(|e| read_err(e.to_string()))?.len();
     let mut reader = BufReader::new(file);
+    if zero_alignment(&mut reader).map_err(|e| read_err(e.to_string()))? {
+        return Err(read_err("general.alignment is 0".into()).into());
+    }
     let content = Content::read(&mut reader).map_err(|e| read_err(e.to_string()))?;
     let meta = |key: &str| -> Result<&Value, GgufError> {
         content
@@ -215,6 +364,10 @@ pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<GgufModel, Mod
             name: name.clone(),
             reason,
         };
+        let info = &content.tensor_infos[name];
+        if let Some(reason) = unreadable(info, content.tensor_data_offset, file_len) {
+            return Err(tensor_err(reason).into());
+        }
         let q = content
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(|e| tensor_err(e.to_string()))?;
@@ -475,5 +628,125 @@ mod tests {
             assert_eq!(hf_name(&gguf_name(hf).unwrap()).as_deref(), Some(hf));
         }
         assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    /// A GGUF v3 file: `kvs` (key, type, raw value) then `tensors` (name, dims, f32, offset
+    /// 0), no tensor data.
+    fn crafted(kvs: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64])]) -> Vec<u8> {
+        let s = |v: &mut Vec<u8>, text: &str| {
+            v.extend((text.len() as u64).to_le_bytes());
+            v.extend(text.as_bytes());
+        };
+        let mut v = b"GGUF".to_vec();
+        v.extend(3u32.to_le_bytes());
+        v.extend((tensors.len() as u64).to_le_bytes());
+        v.extend((kvs.len() as u64).to_le_bytes());
+        for (key, ty, value) in kvs {
+            s(&mut v, key);
+            v.extend(ty.to_le_bytes());
+            v.extend(value);
+        }
+        for (name, dims) in tensors {
+            s(&mut v, name);
+            v.extend((dims.len() as u32).to_le_bytes());
+            for d in *dims {
+                v.extend(d.to_le_bytes());
+            }
+            v.extend(0u32.to_le_bytes()); // f32
+            v.extend(0u64.to_le_bytes());
+        }
+        v
+    }
+
+    fn llama_kvs() -> Vec<(&'static str, u32, Vec<u8>)> {
+        let text = |t: &str| [&(t.len() as u64).to_le_bytes()[..], t.as_bytes()].concat();
+        let u32v = |n: u32| n.to_le_bytes().to_vec();
+        vec![
+            ("general.architecture", 8, text("llama")),
+            ("llama.embedding_length", 4, u32v(4)),
+            ("llama.attention.head_count", 4, u32v(2)),
+            ("llama.block_count", 4, u32v(1)),
+            ("llama.feed_forward_length", 4, u32v(8)),
+        ]
+    }
+
+    fn read_bytes(bytes: &[u8]) -> Result<GgufModel, ModelError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crafted.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        read(&path, DType::F32, &Device::Cpu)
+    }
+
+    #[test]
+    fn a_zero_alignment_is_an_error_not_a_division_by_zero() {
+        for ty in [0u32, 4, 5] {
+            let width = if ty == 0 { 1 } else { 4 };
+            let mut kvs = llama_kvs();
+            kvs.insert(1, ("general.alignment", ty, vec![0; width]));
+            let err = read_bytes(&crafted(&kvs, &[])).unwrap_err();
+            assert!(err.to_string().contains("alignment"), "{err}");
+        }
+        // An array claiming 2^40 bytes before the alignment is skipped at once (the file
+        // then ends), not element by element.
+        let mut kvs = llama_kvs();
+        let huge_array = [&0u32.to_le_bytes()[..], &(1u64 << 40).to_le_bytes()].concat();
+        kvs.insert(0, ("tokenizer.ggml.scores", 9, huge_array));
+        kvs.push(("general.alignment", 4, vec![0; 4]));
+        let started = std::time::Instant::now();
+        assert!(read_bytes(&crafted(&kvs, &[])).is_err());
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+        // candle strips trailing NULs from keys.
+        let mut kvs = llama_kvs();
+        kvs.push(("general.alignment\0\0", 4, vec![0; 4]));
+        let err = read_bytes(&crafted(&kvs, &[])).unwrap_err();
+        assert!(err.to_string().contains("alignment"), "{err}");
+        // A valid alignment still reads (up to the missing embedding tensor), also when it
+        // replaces an earlier zero (candle keeps the last of repeated keys).
+        let mut kvs = llama_kvs();
+        kvs.push(("general.alignment", 4, vec![0; 4]));
+        kvs.push(("general.alignment", 4, 64u32.to_le_bytes().to_vec()));
+        let err = read_bytes(&crafted(&kvs, &[])).unwrap_err();
+        assert!(err.to_string().contains("token_embd.weight"), "{err}");
+    }
+
+    #[test]
+    fn a_tensor_shape_past_the_file_is_an_error_not_an_overflow() {
+        let huge: &[u64] = &[1 << 62, 1 << 62];
+        let long: &[u64] = &[4, 1 << 40];
+        for dims in [huge, long] {
+            let bytes = crafted(&llama_kvs(), &[("token_embd.weight", dims)]);
+            let err = read_bytes(&bytes).unwrap_err();
+            assert!(
+                err.to_string().contains("does not fit in the file"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_tensor_is_an_error_not_a_misaligned_view() {
+        let bytes = crafted(&llama_kvs(), &[("token_embd.weight", &[0, 4])]);
+        let err = read_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().contains("has no elements"), "{err}");
+    }
+
+    #[test]
+    fn q_k_rows_that_do_not_split_into_heads_are_an_error_not_a_panic() {
+        let w = Tensor::zeros((8, 6), DType::F32, &Device::Cpu).unwrap();
+        assert!(unpermute(&w, 0).is_err());
+        assert!(permute(&w, 0).is_err());
+        assert!(unpermute(&w, 3).is_err()); // 8 rows, 3 heads
+        assert!(unpermute(&w, 8).is_err()); // heads of one row cannot be halved
+        let scalar = Tensor::new(1f32, &Device::Cpu).unwrap();
+        assert!(unpermute(&scalar, 1).is_err());
+        // A Q weight with a head count of 0 in the metadata.
+        let mut kvs = llama_kvs();
+        kvs[2].2 = 0u32.to_le_bytes().to_vec();
+        let f32s = |n: usize| vec![0u8; 4 * n];
+        let mut bytes = crafted(&kvs, &[("blk.0.attn_q.weight", &[4, 4])]);
+        bytes.resize(bytes.len().div_ceil(32) * 32, 0);
+        bytes.extend(f32s(16));
+        let err = read_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().contains("heads"), "{err}");
     }
 }
