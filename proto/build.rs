@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tuna/v1/model.proto",
         "tuna/v1/worker.proto",
         "tuna/v1/sweep.proto",
+        "tuna/v1/admin.proto",
     ];
     // tonic-prost-build's own rerun-if-changed is a no-op since 0.14 (grpc-rust #2511).
     println!("cargo:rerun-if-changed=tuna");

@@ -176,6 +176,10 @@ impl Server {
             .arg(dir)
             .env("TUNA_API_KEY", API_KEY)
             .env("TUNA_WORKER_TOKEN", WORKER_TOKEN)
+            // The benchmark's one client key enqueues thousands of jobs at once: no rate limit
+            // or queued-job quota (their defaults protect a shared server, not this one).
+            .env("TUNA_RATE_LIMIT_PER_KEY", "0")
+            .env("TUNA_MAX_QUEUED_JOBS_PER_TENANT", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -504,6 +508,7 @@ async fn raw_run(db: &Db<'_>, spec: &pb::JobSpec, jobs: usize, workers: usize) -
         .map(|_| {
             let store = store.clone();
             let job = NewJob {
+                tenant: "default".into(),
                 spec: spec.clone(),
                 request_id: None,
                 sweep_id: None,
@@ -523,7 +528,7 @@ async fn raw_run(db: &Db<'_>, spec: &pb::JobSpec, jobs: usize, workers: usize) -
     for w in 0..workers {
         registered.push(
             store
-                .register_worker(&format!("bench-{w}"), "cpu", 1 << 30, "{}")
+                .register_worker("bench", &format!("bench-{w}"), "cpu", 1 << 30, "{}")
                 .await
                 .map_err(err)?,
         );

@@ -26,6 +26,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 pub use tuna_proto::v1 as pb;
+use tuna_proto::v1::admin_service_client::AdminServiceClient;
 use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
 use tuna_proto::v1::file_service_client::FileServiceClient;
 use tuna_proto::v1::job_service_client::JobServiceClient;
@@ -140,6 +141,11 @@ impl Client {
 
     pub fn sweeps(&self) -> SweepServiceClient<Svc> {
         SweepServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// API keys (admin keys only).
+    pub fn admin(&self) -> AdminServiceClient<Svc> {
+        AdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     pub fn artifacts(&self) -> ArtifactServiceClient<Svc> {

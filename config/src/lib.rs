@@ -72,6 +72,20 @@ pub struct Api {
     /// dashboard are served over TLS only.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// Calls per second one client or admin key may make, sustained (a token bucket per key;
+    /// more are RESOURCE_EXHAUSTED); 0 turns the limit off. Worker calls are paced by their
+    /// leases and are not limited.
+    pub rate_limit_per_key: u64,
+    /// Calls a key may make in a burst above the sustained rate.
+    pub rate_limit_burst: u64,
+    /// Most file uploads one key streams at once (within `max_concurrent_uploads`).
+    pub max_uploads_per_key: u64,
+    /// Most QUEUED jobs one tenant may have; CreateJob past it is RESOURCE_EXHAUSTED. 0: no
+    /// limit.
+    pub max_queued_jobs_per_tenant: u64,
+    /// Most bytes of files and artifacts one tenant may store; an upload that would pass it
+    /// is RESOURCE_EXHAUSTED. 0: no limit.
+    pub max_stored_bytes_per_tenant: i64,
     /// Serve a non-loopback address without TLS, an API key or a worker token. Off by default:
     /// such a server refuses to start, since anyone who reaches it (or reads its traffic)
     /// could run and read jobs.
@@ -90,6 +104,11 @@ impl Default for Api {
             concurrency_limit: 1_024,
             max_concurrent_uploads: 64,
             upload_idle_timeout_ms: 30_000,
+            rate_limit_per_key: 100,
+            rate_limit_burst: 200,
+            max_uploads_per_key: 8,
+            max_queued_jobs_per_tenant: 10_000,
+            max_stored_bytes_per_tenant: 1 << 40,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             insecure: false,
@@ -268,6 +287,19 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "TUNA_UPLOAD_IDLE_TIMEOUT_MS",
         "api",
         "upload_idle_timeout_ms",
+    ),
+    ("TUNA_RATE_LIMIT_PER_KEY", "api", "rate_limit_per_key"),
+    ("TUNA_RATE_LIMIT_BURST", "api", "rate_limit_burst"),
+    ("TUNA_MAX_UPLOADS_PER_KEY", "api", "max_uploads_per_key"),
+    (
+        "TUNA_MAX_QUEUED_JOBS_PER_TENANT",
+        "api",
+        "max_queued_jobs_per_tenant",
+    ),
+    (
+        "TUNA_MAX_STORED_BYTES_PER_TENANT",
+        "api",
+        "max_stored_bytes_per_tenant",
     ),
     ("TUNA_TLS_CERT", "api", "tls_cert"),
     ("TUNA_TLS_KEY", "api", "tls_key"),
@@ -453,6 +485,21 @@ impl Config {
         }
         if a.max_concurrent_uploads == 0 {
             return Err(bad("api.max_concurrent_uploads", "must be > 0".into()));
+        }
+        if a.max_uploads_per_key == 0 {
+            return Err(bad("api.max_uploads_per_key", "must be > 0".into()));
+        }
+        if a.rate_limit_per_key > 0 && a.rate_limit_burst == 0 {
+            return Err(bad(
+                "api.rate_limit_burst",
+                "must be > 0 while api.rate_limit_per_key is set".into(),
+            ));
+        }
+        if a.max_stored_bytes_per_tenant < 0 {
+            return Err(bad(
+                "api.max_stored_bytes_per_tenant",
+                "must be >= 0".into(),
+            ));
         }
         if a.tls_cert.as_os_str().is_empty() != a.tls_key.as_os_str().is_empty() {
             return Err(bad(

@@ -24,6 +24,9 @@ pub fn limits(config: &Config) -> Limits {
         max_concurrent_uploads: usize::try_from(config.api.max_concurrent_uploads)
             .unwrap_or(usize::MAX),
         upload_idle_timeout_ms: config.api.upload_idle_timeout_ms,
+        max_uploads_per_key: usize::try_from(config.api.max_uploads_per_key).unwrap_or(usize::MAX),
+        max_queued_jobs_per_tenant: config.api.max_queued_jobs_per_tenant,
+        max_stored_bytes_per_tenant: config.api.max_stored_bytes_per_tenant,
     }
 }
 
@@ -47,14 +50,20 @@ mod tests {
                 l.max_acquire_wait_ms,
                 l.poll_interval_ms,
                 l.max_concurrent_uploads,
-                l.upload_idle_timeout_ms
+                l.upload_idle_timeout_ms,
+                l.max_uploads_per_key,
+                l.max_queued_jobs_per_tenant,
+                l.max_stored_bytes_per_tenant,
             ),
             (
                 d.max_upload_bytes,
                 d.max_acquire_wait_ms,
                 d.poll_interval_ms,
                 d.max_concurrent_uploads,
-                d.upload_idle_timeout_ms
+                d.upload_idle_timeout_ms,
+                d.max_uploads_per_key,
+                d.max_queued_jobs_per_tenant,
+                d.max_stored_bytes_per_tenant,
             )
         );
     }

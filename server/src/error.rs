@@ -40,6 +40,9 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Authenticated, but this credential may not do that (the message says why).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A limit on concurrent use was reached (the message names it).
     #[error("{0}")]
     Exhausted(String),
@@ -166,6 +169,7 @@ impl From<ApiError> for Status {
             ApiError::DigestMismatch { .. } => Status::new(Code::DataLoss, message),
             ApiError::Unauthenticated(_) => Status::unauthenticated(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
+            ApiError::PermissionDenied(_) => Status::permission_denied(message),
             ApiError::Exhausted(_) => Status::resource_exhausted(message),
             ApiError::Idle(_) => Status::deadline_exceeded(message),
             ApiError::Blob(e) => match e {

@@ -13,6 +13,7 @@ use tonic::service::Routes;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
+use tuna_proto::v1::admin_service_server::AdminServiceServer;
 use tuna_proto::v1::artifact_service_server::ArtifactServiceServer;
 use tuna_proto::v1::file_service_server::FileServiceServer;
 use tuna_proto::v1::fleet_service_server::FleetServiceServer;
@@ -21,6 +22,7 @@ use tuna_proto::v1::model_service_server::ModelServiceServer;
 use tuna_proto::v1::sweep_service_server::SweepServiceServer;
 use tuna_proto::v1::worker_service_server::WorkerServiceServer;
 
+use crate::api::admin::Admin;
 use crate::api::artifacts::Artifacts;
 use crate::api::files::Files;
 use crate::api::fleet::Fleet;
@@ -156,6 +158,8 @@ impl ControlPlane {
                 u64::try_from(limits.max_acquire_wait_ms).unwrap_or(0),
             ),
             concurrency_limit: usize::try_from(api.concurrency_limit).unwrap_or(usize::MAX),
+            rate_limit_per_key: api.rate_limit_per_key,
+            rate_limit_burst: api.rate_limit_burst,
             insecure: api.insecure,
             tls: (!api.tls_cert.as_os_str().is_empty()).then(|| crate::edge::TlsFiles {
                 cert: api.tls_cert.clone(),
@@ -171,6 +175,7 @@ impl ControlPlane {
                         .max_concurrent_uploads
                         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
                 )),
+                key_uploads: Arc::default(),
                 limits,
                 metrics: ServiceMetrics::new(),
                 shutdown,
@@ -217,6 +222,7 @@ impl ControlPlane {
             <ModelServiceServer<Models> as NamedService>::NAME,
             <SweepServiceServer<Sweeps> as NamedService>::NAME,
             <FleetServiceServer<Fleet> as NamedService>::NAME,
+            <AdminServiceServer<Admin> as NamedService>::NAME,
         ];
         for service in &services {
             health_reporter
@@ -283,9 +289,8 @@ impl ControlPlane {
             Duration::from_secs(15),
         ));
 
-        let api_key = self.edge.api_key.clone();
         let tls = self.edge.tls.as_ref().map(tls_config).transpose()?;
-        let edge = EdgeLayer::new(self.edge, self.ctx.metrics.clone());
+        let edge = EdgeLayer::new(self.edge, self.ctx.metrics.clone(), self.ctx.store.clone());
         let ctx = self.ctx;
         let reporter = health_reporter.clone();
         let stopping = self.stopping;
@@ -308,12 +313,13 @@ impl ControlPlane {
             .add_service(ModelServiceServer::new(Models::new(ctx.clone())))
             .add_service(SweepServiceServer::new(Sweeps::new(ctx.clone())))
             .add_service(FleetServiceServer::new(Fleet::new(ctx.clone())))
+            .add_service(AdminServiceServer::new(Admin::new(ctx.clone())))
             .add_service(WorkerServiceServer::new(Workers::new(ctx)))
             .prepare();
         // The JSON gateway calls the services through the same edge stack (and the same
         // concurrency cap and metrics), in-process.
         let grpc: GrpcStack = BoxCloneSyncService::new(edge.clone().layer(routes.clone()));
-        let http = HttpLayer::new(grpc, api_key)?;
+        let http = HttpLayer::new(grpc, edge.authenticator())?;
         tracing::info!(addr = ?local, "tuna control plane serving (gRPC, and HTTP: /api/, dashboard at /)");
         let mut server = Server::builder();
         if let Some(tls) = tls {

@@ -152,12 +152,13 @@ async fn each_service_needs_its_own_token_and_health_needs_none(pool: sqlx::PgPo
             .await
             .unwrap();
     }
-    // The worker token opens only WorkerService, the API key only the client services.
+    // The worker token opens only WorkerService, the API key only the client services: the
+    // other credential is known but not allowed there.
     let err = jobs(&h.channel)
         .list_jobs(with_auth(list(), "Bearer worker-token"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.code(), Code::PermissionDenied);
     let mut w = WorkerServiceClient::new(h.channel.clone());
     let register = || pb::RegisterWorkerRequest {
         name: "w".into(),
@@ -171,7 +172,7 @@ async fn each_service_needs_its_own_token_and_health_needs_none(pool: sqlx::PgPo
         .register_worker(with_auth(register(), "Bearer client-key"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.code(), Code::PermissionDenied);
     w.register_worker(with_auth(register(), "bearer worker-token"))
         .await
         .unwrap();

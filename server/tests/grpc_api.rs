@@ -227,7 +227,7 @@ async fn create_get_list_paginate_and_watch_over_grpc(pool: sqlx::PgPool) {
     }
     let worker = h
         .store
-        .register_worker("w", "cpu", 1 << 30, "{}")
+        .register_worker("test-key", "w", "cpu", 1 << 30, "{}")
         .await
         .unwrap();
     let lease = h.store.claim_job(&worker).await.unwrap().unwrap();

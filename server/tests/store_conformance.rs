@@ -455,6 +455,7 @@ mod cases {
 
     pub async fn files_used_by_active_jobs_cannot_be_deleted(store: S, clock: C) {
         let file = FileRecord {
+            tenant: "default".into(),
             id: "file_00000000000000000000000000000001".into(),
             name: "train.jsonl".into(),
             purpose: tuna_server::domain::FilePurpose::Dataset,
@@ -517,6 +518,7 @@ mod cases {
     pub async fn model_registry_keeps_its_files_and_refuses_in_use_deletes(store: S, clock: C) {
         use tuna_server::domain::{FilePurpose, ModelFormat};
         let file = |id: &str, name: &str| FileRecord {
+            tenant: "default".into(),
             id: id.into(),
             name: name.into(),
             purpose: FilePurpose::Model,
@@ -542,23 +544,27 @@ mod cases {
             "file_0000000000000000000000000000000c".into(),
         ));
         assert!(matches!(
-            store.insert_model("tiny", ModelFormat::Hf, &broken).await,
+            store
+                .insert_model("default", "tiny", ModelFormat::Hf, &broken)
+                .await,
             Err(StoreError::NotFound { kind: "file", .. })
         ));
         assert!(matches!(
-            store.get_model("tiny").await,
+            store.get_model("default", "tiny").await,
             Err(StoreError::NotFound { .. })
         ));
 
         let model = store
-            .insert_model("tiny", ModelFormat::Hf, &pairs)
+            .insert_model("default", "tiny", ModelFormat::Hf, &pairs)
             .await
             .unwrap();
         let paths: Vec<_> = model.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["config.json", "model.safetensors"]);
         assert_eq!(model.files[1].file, weights);
         assert!(matches!(
-            store.insert_model("tiny", ModelFormat::Hf, &pairs).await,
+            store
+                .insert_model("default", "tiny", ModelFormat::Hf, &pairs)
+                .await,
             Err(StoreError::AlreadyExists { .. })
         ));
         assert!(matches!(
@@ -570,12 +576,12 @@ mod cases {
         job.spec.base_model = "tiny".into();
         let (job, _) = store.create_job(job).await.unwrap();
         assert!(matches!(
-            store.delete_model("tiny").await,
+            store.delete_model("default", "tiny").await,
             Err(StoreError::InUse { .. })
         ));
         store.cancel_job(&job.id).await.unwrap();
-        store.delete_model("tiny").await.unwrap();
-        assert_eq!(store.list_models().await.unwrap(), vec![]);
+        store.delete_model("default", "tiny").await.unwrap();
+        assert_eq!(store.list_models("default").await.unwrap(), vec![]);
         store.delete_file(&weights.id).await.unwrap();
     }
 

@@ -307,7 +307,7 @@ async fn create(store: &Arc<dyn Store>, spec: pb::SweepSpec) -> SweepRecord {
     let plan = SweepPlan::from_proto(Some(&spec)).unwrap();
     use prost::Message;
     store
-        .create_sweep(&plan.proto.encode_to_vec(), None)
+        .create_sweep("default", &plan.proto.encode_to_vec(), None)
         .await
         .unwrap()
         .0

@@ -75,6 +75,7 @@ async fn files_are_downloaded_once_verified_and_assembled_into_model_folders() {
     // Downloads go through a lease: a job on this model and dataset, claimed by a worker.
     store
         .insert_model(
+            "default",
             "tiny",
             ModelFormat::Hf,
             &[
@@ -95,6 +96,7 @@ async fn files_are_downloaded_once_verified_and_assembled_into_model_folders() {
     };
     store
         .create_job(NewJob {
+            tenant: "default".into(),
             spec: tuna_spec::JobSpec::from_proto(Some(&spec)).unwrap(),
             request_id: None,
             sweep_id: None,

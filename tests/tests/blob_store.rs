@@ -103,6 +103,7 @@ async fn orphaned_blobs_are_collected_and_owned_ones_are_kept() {
         }
         store
             .insert_file(&FileRecord {
+                tenant: "default".into(),
                 id: "file_owned".into(),
                 name: "owned.bin".into(),
                 purpose: FilePurpose::Model,

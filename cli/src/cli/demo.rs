@@ -57,6 +57,14 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode, CliError> {
     let mut config = Config::default();
     config.queue.data_dir = dir.clone();
     config.queue.lease_ms = 10_000;
+    // The embedded server is never open, even for one process: a fresh admin key and worker
+    // token per run, used by the demo's own client and worker.
+    let secret = || {
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        format!("{}{}", a.simple(), b.simple())
+    };
+    config.api.api_key = secret();
+    config.api.worker_token = secret();
     let plane = ControlPlane::open(&config).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(io(dir))?;
     let addr = listener.local_addr().map_err(io(dir))?;
@@ -72,7 +80,8 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode, CliError> {
     );
 
     let worker_args = worker::WorkerArgs::in_process(dir.join("worker-cache"));
-    let agent_config = worker::agent_config(&url, &worker_args);
+    let mut agent_config = worker::agent_config(&url, &worker_args);
+    agent_config.worker_token = Some(config.api.worker_token.clone());
     let agent = tuna_worker::agent::Agent::register(
         agent_config,
         std::sync::Arc::new(tuna_worker::runner::EngineRunner),
@@ -82,7 +91,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode, CliError> {
     let agent_task = tokio::spawn(async move { agent.run(agent_stop).await });
     println!("== one in-process worker registered (cpu)");
 
-    let result = demo_job(&url, dir, args.steps).await;
+    let result = demo_job(&url, &config.api.api_key, dir, args.steps).await;
     let _ = stop.send(true);
     let _ = agent_task.await;
     let _ = server.await;
@@ -121,8 +130,8 @@ struct Summary {
     files: Vec<String>,
 }
 
-async fn demo_job(url: &str, dir: &Path, steps: i64) -> Result<Summary, CliError> {
-    let client = Client::connect(url, None).await?;
+async fn demo_job(url: &str, api_key: &str, dir: &Path, steps: i64) -> Result<Summary, CliError> {
+    let client = Client::connect(url, Some(api_key)).await?;
     let model_dir = dir.join("models/tiny-llama");
     super::models::make_tiny(&model_dir, 7)?;
     let name = "tiny-llama";

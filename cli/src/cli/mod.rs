@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Every command accepts `--output json`.
 
+mod admin;
 mod artifacts;
 mod demo;
 mod files;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Hyperparameter sweeps: each trial is a job; CARBS, ASHA, Hyperband, bandits.
     #[command(subcommand)]
     Sweeps(sweeps::SweepsCommand),
+    /// Administration: API keys of tenants (needs an admin key).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 /// Errors of the CLI.
@@ -135,6 +139,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Models(cmd) => traced("models", models::run(&cli, cmd)).await,
         Command::Artifacts(cmd) => traced("artifacts", artifacts::run(&cli, cmd)).await,
         Command::Sweeps(cmd) => traced("sweeps", sweeps::run(&cli, cmd)).await,
+        Command::Admin(cmd) => traced("admin", admin::run(&cli, cmd)).await,
     }
 }
 

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tuna_proto::v1 as pb;
 use tuna_proto::v1::artifact_service_server::ArtifactService;
 
-use super::{ApiContext, convert, rechunk, require_id};
+use super::{ApiContext, caller, convert, rechunk, require_id};
 use crate::domain::ids;
 
 /// The artifact service.
@@ -30,9 +30,10 @@ impl ArtifactService for Artifacts {
         &self,
         request: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::ARTIFACT, &id)?;
-        let a = self.ctx.store.get_artifact(&id).await?;
+        let a = self.ctx.artifact(&caller, &id).await?;
         Ok(Response::new(convert::artifact(&a)))
     }
 
@@ -41,11 +42,12 @@ impl ArtifactService for Artifacts {
         &self,
         request: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_id("job_id", ids::JOB, &req.job_id)?;
         let kind = convert::artifact_kind_from("kind", req.kind, true)?;
         let store = &self.ctx.store;
-        store.get_job(&req.job_id).await?;
+        self.ctx.job(&caller, &req.job_id).await?;
         let artifacts = store.list_artifacts(&req.job_id, kind).await?;
         Ok(Response::new(pb::ListArtifactsResponse {
             artifacts: artifacts.iter().map(convert::artifact).collect(),
@@ -59,9 +61,10 @@ impl ArtifactService for Artifacts {
         &self,
         request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().artifact_id;
         require_id("artifact_id", ids::ARTIFACT, &id)?;
-        let artifact = self.ctx.store.get_artifact(&id).await?;
+        let artifact = self.ctx.artifact(&caller, &id).await?;
         let body = self.ctx.blobs.read(&artifact.blob_key).await?;
         let first = futures::stream::once(async move {
             Ok(pb::DownloadResponse {

@@ -9,8 +9,8 @@ use tuna_proto::v1 as pb;
 use tuna_proto::v1::file_service_server::FileService;
 
 use super::{
-    ApiContext, convert, next_within, page_token, receive_blob, rechunk, require_id, require_name,
-    require_sha256, require_size, upload_slot,
+    ApiContext, caller, convert, next_within, page_token, receive_blob, rechunk, require_id,
+    require_name, require_quota, require_sha256, require_size, upload_slot,
 };
 use crate::dataset::JsonlValidator;
 use crate::domain::{FilePurpose, ids};
@@ -44,9 +44,10 @@ impl FileService for Files {
         &self,
         request: Request<pb::DownloadFileRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::FILE, &id)?;
-        let file = self.ctx.store.get_file(&id).await?;
+        let file = self.ctx.file(&caller, &id).await?;
         let body = self.ctx.blobs.read(&file.blob_key).await?;
         let first = futures::stream::once(async move {
             Ok(pb::DownloadFileResponse {
@@ -67,7 +68,8 @@ impl FileService for Files {
         &self,
         request: Request<Streaming<pb::UploadFileRequest>>,
     ) -> Result<Response<pb::File>, Status> {
-        let _slot = upload_slot(&self.ctx)?;
+        let caller = caller(&request)?;
+        let _slot = upload_slot(&self.ctx, &caller)?;
         let idle = Duration::from_millis(self.ctx.limits.upload_idle_timeout_ms);
         let mut stream = request.into_inner();
         let header = match next_within(&mut stream, idle).await? {
@@ -86,6 +88,7 @@ impl FileService for Files {
             .unwrap_or(FilePurpose::Dataset);
         require_size("header.size_bytes", header.size_bytes, &self.ctx.limits)?;
         require_sha256("header.sha256", &header.sha256)?;
+        require_quota(&self.ctx, &caller, 0, header.size_bytes).await?;
         let format = convert::dataset_format_from("header.format", header.format)?;
         if purpose != FilePurpose::Dataset && format.is_some() {
             return Err(
@@ -125,6 +128,7 @@ impl FileService for Files {
             .map_or((None, 0), |(f, n)| (Some(f), n as i64));
         let record = FileRecord {
             id: id.clone(),
+            tenant: caller.tenant.to_string(),
             name: header.name,
             purpose,
             format,
@@ -148,9 +152,10 @@ impl FileService for Files {
         &self,
         request: Request<pb::GetFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::FILE, &id)?;
-        let file = self.ctx.store.get_file(&id).await?;
+        let file = self.ctx.file(&caller, &id).await?;
         Ok(Response::new(convert::file(&file)))
     }
 
@@ -159,6 +164,7 @@ impl FileService for Files {
         &self,
         request: Request<pb::ListFilesRequest>,
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let limit =
             page_token::page_size("page_size", req.page_size, page_token::DEFAULT_PAGE_SIZE)?;
@@ -168,7 +174,7 @@ impl FileService for Files {
         let mut files = self
             .ctx
             .store
-            .list_files(purpose, after.as_ref(), limit + 1)
+            .list_files(&caller.tenant, purpose, after.as_ref(), limit + 1)
             .await?;
         let more = files.len() > limit as usize;
         files.truncate(limit as usize);
@@ -193,8 +199,10 @@ impl FileService for Files {
         &self,
         request: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::DeleteFileResponse>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::FILE, &id)?;
+        self.ctx.file(&caller, &id).await?;
         let file = self.ctx.store.delete_file(&id).await?;
         self.ctx.blobs.delete(&file.blob_key).await?;
         Ok(Response::new(pb::DeleteFileResponse {}))

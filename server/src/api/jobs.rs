@@ -10,7 +10,8 @@ use tuna_proto::v1 as pb;
 use tuna_proto::v1::job_service_server::JobService;
 
 use super::{
-    ApiContext, convert, page_token, require_dataset, require_id, require_method_fits_model,
+    ApiContext, caller, convert, page_token, require_dataset, require_id,
+    require_method_fits_model, require_quota,
 };
 use crate::domain::ids;
 use crate::domain::spec::JobSpec;
@@ -35,7 +36,7 @@ impl Jobs {
 /// (SQLite refuses past a few hundred), and a job carries at most 32 labels anyway.
 pub const MAX_LABEL_FILTERS: usize = 16;
 
-fn filter_from(req: &pb::ListJobsRequest) -> Result<JobFilter, ApiError> {
+fn filter_from(tenant: &str, req: &pb::ListJobsRequest) -> Result<JobFilter, ApiError> {
     let mut states = req
         .states
         .iter()
@@ -71,6 +72,7 @@ fn filter_from(req: &pb::ListJobsRequest) -> Result<JobFilter, ApiError> {
         ));
     }
     Ok(JobFilter {
+        tenant: Some(tenant.to_string()),
         states,
         labels: req
             .labels
@@ -114,20 +116,23 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let spec = JobSpec::from_proto(req.spec.as_ref()).map_err(ApiError::from)?;
         require_dataset(
             &self.ctx,
+            &caller,
             "spec.training_file",
             &spec.training_file,
             spec.task,
         )
         .await?;
         if let Some(v) = &spec.validation_file {
-            require_dataset(&self.ctx, "spec.validation_file", v, spec.task).await?;
+            require_dataset(&self.ctx, &caller, "spec.validation_file", v, spec.task).await?;
         }
         require_method_fits_model(
             &self.ctx,
+            &caller,
             "spec.method.type",
             &spec.base_model,
             spec.method.kind(),
@@ -136,10 +141,12 @@ impl JobService for Jobs {
         if req.request_id.len() > 128 {
             return Err(ApiError::field("request_id", "must be at most 128 characters").into());
         }
+        require_quota(&self.ctx, &caller, 1, 0).await?;
         let (job, created) = self
             .ctx
             .store
             .create_job(NewJob {
+                tenant: caller.tenant.to_string(),
                 spec,
                 request_id: (!req.request_id.is_empty()).then_some(req.request_id),
                 sweep_id: None,
@@ -156,9 +163,10 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
-        let job = self.ctx.store.get_job(&id).await?;
+        let job = self.ctx.job(&caller, &id).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -167,10 +175,11 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let limit =
             page_token::page_size("page_size", req.page_size, page_token::DEFAULT_PAGE_SIZE)?;
-        let filter = filter_from(&req)?;
+        let filter = filter_from(&caller.tenant, &req)?;
         let canon = canonical(&filter);
         let after = page_token::decode(&req.page_token, &canon)?;
         // One extra row tells whether another page exists.
@@ -202,8 +211,10 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
+        self.ctx.job(&caller, &id).await?;
         let job = self.ctx.store.cancel_job(&id).await?;
         Ok(Response::new(convert::job(&job)))
     }
@@ -213,8 +224,10 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::PauseJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
+        self.ctx.job(&caller, &id).await?;
         let job = self.ctx.store.pause_job(&id).await?;
         Ok(Response::new(convert::job(&job)))
     }
@@ -224,8 +237,10 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
+        self.ctx.job(&caller, &id).await?;
         let job = self.ctx.store.resume_job(&id).await?;
         Ok(Response::new(convert::job(&job)))
     }
@@ -235,8 +250,10 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id("id", ids::JOB, &id)?;
+        self.ctx.job(&caller, &id).await?;
         let keys = self.ctx.store.delete_job(&id).await?;
         // The row is gone; a blob that cannot be removed now is an orphan the collector
         // removes later, never a dangling reference.
@@ -256,6 +273,7 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_id("id", ids::JOB, &req.id)?;
         if req.after_seq < 0 {
@@ -263,7 +281,7 @@ impl JobService for Jobs {
         }
         let store = self.ctx.store.clone();
         // Fail fast on an unknown job instead of opening an empty stream.
-        store.get_job(&req.id).await?;
+        self.ctx.job(&caller, &req.id).await?;
         let poll = Duration::from_millis(self.ctx.limits.poll_interval_ms);
         let mut stopping = self.ctx.shutdown.clone();
         let id = req.id;
@@ -317,6 +335,7 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::ListJobEventsRequest>,
     ) -> Result<Response<pb::ListJobEventsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_id("job_id", ids::JOB, &req.job_id)?;
         let limit = page_token::page_size("page_size", req.page_size, 100)?;
@@ -325,7 +344,7 @@ impl JobService for Jobs {
             .map(|c| c.created_at)
             .unwrap_or(0);
         let store = &self.ctx.store;
-        store.get_job(&req.job_id).await?;
+        self.ctx.job(&caller, &req.job_id).await?;
         let mut events = store.list_events(&req.job_id, after, limit + 1).await?;
         let more = events.len() > limit as usize;
         events.truncate(limit as usize);
@@ -351,10 +370,11 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let caller = caller(&request)?;
         let job_id = request.into_inner().job_id;
         require_id("job_id", ids::JOB, &job_id)?;
         let store = &self.ctx.store;
-        store.get_job(&job_id).await?;
+        self.ctx.job(&caller, &job_id).await?;
         let checkpoints = store
             .list_artifacts(&job_id, Some(crate::domain::ArtifactKind::Checkpoint))
             .await?;

@@ -1,6 +1,7 @@
 //! gRPC services, one module each: validate the request, call the store, map errors once
 //! (via [`ApiError`] into `tonic::Status`).
 
+pub mod admin;
 pub mod artifacts;
 pub mod convert;
 pub mod files;
@@ -18,11 +19,12 @@ use futures::{Stream, StreamExt};
 
 use crate::blobs::{Blobs, FinishedBlob};
 use crate::dataset::JsonlValidator;
+use crate::domain::access::Caller;
 use crate::domain::ids;
 use crate::domain::spec::MethodKind;
 use crate::error::ApiError;
 use crate::metrics::ServiceMetrics;
-use crate::store::Store;
+use crate::store::{ArtifactRecord, FileRecord, JobRecord, Store, StoreError, SweepRecord};
 
 /// Limits enforced at the API edge.
 #[derive(Debug, Clone)]
@@ -37,6 +39,12 @@ pub struct Limits {
     pub max_concurrent_uploads: usize,
     /// An upload silent for this long is abandoned.
     pub upload_idle_timeout_ms: u64,
+    /// Most file uploads one key streams at once.
+    pub max_uploads_per_key: usize,
+    /// Most QUEUED jobs per tenant (0: no limit).
+    pub max_queued_jobs_per_tenant: u64,
+    /// Most stored bytes (files and artifacts) per tenant (0: no limit).
+    pub max_stored_bytes_per_tenant: i64,
 }
 
 impl Default for Limits {
@@ -47,6 +55,9 @@ impl Default for Limits {
             poll_interval_ms: 1_000,
             max_concurrent_uploads: 64,
             upload_idle_timeout_ms: 30_000,
+            max_uploads_per_key: 8,
+            max_queued_jobs_per_tenant: 10_000,
+            max_stored_bytes_per_tenant: 1 << 40,
         }
     }
 }
@@ -59,10 +70,68 @@ pub struct ApiContext {
     pub limits: Limits,
     /// Upload slots ([`Limits::max_concurrent_uploads`]).
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Uploads in progress per key ([`Limits::max_uploads_per_key`]).
+    pub key_uploads: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>,
     pub metrics: ServiceMetrics,
     /// Flips to true when the server starts shutting down, so long-lived calls (watches,
     /// long-polls) end instead of holding the graceful shutdown open.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The authenticated caller the edge attached. Every service sits behind the edge stack, so
+/// a call without one means a service was mounted without it: refuse rather than guess.
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, ApiError> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ApiError::Unauthenticated("no authenticated caller".into()))
+}
+
+/// Another tenant's resource answers exactly as a missing one would.
+fn not_found(kind: &'static str, id: &str) -> ApiError {
+    ApiError::Store(StoreError::NotFound {
+        kind,
+        id: id.to_string(),
+    })
+}
+
+impl ApiContext {
+    /// The caller's job `id` (NOT_FOUND for another tenant's).
+    pub async fn job(&self, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
+        let job = self.store.get_job(id).await?;
+        if *job.tenant != *caller.tenant {
+            return Err(not_found("job", id));
+        }
+        Ok(job)
+    }
+
+    /// The caller's file `id` (NOT_FOUND for another tenant's).
+    pub async fn file(&self, caller: &Caller, id: &str) -> Result<FileRecord, ApiError> {
+        let file = self.store.get_file(id).await?;
+        if *file.tenant != *caller.tenant {
+            return Err(not_found("file", id));
+        }
+        Ok(file)
+    }
+
+    /// The artifact `id` of one of the caller's jobs (NOT_FOUND otherwise).
+    pub async fn artifact(&self, caller: &Caller, id: &str) -> Result<ArtifactRecord, ApiError> {
+        let artifact = self.store.get_artifact(id).await?;
+        match self.job(caller, &artifact.job_id).await {
+            Ok(_) => Ok(artifact),
+            Err(ApiError::Store(StoreError::NotFound { .. })) => Err(not_found("artifact", id)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The caller's sweep `id` (NOT_FOUND for another tenant's).
+    pub async fn sweep(&self, caller: &Caller, id: &str) -> Result<SweepRecord, ApiError> {
+        let sweep = self.store.get_sweep(id).await?;
+        if *sweep.tenant != *caller.tenant {
+            return Err(not_found("sweep", id));
+        }
+        Ok(sweep)
+    }
 }
 
 /// Checks a resource id's shape.
@@ -83,12 +152,13 @@ pub fn require_id(field: &str, prefix: &str, id: &str) -> Result<(), ApiError> {
 /// train, so a typo or a mismatch fails at submission rather than minutes later on a worker.
 pub async fn require_dataset(
     ctx: &ApiContext,
+    caller: &Caller,
     field: &str,
     id: &str,
     task: crate::domain::spec::Task,
 ) -> Result<(), ApiError> {
     require_id(field, ids::FILE, id)?;
-    match ctx.store.get_file(id).await {
+    match ctx.file(caller, id).await {
         Ok(f) if f.purpose == crate::domain::FilePurpose::Dataset => {
             let format = f
                 .format
@@ -102,10 +172,10 @@ pub async fn require_dataset(
             field,
             format!("file {id} is a {} file, not a dataset", f.purpose),
         )),
-        Err(crate::store::StoreError::NotFound { .. }) => {
+        Err(ApiError::Store(StoreError::NotFound { .. })) => {
             Err(ApiError::field(field, format!("file {id} does not exist")))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -114,6 +184,7 @@ pub async fn require_dataset(
 /// model's file headers; when they cannot tell, the worker decides.
 pub async fn require_method_fits_model(
     ctx: &ApiContext,
+    caller: &Caller,
     field: &str,
     model_name: &str,
     method: MethodKind,
@@ -126,7 +197,7 @@ pub async fn require_method_fits_model(
         | MethodKind::PromptTuning
         | MethodKind::Full => return Ok(()),
     }
-    let model = match ctx.store.get_model(model_name).await {
+    let model = match ctx.store.get_model(&caller.tenant, model_name).await {
         Ok(m) => m,
         Err(crate::store::StoreError::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -205,15 +276,85 @@ pub fn require_size(field: &str, size: i64, limits: &Limits) -> Result<(), ApiEr
     Ok(())
 }
 
-/// A slot for one upload, or RESOURCE_EXHAUSTED naming the limit. Held until the upload
-/// ends, so idle or slow streams cannot pile up temporary blobs and open files.
-pub fn upload_slot(ctx: &ApiContext) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    ctx.uploads.clone().try_acquire_owned().map_err(|_| {
+/// One upload's place in the server-wide and the per-key count; freed when dropped.
+pub struct UploadSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    key: Arc<str>,
+    per_key: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut map = self.per_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A slot for one upload, or RESOURCE_EXHAUSTED naming the limit (server-wide, then per key).
+/// Held until the upload ends, so idle or slow streams cannot pile up temporary blobs and open
+/// files, and one key cannot take every slot.
+pub fn upload_slot(ctx: &ApiContext, caller: &Caller) -> Result<UploadSlot, ApiError> {
+    let permit = ctx.uploads.clone().try_acquire_owned().map_err(|_| {
         ApiError::Exhausted(format!(
             "{} uploads are already in progress (api.max_concurrent_uploads); retry later",
             ctx.limits.max_concurrent_uploads
         ))
+    })?;
+    let mut map = ctx.key_uploads.lock().unwrap_or_else(|p| p.into_inner());
+    let n = map.entry(caller.key_id.clone()).or_insert(0);
+    if *n >= ctx.limits.max_uploads_per_key {
+        return Err(ApiError::Exhausted(format!(
+            "this API key already has {} uploads in progress (api.max_uploads_per_key); retry \
+             when one ends",
+            *n
+        )));
+    }
+    *n += 1;
+    Ok(UploadSlot {
+        _permit: permit,
+        key: caller.key_id.clone(),
+        per_key: ctx.key_uploads.clone(),
     })
+}
+
+/// RESOURCE_EXHAUSTED when the caller's tenant would pass a quota by adding `jobs` queued jobs
+/// and `bytes` stored bytes. Checked before the work; two racing calls may both pass, so a
+/// tenant can overshoot by what is in flight at once (the limits are capacity guards, not
+/// billing).
+pub async fn require_quota(
+    ctx: &ApiContext,
+    caller: &Caller,
+    jobs: u64,
+    bytes: i64,
+) -> Result<(), ApiError> {
+    let (max_jobs, max_bytes) = (
+        ctx.limits.max_queued_jobs_per_tenant,
+        ctx.limits.max_stored_bytes_per_tenant,
+    );
+    if (jobs == 0 || max_jobs == 0) && (bytes == 0 || max_bytes == 0) {
+        return Ok(());
+    }
+    let usage = ctx.store.tenant_usage(&caller.tenant).await?;
+    if jobs > 0 && max_jobs > 0 && usage.queued_jobs.saturating_add(jobs) > max_jobs {
+        return Err(ApiError::Exhausted(format!(
+            "tenant {} has {} queued jobs, the most allowed (api.max_queued_jobs_per_tenant); \
+             wait for some to start or cancel some",
+            caller.tenant, usage.queued_jobs
+        )));
+    }
+    if bytes > 0 && max_bytes > 0 && usage.stored_bytes.saturating_add(bytes) > max_bytes {
+        return Err(ApiError::Exhausted(format!(
+            "tenant {} stores {} bytes; {bytes} more would pass {max_bytes} \
+             (api.max_stored_bytes_per_tenant); delete files or jobs first",
+            caller.tenant, usage.stored_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// The next message of an upload stream, or DEADLINE_EXCEEDED after `idle` of silence.

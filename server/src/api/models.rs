@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use tuna_proto::v1 as pb;
 use tuna_proto::v1::model_service_server::ModelService;
 
-use super::{ApiContext, convert, require_id, require_name};
+use super::{ApiContext, caller, convert, require_id, require_name};
 use crate::domain::{FilePurpose, ModelFormat, ids};
 use crate::error::ApiError;
 use crate::store::StoreError;
@@ -78,6 +78,7 @@ impl ModelService for Models {
         &self,
         request: Request<pb::RegisterModelRequest>,
     ) -> Result<Response<pb::Model>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_model_name("name", &req.name)?;
         let format = match pb::ModelFormat::try_from(req.format) {
@@ -101,7 +102,7 @@ impl ModelService for Models {
             }
             let field = format!("files[{i}].file_id");
             require_id(&field, ids::FILE, &f.file_id)?;
-            match self.ctx.store.get_file(&f.file_id).await {
+            match self.ctx.file(&caller, &f.file_id).await {
                 Ok(file) if file.purpose == FilePurpose::Model => {}
                 Ok(file) => {
                     return Err(ApiError::field(
@@ -113,14 +114,14 @@ impl ModelService for Models {
                     )
                     .into());
                 }
-                Err(StoreError::NotFound { .. }) => {
+                Err(ApiError::Store(StoreError::NotFound { .. })) => {
                     return Err(ApiError::field(
                         &field,
                         format!("file {} does not exist", f.file_id),
                     )
                     .into());
                 }
-                Err(e) => return Err(ApiError::from(e).into()),
+                Err(e) => return Err(e.into()),
             }
             pairs.push((f.path.clone(), f.file_id.clone()));
         }
@@ -128,7 +129,7 @@ impl ModelService for Models {
         let model = self
             .ctx
             .store
-            .insert_model(&req.name, format, &pairs)
+            .insert_model(&caller.tenant, &req.name, format, &pairs)
             .await?;
         tracing::info!(model = %model.name, files = model.files.len(), "model registered");
         Ok(Response::new(convert::model(&model)))
@@ -139,18 +140,20 @@ impl ModelService for Models {
         &self,
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::Model>, Status> {
+        let caller = caller(&request)?;
         let name = request.into_inner().name;
         require_model_name("name", &name)?;
-        let model = self.ctx.store.get_model(&name).await?;
+        let model = self.ctx.store.get_model(&caller.tenant, &name).await?;
         Ok(Response::new(convert::model(&model)))
     }
 
     #[tracing::instrument(skip_all)]
     async fn list_models(
         &self,
-        _request: Request<pb::ListModelsRequest>,
+        request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = self.ctx.store.list_models().await?;
+        let caller = caller(&request)?;
+        let models = self.ctx.store.list_models(&caller.tenant).await?;
         Ok(Response::new(pb::ListModelsResponse {
             models: models.iter().map(convert::model).collect(),
         }))
@@ -161,9 +164,10 @@ impl ModelService for Models {
         &self,
         request: Request<pb::DeleteModelRequest>,
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
+        let caller = caller(&request)?;
         let name = request.into_inner().name;
         require_model_name("name", &name)?;
-        self.ctx.store.delete_model(&name).await?;
+        self.ctx.store.delete_model(&caller.tenant, &name).await?;
         Ok(Response::new(pb::DeleteModelResponse {}))
     }
 }

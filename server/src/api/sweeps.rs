@@ -12,7 +12,7 @@ use tuna_proto::v1 as pb;
 use tuna_proto::v1::sweep_service_server::SweepService;
 
 use super::{
-    ApiContext, convert, page_token, require_dataset, require_id, require_method_fits_model,
+    ApiContext, caller, convert, page_token, require_dataset, require_id, require_method_fits_model,
 };
 use crate::domain::{JobState, SweepState, ids};
 use crate::error::ApiError;
@@ -180,6 +180,7 @@ impl SweepService for Sweeps {
         &self,
         request: Request<pb::CreateSweepRequest>,
     ) -> Result<Response<pb::Sweep>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let plan = SweepPlan::from_proto(req.spec.as_ref()).map_err(ApiError::from)?;
         if req.request_id.len() > 128 {
@@ -191,6 +192,7 @@ impl SweepService for Sweeps {
             .unwrap_or(crate::domain::spec::Task::CausalLm);
         require_dataset(
             &self.ctx,
+            &caller,
             "spec.template.training_file",
             &t.training_file,
             task,
@@ -199,6 +201,7 @@ impl SweepService for Sweeps {
         if !t.validation_file.is_empty() {
             require_dataset(
                 &self.ctx,
+                &caller,
                 "spec.template.validation_file",
                 &t.validation_file,
                 task,
@@ -227,12 +230,17 @@ impl SweepService for Sweeps {
                 && !checked.contains(&kind)
             {
                 checked.push(kind);
-                require_method_fits_model(&self.ctx, &field, t.base_model.trim(), kind).await?;
+                require_method_fits_model(&self.ctx, &caller, &field, t.base_model.trim(), kind)
+                    .await?;
             }
         }
         let bytes = plan.proto.encode_to_vec();
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
-        let (rec, created) = self.ctx.store.create_sweep(&bytes, request_id).await?;
+        let (rec, created) = self
+            .ctx
+            .store
+            .create_sweep(&caller.tenant, &bytes, request_id)
+            .await?;
         tracing::info!(sweep = %rec.id, created, algorithm = %plan.algorithm, "create sweep");
         Ok(Response::new(snapshot(&self.ctx, &rec).await?.0))
     }
@@ -241,9 +249,10 @@ impl SweepService for Sweeps {
         &self,
         request: Request<pb::GetSweepRequest>,
     ) -> Result<Response<pb::Sweep>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_id("id", ids::SWEEP, &req.id)?;
-        let rec = self.ctx.store.get_sweep(&req.id).await?;
+        let rec = self.ctx.sweep(&caller, &req.id).await?;
         Ok(Response::new(snapshot(&self.ctx, &rec).await?.0))
     }
 
@@ -251,6 +260,7 @@ impl SweepService for Sweeps {
         &self,
         request: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let limit =
             page_token::page_size("page_size", req.page_size, page_token::DEFAULT_PAGE_SIZE)?;
@@ -259,7 +269,7 @@ impl SweepService for Sweeps {
         let mut recs = self
             .ctx
             .store
-            .list_sweeps(after.as_ref(), limit + 1)
+            .list_sweeps(&caller.tenant, after.as_ref(), limit + 1)
             .await?;
         let more = recs.len() > limit as usize;
         recs.truncate(limit as usize);
@@ -287,9 +297,10 @@ impl SweepService for Sweeps {
         &self,
         request: Request<pb::ListTrialsRequest>,
     ) -> Result<Response<pb::ListTrialsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_id("sweep_id", ids::SWEEP, &req.sweep_id)?;
-        let rec = self.ctx.store.get_sweep(&req.sweep_id).await?;
+        let rec = self.ctx.sweep(&caller, &req.sweep_id).await?;
         let (_, trials) = snapshot(&self.ctx, &rec).await?;
         Ok(Response::new(pb::ListTrialsResponse { trials }))
     }
@@ -299,9 +310,11 @@ impl SweepService for Sweeps {
         &self,
         request: Request<pb::CancelSweepRequest>,
     ) -> Result<Response<pb::Sweep>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_id("id", ids::SWEEP, &req.id)?;
         let store = &self.ctx.store;
+        self.ctx.sweep(&caller, &req.id).await?;
         let rec = store.cancel_sweep(&req.id).await?;
         // The controller no longer touches a cancelled sweep; its trials are cancelled here.
         for (job, state) in trial_job_states(&self.ctx, &req.id).await? {
@@ -323,10 +336,11 @@ impl SweepService for Sweeps {
         &self,
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_id("id", ids::SWEEP, &req.id)?;
         let ctx = self.ctx.clone();
-        ctx.store.get_sweep(&req.id).await?;
+        ctx.sweep(&caller, &req.id).await?;
         let poll = Duration::from_millis(ctx.limits.poll_interval_ms.min(1000));
         let mut stopping = ctx.shutdown.clone();
         let id = req.id;

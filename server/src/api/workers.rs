@@ -9,12 +9,12 @@ use tuna_proto::v1::worker_service_server::WorkerService;
 use tuna_proto::{ts_from_ms, ts_to_ms};
 
 use super::{
-    ApiContext, convert, next_within, receive_blob, require_id, require_name, require_sha256,
-    require_size,
+    ApiContext, caller, convert, next_within, receive_blob, require_id, require_name,
+    require_sha256, require_size,
 };
 use crate::domain::{Directive, FailureKind, Outcome, ids};
 use crate::error::ApiError;
-use crate::store::{Fence, Lease, MetricInput, NewArtifact, StoreError};
+use crate::store::{Fence, FileRecord, Lease, MetricInput, NewArtifact, StoreError};
 
 type InputStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<pb::DownloadInputResponse, Status>> + Send>,
@@ -58,7 +58,8 @@ impl Workers {
             StoreError::NotFound { kind, id } => Ok(format!("{kind} {id} does not exist")),
             other => Err(ApiError::from(other)),
         };
-        let model = match store.get_model(&spec.base_model).await {
+        let tenant = &lease.job.tenant;
+        let model = match store.get_model(tenant, &spec.base_model).await {
             Ok(m) => Ok(m),
             Err(StoreError::NotFound { .. }) => Err(format!(
                 "base model {:?} is not registered (tuna models register)",
@@ -66,9 +67,17 @@ impl Workers {
             )),
             Err(e) => return Err(e.into()),
         };
-        let training = store.get_file(&spec.training_file).await;
+        // Only the job's own tenant's files: another tenant's are as missing as a deleted one.
+        let own = |r: Result<FileRecord, StoreError>| match r {
+            Ok(f) if f.tenant != *tenant => Err(StoreError::NotFound {
+                kind: "file",
+                id: f.id,
+            }),
+            other => other,
+        };
+        let training = own(store.get_file(&spec.training_file).await);
         let validation = match &spec.validation_file {
-            Some(v) => Some(store.get_file(v).await),
+            Some(v) => Some(own(store.get_file(v).await)),
             None => None,
         };
         let problem = match (&model, training, validation) {
@@ -191,7 +200,7 @@ impl WorkerService for Workers {
                     || spec.validation_file.as_deref() == Some(id.as_str());
                 let of_model = !named
                     && store
-                        .get_model(&spec.base_model)
+                        .get_model(&job.tenant, &spec.base_model)
                         .await
                         .is_ok_and(|m| m.files.iter().any(|mf| mf.file.id == id));
                 if !named && !of_model {
@@ -252,6 +261,7 @@ impl WorkerService for Workers {
         &self,
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         if req.name.is_empty() || req.name.len() > 128 {
             return Err(ApiError::field("name", "must be 1..=128 characters").into());
@@ -277,7 +287,13 @@ impl WorkerService for Workers {
         let worker = self
             .ctx
             .store
-            .register_worker(&req.name, &caps.device, caps.memory_bytes, &json)
+            .register_worker(
+                &caller.key_id,
+                &req.name,
+                &caps.device,
+                caps.memory_bytes,
+                &json,
+            )
             .await?;
         let lease_ms = self.ctx.store.policy().lease_ms;
         tracing::info!(worker = %worker.id, name = %worker.name, "worker registered");
@@ -293,6 +309,7 @@ impl WorkerService for Workers {
         &self,
         request: Request<pb::AcquireJobRequest>,
     ) -> Result<Response<pb::AcquireJobResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         require_id("worker_id", ids::WORKER, &req.worker_id)?;
         tracing::Span::current().record("worker", req.worker_id.as_str());
@@ -304,6 +321,14 @@ impl WorkerService for Workers {
         }
         let store = &self.ctx.store;
         let worker = store.get_worker(&req.worker_id).await?;
+        if *worker.key_id != *caller.key_id {
+            // Only the credential a worker registered with may act as it.
+            return Err(ApiError::PermissionDenied(format!(
+                "worker {} was registered with another key; register this worker with your own",
+                worker.id
+            ))
+            .into());
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
         let poll = Duration::from_millis(self.ctx.limits.poll_interval_ms);
         let mut stopping = self.ctx.shutdown.clone();

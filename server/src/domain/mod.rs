@@ -38,6 +38,8 @@ macro_rules! text_enum {
     };
 }
 
+pub mod access;
+
 text_enum!(
     /// Job lifecycle state (see `proto/tuna/v1/job.proto` for the transition diagram).
     JobState {

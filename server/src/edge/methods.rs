@@ -10,6 +10,7 @@ use prost::Message;
 /// The one unary call that legitimately waits: the worker's AcquireJob long-poll.
 pub const LONG_POLL: &str = "/tuna.v1.WorkerService/AcquireJob";
 const WORKER_SERVICE: &str = "/tuna.v1.WorkerService/";
+const ADMIN_SERVICE: &str = "/tuna.v1.AdminService/";
 const REFLECTION: &str = "/grpc.reflection.";
 const HEALTH: &str = "/grpc.health.v1.Health/";
 
@@ -29,8 +30,10 @@ pub enum Kind {
 pub enum Audience {
     /// Health checks and reflection: open, so probes and tools work without secrets.
     Public,
-    /// `tuna.v1.WorkerService`: the worker token.
+    /// `tuna.v1.WorkerService`: worker keys and the worker token.
     Worker,
+    /// `tuna.v1.AdminService`: admin keys (and the configured API key).
+    Admin,
     /// Everything else: the API key (unknown paths included, so the default is closed).
     Client,
 }
@@ -41,6 +44,8 @@ pub fn audience(path: &str) -> Audience {
         Audience::Public
     } else if path.starts_with(WORKER_SERVICE) {
         Audience::Worker
+    } else if path.starts_with(ADMIN_SERVICE) {
+        Audience::Admin
     } else {
         Audience::Client
     }

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::dashboard;
 use super::gateway::{Gateway, GrpcStack};
 use super::routes::RouteError;
-use crate::edge::auth::Token;
+use crate::edge::auth::Authenticator;
 
 /// Puts the HTTP side in front of the gRPC stack.
 #[derive(Clone)]
@@ -25,9 +25,9 @@ pub struct HttpLayer {
 impl HttpLayer {
     /// `grpc`: the same services behind the same edge stack the server serves; `api_key`:
     /// the edge's client credential, also checked before a request body is read.
-    pub fn new(grpc: GrpcStack, api_key: Token) -> Result<Self, RouteError> {
+    pub fn new(grpc: GrpcStack, auth: Authenticator) -> Result<Self, RouteError> {
         Ok(Self {
-            gateway: Gateway::new(grpc, api_key)?,
+            gateway: Gateway::new(grpc, auth)?,
         })
     }
 }

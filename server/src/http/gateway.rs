@@ -24,7 +24,8 @@ use super::errors::{error_json, error_response, invalid_field, json_response};
 use super::json::{from_body, from_json, from_query, to_header_json, to_json};
 use super::openapi;
 use super::routes::{ByteFrame, Route, RouteError, RouteTable, Shape};
-use crate::edge::auth::Token;
+use crate::edge::auth::Authenticator;
+use crate::edge::methods::Audience;
 
 /// The gRPC services behind the edge stack, as the gateway calls them.
 pub type GrpcStack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -48,19 +49,19 @@ pub struct Gateway {
     openapi: Bytes,
     /// Checked before a body is read, so an anonymous client cannot make the server parse
     /// megabytes of JSON; the edge stack checks again on the call (one rule, two places that
-    /// cannot disagree: the same `Token`).
-    api_key: Token,
+    /// cannot disagree: the same `Authenticator`).
+    auth: Authenticator,
 }
 
 impl Gateway {
-    pub fn new(grpc: GrpcStack, api_key: Token) -> Result<Self, RouteError> {
+    pub fn new(grpc: GrpcStack, auth: Authenticator) -> Result<Self, RouteError> {
         let routes = RouteTable::client_api()?;
-        let openapi = Bytes::from(openapi::document(&routes, api_key.is_set()).to_string());
+        let openapi = Bytes::from(openapi::document(&routes, auth.api_key.is_set()).to_string());
         Ok(Self {
             routes: Arc::new(routes),
             grpc,
             openapi,
-            api_key,
+            auth,
         })
     }
 
@@ -85,7 +86,11 @@ impl Gateway {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
             return response;
         }
-        if let Err(status) = self.api_key.check(req.headers()) {
+        if let Err(status) = self
+            .auth
+            .authenticate(Audience::Client, req.headers())
+            .await
+        {
             return error_response(&status);
         }
         match self.call(&route, req).await {

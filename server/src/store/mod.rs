@@ -71,6 +71,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {
     pub id: String,
+    pub tenant: String,
     pub state: JobState,
     pub spec: JobSpec,
     pub attempt: i32,
@@ -93,6 +94,7 @@ pub struct JobRecord {
 /// A job to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    pub tenant: String,
     pub spec: JobSpec,
     /// Idempotency key: the same key returns the job it created first.
     pub request_id: Option<String>,
@@ -107,6 +109,8 @@ pub struct NewJob {
 /// Filters of `list_jobs`; all must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct JobFilter {
+    /// Only this tenant's jobs; None lists every tenant's (internal callers).
+    pub tenant: Option<String>,
     pub states: Vec<JobState>,
     pub labels: BTreeMap<String, String>,
     pub sweep_id: Option<String>,
@@ -140,6 +144,8 @@ impl std::fmt::Debug for Fence<'_> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerRecord {
     pub id: String,
+    /// The API key it registered with: only that key may act as this worker.
+    pub key_id: String,
     pub name: String,
     pub device: String,
     pub memory_bytes: i64,
@@ -257,6 +263,7 @@ impl UpdateRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileRecord {
     pub id: String,
+    pub tenant: String,
     pub name: String,
     pub purpose: FilePurpose,
     pub format: Option<DatasetFormat>,
@@ -305,6 +312,7 @@ pub struct ModelFileRecord {
 /// A registered base model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelRecord {
+    pub tenant: String,
     pub name: String,
     pub format: ModelFormat,
     /// Sorted by path.
@@ -316,6 +324,7 @@ pub struct ModelRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepRecord {
     pub id: String,
+    pub tenant: String,
     pub state: SweepState,
     /// The validated `tuna.v1.SweepSpec`, protobuf-encoded.
     pub spec: Vec<u8>,
@@ -326,6 +335,25 @@ pub struct SweepRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+}
+
+/// A tenant's QUEUED jobs and stored bytes (files, and its jobs' artifacts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TenantUsage {
+    pub queued_jobs: u64,
+    pub stored_bytes: i64,
+}
+
+/// A stored API key (never its secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant: String,
+    pub role: crate::domain::access::Role,
+    pub name: String,
+    pub secret_sha256: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
 }
 
 /// One call made on a sweep's search algorithm, in the order it was made.
@@ -427,6 +455,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn register_worker(
         &self,
+        key_id: &str,
         name: &str,
         device: &str,
         memory_bytes: i64,
@@ -485,6 +514,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_file(&self, id: &str) -> Result<FileRecord>;
     async fn list_files(
         &self,
+        tenant: &str,
         purpose: Option<FilePurpose>,
         after: Option<&Cursor>,
         limit: u32,
@@ -497,14 +527,15 @@ pub trait Store: Send + Sync + 'static {
     /// missing file, `AlreadyExists` a taken name.
     async fn insert_model(
         &self,
+        tenant: &str,
         name: &str,
         format: ModelFormat,
         files: &[(String, String)],
     ) -> Result<ModelRecord>;
-    async fn get_model(&self, name: &str) -> Result<ModelRecord>;
-    async fn list_models(&self) -> Result<Vec<ModelRecord>>;
+    async fn get_model(&self, tenant: &str, name: &str) -> Result<ModelRecord>;
+    async fn list_models(&self, tenant: &str) -> Result<Vec<ModelRecord>>;
     /// Refused while an active job names the model; the files stay.
-    async fn delete_model(&self, name: &str) -> Result<()>;
+    async fn delete_model(&self, tenant: &str, name: &str) -> Result<()>;
 
     /// Commits an artifact for the lease holder's attempt.
     async fn insert_artifact(
@@ -523,12 +554,18 @@ pub trait Store: Send + Sync + 'static {
     /// `false` (or `IdempotencyConflict` if the spec differs).
     async fn create_sweep(
         &self,
+        tenant: &str,
         spec: &[u8],
         request_id: Option<&str>,
     ) -> Result<(SweepRecord, bool)>;
     async fn get_sweep(&self, id: &str) -> Result<SweepRecord>;
     /// Newest first, strictly after `after`.
-    async fn list_sweeps(&self, after: Option<&Cursor>, limit: u32) -> Result<Vec<SweepRecord>>;
+    async fn list_sweeps(
+        &self,
+        tenant: &str,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<SweepRecord>>;
     /// The sweeps a controller must drive, oldest first.
     async fn list_running_sweeps(&self) -> Result<Vec<SweepRecord>>;
     /// RUNNING -> CANCELLED (no-op when already cancelled; other terminal states are
@@ -558,6 +595,18 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_job_history(&self, finished_before_ms: i64, max_jobs: u32) -> Result<u64>;
     /// Which of `keys` a file or artifact row still names (the orphan-blob collector).
     async fn known_blob_keys(&self, keys: &[String]) -> Result<std::collections::HashSet<String>>;
+
+    /// What a tenant holds now, for its quotas.
+    async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage>;
+
+    /// Stores a new key (its secret only as a digest).
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    /// The key with this id, revoked or not.
+    async fn get_api_key(&self, id: &str) -> Result<ApiKeyRecord>;
+    /// Newest first; only `tenant`'s keys when given.
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyRecord>>;
+    /// Marks the key revoked (idempotent: the first revocation time stays).
+    async fn revoke_api_key(&self, id: &str) -> Result<ApiKeyRecord>;
 
     /// Wake-ups for long-polls and watches.
     fn notifier(&self) -> &Notifier;

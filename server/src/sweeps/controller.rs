@@ -331,6 +331,7 @@ impl Controller {
                         }
                         active += 1;
                         Some(NewJob {
+                            tenant: sweep.tenant.clone(),
                             spec,
                             request_id: Some(format!("{}-t{}-r{run}", sweep.id, s.trial)),
                             sweep_id: Some(sweep.id.clone()),

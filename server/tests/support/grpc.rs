@@ -31,6 +31,7 @@ impl Harness {
         // The dataset `proto_spec` names, so jobs pass the file-existence check.
         store
             .insert_file(&FileRecord {
+                tenant: "default".into(),
                 id: super::DATASET_ID.into(),
                 name: "train.jsonl".into(),
                 purpose: FilePurpose::Dataset,
@@ -50,6 +51,7 @@ impl Harness {
         ] {
             store
                 .insert_file(&FileRecord {
+                    tenant: "default".into(),
                     id: id.into(),
                     name: name.into(),
                     purpose: FilePurpose::Model,
@@ -74,7 +76,7 @@ impl Harness {
             ),
         ];
         store
-            .insert_model(super::MODEL_NAME, ModelFormat::Hf, &files)
+            .insert_model("default", super::MODEL_NAME, ModelFormat::Hf, &files)
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();

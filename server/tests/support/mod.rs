@@ -62,6 +62,7 @@ pub fn proto_spec(priority: i32, max_attempts: i32) -> pb::JobSpec {
 
 pub fn new_job(priority: i32, max_attempts: i32) -> NewJob {
     NewJob {
+        tenant: "default".into(),
         spec: JobSpec::from_proto(Some(&proto_spec(priority, max_attempts))).unwrap(),
         request_id: None,
         sweep_id: None,
@@ -72,7 +73,7 @@ pub fn new_job(priority: i32, max_attempts: i32) -> NewJob {
 
 pub async fn worker(store: &Arc<dyn Store>, name: &str) -> WorkerRecord {
     store
-        .register_worker(name, "cpu", 16 << 30, "{}")
+        .register_worker("test-key", name, "cpu", 16 << 30, "{}")
         .await
         .unwrap()
 }

@@ -8,6 +8,7 @@ macro_rules! sql_files {
             let format: Option<String> = row.try_get("format")?;
             Ok(FileRecord {
                 id: row.try_get("id")?,
+                tenant: row.try_get("tenant")?,
                 name: row.try_get("name")?,
                 purpose: parse_text("files", &purpose, FilePurpose::parse)?,
                 format: match format {
@@ -25,7 +26,7 @@ macro_rules! sql_files {
         async fn insert_file(store: &$Store, f: &FileRecord) -> Result<()> {
             sqlx::query(
                 "INSERT INTO files (id, name, purpose, format, size_bytes, sha256, line_count, \
-                 blob_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 blob_key, created_at, tenant) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(&f.id)
             .bind(&f.name)
@@ -36,6 +37,7 @@ macro_rules! sql_files {
             .bind(f.line_count)
             .bind(&f.blob_key)
             .bind(f.created_at)
+            .bind(&f.tenant)
             .execute(&store.pool)
             .await?;
             Ok(())
@@ -55,6 +57,7 @@ macro_rules! sql_files {
 
         async fn list_files(
             store: &$Store,
+            tenant: &str,
             purpose: Option<FilePurpose>,
             after: Option<&Cursor>,
             limit: u32,
@@ -62,8 +65,9 @@ macro_rules! sql_files {
             let mut q = QueryBuilder::<$Db>::new(concat!(
                 "SELECT ",
                 file_columns!(),
-                " FROM files WHERE tenant = 'default'"
+                " FROM files WHERE tenant = "
             ));
+            q.push_bind(tenant.to_string());
             if let Some(p) = purpose {
                 q.push(" AND purpose = ").push_bind(p.as_str());
             }

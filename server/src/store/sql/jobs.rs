@@ -27,6 +27,7 @@ macro_rules! sql_jobs {
             Ok(JobRow {
                 job: JobRecord {
                     id: row.try_get("id")?,
+                    tenant: row.try_get("tenant")?,
                     state: parse_text("jobs", &state, JobState::parse)?,
                     spec,
                     attempt: row.try_get("attempt")?,
@@ -191,15 +192,17 @@ macro_rules! sql_jobs {
 
             async fn find_by_request_id(
                 &self,
+                tenant: &str,
                 request_id: &str,
                 hash: &str,
             ) -> Result<Option<JobRecord>> {
                 let row = sqlx::query(concat!(
                     "SELECT ",
                     job_columns!(),
-                    " FROM jobs WHERE tenant = 'default' AND request_id = $1"
+                    " FROM jobs WHERE tenant = $2 AND request_id = $1"
                 ))
                 .bind(request_id)
+                .bind(tenant)
                 .fetch_optional(&self.pool)
                 .await?;
                 let Some(row) = row else { return Ok(None) };
@@ -240,8 +243,10 @@ macro_rules! sql_jobs {
             sqlx::query(
                 "INSERT INTO jobs (id, state, spec, base_model, training_file, validation_file, \
                  priority, device, min_memory_bytes, max_attempts, run_after, sweep_id, \
-                 request_id, request_hash, created_at, updated_at, resume_from_job, trace_context) \
-                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $10, $10, $14, $15)",
+                 request_id, request_hash, created_at, updated_at, resume_from_job, trace_context, \
+                 tenant) \
+                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $10, $10, $14, $15, \
+                 $16)",
             )
             .bind(&id)
             .bind(spec_json)
@@ -258,6 +263,7 @@ macro_rules! sql_jobs {
             .bind(job.request_id.as_ref().map(|_| hash))
             .bind(&job.resume_from_job)
             .bind(&job.trace_context)
+            .bind(&job.tenant)
             .execute(&mut **tx)
             .await?;
             for (key, value) in &spec.labels {
@@ -278,7 +284,7 @@ macro_rules! sql_jobs {
                 .map_err(|e| corrupt("jobs", format!("spec does not serialize: {e}")))?;
             let hash = spec_hash(&spec_json);
             if let Some(rid) = &job.request_id {
-                if let Some(existing) = store.find_by_request_id(rid, &hash).await? {
+                if let Some(existing) = store.find_by_request_id(&job.tenant, rid, &hash).await? {
                     return Ok((existing, false));
                 }
             }
@@ -289,7 +295,7 @@ macro_rules! sql_jobs {
                     if e.as_database_error().is_some_and(|d| d.is_unique_violation()) =>
                 {
                     let rid = job.request_id.as_deref().unwrap_or_default();
-                    match store.find_by_request_id(rid, &hash).await? {
+                    match store.find_by_request_id(&job.tenant, rid, &hash).await? {
                         Some(existing) => Ok((existing, false)),
                         None => Err(StoreError::Database(e)),
                     }
@@ -319,8 +325,11 @@ macro_rules! sql_jobs {
             let mut q = QueryBuilder::<$Db>::new(concat!(
                 "SELECT ",
                 job_columns!(),
-                " FROM jobs WHERE tenant = 'default'"
+                " FROM jobs WHERE 1 = 1"
             ));
+            if let Some(t) = &filter.tenant {
+                q.push(" AND tenant = ").push_bind(t.clone());
+            }
             if !filter.states.is_empty() {
                 q.push(" AND state IN (");
                 let mut sep = q.separated(", ");

@@ -22,6 +22,8 @@ mod history;
 #[macro_use]
 mod jobs;
 #[macro_use]
+mod keys;
+#[macro_use]
 mod leadership;
 #[macro_use]
 mod models;
@@ -39,7 +41,7 @@ macro_rules! job_columns {
     () => {
         "id, state, spec, attempt, max_attempts, lease_expires_at, worker_id, run_after, \
          failure_kind, failure_message, sweep_id, request_id, last_seq, created_at, updated_at, \
-         started_at, finished_at, lease_token, request_hash, trace_context"
+         started_at, finished_at, lease_token, request_hash, trace_context, tenant"
     };
 }
 
@@ -51,13 +53,13 @@ macro_rules! artifact_columns {
 
 macro_rules! file_columns {
     () => {
-        "id, name, purpose, format, size_bytes, sha256, line_count, blob_key, created_at"
+        "id, tenant, name, purpose, format, size_bytes, sha256, line_count, blob_key, created_at"
     };
 }
 
 macro_rules! sweep_columns {
     () => {
-        "id, state, spec, message, request_id, last_seq, created_at, updated_at, finished_at"
+        "id, tenant, state, spec, message, request_id, last_seq, created_at, updated_at, finished_at"
     };
 }
 
@@ -84,10 +86,10 @@ macro_rules! impl_store {
         };
         use $crate::store::notify::{JOB_CHANNEL, QUEUE_CHANNEL};
         use $crate::store::{
-            ArtifactRecord, Cursor, EventRecord, FailReply, Fence, FileRecord, HeartbeatReply,
-            JobFilter, JobRecord, Lease, MetricInput, MetricRecord, MetricsReply, ModelFileRecord,
-            ModelRecord, NewArtifact, NewJob, Result, StoreError, SweepAdvance, SweepEventRecord,
-            SweepRecord, TrialRecord, UpdateRecord, WorkerRecord, WorkerStatus,
+            ApiKeyRecord, ArtifactRecord, Cursor, EventRecord, FailReply, Fence, FileRecord,
+            HeartbeatReply, JobFilter, JobRecord, Lease, MetricInput, MetricRecord, MetricsReply,
+            ModelFileRecord, ModelRecord, NewArtifact, NewJob, Result, StoreError, SweepAdvance,
+            SweepEventRecord, SweepRecord, TrialRecord, UpdateRecord, WorkerRecord, WorkerStatus,
         };
 
         type Tx = sqlx::Transaction<'static, $Db>;
@@ -131,6 +133,7 @@ macro_rules! impl_store {
         sql_sweeps!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
         sql_leadership!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
         sql_retention!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
+        sql_keys!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
 
         #[tonic::async_trait]
         impl $crate::store::Store for $Store {
@@ -165,12 +168,13 @@ macro_rules! impl_store {
 
             async fn register_worker(
                 &self,
+                key_id: &str,
                 name: &str,
                 device: &str,
                 memory_bytes: i64,
                 capabilities: &str,
             ) -> Result<WorkerRecord> {
-                register_worker(self, name, device, memory_bytes, capabilities).await
+                register_worker(self, key_id, name, device, memory_bytes, capabilities).await
             }
 
             async fn get_worker(&self, id: &str) -> Result<WorkerRecord> {
@@ -255,11 +259,12 @@ macro_rules! impl_store {
 
             async fn list_files(
                 &self,
+                tenant: &str,
                 purpose: Option<FilePurpose>,
                 after: Option<&Cursor>,
                 limit: u32,
             ) -> Result<Vec<FileRecord>> {
-                list_files(self, purpose, after, limit).await
+                list_files(self, tenant, purpose, after, limit).await
             }
 
             async fn delete_file(&self, id: &str) -> Result<FileRecord> {
@@ -268,23 +273,24 @@ macro_rules! impl_store {
 
             async fn insert_model(
                 &self,
+                tenant: &str,
                 name: &str,
                 format: ModelFormat,
                 files: &[(String, String)],
             ) -> Result<ModelRecord> {
-                insert_model(self, name, format, files).await
+                insert_model(self, tenant, name, format, files).await
             }
 
-            async fn get_model(&self, name: &str) -> Result<ModelRecord> {
-                get_model(self, name).await
+            async fn get_model(&self, tenant: &str, name: &str) -> Result<ModelRecord> {
+                get_model(self, tenant, name).await
             }
 
-            async fn list_models(&self) -> Result<Vec<ModelRecord>> {
-                list_models(self).await
+            async fn list_models(&self, tenant: &str) -> Result<Vec<ModelRecord>> {
+                list_models(self, tenant).await
             }
 
-            async fn delete_model(&self, name: &str) -> Result<()> {
-                delete_model(self, name).await
+            async fn delete_model(&self, tenant: &str, name: &str) -> Result<()> {
+                delete_model(self, tenant, name).await
             }
 
             async fn insert_artifact(
@@ -309,10 +315,11 @@ macro_rules! impl_store {
 
             async fn create_sweep(
                 &self,
+                tenant: &str,
                 spec: &[u8],
                 request_id: Option<&str>,
             ) -> Result<(SweepRecord, bool)> {
-                create_sweep(self, spec, request_id).await
+                create_sweep(self, tenant, spec, request_id).await
             }
 
             async fn get_sweep(&self, id: &str) -> Result<SweepRecord> {
@@ -321,10 +328,11 @@ macro_rules! impl_store {
 
             async fn list_sweeps(
                 &self,
+                tenant: &str,
                 after: Option<&Cursor>,
                 limit: u32,
             ) -> Result<Vec<SweepRecord>> {
-                list_sweeps(self, after, limit).await
+                list_sweeps(self, tenant, after, limit).await
             }
 
             async fn list_running_sweeps(&self) -> Result<Vec<SweepRecord>> {
@@ -381,6 +389,26 @@ macro_rules! impl_store {
                 keys: &[String],
             ) -> Result<std::collections::HashSet<String>> {
                 known_blob_keys(self, keys).await
+            }
+
+            async fn tenant_usage(&self, tenant: &str) -> Result<$crate::store::TenantUsage> {
+                tenant_usage(self, tenant).await
+            }
+
+            async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+                insert_api_key(self, key).await
+            }
+
+            async fn get_api_key(&self, id: &str) -> Result<ApiKeyRecord> {
+                get_api_key(self, id).await
+            }
+
+            async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyRecord>> {
+                list_api_keys(self, tenant).await
+            }
+
+            async fn revoke_api_key(&self, id: &str) -> Result<ApiKeyRecord> {
+                revoke_api_key(self, id).await
             }
 
             fn notifier(&self) -> &$crate::store::Notifier {

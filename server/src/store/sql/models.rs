@@ -6,13 +6,15 @@ macro_rules! sql_models {
         impl $Store {
             async fn model_from_row(&self, row: &DbRow) -> Result<ModelRecord> {
                 let name: String = row.try_get("name")?;
+                let tenant: String = row.try_get("tenant")?;
                 let format: String = row.try_get("format")?;
                 let rows = sqlx::query(
-                    "SELECT mf.path AS model_path, f.id, f.name, f.purpose, f.format, f.size_bytes, \
-                     f.sha256, f.line_count, f.blob_key, f.created_at \
+                    "SELECT mf.path AS model_path, f.id, f.tenant, f.name, f.purpose, f.format, \
+                     f.size_bytes, f.sha256, f.line_count, f.blob_key, f.created_at \
                      FROM model_files mf JOIN files f ON f.id = mf.file_id \
-                     WHERE mf.model = $1 ORDER BY mf.path",
+                     WHERE mf.tenant = $1 AND mf.model = $2 ORDER BY mf.path",
                 )
+                .bind(&tenant)
                 .bind(&name)
                 .fetch_all(&self.pool)
                 .await?;
@@ -25,6 +27,7 @@ macro_rules! sql_models {
                 }
                 Ok(ModelRecord {
                     format: parse_text("models", &format, ModelFormat::parse)?,
+                    tenant,
                     name,
                     files,
                     created_at: row.try_get("created_at")?,
@@ -35,6 +38,7 @@ macro_rules! sql_models {
 
         async fn insert_model(
             store: &$Store,
+            tenant: &str,
             name: &str,
             format: ModelFormat,
             files: &[(String, String)],
@@ -42,7 +46,8 @@ macro_rules! sql_models {
             let now = store.clock.now_ms();
             let mut tx = store.begin().await?;
             let taken: Option<String> =
-                sqlx::query_scalar("SELECT name FROM models WHERE name = $1")
+                sqlx::query_scalar("SELECT name FROM models WHERE tenant = $1 AND name = $2")
+                    .bind(tenant)
                     .bind(name)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -52,19 +57,23 @@ macro_rules! sql_models {
                     id: name.to_string(),
                 });
             }
-            sqlx::query("INSERT INTO models (name, format, created_at) VALUES ($1, $2, $3)")
+            sqlx::query(
+                "INSERT INTO models (name, format, created_at, tenant) VALUES ($1, $2, $3, $4)",
+            )
                 .bind(name)
                 .bind(format.as_str())
                 .bind(now)
+                .bind(tenant)
                 .execute(&mut *tx)
                 .await?;
             for (path, file_id) in files {
                 // Lock the file so a concurrent delete cannot remove it under the model.
                 let exists: Option<String> = sqlx::query_scalar(concat!(
-                    "SELECT id FROM files WHERE id = $1",
+                    "SELECT id FROM files WHERE id = $1 AND tenant = $2",
                     $LOCK
                 ))
                 .bind(file_id)
+                .bind(tenant)
                 .fetch_optional(&mut *tx)
                 .await?;
                 if exists.is_none() {
@@ -73,19 +82,25 @@ macro_rules! sql_models {
                         id: file_id.clone(),
                     });
                 }
-                sqlx::query("INSERT INTO model_files (model, path, file_id) VALUES ($1, $2, $3)")
+                sqlx::query(
+                    "INSERT INTO model_files (model, path, file_id, tenant) VALUES ($1, $2, $3, $4)",
+                )
                     .bind(name)
                     .bind(path)
                     .bind(file_id)
+                    .bind(tenant)
                     .execute(&mut *tx)
                     .await?;
             }
             tx.commit().await?;
-            get_model(store, name).await
+            get_model(store, tenant, name).await
         }
 
-        async fn get_model(store: &$Store, name: &str) -> Result<ModelRecord> {
-            let row = sqlx::query("SELECT name, format, created_at FROM models WHERE name = $1")
+        async fn get_model(store: &$Store, tenant: &str, name: &str) -> Result<ModelRecord> {
+            let row = sqlx::query(
+                "SELECT tenant, name, format, created_at FROM models WHERE tenant = $1 AND name = $2",
+            )
+                .bind(tenant)
                 .bind(name)
                 .fetch_optional(&store.pool)
                 .await?
@@ -96,10 +111,11 @@ macro_rules! sql_models {
             store.model_from_row(&row).await
         }
 
-        async fn list_models(store: &$Store) -> Result<Vec<ModelRecord>> {
+        async fn list_models(store: &$Store, tenant: &str) -> Result<Vec<ModelRecord>> {
             let rows = sqlx::query(
-                "SELECT name, format, created_at FROM models WHERE tenant = 'default' ORDER BY name",
+                "SELECT tenant, name, format, created_at FROM models WHERE tenant = $1 ORDER BY name",
             )
+            .bind(tenant)
             .fetch_all(&store.pool)
             .await?;
             let mut out = Vec::with_capacity(rows.len());
@@ -109,13 +125,14 @@ macro_rules! sql_models {
             Ok(out)
         }
 
-        async fn delete_model(store: &$Store, name: &str) -> Result<()> {
+        async fn delete_model(store: &$Store, tenant: &str, name: &str) -> Result<()> {
             let mut tx = store.begin().await?;
             let user: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM jobs WHERE base_model = $1 \
+                "SELECT id FROM jobs WHERE base_model = $1 AND tenant = $2 \
                  AND state NOT IN ('succeeded', 'failed', 'cancelled') LIMIT 1",
             )
             .bind(name)
+            .bind(tenant)
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(job) = user {
@@ -124,7 +141,8 @@ macro_rules! sql_models {
                     user: format!("job {job}"),
                 });
             }
-            let deleted = sqlx::query("DELETE FROM models WHERE name = $1")
+            let deleted = sqlx::query("DELETE FROM models WHERE tenant = $1 AND name = $2")
+                .bind(tenant)
                 .bind(name)
                 .execute(&mut *tx)
                 .await?

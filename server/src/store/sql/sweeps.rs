@@ -7,6 +7,7 @@ macro_rules! sql_sweeps {
             let state: String = row.try_get("state")?;
             Ok(SweepRecord {
                 id: row.try_get("id")?,
+                tenant: row.try_get("tenant")?,
                 state: parse_text("sweeps", &state, SweepState::parse)?,
                 spec: row.try_get("spec")?,
                 message: row.try_get("message")?,
@@ -41,15 +42,17 @@ macro_rules! sql_sweeps {
 
         async fn find_sweep_by_request_id(
             pool: &sqlx::Pool<$Db>,
+            tenant: &str,
             request_id: &str,
             hash: &str,
         ) -> Result<Option<SweepRecord>> {
             let row = sqlx::query(concat!(
                 "SELECT ",
                 sweep_columns!(),
-                ", request_hash FROM sweeps WHERE tenant = 'default' AND request_id = $1"
+                ", request_hash FROM sweeps WHERE tenant = $2 AND request_id = $1"
             ))
             .bind(request_id)
+            .bind(tenant)
             .fetch_optional(pool)
             .await?;
             let Some(row) = row else { return Ok(None) };
@@ -66,6 +69,7 @@ macro_rules! sql_sweeps {
 
         async fn create_sweep(
             store: &$Store,
+            tenant: &str,
             spec: &[u8],
             request_id: Option<&str>,
         ) -> Result<(SweepRecord, bool)> {
@@ -74,7 +78,9 @@ macro_rules! sql_sweeps {
                 hex::encode(sha2::Sha256::digest(spec))
             };
             if let Some(rid) = request_id {
-                if let Some(existing) = find_sweep_by_request_id(&store.pool, rid, &hash).await? {
+                if let Some(existing) =
+                    find_sweep_by_request_id(&store.pool, tenant, rid, &hash).await?
+                {
                     return Ok((existing, false));
                 }
             }
@@ -82,13 +88,14 @@ macro_rules! sql_sweeps {
             let id = ids::new_id(ids::SWEEP);
             let inserted = sqlx::query(
                 "INSERT INTO sweeps (id, state, spec, request_id, request_hash, created_at, \
-                 updated_at) VALUES ($1, 'running', $2, $3, $4, $5, $5)",
+                 updated_at, tenant) VALUES ($1, 'running', $2, $3, $4, $5, $5, $6)",
             )
             .bind(&id)
             .bind(spec)
             .bind(request_id)
             .bind(request_id.map(|_| hash.clone()))
             .bind(now)
+            .bind(tenant)
             .execute(&store.pool)
             .await;
             match inserted {
@@ -98,7 +105,7 @@ macro_rules! sql_sweeps {
                         .is_some_and(|d| d.is_unique_violation()) =>
                 {
                     let rid = request_id.unwrap_or_default();
-                    match find_sweep_by_request_id(&store.pool, rid, &hash).await? {
+                    match find_sweep_by_request_id(&store.pool, tenant, rid, &hash).await? {
                         Some(existing) => Ok((existing, false)),
                         None => Err(StoreError::Database(e)),
                     }
@@ -125,14 +132,16 @@ macro_rules! sql_sweeps {
 
         async fn list_sweeps(
             store: &$Store,
+            tenant: &str,
             after: Option<&Cursor>,
             limit: u32,
         ) -> Result<Vec<SweepRecord>> {
             let mut q = QueryBuilder::<$Db>::new(concat!(
                 "SELECT ",
                 sweep_columns!(),
-                " FROM sweeps WHERE tenant = 'default'"
+                " FROM sweeps WHERE tenant = "
             ));
+            q.push_bind(tenant.to_string());
             push_after(&mut q, after);
             q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
                 .push_bind(i64::from(limit));

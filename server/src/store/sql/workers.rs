@@ -6,6 +6,7 @@ macro_rules! sql_workers {
         fn worker_from_row(row: &DbRow) -> Result<WorkerRecord> {
             Ok(WorkerRecord {
                 id: row.try_get("id")?,
+                key_id: row.try_get("key_id")?,
                 name: row.try_get("name")?,
                 device: row.try_get("device")?,
                 memory_bytes: row.try_get("memory_bytes")?,
@@ -15,6 +16,7 @@ macro_rules! sql_workers {
 
         async fn register_worker(
             store: &$Store,
+            key_id: &str,
             name: &str,
             device: &str,
             memory_bytes: i64,
@@ -24,7 +26,7 @@ macro_rules! sql_workers {
             let id = ids::new_id(ids::WORKER);
             sqlx::query(
                 "INSERT INTO workers (id, name, device, memory_bytes, capabilities, \
-                 registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                 registered_at, last_seen_at, key_id) VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
             )
             .bind(&id)
             .bind(name)
@@ -32,10 +34,12 @@ macro_rules! sql_workers {
             .bind(memory_bytes)
             .bind(capabilities)
             .bind(now)
+            .bind(key_id)
             .execute(&store.pool)
             .await?;
             Ok(WorkerRecord {
                 id,
+                key_id: key_id.to_string(),
                 name: name.to_string(),
                 device: device.to_string(),
                 memory_bytes,
@@ -46,7 +50,7 @@ macro_rules! sql_workers {
         async fn get_worker(store: &$Store, id: &str) -> Result<WorkerRecord> {
             let row = sqlx::query(
                 "UPDATE workers SET last_seen_at = $2 WHERE id = $1 \
-                 RETURNING id, name, device, memory_bytes, capabilities",
+                 RETURNING id, key_id, name, device, memory_bytes, capabilities",
             )
             .bind(id)
             .bind(store.clock.now_ms())
@@ -65,7 +69,7 @@ macro_rules! sql_workers {
             limit: u32,
         ) -> Result<Vec<WorkerStatus>> {
             let rows = sqlx::query(
-                "SELECT w.id, w.name, w.device, w.memory_bytes, w.capabilities, \
+                "SELECT w.id, w.key_id, w.name, w.device, w.memory_bytes, w.capabilities, \
                  w.registered_at, w.last_seen_at, \
                  (SELECT j.id FROM jobs j WHERE j.worker_id = w.id \
                   AND j.state IN ('running', 'cancelling', 'pausing') \
