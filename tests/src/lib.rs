@@ -269,6 +269,31 @@ pub struct Setup {
     pub valid: String,
 }
 
+impl Setup {
+    /// `jobs create` on this model and training file, then `extra` (`--r 4`, ...).
+    pub fn create_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "jobs",
+            "create",
+            "--model",
+            &self.model,
+            "--training-file",
+            &self.train,
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// Creates a job with [`Self::create_args`] on `server`; returns its id.
+    pub fn create_job(&self, server: &ServerProcess, extra: &[&str]) -> String {
+        let job = server.json(&self.create_args(extra));
+        job["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("jobs create answered {job}"))
+            .to_string()
+    }
+}
+
 /// Makes and registers the tiny model `tiny` and uploads the addition datasets.
 pub fn setup(server: &ServerProcess, dir: &std::path::Path) -> Setup {
     let model_dir = dir.join("tiny");

@@ -143,15 +143,7 @@ async fn one_trace_spans_client_server_and_worker_for_one_job() {
     let server = ServerProcess::start_with_env(dir.path(), &[], &otlp);
     let s = tuna_e2e::setup(&server, dir.path());
     let out = Command::new(tuna_e2e::tuna_bin())
-        .args([
-            "jobs",
-            "create",
-            "--model",
-            &s.model,
-            "--training-file",
-            &s.train,
-        ])
-        .args(["--r", "4", "--max-steps", "120", "--output", "json"])
+        .args(s.create_args(&["--r", "4", "--max-steps", "120", "--output", "json"]))
         .env("TUNA_SERVER", &server.url)
         .envs(otlp)
         .output()

@@ -98,19 +98,7 @@ async fn readiness_is_not_serving_during_a_database_outage_and_no_job_is_lost_or
     wait_for(&url, jobs, ServingStatus::Serving, Duration::from_secs(5)).await;
     // A job trains across the outage.
     let s = setup(&server, dir.path());
-    let created = server.json(&[
-        "jobs",
-        "create",
-        "--model",
-        &s.model,
-        "--training-file",
-        &s.train,
-        "--r",
-        "4",
-        "--max-steps",
-        "600",
-    ]);
-    let id = created["id"].as_str().unwrap().to_string();
+    let id = s.create_job(&server, &["--r", "4", "--max-steps", "600"]);
     let _w = worker(&server, dir.path(), "w");
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.json(&["jobs", "get", &id])["state"] != "running" {

@@ -48,21 +48,17 @@ async fn two_replicas_share_one_database_and_bucket_and_the_sweep_controller_fai
     // Uploaded through A (into the bucket), trained by a worker of B.
     let s = setup(&a, dir.path());
     let _wb = worker(&b, dir.path(), "wb");
-    let job = a.json(&[
-        "jobs",
-        "create",
-        "--model",
-        &s.model,
-        "--training-file",
-        &s.train,
-        "--validation-file",
-        &s.valid,
-        "--r",
-        "4",
-        "--max-steps",
-        "300",
-    ]);
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = s.create_job(
+        &a,
+        &[
+            "--validation-file",
+            &s.valid,
+            "--r",
+            "4",
+            "--max-steps",
+            "300",
+        ],
+    );
 
     // A's watch sees the metrics B records while the job still runs.
     let mut watch = Command::new(tuna_bin())

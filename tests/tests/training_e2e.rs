@@ -9,12 +9,6 @@ use tuna_e2e::{ServerProcess, Setup, TestDb, Worker, dataset, setup, tuna_bin, w
 
 fn create(server: &ServerProcess, s: &Setup, steps: &str, extra: &[&str]) -> String {
     let mut args = vec![
-        "jobs",
-        "create",
-        "--model",
-        &s.model,
-        "--training-file",
-        &s.train,
         "--validation-file",
         &s.valid,
         "--r",
@@ -31,7 +25,7 @@ fn create(server: &ServerProcess, s: &Setup, steps: &str, extra: &[&str]) -> Str
         "42",
     ];
     args.extend_from_slice(extra);
-    server.json(&args)["id"].as_str().unwrap().to_string()
+    s.create_job(server, &args)
 }
 
 /// The first training step an attempt reported (where it started or resumed).

@@ -75,26 +75,18 @@ impl Cache {
                 .join(format!("{}.{}", file.id, uuid::Uuid::new_v4().simple()));
         // A database or blob-store blip answers UNAVAILABLE for a few seconds: retry rather
         // than fail the attempt (the heartbeat keeps the lease meanwhile).
-        let started = tokio::time::Instant::now();
-        let mut delay = Duration::from_millis(250);
-        loop {
-            match download(conn, lease, &file.id, &file.sha256, &tmp).await {
-                Ok(()) => break,
-                Err(CacheError::Rpc { status, .. })
-                    if super::settle::is_transient(&status)
-                        && started.elapsed() + delay < DOWNLOAD_PATIENCE =>
-                {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    tracing::warn!(file = %file.id, error = %status, retry_in = ?delay, "download failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        let transient = |e: &CacheError| matches!(e, CacheError::Rpc { status, .. } if super::settle::is_transient(status));
+        super::settle::retry(DOWNLOAD_PATIENCE, "input download", transient, || {
+            let tmp = &tmp;
+            async move {
+                let result = download(conn, lease, &file.id, &file.sha256, tmp).await;
+                if result.is_err() {
+                    let _ = tokio::fs::remove_file(tmp).await;
                 }
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(e);
-                }
+                result
             }
-        }
+        })
+        .await?;
         tokio::fs::rename(&tmp, &path).await.map_err(io(&path))?;
         Ok(path)
     }
@@ -160,8 +152,12 @@ impl Cache {
     }
 }
 
-/// How long a download is retried through transient errors before the attempt fails.
-const DOWNLOAD_PATIENCE: Duration = Duration::from_secs(60);
+/// How a download is retried through transient errors before the attempt fails.
+const DOWNLOAD_PATIENCE: super::settle::Patience = super::settle::Patience {
+    first_delay: Duration::from_millis(250),
+    max_delay: Duration::from_secs(5),
+    total: Duration::from_secs(60),
+};
 
 /// The lease whose inputs a download fetches: the server hands a worker only those.
 #[derive(Clone, Copy)]

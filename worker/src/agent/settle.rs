@@ -45,17 +45,34 @@ pub fn is_transient(status: &Status) -> bool {
 
 /// Calls `call` until it succeeds, fails for good, or `patience` runs out; returns the last
 /// result.
-pub async fn settle<T, F, Fut>(patience: Patience, mut call: F) -> Result<T, Status>
+pub async fn settle<T, F, Fut>(patience: Patience, call: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Status>>,
+{
+    retry(patience, "ending the attempt", is_transient, call).await
+}
+
+/// Calls `call` until it succeeds, fails with an error `transient` does not excuse, or
+/// `patience` runs out (exponential backoff between tries); returns the last result. `what`
+/// names the call in the warning each retry logs.
+pub async fn retry<T, E, F, Fut>(
+    patience: Patience,
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut call: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
 {
     let start = tokio::time::Instant::now();
     let mut delay = patience.first_delay;
     loop {
         match call().await {
-            Err(status) if is_transient(&status) && start.elapsed() + delay < patience.total => {
-                tracing::warn!(error = %status, retry_in = ?delay, "ending the attempt failed; retrying");
+            Err(e) if transient(&e) && start.elapsed() + delay < patience.total => {
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(patience.max_delay);
             }
