@@ -268,10 +268,13 @@ async fn submit_latency(
             .lease
             .ok_or("long-poll returned no lease")?;
         out.push(t1.duration_since(t0));
-        w.complete_job(pb::CompleteJobRequest {
+        // The job ends here; a success would need an uploaded adapter, which is not what
+        // this benchmark measures.
+        w.fail_job(pb::FailJobRequest {
             job_id: lease.job_id,
             lease_token: lease.lease_token,
-            outcome: pb::Outcome::Succeeded as i32,
+            kind: pb::FailureKind::User as i32,
+            message: "latency benchmark: done".into(),
         })
         .await
         .map_err(err)?;

@@ -1,12 +1,16 @@
 //! Tuna benchmarks. Each prints its result next to its baseline in one run.
 //!
 //! `queue`: burn-down of J jobs by N simulated workers through a real `tuna server` on
-//! PostgreSQL (AcquireJob, Heartbeat, ReportMetrics, CompleteJob), against the store's own SQL
+//! PostgreSQL (AcquireJob, Heartbeat, ReportMetrics, UploadArtifact, CompleteJob), against the store's own SQL
 //! driven directly over N connections; then 200 idle long-pollers over a deep unclaimable
 //! queue (see `queue.rs`).
 //!
 //! `upload`: the server's resident memory while a 2 GiB file streams into an S3 blob store,
 //! against the same upload into the local directory (see `upload.rs`).
+//!
+//! `limits`: one tenant's key flooding, idle uploads and oversized requests against a server
+//! on PostgreSQL with its default limits; another key's latency and the server's memory
+//! (see `limits.rs`).
 //!
 //! `search`: the sweep algorithms on a deterministic simulator against random search and
 //! Optuna (see `search/mod.rs`).
@@ -16,6 +20,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod latency;
+mod limits;
 mod queue;
 mod search;
 mod train;
@@ -42,6 +47,8 @@ enum Bench {
     Train(train::TrainArgs),
     /// Server memory while a large file uploads to S3 vs to the local directory.
     Upload(upload::UploadArgs),
+    /// A flooding key vs another key's latency, idle uploads and oversized requests; memory.
+    Limits(limits::LimitsArgs),
 }
 
 async fn scratch_pg(admin: &str) -> Result<(String, String), String> {
@@ -77,6 +84,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Latency(a) => latency::run(a).await,
         Bench::Train(a) => train::run(a),
         Bench::Upload(a) => upload::run(a).await,
+        Bench::Limits(a) => limits::run(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -5,11 +5,12 @@
 //! - tuna: `tuna server` (the binary next to this one) with an API key and a worker token on a
 //!   scratch database; J jobs enqueued with `CreateJob`; N simulated workers, one HTTP/2
 //!   connection each, loop `AcquireJob` (long-poll) → `Heartbeat` → `ReportMetrics` (one point)
-//!   → `CompleteJob` until the queue is empty. Throughput is J over the time from the first
+//!   → `UploadArtifact` (a 256-byte adapter: a success needs one) → `CompleteJob` until the
+//!   queue is empty. Throughput is J over the time from the first
 //!   acquire to the last complete; claim latency is the `AcquireJob` round trip of the calls
 //!   that returned a lease (jobs were always available).
 //! - raw: the same J jobs in a fresh database, burned down by N tasks calling the `Store`
-//!   trait's `claim_job`, `heartbeat`, `record_metrics` and `complete_job` on a `PgStore` over
+//!   trait's `claim_job`, `heartbeat`, `record_metrics`, `insert_artifact` and `complete_job` on a `PgStore` over
 //!   a pool of N connections: exactly the SQL the server runs, without the RPC layer.
 //! - idle (skip with `--no-idle-phase`): 10,000 queued jobs that need `cuda` while every worker
 //!   has `cpu`, and 200 workers long-polling `AcquireJob`; PostgreSQL connections of the
@@ -36,7 +37,9 @@ use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 use tuna_server::domain::Outcome;
 use tuna_server::domain::spec::JobSpec;
 use tuna_server::store::postgres::PgStore;
-use tuna_server::store::{Fence, MetricInput, NewJob, QueuePolicy, Store, SystemClock};
+use tuna_server::store::{
+    Fence, MetricInput, NewArtifact, NewJob, QueuePolicy, Store, SystemClock,
+};
 use tuna_worker::agent::conn::Bearer;
 
 #[derive(clap::Args)]
@@ -88,6 +91,9 @@ const BURN_WAIT_MS: i64 = 2_000;
 const IDLE_WAIT_MS: i64 = 30_000;
 /// CreateJob / create_job calls in flight while enqueueing.
 const ENQUEUE_CONCURRENCY: usize = 32;
+/// The adapter each simulated job uploads before it succeeds (the server refuses a success
+/// without one).
+const ADAPTER: &[u8] = &[7u8; 256];
 
 type Authed = InterceptedService<Channel, Bearer>;
 
@@ -411,6 +417,26 @@ async fn grpc_worker(
         })
         .await
         .map_err(err)?;
+        // A success needs the attempt's adapter: a small one, as a worker would upload.
+        let header = pb::UploadArtifactHeader {
+            job_id: lease.job_id.clone(),
+            lease_token: lease.lease_token.clone(),
+            kind: pb::ArtifactKind::Adapter as i32,
+            step: 1,
+            name: "adapter.tar".into(),
+            size_bytes: ADAPTER.len() as i64,
+            sha256: hex::encode(Sha256::digest(ADAPTER)),
+        };
+        w.upload_artifact(futures::stream::iter([
+            pb::UploadArtifactRequest {
+                data: Some(pb::upload_artifact_request::Data::Header(header)),
+            },
+            pb::UploadArtifactRequest {
+                data: Some(pb::upload_artifact_request::Data::Chunk(ADAPTER.to_vec())),
+            },
+        ]))
+        .await
+        .map_err(err)?;
         w.complete_job(pb::CompleteJobRequest {
             job_id: lease.job_id,
             lease_token: lease.lease_token,
@@ -558,6 +584,17 @@ async fn raw_run(db: &Db<'_>, spec: &pb::JobSpec, jobs: usize, workers: usize) -
                     time: None,
                 };
                 store.record_metrics(fence, &[point]).await.map_err(err)?;
+                // The adapter's row, as the server commits it (the raw path writes no blob).
+                let adapter = NewArtifact {
+                    id: tuna_server::domain::ids::new_id(tuna_server::domain::ids::ARTIFACT),
+                    kind: tuna_server::domain::ArtifactKind::Adapter,
+                    step: 1,
+                    name: "adapter.tar".into(),
+                    size_bytes: ADAPTER.len() as i64,
+                    sha256: hex::encode(Sha256::digest(ADAPTER)),
+                    blob_key: "artifacts/raw-bench".into(),
+                };
+                store.insert_artifact(fence, &adapter).await.map_err(err)?;
                 store
                     .complete_job(fence, Outcome::Succeeded)
                     .await

@@ -26,7 +26,7 @@ pub struct UploadArgs {
 }
 
 /// Kills the child when dropped, so a failed run leaves no process behind.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -35,12 +35,12 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> Result<u16, E> {
+pub(crate) fn free_port() -> Result<u16, E> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(err)?;
     Ok(l.local_addr().map_err(err)?.port())
 }
 
-fn wait_port(port: u16, what: &str) -> Result<(), E> {
+pub(crate) fn wait_port(port: u16, what: &str) -> Result<(), E> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -96,7 +96,7 @@ fn start_s3() -> Result<(Proc, Vec<(String, String)>), E> {
     ))
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

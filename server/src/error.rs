@@ -43,6 +43,9 @@ pub enum ApiError {
     /// Authenticated, but this credential may not do that (the message says why).
     #[error("{0}")]
     PermissionDenied(String),
+    /// The request is well formed but the resource is not in a state that allows it.
+    #[error("{0}")]
+    Precondition(String),
     /// A limit on concurrent use was reached (the message names it).
     #[error("{0}")]
     Exhausted(String),
@@ -170,6 +173,7 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(_) => Status::unauthenticated(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
             ApiError::PermissionDenied(_) => Status::permission_denied(message),
+            ApiError::Precondition(_) => Status::failed_precondition(message),
             ApiError::Exhausted(_) => Status::resource_exhausted(message),
             ApiError::Idle(_) => Status::deadline_exceeded(message),
             ApiError::Blob(e) => match e {

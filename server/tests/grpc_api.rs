@@ -1011,10 +1011,11 @@ async fn a_worker_downloads_only_the_inputs_of_the_lease_it_holds(pool: sqlx::Pg
         .await
         .unwrap();
     assert_eq!((got, bytes), (art.id.clone(), body));
+    // The worker gives the job back: the attempt ends (a success would need an adapter).
     w.complete_job(pb::CompleteJobRequest {
         job_id: job.id.clone(),
         lease_token: token.clone(),
-        outcome: pb::Outcome::Succeeded as i32,
+        outcome: pb::Outcome::Released as i32,
     })
     .await
     .unwrap();

@@ -804,3 +804,118 @@ async fn one_key_cannot_take_every_upload_slot(pool: sqlx::PgPool) {
     .await;
     h.stop().await;
 }
+
+async fn upload_artifact(
+    w: &mut WorkerServiceClient<Channel>,
+    key: &str,
+    lease: &pb::Lease,
+    kind: pb::ArtifactKind,
+) -> pb::Artifact {
+    let body = b"artifact bytes".to_vec();
+    let messages = vec![
+        pb::UploadArtifactRequest {
+            data: Some(pb::upload_artifact_request::Data::Header(
+                pb::UploadArtifactHeader {
+                    job_id: lease.job_id.clone(),
+                    lease_token: lease.lease_token.clone(),
+                    kind: kind as i32,
+                    step: 1,
+                    name: "a.tar".into(),
+                    size_bytes: body.len() as i64,
+                    sha256: hex::encode(Sha256::digest(&body)),
+                },
+            )),
+        },
+        pb::UploadArtifactRequest {
+            data: Some(pb::upload_artifact_request::Data::Chunk(body)),
+        },
+    ];
+    w.upload_artifact(req(tokio_stream::iter(messages), key))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_job_cannot_succeed_without_its_final_adapter(pool: sqlx::PgPool) {
+    let h = harness(pool).await;
+    let ch = &h.channel;
+    let (client, _) = new_key(ch, "default", pb::ApiKeyRole::Client).await;
+    let (worker_key, _) = new_key(ch, "default", pb::ApiKeyRole::Worker).await;
+    let job = JobServiceClient::new(ch.clone())
+        .create_job(req(
+            pb::CreateJobRequest {
+                spec: Some(proto_spec(0, 0)),
+                request_id: String::new(),
+            },
+            &client,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut w = WorkerServiceClient::new(ch.clone());
+    let worker_id = w
+        .register_worker(req(
+            pb::RegisterWorkerRequest {
+                name: "w".into(),
+                capabilities: Some(pb::WorkerCapabilities {
+                    device: "cpu".into(),
+                    memory_bytes: 1 << 30,
+                    ..Default::default()
+                }),
+            },
+            &worker_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let lease = w
+        .acquire_job(req(
+            pb::AcquireJobRequest {
+                worker_id,
+                wait_ms: 0,
+            },
+            &worker_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(lease.job_id, job.id);
+    let complete = |lease: &pb::Lease| {
+        req(
+            pb::CompleteJobRequest {
+                job_id: lease.job_id.clone(),
+                lease_token: lease.lease_token.clone(),
+                outcome: pb::Outcome::Succeeded as i32,
+            },
+            &worker_key,
+        )
+    };
+    let state = || async {
+        JobServiceClient::new(ch.clone())
+            .get_job(req(pb::GetJobRequest { id: job.id.clone() }, &client))
+            .await
+            .unwrap()
+            .into_inner()
+            .state()
+    };
+    // Nothing uploaded, then only a checkpoint: both refused, the job keeps running.
+    for kind in [None, Some(pb::ArtifactKind::Checkpoint)] {
+        if let Some(kind) = kind {
+            upload_artifact(&mut w, &worker_key, &lease, kind).await;
+        }
+        let err = w.complete_job(complete(&lease)).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("no final adapter"), "{err:?}");
+        assert_eq!(state().await, pb::JobState::Running);
+    }
+    // With its adapter the success lands.
+    upload_artifact(&mut w, &worker_key, &lease, pb::ArtifactKind::Adapter).await;
+    let done = w.complete_job(complete(&lease)).await.unwrap().into_inner();
+    assert_eq!(done.state(), pb::JobState::Succeeded);
+    assert_eq!(state().await, pb::JobState::Succeeded);
+    h.stop().await;
+}

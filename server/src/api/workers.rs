@@ -12,7 +12,7 @@ use super::{
     ApiContext, caller, convert, next_within, receive_blob, require_id, require_name,
     require_sha256, require_size,
 };
-use crate::domain::{Directive, FailureKind, Outcome, ids};
+use crate::domain::{ArtifactKind, Directive, FailureKind, Outcome, ids};
 use crate::error::ApiError;
 use crate::store::{Fence, FileRecord, Lease, MetricInput, NewArtifact, StoreError};
 
@@ -46,6 +46,24 @@ impl Workers {
             Err(_) => None,
         };
         self.ctx.metrics.job_finished(state, seconds);
+    }
+
+    /// A job succeeds only with what it ran for: an adapter (or merged model) that this
+    /// attempt uploaded. A worker (or a worker credential) cannot mark a job done without it.
+    async fn require_final_artifact(&self, job_id: &str) -> Result<(), ApiError> {
+        let store = &self.ctx.store;
+        let job = store.get_job(job_id).await?;
+        for kind in [ArtifactKind::Adapter, ArtifactKind::Merged] {
+            let artifacts = store.list_artifacts(job_id, Some(kind)).await?;
+            if artifacts.iter().any(|a| a.attempt == job.attempt) {
+                return Ok(());
+            }
+        }
+        Err(ApiError::Precondition(format!(
+            "job {job_id} attempt {} has no final adapter: upload it (UploadArtifact, kind \
+             ADAPTER) before CompleteJob(SUCCEEDED), or end the attempt with FailJob",
+            job.attempt
+        )))
     }
 
     /// Attaches the model and dataset files the worker must download. A job whose model or
@@ -510,6 +528,9 @@ impl WorkerService for Workers {
                 .into());
             }
         };
+        if outcome == Outcome::Succeeded {
+            self.require_final_artifact(&req.job_id).await?;
+        }
         let state = self.ctx.store.complete_job(f, outcome).await?;
         self.record_finish(&req.job_id, state).await;
         Ok(Response::new(pb::CompleteJobResponse {

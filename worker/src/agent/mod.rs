@@ -455,10 +455,22 @@ impl Agent {
                 Stop::Cancel => (pb::Outcome::Cancelled, None),
                 Stop::Pause => (pb::Outcome::Paused, None),
                 Stop::Drain => (pb::Outcome::Released, None),
-                Stop::StopEarly => (
-                    pb::Outcome::Succeeded,
-                    adapter_dir.clone().map(|d| (*step, d)),
-                ),
+                Stop::StopEarly => match adapter_dir {
+                    Some(d) => (pb::Outcome::Succeeded, Some((*step, d.clone()))),
+                    // The server refuses a success without its adapter.
+                    None => {
+                        let req = pb::FailJobRequest {
+                            job_id: job.clone(),
+                            lease_token: token.clone(),
+                            kind: pb::FailureKind::User as i32,
+                            message: format!(
+                                "stopped early at step {step}, before an adapter was written"
+                            ),
+                        };
+                        let _ = self.report_failure(&client, req).await;
+                        return;
+                    }
+                },
                 Stop::LeaseLost => return,
             },
         };
