@@ -80,6 +80,9 @@ pub struct Api {
     pub rate_limit_burst: u64,
     /// Most file uploads one key streams at once (within `max_concurrent_uploads`).
     pub max_uploads_per_key: u64,
+    /// Most HTTP/2 streams (calls) one connection may have open at once; a client past it
+    /// waits for one of its calls to end (HTTP/2 flow control, not an error).
+    pub max_streams_per_connection: u32,
     /// Most QUEUED jobs one tenant may have; CreateJob past it is RESOURCE_EXHAUSTED. 0: no
     /// limit.
     pub max_queued_jobs_per_tenant: u64,
@@ -107,6 +110,7 @@ impl Default for Api {
             rate_limit_per_key: 100,
             rate_limit_burst: 200,
             max_uploads_per_key: 8,
+            max_streams_per_connection: 256,
             max_queued_jobs_per_tenant: 10_000,
             max_stored_bytes_per_tenant: 1 << 40,
             tls_cert: PathBuf::new(),
@@ -291,6 +295,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
     ("TUNA_RATE_LIMIT_PER_KEY", "api", "rate_limit_per_key"),
     ("TUNA_RATE_LIMIT_BURST", "api", "rate_limit_burst"),
     ("TUNA_MAX_UPLOADS_PER_KEY", "api", "max_uploads_per_key"),
+    (
+        "TUNA_MAX_STREAMS_PER_CONNECTION",
+        "api",
+        "max_streams_per_connection",
+    ),
     (
         "TUNA_MAX_QUEUED_JOBS_PER_TENANT",
         "api",
@@ -485,6 +494,9 @@ impl Config {
         }
         if a.max_concurrent_uploads == 0 {
             return Err(bad("api.max_concurrent_uploads", "must be > 0".into()));
+        }
+        if a.max_streams_per_connection == 0 {
+            return Err(bad("api.max_streams_per_connection", "must be > 0".into()));
         }
         if a.max_uploads_per_key == 0 {
             return Err(bad("api.max_uploads_per_key", "must be > 0".into()));

@@ -158,6 +158,7 @@ impl ControlPlane {
                 u64::try_from(limits.max_acquire_wait_ms).unwrap_or(0),
             ),
             concurrency_limit: usize::try_from(api.concurrency_limit).unwrap_or(usize::MAX),
+            max_streams_per_connection: api.max_streams_per_connection,
             rate_limit_per_key: api.rate_limit_per_key,
             rate_limit_burst: api.rate_limit_burst,
             insecure: api.insecure,
@@ -290,6 +291,7 @@ impl ControlPlane {
         ));
 
         let tls = self.edge.tls.as_ref().map(tls_config).transpose()?;
+        let max_streams = self.edge.max_streams_per_connection;
         let edge = EdgeLayer::new(self.edge, self.ctx.metrics.clone(), self.ctx.store.clone());
         let ctx = self.ctx;
         let reporter = health_reporter.clone();
@@ -336,6 +338,7 @@ impl ControlPlane {
                 span
             })
             .tcp_nodelay(true)
+            .max_concurrent_streams(Some(max_streams))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(http)
             .layer(edge)

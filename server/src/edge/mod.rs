@@ -35,6 +35,8 @@ pub struct EdgeConfig {
     /// Longest AcquireJob wait the server grants; the long-poll's deadline adds the unary one.
     pub max_acquire_wait: Duration,
     pub concurrency_limit: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
     /// Calls per second per client or admin key (0: unlimited), and the burst above it.
     pub rate_limit_per_key: u64,
     pub rate_limit_burst: u64,
