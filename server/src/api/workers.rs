@@ -216,11 +216,13 @@ impl WorkerService for Workers {
                 let spec = &job.spec;
                 let named = spec.training_file == id
                     || spec.validation_file.as_deref() == Some(id.as_str());
+                // A database error is an error (retried by the worker), never "not yours".
                 let of_model = !named
-                    && store
-                        .get_model(&job.tenant, &spec.base_model)
-                        .await
-                        .is_ok_and(|m| m.files.iter().any(|mf| mf.file.id == id));
+                    && match store.get_model(&job.tenant, &spec.base_model).await {
+                        Ok(m) => m.files.iter().any(|mf| mf.file.id == id),
+                        Err(StoreError::NotFound { .. }) => false,
+                        Err(e) => return Err(ApiError::from(e).into()),
+                    };
                 if !named && !of_model {
                     // Indistinguishable from a missing file: a worker learns nothing else.
                     return Err(ApiError::from(StoreError::NotFound { kind: "file", id }).into());
@@ -240,15 +242,20 @@ impl WorkerService for Workers {
                         id: id.clone(),
                     })
                 };
-                let artifact = store.get_artifact(&id).await.map_err(|_| not_found())?;
+                let artifact = match store.get_artifact(&id).await {
+                    Ok(a) => a,
+                    Err(StoreError::NotFound { .. }) => return Err(not_found().into()),
+                    Err(e) => return Err(ApiError::from(e).into()),
+                };
                 // Its own checkpoints, or (an ASHA promotion) those of a run of its sweep.
                 let own = artifact.job_id == job.id;
                 let same_sweep = !own
                     && job.sweep_id.is_some()
-                    && store
-                        .get_job(&artifact.job_id)
-                        .await
-                        .is_ok_and(|other| other.sweep_id == job.sweep_id);
+                    && match store.get_job(&artifact.job_id).await {
+                        Ok(other) => other.sweep_id == job.sweep_id,
+                        Err(StoreError::NotFound { .. }) => false,
+                        Err(e) => return Err(ApiError::from(e).into()),
+                    };
                 if !(own || same_sweep) {
                     return Err(not_found().into());
                 }
