@@ -10,20 +10,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tuna_proto::v1 as pb;
-use tuna_proto::v1::file_service_client::FileServiceClient;
-use tuna_proto::v1::job_service_client::JobServiceClient;
-use tuna_proto::v1::model_service_client::ModelServiceClient;
-use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 use tuna_server::api::Limits;
 use tuna_server::blobs::Blobs;
 use tuna_server::config::Config;
 use tuna_server::serve::ControlPlane;
 use tuna_server::store::{QueuePolicy, SystemClock, postgres::PgStore};
+
+use crate::grpc::{Api, E, err, fixtures, register};
 
 #[derive(clap::Args)]
 pub struct LatencyArgs {
@@ -44,14 +41,9 @@ pub struct LatencyArgs {
 
 const POLL_MS: u64 = 1000;
 
-type E = String;
-
-fn err(e: impl std::fmt::Display) -> E {
-    e.to_string()
-}
-
-/// Starts a control-plane replica on `db`; returns its channel and a stop handle.
-async fn replica(db: &str, blobs: &std::path::Path) -> Result<(Channel, oneshot::Sender<()>), E> {
+/// Starts a control-plane replica on `db` (no authentication); returns a client of it and a
+/// stop handle.
+async fn replica(db: &str, blobs: &std::path::Path) -> Result<(Api, oneshot::Sender<()>), E> {
     let store = PgStore::connect(db, QueuePolicy::default(), Arc::new(SystemClock))
         .await
         .map_err(err)?;
@@ -76,84 +68,7 @@ async fn replica(db: &str, blobs: &std::path::Path) -> Result<(Channel, oneshot:
         .connect()
         .await
         .map_err(err)?;
-    Ok((channel, stop))
-}
-
-async fn upload(
-    ch: &Channel,
-    name: &str,
-    purpose: pb::FilePurpose,
-    body: &[u8],
-) -> Result<pb::File, E> {
-    let header = pb::UploadFileRequest {
-        data: Some(pb::upload_file_request::Data::Header(
-            pb::UploadFileHeader {
-                name: name.into(),
-                purpose: purpose as i32,
-                size_bytes: body.len() as i64,
-                sha256: hex::encode(Sha256::digest(body)),
-                format: 0,
-            },
-        )),
-    };
-    let chunk = pb::UploadFileRequest {
-        data: Some(pb::upload_file_request::Data::Chunk(body.to_vec())),
-    };
-    Ok(FileServiceClient::new(ch.clone())
-        .upload(futures::stream::iter(vec![header, chunk]))
-        .await
-        .map_err(err)?
-        .into_inner())
-}
-
-/// A registered model and a dataset so jobs resolve at acquire time (the bench never trains).
-async fn fixtures(ch: &Channel) -> Result<pb::JobSpec, E> {
-    let data = upload(
-        ch,
-        "d.jsonl",
-        pb::FilePurpose::Dataset,
-        b"{\"text\":\"x\"}\n",
-    )
-    .await?;
-    let cfg = upload(ch, "config.json", pb::FilePurpose::Model, b"{}").await?;
-    let w = upload(ch, "model.safetensors", pb::FilePurpose::Model, b"w").await?;
-    let file = |path: &str, f: &pb::File| pb::ModelFile {
-        path: path.into(),
-        file_id: f.id.clone(),
-        ..Default::default()
-    };
-    ModelServiceClient::new(ch.clone())
-        .register_model(pb::RegisterModelRequest {
-            name: "bench".into(),
-            format: pb::ModelFormat::Hf as i32,
-            files: vec![file("config.json", &cfg), file("model.safetensors", &w)],
-        })
-        .await
-        .map_err(err)?;
-    Ok(pb::JobSpec {
-        base_model: "bench".into(),
-        training_file: data.id,
-        method: Some(pb::Method {
-            r#type: "lora".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-}
-
-async fn register(ch: &Channel) -> Result<String, E> {
-    Ok(WorkerServiceClient::new(ch.clone())
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "bench".into(),
-            capabilities: Some(pb::WorkerCapabilities {
-                device: "cpu".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(err)?
-        .into_inner()
-        .worker_id)
+    Ok((Api::new(channel, None, None)?, stop))
 }
 
 fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
@@ -163,8 +78,9 @@ fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
 }
 
 /// ReportMetrics → WatchJob.
-async fn metrics_latency(ch: &Channel, spec: &pb::JobSpec, n: usize) -> Result<Vec<Duration>, E> {
-    let job = JobServiceClient::new(ch.clone())
+async fn metrics_latency(api: &Api, spec: &pb::JobSpec, n: usize) -> Result<Vec<Duration>, E> {
+    let job = api
+        .jobs()
         .create_job(pb::CreateJobRequest {
             spec: Some(spec.clone()),
             request_id: String::new(),
@@ -172,8 +88,8 @@ async fn metrics_latency(ch: &Channel, spec: &pb::JobSpec, n: usize) -> Result<V
         .await
         .map_err(err)?
         .into_inner();
-    let worker_id = register(ch).await?;
-    let mut w = WorkerServiceClient::new(ch.clone());
+    let worker_id = register(api, "bench".into()).await?;
+    let mut w = api.workers();
     let lease = w
         .acquire_job(pb::AcquireJobRequest {
             worker_id,
@@ -184,7 +100,8 @@ async fn metrics_latency(ch: &Channel, spec: &pb::JobSpec, n: usize) -> Result<V
         .into_inner()
         .lease
         .ok_or("no lease")?;
-    let mut stream = JobServiceClient::new(ch.clone())
+    let mut stream = api
+        .jobs()
         .watch_job(pb::WatchJobRequest {
             id: job.id.clone(),
             after_seq: 0,
@@ -232,15 +149,15 @@ async fn metrics_latency(ch: &Channel, spec: &pb::JobSpec, n: usize) -> Result<V
 
 /// CreateJob on `submit` → lease on an idle worker long-polling `acquire`.
 async fn submit_latency(
-    submit: &Channel,
-    acquire: &Channel,
+    submit: &Api,
+    acquire: &Api,
     spec: &pb::JobSpec,
     n: usize,
 ) -> Result<Vec<Duration>, E> {
-    let worker_id = register(acquire).await?;
+    let worker_id = register(acquire, "bench".into()).await?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut w = WorkerServiceClient::new(acquire.clone());
+        let mut w = acquire.workers();
         let id = worker_id.clone();
         let waiting = tokio::spawn(async move {
             let lease = w
@@ -254,7 +171,8 @@ async fn submit_latency(
         // Let the long-poll reach its wait.
         tokio::time::sleep(Duration::from_millis(30)).await;
         let t0 = Instant::now();
-        JobServiceClient::new(submit.clone())
+        submit
+            .jobs()
             .create_job(pb::CreateJobRequest {
                 spec: Some(spec.clone()),
                 request_id: String::new(),

@@ -19,6 +19,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod grpc;
 mod latency;
 mod limits;
 mod queue;

@@ -11,7 +11,8 @@
 //!   that returned a lease (jobs were always available).
 //! - raw: the same J jobs in a fresh database, burned down by N tasks calling the `Store`
 //!   trait's `claim_job`, `heartbeat`, `record_metrics`, `insert_artifact` and `complete_job` on a `PgStore` over
-//!   a pool of N connections: exactly the SQL the server runs, without the RPC layer.
+//!   a pool of N connections with the server's pool settings (`PgStore::pool_options`):
+//!   exactly the SQL the server runs, without the RPC layer.
 //! - idle (skip with `--no-idle-phase`): 10,000 queued jobs that need `cuda` while every worker
 //!   has `cpu`, and 200 workers long-polling `AcquireJob`; PostgreSQL connections of the
 //!   database and the CPU of the server process and of PostgreSQL over the window.
@@ -27,20 +28,16 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tuna_proto::v1 as pb;
-use tuna_proto::v1::file_service_client::FileServiceClient;
-use tuna_proto::v1::job_service_client::JobServiceClient;
-use tuna_proto::v1::model_service_client::ModelServiceClient;
-use tuna_proto::v1::worker_service_client::WorkerServiceClient;
 use tuna_server::domain::Outcome;
 use tuna_server::domain::spec::JobSpec;
 use tuna_server::store::postgres::PgStore;
 use tuna_server::store::{
     Fence, MetricInput, NewArtifact, NewJob, QueuePolicy, Store, SystemClock,
 };
-use tuna_worker::agent::conn::Bearer;
+
+use crate::grpc::{Api, E, err, fixtures, register};
 
 #[derive(clap::Args)]
 pub struct QueueArgs {
@@ -77,12 +74,6 @@ pub struct QueueArgs {
     database_url: String,
 }
 
-type E = String;
-
-fn err(e: impl std::fmt::Display) -> E {
-    e.to_string()
-}
-
 const API_KEY: &str = "bench-api-key";
 const WORKER_TOKEN: &str = "bench-worker-token";
 /// Long-poll of the burn-down workers (they stop as soon as every job is claimed).
@@ -94,26 +85,6 @@ const ENQUEUE_CONCURRENCY: usize = 32;
 /// The adapter each simulated job uploads before it succeeds (the server refuses a success
 /// without one).
 const ADAPTER: &[u8] = &[7u8; 256];
-
-type Authed = InterceptedService<Channel, Bearer>;
-
-fn bearer(secret: &str) -> Result<Bearer, E> {
-    Bearer::new(Some(secret)).map_err(err)
-}
-
-fn jobs_client(ch: &Channel) -> Result<JobServiceClient<Authed>, E> {
-    Ok(JobServiceClient::with_interceptor(
-        ch.clone(),
-        bearer(API_KEY)?,
-    ))
-}
-
-fn worker_client(ch: &Channel) -> Result<WorkerServiceClient<Authed>, E> {
-    Ok(WorkerServiceClient::with_interceptor(
-        ch.clone(),
-        bearer(WORKER_TOKEN)?,
-    ))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Scratch databases and the server process.
@@ -156,7 +127,8 @@ fn tuna_bin(arg: Option<&Path>) -> Result<PathBuf, E> {
 struct Server {
     child: tokio::process::Child,
     pid: u32,
-    channel: Channel,
+    /// A client on the first connection.
+    api: Api,
     url: String,
 }
 
@@ -205,7 +177,9 @@ impl Server {
                 .connect()
                 .await
             {
-                let ready = jobs_client(&channel)?
+                let api = Api::new(channel, Some(API_KEY), Some(WORKER_TOKEN))?;
+                let ready = api
+                    .jobs()
                     .list_jobs(pb::ListJobsRequest {
                         page_size: 1,
                         ..Default::default()
@@ -215,7 +189,7 @@ impl Server {
                     return Ok(Self {
                         child,
                         pid,
-                        channel,
+                        api,
                         url,
                     });
                 }
@@ -230,13 +204,14 @@ impl Server {
         }
     }
 
-    /// A new HTTP/2 connection, as a separate worker process would have.
-    async fn connect(&self) -> Result<Channel, E> {
-        Channel::from_shared(self.url.clone())
+    /// A client on a new HTTP/2 connection, as a separate worker process would have.
+    async fn connect(&self) -> Result<Api, E> {
+        let channel = Channel::from_shared(self.url.clone())
             .map_err(err)?
             .connect()
             .await
-            .map_err(err)
+            .map_err(err)?;
+        Ok(self.api.on(channel))
     }
 
     async fn stop(mut self) {
@@ -246,75 +221,11 @@ impl Server {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fixtures and enqueueing over gRPC.
-
-async fn upload(
-    ch: &Channel,
-    name: &str,
-    purpose: pb::FilePurpose,
-    body: &[u8],
-) -> Result<pb::File, E> {
-    let header = pb::UploadFileRequest {
-        data: Some(pb::upload_file_request::Data::Header(
-            pb::UploadFileHeader {
-                name: name.into(),
-                purpose: purpose as i32,
-                size_bytes: body.len() as i64,
-                sha256: hex::encode(Sha256::digest(body)),
-                format: 0,
-            },
-        )),
-    };
-    let chunk = pb::UploadFileRequest {
-        data: Some(pb::upload_file_request::Data::Chunk(body.to_vec())),
-    };
-    Ok(
-        FileServiceClient::with_interceptor(ch.clone(), bearer(API_KEY)?)
-            .upload(futures::stream::iter(vec![header, chunk]))
-            .await
-            .map_err(err)?
-            .into_inner(),
-    )
-}
-
-/// A registered (tiny, never loaded) model and a dataset, so jobs resolve at acquire time.
-async fn fixtures(ch: &Channel) -> Result<pb::JobSpec, E> {
-    let data = upload(
-        ch,
-        "d.jsonl",
-        pb::FilePurpose::Dataset,
-        b"{\"text\":\"x\"}\n",
-    )
-    .await?;
-    let cfg = upload(ch, "config.json", pb::FilePurpose::Model, b"{}").await?;
-    let w = upload(ch, "model.safetensors", pb::FilePurpose::Model, b"w").await?;
-    let file = |path: &str, f: &pb::File| pb::ModelFile {
-        path: path.into(),
-        file_id: f.id.clone(),
-        ..Default::default()
-    };
-    ModelServiceClient::with_interceptor(ch.clone(), bearer(API_KEY)?)
-        .register_model(pb::RegisterModelRequest {
-            name: "bench".into(),
-            format: pb::ModelFormat::Hf as i32,
-            files: vec![file("config.json", &cfg), file("model.safetensors", &w)],
-        })
-        .await
-        .map_err(err)?;
-    Ok(pb::JobSpec {
-        base_model: "bench".into(),
-        training_file: data.id,
-        method: Some(pb::Method {
-            r#type: "lora".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-}
+// Enqueueing over gRPC.
 
 /// `CreateJob` `n` times, a few calls in flight.
-async fn enqueue_grpc(ch: &Channel, spec: &pb::JobSpec, n: usize) -> Result<(), E> {
-    let client = jobs_client(ch)?;
+async fn enqueue_grpc(api: &Api, spec: &pb::JobSpec, n: usize) -> Result<(), E> {
+    let client = api.jobs();
     futures::stream::iter(0..n)
         .map(|_| {
             let mut c = client.clone();
@@ -332,22 +243,6 @@ async fn enqueue_grpc(ch: &Channel, spec: &pb::JobSpec, n: usize) -> Result<(), 
         .buffer_unordered(ENQUEUE_CONCURRENCY)
         .try_collect::<()>()
         .await
-}
-
-async fn register(ch: &Channel, name: String) -> Result<String, E> {
-    Ok(worker_client(ch)?
-        .register_worker(pb::RegisterWorkerRequest {
-            name,
-            capabilities: Some(pb::WorkerCapabilities {
-                device: "cpu".into(),
-                memory_bytes: 1 << 30,
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(err)?
-        .into_inner()
-        .worker_id)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,14 +266,14 @@ impl Run {
 type WorkerResult = (Vec<Duration>, Option<Instant>);
 
 async fn grpc_worker(
-    ch: Channel,
+    api: Api,
     worker_id: String,
     total: usize,
     claimed: Arc<AtomicUsize>,
     done: Arc<watch::Sender<bool>>,
     mut go: watch::Receiver<bool>,
 ) -> Result<WorkerResult, E> {
-    let mut w = worker_client(&ch)?;
+    let mut w = api.workers();
     let mut stop = done.subscribe();
     let mut latencies = Vec::new();
     let mut last = None;
@@ -470,9 +365,9 @@ async fn tuna_run(
 }
 
 async fn tuna_burn(server: &Server, db: &Db<'_>, jobs: usize, workers: usize) -> Result<Run, E> {
-    let spec = fixtures(&server.channel).await?;
+    let spec = fixtures(&server.api).await?;
     let t = Instant::now();
-    enqueue_grpc(&server.channel, &spec, jobs).await?;
+    enqueue_grpc(&server.api, &spec, jobs).await?;
     println!(
         "  tuna: enqueued {jobs} jobs with CreateJob in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -482,10 +377,10 @@ async fn tuna_burn(server: &Server, db: &Db<'_>, jobs: usize, workers: usize) ->
     let (go_tx, go) = watch::channel(false);
     let mut handles = Vec::with_capacity(workers);
     for i in 0..workers {
-        let ch = server.connect().await?;
-        let id = register(&ch, format!("bench-{i}")).await?;
+        let api = server.connect().await?;
+        let id = register(&api, format!("bench-{i}")).await?;
         handles.push(tokio::spawn(grpc_worker(
-            ch,
+            api,
             id,
             jobs,
             claimed.clone(),
@@ -518,7 +413,8 @@ async fn tuna_burn(server: &Server, db: &Db<'_>, jobs: usize, workers: usize) ->
 // The raw baseline: the store's SQL on N connections.
 
 async fn raw_run(db: &Db<'_>, spec: &pb::JobSpec, jobs: usize, workers: usize) -> Result<Run, E> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    // The server's pool settings, on N connections.
+    let pool = PgStore::pool_options()
         .max_connections(u32::try_from(workers).map_err(err)?)
         .connect(db.url)
         .await
@@ -817,13 +713,13 @@ async fn idle_phase(a: IdleArgs<'_>) -> Result<(), E> {
 }
 
 async fn idle_measure(a: &IdleArgs<'_>, server: &Server) -> Result<(), E> {
-    let mut spec = fixtures(&server.channel).await?;
+    let mut spec = fixtures(&server.api).await?;
     spec.resources = Some(pb::Resources {
         device: "cuda".into(),
         min_memory_bytes: 0,
     });
     let t = Instant::now();
-    enqueue_grpc(&server.channel, &spec, a.jobs).await?;
+    enqueue_grpc(&server.api, &spec, a.jobs).await?;
     println!(
         "  idle: enqueued {} cuda jobs in {:.1} s; {} cpu workers long-poll AcquireJob (wait_ms {IDLE_WAIT_MS})",
         a.jobs,
@@ -835,9 +731,9 @@ async fn idle_measure(a: &IdleArgs<'_>, server: &Server) -> Result<(), E> {
     let polls = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(a.workers);
     for i in 0..a.workers {
-        let ch = server.connect().await?;
-        let id = register(&ch, format!("idle-{i}")).await?;
-        let mut w = worker_client(&ch)?;
+        let api = server.connect().await?;
+        let id = register(&api, format!("idle-{i}")).await?;
+        let mut w = api.workers();
         let mut stop = stop.clone();
         let (leases, polls) = (leases.clone(), polls.clone());
         handles.push(tokio::spawn(async move {

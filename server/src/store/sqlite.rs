@@ -53,6 +53,9 @@ impl SqliteStore {
         })
     }
 
+    /// No data-modifying statements in `WITH`: updates of two tables take two statements.
+    const WRITABLE_CTE: bool = false;
+
     /// The underlying pool.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -73,6 +76,9 @@ impl SqliteStore {
     ) -> Result<()> {
         Ok(())
     }
+
+    /// In-process only: the caller notifies after commit.
+    fn notify_after_commit(&self, _channel: &'static str, _payload: &str) {}
 
     /// One process owns the file: it is always the leader.
     async fn try_lead(&self, _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<bool> {

@@ -60,9 +60,9 @@ macro_rules! sql_artifacts {
             .await?;
             let msg = format!("{} {} committed at step {} ({} bytes)", a.kind, a.id, a.step, a.size_bytes);
             push_event(&mut tx, &job.id, a.kind.as_str(), job.state, &msg, job.attempt, now).await?;
-            store.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
             tx.commit().await?;
             store.notifier.job_changed(&job.id);
+            store.notify_after_commit(JOB_CHANNEL, &job.id);
             artifact_from_row(&row)
         }
 

@@ -20,6 +20,69 @@ macro_rules! sql_queue {
             Ok(row.job)
         }
 
+        /// Inserts `events` of job `job_id` numbered from `first_seq` (the caller has already
+        /// advanced the job's `last_seq` past them): one statement, whatever their number.
+        async fn insert_events(
+            tx: &mut Tx,
+            job_id: &str,
+            first_seq: i64,
+            events: &[(&str, JobState, &str, i32)],
+            now: i64,
+        ) -> Result<()> {
+            let mut q = QueryBuilder::<$Db>::new(
+                "INSERT INTO job_events (job_id, seq, kind, state, message, attempt, created_at) ",
+            );
+            q.push_values(events.iter().zip(first_seq..), |mut b, ((kind, state, msg, attempt), seq)| {
+                b.push_bind(job_id.to_string())
+                    .push_bind(seq)
+                    .push_bind(kind.to_string())
+                    .push_bind(state.as_str())
+                    .push_bind(msg.to_string())
+                    .push_bind(*attempt)
+                    .push_bind(now);
+            });
+            q.build().execute(&mut **tx).await?;
+            Ok(())
+        }
+
+        /// Ends the attempt that `fence` holds in `target` (`set_state`, plus the failure when
+        /// given) and takes the next event number, in one statement; returns the attempt and
+        /// that number, or `None` when the fence does not hold.
+        async fn end_attempt(
+            tx: &mut Tx,
+            fence: Fence<'_>,
+            target: JobState,
+            run_after: Option<i64>,
+            failure: Option<(FailureKind, &str)>,
+            now: i64,
+        ) -> Result<Option<(i32, i64)>> {
+            let row = sqlx::query(
+                "UPDATE jobs SET state = $2, updated_at = $3, \
+                 finished_at = CASE WHEN $4 THEN $3 ELSE NULL END, \
+                 run_after = COALESCE($5, run_after), \
+                 lease_token = CASE WHEN $6 THEN lease_token ELSE NULL END, \
+                 lease_expires_at = CASE WHEN $6 THEN lease_expires_at ELSE NULL END, \
+                 worker_id = CASE WHEN $6 THEN worker_id ELSE NULL END, \
+                 failure_kind = COALESCE($7, failure_kind), \
+                 failure_message = CASE WHEN $7 IS NULL THEN failure_message ELSE $8 END, \
+                 last_seq = last_seq + 1 \
+                 WHERE id = $1 AND lease_token = $9 AND state IN ('running', 'cancelling', 'pausing') \
+                 RETURNING attempt, last_seq",
+            )
+            .bind(fence.job_id)
+            .bind(target.as_str())
+            .bind(now)
+            .bind(target.is_terminal())
+            .bind(run_after)
+            .bind(target.is_leased())
+            .bind(failure.map(|(kind, _)| kind.as_str()))
+            .bind(failure.map(|(_, message)| message))
+            .bind(fence.lease_token)
+            .fetch_optional(&mut **tx)
+            .await?;
+            row.map(|r| Ok((r.try_get("attempt")?, r.try_get("last_seq")?))).transpose()
+        }
+
         #[tracing::instrument(skip_all, fields(worker = %worker.id))]
         async fn claim_job(store: &$Store, worker: &WorkerRecord) -> Result<Option<Lease>> {
             let now = store.clock.now_ms();
@@ -28,44 +91,34 @@ macro_rules! sql_queue {
             // an index and locked (SKIP LOCKED on PostgreSQL): an expired lease with attempts
             // left (`queue::has_attempts_left`; an exhausted one is the reaper's), a queued job
             // for any device, one for the worker's device; the best of them wins. One query with
-            // ORs would scan and sort every claimable row per claim.
-            let mut rows = Vec::with_capacity(3);
-            rows.extend(
-                sqlx::query(concat!(
-                    "SELECT ",
-                    job_columns!(),
-                    " FROM jobs WHERE state = 'running' AND lease_expires_at <= $1 \
-                     AND attempt < max_attempts AND (device = 'any' OR device = $2) \
-                     AND min_memory_bytes <= $3 ORDER BY priority DESC, created_at, id LIMIT 1",
-                    $SKIP
-                ))
-                .bind(now)
-                .bind(&worker.device)
-                .bind(worker.memory_bytes)
-                .fetch_optional(&mut *tx)
-                .await?,
-            );
-            let devices: &[&str] = if worker.device == "any" {
-                &["any"]
-            } else {
-                &["any", worker.device.as_str()]
-            };
-            for device in devices {
-                rows.extend(
-                    sqlx::query(concat!(
-                        "SELECT ",
-                        job_columns!(),
-                        " FROM jobs WHERE state = 'queued' AND device = $2 AND run_after <= $1 \
-                         AND min_memory_bytes <= $3 ORDER BY priority DESC, created_at, id LIMIT 1",
-                        $SKIP
-                    ))
-                    .bind(now)
-                    .bind(*device)
-                    .bind(worker.memory_bytes)
-                    .fetch_optional(&mut *tx)
-                    .await?,
-                );
-            }
+            // ORs would scan and sort every claimable row per claim. Each lookup is a subquery
+            // of one UNION ALL (one round trip) so that it keeps its own ORDER BY, LIMIT and
+            // locking clause: PostgreSQL refuses FOR UPDATE on a UNION itself.
+            let rows = sqlx::query(concat!(
+                "SELECT * FROM (SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE state = 'running' AND lease_expires_at <= $1 \
+                 AND attempt < max_attempts AND (device = 'any' OR device = $2) \
+                 AND min_memory_bytes <= $3 ORDER BY priority DESC, created_at, id LIMIT 1",
+                $SKIP,
+                ") expired UNION ALL SELECT * FROM (SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE state = 'queued' AND device = 'any' AND run_after <= $1 \
+                 AND min_memory_bytes <= $3 ORDER BY priority DESC, created_at, id LIMIT 1",
+                $SKIP,
+                ") for_any UNION ALL SELECT * FROM (SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE state = 'queued' AND device = $2 AND $2 <> 'any' \
+                 AND run_after <= $1 AND min_memory_bytes <= $3 \
+                 ORDER BY priority DESC, created_at, id LIMIT 1",
+                $SKIP,
+                ") for_device"
+            ))
+            .bind(now)
+            .bind(&worker.device)
+            .bind(worker.memory_bytes)
+            .fetch_all(&mut *tx)
+            .await?;
             let mut best: Option<JobRecord> = None;
             for row in &rows {
                 let job = job_from_row(row)?.job;
@@ -75,49 +128,54 @@ macro_rules! sql_queue {
                 }
             }
             // The other candidates stay locked until this transaction ends (milliseconds).
-            let row: Option<JobRecord> = best;
-            let Some(job) = row else { return Ok(None) };
+            let Some(job) = best else { return Ok(None) };
             let claim = queue::claim(job.state, job.attempt);
+            let attempt = claim.attempt;
+            let reclaimed_msg = format!("lease of attempt {} expired; job reclaimed", job.attempt);
+            let claimed_msg = format!("attempt {attempt} claimed by worker {} ({})", worker.id, worker.name);
+            let mut events = Vec::with_capacity(2);
             if claim.reclaimed {
-                let msg = format!("lease of attempt {} expired; job reclaimed", job.attempt);
-                push_event(&mut tx, &job.id, "lease_expired", JobState::Queued, &msg, job.attempt, now)
-                    .await?;
+                events.push(("lease_expired", JobState::Queued, reclaimed_msg.as_str(), job.attempt));
             }
+            events.push(("claimed", JobState::Running, claimed_msg.as_str(), attempt));
             let token = uuid::Uuid::new_v4().to_string();
             let expires_at = now + store.policy.lease_ms;
-            sqlx::query(
+            // The lease, the events' sequence numbers, the updated row and whose checkpoint to
+            // resume from (the job's own, else for an ASHA promotion the run it continues) in
+            // one statement.
+            let row = sqlx::query(concat!(
                 "UPDATE jobs SET state = 'running', attempt = $6, lease_token = $2, \
                  lease_expires_at = $3, worker_id = $4, started_at = COALESCE(started_at, $5), \
-                 updated_at = $5, stop_requested = FALSE WHERE id = $1",
-            )
+                 updated_at = $5, stop_requested = FALSE, last_seq = last_seq + $7 \
+                 WHERE id = $1 RETURNING ",
+                job_columns!(),
+                ", CASE WHEN EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = jobs.id \
+                 AND a.kind = 'checkpoint') THEN jobs.id \
+                 WHEN EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = jobs.resume_from_job \
+                 AND a.kind = 'checkpoint') THEN jobs.resume_from_job END AS resume_job"
+            ))
             .bind(&job.id)
             .bind(&token)
             .bind(expires_at)
             .bind(&worker.id)
             .bind(now)
-            .bind(claim.attempt)
-            .execute(&mut *tx)
+            .bind(attempt)
+            .bind(events.len() as i64)
+            .fetch_one(&mut *tx)
             .await?;
-            let attempt = claim.attempt;
-            let msg = format!("attempt {attempt} claimed by worker {} ({})", worker.id, worker.name);
-            push_event(&mut tx, &job.id, "claimed", JobState::Running, &msg, attempt, now).await?;
-            store.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
-            let mut resume_from = latest_checkpoint(&mut tx, &job.id).await?;
-            if resume_from.is_none() {
-                // An ASHA promotion starts from the previous run's checkpoint.
-                let other: Option<String> =
-                    sqlx::query_scalar("SELECT resume_from_job FROM jobs WHERE id = $1")
-                        .bind(&job.id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                if let Some(other) = other {
-                    resume_from = latest_checkpoint(&mut tx, &other).await?;
-                }
-            }
-            let job = lock_job(&mut tx, &job.id).await?.job;
+            let resume_job: Option<String> = row.try_get("resume_job")?;
+            let job = job_from_row(&row)?.job;
+            let first_seq = job.last_seq + 1 - events.len() as i64;
+            insert_events(&mut tx, &job.id, first_seq, &events, now).await?;
+            let resume_from = match resume_job {
+                Some(id) => latest_checkpoint(&mut tx, &id).await?,
+                None => None,
+            };
             tx.commit().await?;
             store.notifier.job_changed(&job.id);
-            tracing::info!(job = %job.id, attempt, "job claimed");
+            store.notify_after_commit(JOB_CHANNEL, &job.id);
+            // The API logs the claim in the job's trace.
+            tracing::debug!(job = %job.id, attempt, "job claimed");
             Ok(Some(Lease {
                 reclaimed: claim.reclaimed,
                 job,
@@ -128,29 +186,51 @@ macro_rules! sql_queue {
         }
 
         async fn heartbeat(store: &$Store, fence: Fence<'_>) -> Result<HeartbeatReply> {
-            let expires_at = store.clock.now_ms() + store.policy.lease_ms;
-            let row = sqlx::query(
-                "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 \
-                 AND state IN ('running', 'cancelling', 'pausing') \
-                 RETURNING state, stop_requested",
-            )
-            .bind(fence.job_id)
-            .bind(fence.lease_token)
-            .bind(expires_at)
-            .fetch_optional(&store.pool)
-            .await?
-            .ok_or_else(|| StoreError::LeaseLost {
+            let now = store.clock.now_ms();
+            let expires_at = now + store.policy.lease_ms;
+            let lost = || StoreError::LeaseLost {
                 job_id: fence.job_id.to_string(),
-            })?;
-            // The fleet view's "last seen": a busy worker heartbeats but does not long-poll.
-            sqlx::query(
-                "UPDATE workers SET last_seen_at = $2 \
-                 WHERE id = (SELECT worker_id FROM jobs WHERE id = $1)",
-            )
-            .bind(fence.job_id)
-            .bind(store.clock.now_ms())
-            .execute(&store.pool)
-            .await?;
+            };
+            // Also the fleet view's "last seen" of the worker: a busy worker heartbeats but does
+            // not long-poll. One statement where the backend can update two tables in one.
+            let row = if <$Store>::WRITABLE_CTE {
+                sqlx::query(
+                    "WITH job AS (UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 \
+                     AND lease_token = $2 AND state IN ('running', 'cancelling', 'pausing') \
+                     RETURNING worker_id, state, stop_requested), \
+                     seen AS (UPDATE workers SET last_seen_at = $4 \
+                     WHERE id IN (SELECT worker_id FROM job)) \
+                     SELECT state, stop_requested FROM job",
+                )
+                .bind(fence.job_id)
+                .bind(fence.lease_token)
+                .bind(expires_at)
+                .bind(now)
+                .fetch_optional(&store.pool)
+                .await?
+                .ok_or_else(lost)?
+            } else {
+                let row = sqlx::query(
+                    "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 \
+                     AND state IN ('running', 'cancelling', 'pausing') \
+                     RETURNING state, stop_requested",
+                )
+                .bind(fence.job_id)
+                .bind(fence.lease_token)
+                .bind(expires_at)
+                .fetch_optional(&store.pool)
+                .await?
+                .ok_or_else(lost)?;
+                sqlx::query(
+                    "UPDATE workers SET last_seen_at = $2 \
+                     WHERE id = (SELECT worker_id FROM jobs WHERE id = $1)",
+                )
+                .bind(fence.job_id)
+                .bind(now)
+                .execute(&store.pool)
+                .await?;
+                row
+            };
             let state: String = row.try_get("state")?;
             let stop: bool = row.try_get("stop_requested")?;
             let directive = queue::directive_for(parse_text("jobs", &state, JobState::parse)?, stop);
@@ -186,11 +266,13 @@ macro_rules! sql_queue {
                 let msg = format!("stop early requested: {reason}");
                 push_event(&mut tx, id, "stop_early_requested", job.state, &msg, job.attempt, now)
                     .await?;
-                store.notify_in_tx(&mut tx, JOB_CHANNEL, id).await?;
             }
             let job = lock_job(&mut tx, id).await?.job;
             tx.commit().await?;
             store.notifier.job_changed(id);
+            if decision == StopEarly::Request {
+                store.notify_after_commit(JOB_CHANNEL, id);
+            }
             Ok(job)
         }
 
@@ -201,17 +283,30 @@ macro_rules! sql_queue {
         ) -> Result<MetricsReply> {
             let now = store.clock.now_ms();
             let mut tx = store.begin().await?;
-            let job = lock_fenced(&mut tx, fence).await?;
-            let stop: bool = sqlx::query_scalar("SELECT stop_requested FROM jobs WHERE id = $1")
-                .bind(&job.id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let mut last = job.last_seq;
+            // Fences, locks and takes one sequence number per point in one statement.
+            let row = sqlx::query(
+                "UPDATE jobs SET last_seq = last_seq + $3 WHERE id = $1 AND lease_token = $2 \
+                 AND state IN ('running', 'cancelling', 'pausing') \
+                 RETURNING state, attempt, last_seq, stop_requested",
+            )
+            .bind(fence.job_id)
+            .bind(fence.lease_token)
+            .bind(points.len() as i64)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::LeaseLost {
+                job_id: fence.job_id.to_string(),
+            })?;
+            let job_id = fence.job_id;
+            let state: String = row.try_get("state")?;
+            let state = parse_text("jobs", &state, JobState::parse)?;
+            let attempt: i32 = row.try_get("attempt")?;
+            let last: i64 = row.try_get("last_seq")?;
+            let stop: bool = row.try_get("stop_requested")?;
             let mut rows = Vec::new();
-            for p in points {
-                last = next_seq(&mut tx, &job.id).await?;
+            for (p, seq) in points.iter().zip(last + 1 - points.len() as i64..) {
                 for (name, value) in &p.values {
-                    rows.push((last, p.step, name, *value, p.time.unwrap_or(now)));
+                    rows.push((seq, p.step, name, *value, p.time.unwrap_or(now)));
                 }
             }
             // Batched to stay under SQLite's bound-parameter limit.
@@ -220,9 +315,9 @@ macro_rules! sql_queue {
                     "INSERT INTO job_metrics (job_id, seq, attempt, step, name, value, created_at) ",
                 );
                 q.push_values(chunk, |mut b, (seq, step, name, value, time)| {
-                    b.push_bind(job.id.clone())
+                    b.push_bind(job_id)
                         .push_bind(*seq)
-                        .push_bind(job.attempt)
+                        .push_bind(attempt)
                         .push_bind(*step)
                         .push_bind((*name).clone())
                         .push_bind(*value)
@@ -230,43 +325,61 @@ macro_rules! sql_queue {
                 });
                 q.build().execute(&mut *tx).await?;
             }
-            store.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
             tx.commit().await?;
-            store.notifier.job_changed(&job.id);
+            store.notifier.job_changed(job_id);
+            store.notify_after_commit(JOB_CHANNEL, job_id);
             Ok(MetricsReply {
                 last_seq: last,
-                directive: queue::directive_for(job.state, stop),
+                directive: queue::directive_for(state, stop),
             })
         }
 
         #[tracing::instrument(skip(store), fields(job = fence.job_id))]
         async fn complete_job(store: &$Store, fence: Fence<'_>, outcome: Outcome) -> Result<JobState> {
             let now = store.clock.now_ms();
-            let mut tx = store.begin().await?;
-            let job = lock_fenced(&mut tx, fence).await?;
-            let Some(target) = queue::after_completion(outcome, job.state) else {
-                return Err(StoreError::InvalidTransition {
-                    id: job.id,
-                    state: job.state,
-                    action: match outcome {
-                        Outcome::Cancelled => "acknowledge a cancel that was not requested",
-                        _ => "acknowledge a pause that was not requested",
-                    },
-                });
+            let lost = || StoreError::LeaseLost {
+                job_id: fence.job_id.to_string(),
             };
             // A job back in the queue is due at once.
-            let requeue = target == JobState::Queued;
-            set_state(&mut tx, &job.id, target, requeue.then_some(now), now).await?;
-            let msg = format!("attempt {} ended: {}", job.attempt, outcome.as_str());
-            push_event(&mut tx, &job.id, outcome.as_str(), target, &msg, job.attempt, now).await?;
-            store.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
-            if requeue {
-                store.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
-            }
+            let run_after = |target: JobState| (target == JobState::Queued).then_some(now);
+            let mut tx = store.begin().await?;
+            // An outcome that ends every leased state the same way (success) needs no read of
+            // the job first: the fenced update is the whole check.
+            let leased = JobState::ALL.iter().filter(|s| s.is_leased());
+            let mut targets = leased.map(|s| queue::after_completion(outcome, *s));
+            let first = targets.next().flatten();
+            let (target, attempt, seq) = match first.filter(|t| targets.all(|o| o == Some(*t))) {
+                Some(target) => {
+                    let ended = end_attempt(&mut tx, fence, target, run_after(target), None, now);
+                    let (attempt, seq) = ended.await?.ok_or_else(lost)?;
+                    (target, attempt, seq)
+                }
+                None => {
+                    let job = lock_fenced(&mut tx, fence).await?;
+                    let Some(target) = queue::after_completion(outcome, job.state) else {
+                        return Err(StoreError::InvalidTransition {
+                            id: job.id,
+                            state: job.state,
+                            action: match outcome {
+                                Outcome::Cancelled => "acknowledge a cancel that was not requested",
+                                _ => "acknowledge a pause that was not requested",
+                            },
+                        });
+                    };
+                    let ended = end_attempt(&mut tx, fence, target, run_after(target), None, now);
+                    let (attempt, seq) = ended.await?.ok_or_else(lost)?;
+                    (target, attempt, seq)
+                }
+            };
+            let msg = format!("attempt {attempt} ended: {}", outcome.as_str());
+            insert_events(&mut tx, fence.job_id, seq, &[(outcome.as_str(), target, &msg, attempt)], now)
+                .await?;
             tx.commit().await?;
-            store.notifier.job_changed(&job.id);
-            if requeue {
+            store.notifier.job_changed(fence.job_id);
+            store.notify_after_commit(JOB_CHANNEL, fence.job_id);
+            if target == JobState::Queued {
                 store.notifier.queue_changed();
+                store.notify_after_commit(QUEUE_CHANNEL, "");
             }
             Ok(target)
         }
@@ -288,8 +401,11 @@ macro_rules! sql_queue {
             } else {
                 job.run_after
             };
-            set_state(&mut tx, &job.id, target, Some(run_after), now).await?;
-            set_failure(&mut tx, &job.id, kind, message).await?;
+            let failure = Some((kind, message));
+            let ended = end_attempt(&mut tx, fence, target, Some(run_after), failure, now).await?;
+            let (_, seq) = ended.ok_or_else(|| StoreError::LeaseLost {
+                job_id: fence.job_id.to_string(),
+            })?;
             let msg = if retry {
                 format!(
                     "attempt {} of {} failed ({kind}): {message}; retry after {} ms",
@@ -301,10 +417,10 @@ macro_rules! sql_queue {
                 format!("attempt {} failed ({kind}): {message}", job.attempt)
             };
             let event = if retry { "retry_scheduled" } else { "failed" };
-            push_event(&mut tx, &job.id, event, target, &msg, job.attempt, now).await?;
-            store.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
+            insert_events(&mut tx, &job.id, seq, &[(event, target, &msg, job.attempt)], now).await?;
             tx.commit().await?;
             store.notifier.job_changed(&job.id);
+            store.notify_after_commit(JOB_CHANNEL, &job.id);
             Ok(FailReply {
                 state: target,
                 will_retry: retry,
@@ -345,18 +461,16 @@ macro_rules! sql_queue {
                 }
                 push_event(&mut tx, &job.id, "lease_expired", target, &msg, job.attempt, now)
                     .await?;
-                store.notify_in_tx(&mut tx, JOB_CHANNEL, &job.id).await?;
                 changed.push(job.id);
-            }
-            if requeued {
-                store.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
             }
             tx.commit().await?;
             for id in &changed {
                 store.notifier.job_changed(id);
+                store.notify_after_commit(JOB_CHANNEL, id);
             }
             if requeued {
                 store.notifier.queue_changed();
+                store.notify_after_commit(QUEUE_CHANNEL, "");
             }
             Ok(changed.len() as u64)
         }
