@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use tuna_proto::v1 as pb;
 
 use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
-use crate::names::{Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
-pub use crate::parts::{Hyperparameters, LoraParams, Method};
+use crate::names::{DecayShape, Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
+pub use crate::parts::{
+    DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, Hyperparameters, LoraParams, Method,
+};
 use crate::stored::Stored;
 
 /// The validated spec of a job: what the store keeps (as versioned JSON) and what both the
@@ -155,7 +157,7 @@ impl JobSpec {
                 },
             }),
             hyperparameters: Some(pb::Hyperparameters {
-                learning_rate: Some(h.learning_rate),
+                learning_rate: (!h.auto_learning_rate).then_some(h.learning_rate),
                 epochs: Some(h.epochs),
                 max_steps: h.max_steps,
                 batch_size: Some(h.batch_size),
@@ -169,6 +171,16 @@ impl JobSpec {
                 checkpoint_every: Some(h.checkpoint_every),
                 max_grad_norm: Some(h.max_grad_norm),
                 optimizer: h.optimizer.as_str().to_string(),
+                auto_learning_rate: h.auto_learning_rate,
+                min_lr_ratio: matches!(h.schedule, Schedule::CosineWithMinLr | Schedule::Wsd)
+                    .then_some(h.min_lr_ratio),
+                decay_fraction: (h.schedule == Schedule::Wsd).then_some(h.decay_fraction),
+                decay_shape: if h.schedule == Schedule::Wsd {
+                    h.decay_shape.as_str().to_string()
+                } else {
+                    String::new()
+                },
+                prompt_loss_weight: Some(h.prompt_loss_weight),
             }),
             resources: Some(pb::Resources {
                 device: self.device.as_str().to_string(),
@@ -304,13 +316,47 @@ fn lora_from_proto(c: &mut Check, p: pb::LoraParams) -> LoraParams {
 fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperparameters {
     let h = h.cloned().unwrap_or_default();
     let f = "spec.hyperparameters";
-    let learning_rate = h.learning_rate.unwrap_or(2e-4);
+    let auto = h.auto_learning_rate;
+    let optimizer = c.named(
+        &format!("{f}.optimizer"),
+        &h.optimizer,
+        Optimizer::parse,
+        Optimizer::NAMES,
+        if auto {
+            Optimizer::Dog
+        } else {
+            Optimizer::AdamW
+        },
+    );
+    let lr_free = optimizer.is_learning_rate_free();
+    if auto && !lr_free {
+        c.fail(
+            &format!("{f}.optimizer"),
+            format!(
+                "auto_learning_rate needs an optimizer that chooses its own step size (dog or \
+                 dadapt_adam), got {optimizer}"
+            ),
+        );
+    }
+    if auto && h.learning_rate.is_some() {
+        c.fail(
+            &format!("{f}.learning_rate"),
+            "is chosen by the optimizer when auto_learning_rate is set; leave it unset",
+        );
+    }
+    // A learning-rate-free optimizer's learning rate multiplies the step it adapts.
+    let (default_lr, max_lr) = if lr_free { (1.0, 10.0) } else { (2e-4, 1.0) };
+    let learning_rate = if auto {
+        1.0
+    } else {
+        h.learning_rate.unwrap_or(default_lr)
+    };
     if c.finite(&format!("{f}.learning_rate"), learning_rate)
-        && !(learning_rate > 0.0 && learning_rate <= 1.0)
+        && !(learning_rate > 0.0 && learning_rate <= max_lr)
     {
         c.fail(
             &format!("{f}.learning_rate"),
-            format!("must be > 0 and <= 1, got {learning_rate}"),
+            format!("must be > 0 and <= {max_lr} with {optimizer}, got {learning_rate}"),
         );
     }
     let weight_decay = h.weight_decay.unwrap_or(0.0);
@@ -325,6 +371,23 @@ fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperpara
         c.fail(
             &format!("{f}.max_grad_norm"),
             format!("must be > 0, got {max_grad_norm}"),
+        );
+    }
+    let schedule = c.named(
+        &format!("{f}.schedule"),
+        &h.schedule,
+        Schedule::parse,
+        Schedule::NAMES,
+        Schedule::Cosine,
+    );
+    let schedule_params = schedule_params_from_proto(c, schedule, &h);
+    let prompt_loss_weight = h.prompt_loss_weight.unwrap_or(0.0);
+    if c.finite(&format!("{f}.prompt_loss_weight"), prompt_loss_weight)
+        && !(0.0..=1.0).contains(&prompt_loss_weight)
+    {
+        c.fail(
+            &format!("{f}.prompt_loss_weight"),
+            format!("must be in [0, 1], got {prompt_loss_weight}"),
         );
     }
     Hyperparameters {
@@ -351,13 +414,7 @@ fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperpara
             0,
             100_000_000,
         ),
-        schedule: c.named(
-            &format!("{f}.schedule"),
-            &h.schedule,
-            Schedule::parse,
-            Schedule::NAMES,
-            Schedule::Cosine,
-        ),
+        schedule,
         weight_decay,
         max_seq_len: c.range_i32(
             &format!("{f}.max_seq_len"),
@@ -379,13 +436,78 @@ fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperpara
             100_000_000,
         ),
         max_grad_norm,
-        optimizer: c.named(
-            &format!("{f}.optimizer"),
-            &h.optimizer,
-            Optimizer::parse,
-            Optimizer::NAMES,
-            Optimizer::AdamW,
-        ),
+        optimizer,
+        auto_learning_rate: auto,
+        min_lr_ratio: schedule_params.min_lr_ratio,
+        decay_fraction: schedule_params.decay_fraction,
+        decay_shape: schedule_params.decay_shape,
+        prompt_loss_weight,
+    }
+}
+
+struct ScheduleParams {
+    min_lr_ratio: f64,
+    decay_fraction: f64,
+    decay_shape: DecayShape,
+}
+
+/// The parameters of `schedule`; one that another schedule uses is refused rather than
+/// silently ignored.
+fn schedule_params_from_proto(
+    c: &mut Check,
+    schedule: Schedule,
+    h: &pb::Hyperparameters,
+) -> ScheduleParams {
+    let f = "spec.hyperparameters";
+    let (min_lr_default, uses_min_lr, uses_decay) = match schedule {
+        Schedule::CosineWithMinLr => (DEFAULT_MIN_LR_RATIO, true, false),
+        Schedule::Wsd => (0.0, true, true),
+        Schedule::Cosine | Schedule::Linear | Schedule::Constant | Schedule::InverseSqrt => {
+            (0.0, false, false)
+        }
+    };
+    let unused = |c: &mut Check, name: &str, users: &str| {
+        c.fail(
+            &format!("{f}.{name}"),
+            format!("applies to schedule {users} only; this job's schedule is {schedule}"),
+        );
+    };
+    if h.min_lr_ratio.is_some() && !uses_min_lr {
+        unused(c, "min_lr_ratio", "cosine_with_min_lr and wsd");
+    }
+    if h.decay_fraction.is_some() && !uses_decay {
+        unused(c, "decay_fraction", "wsd");
+    }
+    if !h.decay_shape.is_empty() && !uses_decay {
+        unused(c, "decay_shape", "wsd");
+    }
+    let min_lr_ratio = h.min_lr_ratio.unwrap_or(min_lr_default);
+    if c.finite(&format!("{f}.min_lr_ratio"), min_lr_ratio) && !(0.0..1.0).contains(&min_lr_ratio) {
+        c.fail(
+            &format!("{f}.min_lr_ratio"),
+            format!("must be in [0, 1), got {min_lr_ratio}"),
+        );
+    }
+    let decay_fraction = h.decay_fraction.unwrap_or(DEFAULT_DECAY_FRACTION);
+    if c.finite(&format!("{f}.decay_fraction"), decay_fraction)
+        && !(decay_fraction > 0.0 && decay_fraction <= 1.0)
+    {
+        c.fail(
+            &format!("{f}.decay_fraction"),
+            format!("must be > 0 and <= 1, got {decay_fraction}"),
+        );
+    }
+    let decay_shape = c.named(
+        &format!("{f}.decay_shape"),
+        &h.decay_shape,
+        DecayShape::parse,
+        DecayShape::NAMES,
+        DecayShape::OneMinusSqrt,
+    );
+    ScheduleParams {
+        min_lr_ratio,
+        decay_fraction,
+        decay_shape,
     }
 }
 

@@ -80,9 +80,27 @@ named! {
 named! {
     /// Learning-rate schedule after the linear warmup.
     Schedule {
+        /// Half-cosine to 0.
         Cosine = "cosine",
         Linear = "linear",
         Constant = "constant",
+        /// Half-cosine to `min_lr_ratio` times the peak.
+        CosineWithMinLr = "cosine_with_min_lr",
+        /// Warmup-stable-decay: constant, then a decay over the last `decay_fraction` of the
+        /// steps; a checkpoint of the stable phase can be continued with a longer budget.
+        Wsd = "wsd",
+        /// `peak · sqrt(warmup / step)` after the warmup (HF's `inverse_sqrt`).
+        InverseSqrt = "inverse_sqrt",
+    }
+}
+
+named! {
+    /// The shape of a WSD schedule's decay.
+    DecayShape {
+        Linear = "linear",
+        Cosine = "cosine",
+        /// `1 - sqrt(progress)`, the shape Hägele et al. (2024) found best.
+        OneMinusSqrt = "1-sqrt",
     }
 }
 
@@ -100,6 +118,24 @@ named! {
     Optimizer {
         /// AdamW with decoupled weight decay.
         AdamW = "adamw",
+        /// Lion (Chen et al., 2023): the sign of an interpolated momentum.
+        Lion = "lion",
+        /// Adafactor (Shazeer & Stern, 2018): factored second moments, update clipping.
+        Adafactor = "adafactor",
+        /// Distance over Gradients (Ivgi et al., 2023): learning-rate free.
+        Dog = "dog",
+        /// D-Adaptation Adam (Defazio & Mishchenko, 2023): learning-rate free.
+        DAdaptAdam = "dadapt_adam",
+    }
+}
+
+impl Optimizer {
+    /// Whether the optimizer adapts its own step size, so `learning_rate` only scales it.
+    pub fn is_learning_rate_free(self) -> bool {
+        match self {
+            Optimizer::AdamW | Optimizer::Lion | Optimizer::Adafactor => false,
+            Optimizer::Dog | Optimizer::DAdaptAdam => true,
+        }
     }
 }
 
@@ -150,6 +186,12 @@ mod tests {
         }
         for d in Device::ALL {
             assert_eq!(Device::parse(d.as_str()), Some(*d));
+        }
+        for o in Optimizer::ALL {
+            assert_eq!(Optimizer::parse(o.as_str()), Some(*o));
+        }
+        for d in DecayShape::ALL {
+            assert_eq!(DecayShape::parse(d.as_str()), Some(*d));
         }
         assert_eq!(LoraInit::parse("nope"), None);
     }

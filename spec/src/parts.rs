@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::{LoraInit, MethodKind, Optimizer, Schedule};
+use crate::names::{DecayShape, LoraInit, MethodKind, Optimizer, Schedule};
 
 /// LoRA / DoRA parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,9 +64,12 @@ impl Method {
     }
 }
 
-/// Training hyperparameters with defaults applied.
+/// Training hyperparameters with defaults applied. Fields added after the first layout carry
+/// serde defaults that keep an older stored spec's meaning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hyperparameters {
+    /// The peak learning rate; for a learning-rate-free optimizer the multiplier of its
+    /// adapted step (1 with `auto_learning_rate`).
     pub learning_rate: f64,
     pub epochs: i32,
     pub max_steps: Option<i64>,
@@ -82,8 +85,36 @@ pub struct Hyperparameters {
     pub max_grad_norm: f64,
     #[serde(default = "default_optimizer")]
     pub optimizer: Optimizer,
+    /// The optimizer (learning-rate free) chooses the step size.
+    #[serde(default)]
+    pub auto_learning_rate: bool,
+    /// Final learning rate over the peak, for `cosine_with_min_lr` and `wsd`.
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    /// Fraction of the steps a `wsd` schedule decays over.
+    #[serde(default = "default_decay_fraction")]
+    pub decay_fraction: f64,
+    #[serde(default = "default_decay_shape")]
+    pub decay_shape: DecayShape,
+    /// Weight of prompt (non-completion) tokens in the training loss; 0 = completion only.
+    #[serde(default)]
+    pub prompt_loss_weight: f64,
 }
 
 fn default_optimizer() -> Optimizer {
     Optimizer::AdamW
+}
+
+/// WSD's decay fraction when the spec names none (Hägele et al. use 10-20%).
+pub const DEFAULT_DECAY_FRACTION: f64 = 0.2;
+
+/// `cosine_with_min_lr`'s floor when the spec names none.
+pub const DEFAULT_MIN_LR_RATIO: f64 = 0.1;
+
+fn default_decay_fraction() -> f64 {
+    DEFAULT_DECAY_FRACTION
+}
+
+fn default_decay_shape() -> DecayShape {
+    DecayShape::OneMinusSqrt
 }

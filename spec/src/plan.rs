@@ -54,6 +54,13 @@ impl JobSpec {
                 method: &self.method,
             }),
             Task::Classification => {
+                if self.hyperparameters.prompt_loss_weight != 0.0 {
+                    return Err(FieldViolation::new(
+                        "spec.hyperparameters.prompt_loss_weight",
+                        "weighs prompt tokens of causal_lm data; classification jobs have \
+                         no prompt tokens in their loss (leave it 0)",
+                    ));
+                }
                 let (lora, dora) = match &self.method {
                     Method::Lora { lora } => (lora, false),
                     Method::Dora { lora } => (lora, true),

@@ -221,3 +221,196 @@ fn module_lists_and_memory_are_bounded_naming_the_limit() {
     p.resources.as_mut().unwrap().min_memory_bytes = MAX_MIN_MEMORY_BYTES;
     ok(&p);
 }
+
+fn hyper(h: pb::Hyperparameters) -> pb::JobSpec {
+    let mut p = minimal();
+    p.hyperparameters = Some(h);
+    p
+}
+
+#[test]
+fn every_optimizer_and_schedule_round_trips_with_its_parameters() {
+    for optimizer in Optimizer::ALL {
+        for auto in [false, true] {
+            for schedule in Schedule::ALL {
+                let p = hyper(pb::Hyperparameters {
+                    optimizer: optimizer.as_str().into(),
+                    auto_learning_rate: auto,
+                    schedule: schedule.as_str().into(),
+                    prompt_loss_weight: Some(0.5),
+                    ..Default::default()
+                });
+                let Ok(spec) = JobSpec::from_proto(Some(&p)) else {
+                    assert!(
+                        auto && !optimizer.is_learning_rate_free(),
+                        "{optimizer} {auto}"
+                    );
+                    continue;
+                };
+                assert_eq!(ok(&spec.to_proto()), spec, "{optimizer} {auto} {schedule}");
+                let json = serde_json::to_string(&spec).unwrap();
+                assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), spec);
+            }
+        }
+    }
+    for shape in DecayShape::ALL {
+        let spec = ok(&hyper(pb::Hyperparameters {
+            schedule: "wsd".into(),
+            decay_fraction: Some(0.1),
+            decay_shape: shape.as_str().into(),
+            min_lr_ratio: Some(0.05),
+            ..Default::default()
+        }));
+        assert_eq!(spec.hyperparameters.decay_shape, *shape);
+        assert_eq!(ok(&spec.to_proto()), spec);
+    }
+}
+
+#[test]
+fn learning_rate_defaults_follow_the_optimizer() {
+    let h = |o: &str, auto| {
+        ok(&hyper(pb::Hyperparameters {
+            optimizer: o.into(),
+            auto_learning_rate: auto,
+            ..Default::default()
+        }))
+        .hyperparameters
+    };
+    assert_eq!(h("adamw", false).learning_rate, 2e-4);
+    assert_eq!(h("lion", false).learning_rate, 2e-4);
+    // A learning-rate-free optimizer's learning rate multiplies its adapted step.
+    assert_eq!(h("dog", false).learning_rate, 1.0);
+    assert_eq!(h("dadapt_adam", false).learning_rate, 1.0);
+    // auto picks DoG unless dadapt_adam is named.
+    let auto = h("", true);
+    assert_eq!((auto.optimizer, auto.learning_rate), (Optimizer::Dog, 1.0));
+    assert!(auto.auto_learning_rate);
+    assert_eq!(h("dadapt_adam", true).optimizer, Optimizer::DAdaptAdam);
+    // Up to 10 for a multiplier, 1 for a learning rate.
+    let lr = |o: &str, v| {
+        JobSpec::from_proto(Some(&hyper(pb::Hyperparameters {
+            optimizer: o.into(),
+            learning_rate: Some(v),
+            ..Default::default()
+        })))
+    };
+    assert!(lr("dog", 3.0).is_ok());
+    assert_eq!(
+        fields(lr("adamw", 3.0).unwrap_err()),
+        ["spec.hyperparameters.learning_rate"]
+    );
+}
+
+#[test]
+fn inconsistent_optimizer_and_schedule_settings_are_refused_naming_the_field() {
+    let refused =
+        |h: pb::Hyperparameters| fields(JobSpec::from_proto(Some(&hyper(h))).unwrap_err());
+    assert_eq!(
+        refused(pb::Hyperparameters {
+            optimizer: "adamw".into(),
+            auto_learning_rate: true,
+            ..Default::default()
+        }),
+        ["spec.hyperparameters.optimizer"]
+    );
+    assert_eq!(
+        refused(pb::Hyperparameters {
+            auto_learning_rate: true,
+            learning_rate: Some(1e-3),
+            ..Default::default()
+        }),
+        ["spec.hyperparameters.learning_rate"]
+    );
+    assert_eq!(
+        refused(pb::Hyperparameters {
+            optimizer: "sgd".into(),
+            ..Default::default()
+        }),
+        ["spec.hyperparameters.optimizer"]
+    );
+    // A schedule parameter another schedule uses is refused, not ignored.
+    assert_eq!(
+        refused(pb::Hyperparameters {
+            schedule: "cosine".into(),
+            min_lr_ratio: Some(0.1),
+            decay_fraction: Some(0.1),
+            decay_shape: "linear".into(),
+            ..Default::default()
+        }),
+        [
+            "spec.hyperparameters.min_lr_ratio",
+            "spec.hyperparameters.decay_fraction",
+            "spec.hyperparameters.decay_shape"
+        ]
+    );
+    for (h, field) in [
+        (
+            pb::Hyperparameters {
+                schedule: "wsd".into(),
+                decay_fraction: Some(0.0),
+                ..Default::default()
+            },
+            "spec.hyperparameters.decay_fraction",
+        ),
+        (
+            pb::Hyperparameters {
+                schedule: "wsd".into(),
+                decay_shape: "exponential".into(),
+                ..Default::default()
+            },
+            "spec.hyperparameters.decay_shape",
+        ),
+        (
+            pb::Hyperparameters {
+                schedule: "cosine_with_min_lr".into(),
+                min_lr_ratio: Some(1.0),
+                ..Default::default()
+            },
+            "spec.hyperparameters.min_lr_ratio",
+        ),
+        (
+            pb::Hyperparameters {
+                prompt_loss_weight: Some(1.5),
+                ..Default::default()
+            },
+            "spec.hyperparameters.prompt_loss_weight",
+        ),
+        (
+            pb::Hyperparameters {
+                prompt_loss_weight: Some(f64::NAN),
+                ..Default::default()
+            },
+            "spec.hyperparameters.prompt_loss_weight",
+        ),
+    ] {
+        assert_eq!(refused(h), [field]);
+    }
+    // Classification has no prompt tokens to weigh.
+    let mut p = with("classification", "lora", "");
+    p.hyperparameters = Some(pb::Hyperparameters {
+        prompt_loss_weight: Some(0.5),
+        ..Default::default()
+    });
+    assert_eq!(
+        fields(JobSpec::from_proto(Some(&p)).unwrap_err()),
+        ["spec.hyperparameters.prompt_loss_weight"]
+    );
+}
+
+#[test]
+fn defaults_of_the_schedule_parameters() {
+    let h = |s: &str| {
+        ok(&hyper(pb::Hyperparameters {
+            schedule: s.into(),
+            ..Default::default()
+        }))
+        .hyperparameters
+    };
+    assert_eq!(h("cosine_with_min_lr").min_lr_ratio, DEFAULT_MIN_LR_RATIO);
+    let wsd = h("wsd");
+    assert_eq!(
+        (wsd.min_lr_ratio, wsd.decay_fraction, wsd.decay_shape),
+        (0.0, DEFAULT_DECAY_FRACTION, DecayShape::OneMinusSqrt)
+    );
+    assert_eq!(h("cosine").prompt_loss_weight, 0.0);
+}

@@ -1,6 +1,8 @@
-//! The spec-surface conformance test: every task × method × LoRA init × schedule value the
-//! API's names admit either trains on a real worker or is refused at `CreateJob` with
-//! `INVALID_ARGUMENT` naming the field. Nothing accepted may fail on the worker.
+//! The spec-surface conformance test: every task × method × LoRA init value the API's names
+//! admit, every schedule per task, every optimizer (with and without `auto_learning_rate`)
+//! per task × method, and the prompt-loss weight per task either trains on a real worker or
+//! is refused at `CreateJob` with `INVALID_ARGUMENT` naming the field. Nothing accepted may
+//! fail on the worker.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tuna_client::{Client, ClientError, pb};
 use tuna_e2e::ServerProcess;
-use tuna_spec::{JobSpec, LoraInit, MethodKind, Schedule, Task};
+use tuna_spec::{JobSpec, LoraInit, MethodKind, Optimizer, Schedule, Task};
 use tuna_worker::engine::model::bert::TinyBertSpec;
 use tuna_worker::engine::model::tiny::TinySpec;
 
@@ -108,6 +110,68 @@ struct Files {
     class: String,
 }
 
+/// What the matrix has seen: refusals, and the jobs created per distinct typed spec.
+#[derive(Default)]
+struct Surface {
+    refused: usize,
+    runs: BTreeMap<String, (String, String)>,
+}
+
+impl Surface {
+    /// Creates the job when the spec accepts it (once per distinct typed spec), or checks
+    /// that the API refuses it naming every field the spec names.
+    async fn check(
+        &mut self,
+        client: &Client,
+        combo: String,
+        p: pb::JobSpec,
+        task: Task,
+        method: MethodKind,
+    ) {
+        match JobSpec::from_proto(Some(&p)) {
+            Err(violations) => {
+                let Err(ClientError::Rpc(s)) = client.create_job(p, None).await else {
+                    panic!("{combo}: the API accepted what the spec refuses")
+                };
+                assert_eq!(s.code(), tonic::Code::InvalidArgument, "{combo}");
+                for v in &violations {
+                    assert!(s.message().contains(&v.field), "{combo}: {}", s.message());
+                }
+                println!("refused: {combo}: {}", s.message());
+                self.refused += 1;
+            }
+            // BitFit trains bias parameters; the tiny Llama (like most Llama checkpoints)
+            // has none, which the server reads from its headers.
+            Ok(_) if task == Task::CausalLm && method == MethodKind::Bitfit => {
+                let Err(ClientError::Rpc(s)) = client.create_job(p, None).await else {
+                    panic!("{combo}: bitfit accepted for a model without biases")
+                };
+                assert_eq!(s.code(), tonic::Code::InvalidArgument, "{combo}");
+                assert!(
+                    s.message().contains("spec.method.type") && s.message().contains("bias"),
+                    "{combo}: {}",
+                    s.message()
+                );
+                println!("refused (model): {combo}: {}", s.message());
+                self.refused += 1;
+            }
+            Ok(typed) => {
+                // Combinations that mean the same job (an init of a method without LoRA
+                // factors) run once.
+                let key = serde_json::to_string(&typed).unwrap();
+                if self.runs.contains_key(&key) {
+                    return;
+                }
+                let job = client
+                    .create_job(p, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{combo}: {e}"));
+                self.runs.insert(key, (combo, job.id));
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_naming_its_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,62 +217,62 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
         other => panic!("a classification file for a causal_lm job: {other:?}"),
     }
 
-    let mut refused = 0;
-    let mut runs: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut seen = Surface::default();
     for task in Task::ALL {
         for method in MethodKind::ALL {
             for init in LoraInit::ALL {
-                for schedule in Schedule::ALL {
-                    let combo = format!("{task} {method} init={init} schedule={schedule}");
-                    let p = spec(*task, *method, *init, *schedule, &files);
-                    match JobSpec::from_proto(Some(&p)) {
-                        Err(violations) => {
-                            let Err(ClientError::Rpc(s)) = client.create_job(p, None).await else {
-                                panic!("{combo}: the API accepted what the spec refuses")
-                            };
-                            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{combo}");
-                            for v in &violations {
-                                assert!(s.message().contains(&v.field), "{combo}: {}", s.message());
-                            }
-                            println!("refused: {combo}: {}", s.message());
-                            refused += 1;
-                        }
-                        // BitFit trains bias parameters; the tiny Llama (like most Llama
-                        // checkpoints) has none, which the server reads from its headers.
-                        Ok(_) if *task == Task::CausalLm && *method == MethodKind::Bitfit => {
-                            let Err(ClientError::Rpc(s)) = client.create_job(p, None).await else {
-                                panic!("{combo}: bitfit accepted for a model without biases")
-                            };
-                            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{combo}");
-                            assert!(
-                                s.message().contains("spec.method.type")
-                                    && s.message().contains("bias"),
-                                "{combo}: {}",
-                                s.message()
-                            );
-                            println!("refused (model): {combo}: {}", s.message());
-                            refused += 1;
-                        }
-                        Ok(typed) => {
-                            // Combinations that mean the same job (an init of a method without
-                            // LoRA factors) run once.
-                            let key = serde_json::to_string(&typed).unwrap();
-                            if runs.contains_key(&key) {
-                                continue;
-                            }
-                            let job = client
-                                .create_job(p, None)
-                                .await
-                                .unwrap_or_else(|e| panic!("{combo}: {e}"));
-                            runs.insert(key, (combo, job.id));
-                        }
+                let combo = format!("{task} {method} init={init}");
+                let p = spec(*task, *method, *init, Schedule::Cosine, &files);
+                seen.check(&client, combo, p, *task, *method).await;
+            }
+            for optimizer in Optimizer::ALL {
+                for auto in [false, true] {
+                    let combo = format!("{task} {method} optimizer={optimizer} auto={auto}");
+                    let mut p = spec(*task, *method, LoraInit::Default, Schedule::Cosine, &files);
+                    let h = p.hyperparameters.get_or_insert_with(Default::default);
+                    h.optimizer = optimizer.as_str().into();
+                    h.auto_learning_rate = auto;
+                    if auto {
+                        h.learning_rate = None;
+                    } else if optimizer.is_learning_rate_free() {
+                        h.learning_rate = Some(1.0);
                     }
+                    seen.check(&client, combo, p, *task, *method).await;
                 }
             }
         }
+        for schedule in Schedule::ALL {
+            let combo = format!("{task} lora schedule={schedule}");
+            let mut p = spec(
+                *task,
+                MethodKind::Lora,
+                LoraInit::Default,
+                *schedule,
+                &files,
+            );
+            p.hyperparameters
+                .get_or_insert_with(Default::default)
+                .warmup_steps = Some(1);
+            seen.check(&client, combo, p, *task, MethodKind::Lora).await;
+        }
+        for weight in [0.5, 1.0] {
+            let combo = format!("{task} lora prompt_loss_weight={weight}");
+            let mut p = spec(
+                *task,
+                MethodKind::Lora,
+                LoraInit::Default,
+                Schedule::Cosine,
+                &files,
+            );
+            p.hyperparameters
+                .get_or_insert_with(Default::default)
+                .prompt_loss_weight = Some(weight);
+            seen.check(&client, combo, p, *task, MethodKind::Lora).await;
+        }
     }
+    let Surface { refused, runs } = seen;
     assert!(
-        refused > 0 && runs.len() >= 40 - 3,
+        refused > 0 && runs.len() >= 60,
         "{refused} refused, {} ran",
         runs.len()
     );

@@ -3,5 +3,5 @@
 
 pub use tuna_spec::{
     DEFAULT_MAX_ATTEMPTS, Device, FieldViolation, Hyperparameters, JobSpec, LoraInit, LoraParams,
-    Method, MethodKind, Schedule, Task,
+    Method, MethodKind, Optimizer, Schedule, Task,
 };

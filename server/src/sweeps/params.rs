@@ -3,7 +3,7 @@
 
 use tuna_proto::v1 as pb;
 
-use crate::domain::spec::{LoraInit, MethodKind, Schedule};
+use crate::domain::spec::{LoraInit, MethodKind, Optimizer, Schedule};
 use crate::search::Value;
 
 /// The kind of value a searchable JobSpec field takes.
@@ -29,6 +29,11 @@ pub const SEARCHABLE: &[(&str, Kind)] = &[
         "hyperparameters.schedule",
         Kind::Choice(Some(Schedule::NAMES)),
     ),
+    (
+        "hyperparameters.optimizer",
+        Kind::Choice(Some(Optimizer::NAMES)),
+    ),
+    ("hyperparameters.prompt_loss_weight", Kind::Real),
     ("method.type", Kind::Choice(Some(MethodKind::NAMES))),
     ("method.lora.r", Kind::Integer),
     ("method.lora.alpha", Kind::Real),
@@ -93,6 +98,8 @@ pub fn apply(spec: &mut pb::JobSpec, name: &str, value: &Value) -> Result<(), St
         "hyperparameters.epochs" => hyper(spec).epochs = Some(int32()?),
         "hyperparameters.max_seq_len" => hyper(spec).max_seq_len = Some(int32()?),
         "hyperparameters.schedule" => hyper(spec).schedule = choice()?,
+        "hyperparameters.optimizer" => hyper(spec).optimizer = choice()?,
+        "hyperparameters.prompt_loss_weight" => hyper(spec).prompt_loss_weight = Some(real()?),
         "method.type" => method(spec).r#type = choice()?,
         "method.lora.r" => lora(spec).r = Some(int32()?),
         "method.lora.alpha" => lora(spec).alpha = Some(real()?),

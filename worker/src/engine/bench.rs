@@ -17,7 +17,7 @@ use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules};
 use crate::engine::data::Batch;
 use crate::engine::model::tiny::TinySpec;
 use crate::engine::model::{Llama, Weights};
-use crate::engine::optim::{AdamW, AdamWConfig};
+use crate::engine::optim::{AdamWConfig, Optimizer, OptimizerConfig};
 use crate::engine::rng;
 use crate::engine::trainer::{TrainError, loss_and_grads};
 
@@ -105,12 +105,12 @@ pub fn run(shape: &BenchShape, warmup: usize, steps: usize) -> Result<BenchResul
         ]),
     );
     let set = AdapterSet::attach(&mut model, &cfg)?;
-    let mut opt = AdamW::new(
+    let mut opt = Optimizer::new(
         set.vars(),
-        AdamWConfig {
+        OptimizerConfig::AdamW(AdamWConfig {
             weight_decay: 0.01,
             ..Default::default()
-        },
+        }),
     )?;
     let (b, t) = (shape.batch, shape.seq);
     let mut g = rng::stream(0, "bench/ids");
@@ -124,6 +124,7 @@ pub fn run(shape: &BenchShape, warmup: usize, steps: usize) -> Result<BenchResul
         labels: ids.narrow(1, 1, t - 1)?.flatten_all()?,
         mask: Tensor::ones(targets, DType::F32, &dev)?,
         num_targets: targets,
+        target_weight: targets as f64,
         num_tokens: targets,
     };
     let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);

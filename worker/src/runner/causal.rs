@@ -44,7 +44,9 @@ pub(super) fn train(
     let batch = h.batch_size.max(1) as usize;
     let train_set = examples(&inputs.training_file, inputs.training_format, tok, max_len)?;
     let total = spec.total_steps(train_set.len());
-    let train_loader = Loader::new(train_set, batch, seed, tok.pad_id()).map_err(user)?;
+    let train_loader = Loader::new(train_set, batch, seed, tok.pad_id())
+        .map_err(user)?
+        .with_prompt_weight(h.prompt_loss_weight as f32);
     let eval_loader = match &inputs.validation_file {
         Some(p) => Some(
             Loader::new(

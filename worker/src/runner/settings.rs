@@ -4,12 +4,15 @@
 use std::path::Path;
 
 use tuna_proto::v1 as pb;
-use tuna_spec::{JobSpec, LoraParams, Optimizer, Schedule};
+use tuna_spec::{DecayShape, JobSpec, LoraParams, Optimizer, Schedule};
 
 use super::{RunError, system, user};
 use crate::engine::adapters::{AdapterConfig, LoraInit, TargetModules};
 use crate::engine::data::{Format, Record, jsonl};
-use crate::engine::optim::{self, AdamWConfig, ScheduleKind};
+use crate::engine::optim::{
+    self, AdafactorConfig, AdamWConfig, DAdaptConfig, DogConfig, LionConfig, OptimizerConfig,
+    ScheduleKind,
+};
 use crate::engine::trainer::TrainConfig;
 
 /// The loop's settings for a run of `total` optimizer steps.
@@ -25,16 +28,24 @@ pub(super) fn train_config(spec: &JobSpec, total: u64) -> TrainConfig {
             total_steps: total,
             kind: match h.schedule {
                 Schedule::Cosine => ScheduleKind::Cosine { min_lr_ratio: 0.0 },
+                Schedule::CosineWithMinLr => ScheduleKind::Cosine {
+                    min_lr_ratio: h.min_lr_ratio,
+                },
                 Schedule::Linear => ScheduleKind::Linear,
                 Schedule::Constant => ScheduleKind::Constant,
+                Schedule::Wsd => ScheduleKind::Wsd {
+                    decay_fraction: h.decay_fraction,
+                    shape: match h.decay_shape {
+                        DecayShape::Linear => optim::DecayShape::Linear,
+                        DecayShape::Cosine => optim::DecayShape::Cosine,
+                        DecayShape::OneMinusSqrt => optim::DecayShape::OneMinusSqrt,
+                    },
+                    min_lr_ratio: h.min_lr_ratio,
+                },
+                Schedule::InverseSqrt => ScheduleKind::InverseSqrt,
             },
         },
-        adamw: match h.optimizer {
-            Optimizer::AdamW => AdamWConfig {
-                weight_decay: h.weight_decay,
-                ..Default::default()
-            },
-        },
+        optimizer: optimizer_config(h.optimizer, h.weight_decay),
         max_grad_norm: Some(h.max_grad_norm).filter(|n| *n > 0.0),
         loraplus_ratio: spec
             .method
@@ -44,6 +55,32 @@ pub(super) fn train_config(spec: &JobSpec, total: u64) -> TrainConfig {
         eval_every: every(h.eval_every),
         checkpoint_every: every(h.checkpoint_every),
         seed: seed(spec),
+    }
+}
+
+/// The optimizer with the spec's weight decay and each algorithm's published defaults.
+fn optimizer_config(optimizer: Optimizer, weight_decay: f64) -> OptimizerConfig {
+    match optimizer {
+        Optimizer::AdamW => OptimizerConfig::AdamW(AdamWConfig {
+            weight_decay,
+            ..Default::default()
+        }),
+        Optimizer::Lion => OptimizerConfig::Lion(LionConfig {
+            weight_decay,
+            ..Default::default()
+        }),
+        Optimizer::Adafactor => OptimizerConfig::Adafactor(AdafactorConfig {
+            weight_decay,
+            ..Default::default()
+        }),
+        Optimizer::Dog => OptimizerConfig::Dog(DogConfig {
+            weight_decay,
+            ..Default::default()
+        }),
+        Optimizer::DAdaptAdam => OptimizerConfig::DAdaptAdam(DAdaptConfig {
+            weight_decay,
+            ..Default::default()
+        }),
     }
 }
 

@@ -188,20 +188,29 @@ class Hyperparameters:
     """Training hyperparameters; ``None`` means the server's default (in brackets).
 
     Args:
-        learning_rate: > 0 and <= 1 [2e-4].
+        learning_rate: > 0 and <= 1 [2e-4]; for ``dog`` and ``dadapt_adam`` the multiplier of
+            the adapted step, > 0 and <= 10 [1]. Not set with ``auto_learning_rate``.
         epochs: passes over the training file, 1..=1000 [3]; ignored when ``max_steps`` is set.
         max_steps: optimizer steps; bounds training instead of epochs.
         batch_size: 1..=4096 [8].
         grad_accumulation: micro-batches per optimizer step, 1..=1024 [1].
         warmup_steps: linear warmup, >= 0 [0].
-        schedule: ``cosine`` [default], ``linear`` or ``constant``.
+        schedule: ``cosine`` [default], ``linear``, ``constant``, ``cosine_with_min_lr``,
+            ``wsd`` (warmup-stable-decay) or ``inverse_sqrt``.
         weight_decay: >= 0 [0].
         max_seq_len: 1..=131072 [512].
         seed: seed of every random choice [0].
         eval_every: evaluate every N steps, 0 = only at the end [0].
         checkpoint_every: checkpoint every N steps, 0 = never [100].
         max_grad_norm: global-norm clipping, > 0 [1.0].
-        optimizer: ``adamw`` [default].
+        optimizer: ``adamw`` [default], ``lion``, ``adafactor``, ``dog`` or ``dadapt_adam``.
+        auto_learning_rate: the optimizer chooses the step size (``dog`` unless
+            ``dadapt_adam`` is named); each step's reported lr is the step it chose [False].
+        min_lr_ratio: final lr over the peak for ``cosine_with_min_lr`` [0.1] and ``wsd`` [0].
+        decay_fraction: share of the steps ``wsd`` decays over, in (0, 1] [0.2].
+        decay_shape: ``wsd``'s decay: ``linear``, ``cosine`` or ``1-sqrt`` [default].
+        prompt_loss_weight: weight of prompt tokens in the loss, in [0, 1]; 0 trains on the
+            completion only, 1 on the whole sequence [0].
     """
 
     learning_rate: float | None = None
@@ -210,17 +219,32 @@ class Hyperparameters:
     batch_size: int | None = None
     grad_accumulation: int | None = None
     warmup_steps: int | None = None
-    schedule: Literal["cosine", "linear", "constant"] | None = None
+    schedule: (
+        Literal["cosine", "linear", "constant", "cosine_with_min_lr", "wsd", "inverse_sqrt"]
+        | None
+    ) = None
     weight_decay: float | None = None
     max_seq_len: int | None = None
     seed: int | None = None
     eval_every: int | None = None
     checkpoint_every: int | None = None
     max_grad_norm: float | None = None
-    optimizer: str | None = None
+    optimizer: Literal["adamw", "lion", "adafactor", "dog", "dadapt_adam"] | None = None
+    auto_learning_rate: bool | None = None
+    min_lr_ratio: float | None = None
+    decay_fraction: float | None = None
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = None
+    prompt_loss_weight: float | None = None
 
     _FLOATS: ClassVar[frozenset[str]] = frozenset(
-        {"learning_rate", "weight_decay", "max_grad_norm"}
+        {
+            "learning_rate",
+            "weight_decay",
+            "max_grad_norm",
+            "min_lr_ratio",
+            "decay_fraction",
+            "prompt_loss_weight",
+        }
     )
 
     def to_proto(self) -> job_pb2.Hyperparameters:

@@ -12,16 +12,31 @@ pub struct Batch {
     pub input_ids: Tensor,
     /// `[batch·seq]` u32 next-token labels.
     pub labels: Tensor,
-    /// `[batch·seq]` f32: 1 where the label counts in the loss.
+    /// `[batch·seq]` f32: the weight of each label in the loss (1 for a target, the prompt
+    /// weight for another real token, 0 for padding).
     pub mask: Tensor,
     /// Number of label positions with mask 1.
     pub num_targets: usize,
+    /// Sum of the mask: what the loss is a mean over.
+    pub target_weight: f64,
     /// Number of real (non-padding) input tokens.
     pub num_tokens: usize,
 }
 
 impl Batch {
+    /// A batch whose loss counts the targets only (completion tokens, assistant turns).
     pub fn new(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Self, DataError> {
+        Self::weighted(examples, pad_id, 0.0, device)
+    }
+
+    /// A batch whose loss also counts the other real tokens (prompts, user turns, template
+    /// text) with weight `prompt_weight` in [0, 1]: 1 trains on the whole sequence.
+    pub fn weighted(
+        examples: &[&Example],
+        pad_id: u32,
+        prompt_weight: f32,
+        device: &Device,
+    ) -> Result<Self, DataError> {
         let seq = examples
             .iter()
             .map(|e| e.ids.len().saturating_sub(1))
@@ -32,7 +47,7 @@ impl Batch {
         let mut inputs = vec![pad_id; b * seq];
         let mut labels = vec![pad_id; b * seq];
         let mut mask = vec![0f32; b * seq];
-        let (mut num_targets, mut num_tokens) = (0, 0);
+        let (mut num_targets, mut num_tokens, mut target_weight) = (0, 0, 0.0);
         for (row, e) in examples.iter().enumerate() {
             let n = e.ids.len().saturating_sub(1);
             num_tokens += n;
@@ -42,6 +57,10 @@ impl Batch {
                 if e.targets[j + 1] {
                     mask[row * seq + j] = 1.0;
                     num_targets += 1;
+                    target_weight += 1.0;
+                } else if prompt_weight > 0.0 {
+                    mask[row * seq + j] = prompt_weight;
+                    target_weight += f64::from(prompt_weight);
                 }
             }
         }
@@ -50,6 +69,7 @@ impl Batch {
             labels: Tensor::from_vec(labels, b * seq, device)?,
             mask: Tensor::from_vec(mask, b * seq, device)?,
             num_targets,
+            target_weight,
             num_tokens,
         })
     }

@@ -147,7 +147,13 @@ impl ClassBatch {
 impl super::Batchable for ClassExample {
     type Batch = ClassBatch;
 
-    fn collate(examples: &[&Self], pad_id: u32, device: &Device) -> Result<ClassBatch, DataError> {
+    /// Every token of a labelled sequence feeds the one prediction: no prompt weight.
+    fn collate(
+        examples: &[&Self],
+        pad_id: u32,
+        _prompt_weight: f32,
+        device: &Device,
+    ) -> Result<ClassBatch, DataError> {
         ClassBatch::new(examples, pad_id, device)
     }
 }

@@ -26,6 +26,7 @@ pub struct Loader<E = Example> {
     order: Vec<usize>,
     cursor: Cursor,
     pad_id: u32,
+    prompt_weight: f32,
 }
 
 /// Fisher–Yates permutation of `0..n` for `epoch`.
@@ -57,7 +58,15 @@ impl<E: Batchable> Loader<E> {
             order,
             cursor: Cursor::default(),
             pad_id,
+            prompt_weight: 0.0,
         })
+    }
+
+    /// Training batches weigh non-target tokens with `w` (the spec's `prompt_loss_weight`);
+    /// evaluation batches never do, so eval losses stay comparable across runs.
+    pub fn with_prompt_weight(mut self, w: f32) -> Self {
+        self.prompt_weight = w;
+        self
     }
 
     pub fn cursor(&self) -> Cursor {
@@ -93,7 +102,7 @@ impl<E: Batchable> Loader<E> {
             .iter()
             .map(|&i| &self.examples[i])
             .collect();
-        let batch = E::collate(&picked, self.pad_id, device)?;
+        let batch = E::collate(&picked, self.pad_id, self.prompt_weight, device)?;
         self.cursor.index = end;
         Ok(batch)
     }
@@ -102,7 +111,7 @@ impl<E: Batchable> Loader<E> {
     pub fn sequential_batches(&self, device: &Device) -> Result<Vec<E::Batch>, DataError> {
         self.examples
             .chunks(self.batch_size)
-            .map(|c| E::collate(&c.iter().collect::<Vec<_>>(), self.pad_id, device))
+            .map(|c| E::collate(&c.iter().collect::<Vec<_>>(), self.pad_id, 0.0, device))
             .collect()
     }
 

@@ -19,9 +19,12 @@ pub use tokenizer::{ByteTokenizer, HfTokenizer, Tokenizer, TokenizerError, load_
 /// Examples that a [`Loader`] can collate into a padded batch.
 pub trait Batchable: Sized {
     type Batch;
+    /// `prompt_weight`: the loss weight of tokens that are not targets (see
+    /// [`Batch::weighted`]); examples without such tokens ignore it.
     fn collate(
         examples: &[&Self],
         pad_id: u32,
+        prompt_weight: f32,
         device: &candle_core::Device,
     ) -> Result<Self::Batch, DataError>;
 }
@@ -32,9 +35,10 @@ impl Batchable for Example {
     fn collate(
         examples: &[&Self],
         pad_id: u32,
+        prompt_weight: f32,
         device: &candle_core::Device,
     ) -> Result<Batch, DataError> {
-        Batch::new(examples, pad_id, device)
+        Batch::weighted(examples, pad_id, prompt_weight, device)
     }
 }
 

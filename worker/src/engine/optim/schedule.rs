@@ -1,7 +1,29 @@
 //! Learning-rate schedules with linear warmup, matching HF `transformers`' schedulers
-//! (`get_{constant,linear,cosine}_schedule_with_warmup`) plus constant-with-cooldown.
+//! (`get_{constant,linear,cosine,cosine_with_min_lr,wsd,inverse_sqrt}_schedule...`).
 
 use serde::{Deserialize, Serialize};
+
+/// The shape of a WSD decay over its progress `p ∈ [0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecayShape {
+    /// `1 - p`.
+    Linear,
+    /// `(1 + cos(πp)) / 2`.
+    Cosine,
+    /// `1 - √p`.
+    OneMinusSqrt,
+}
+
+impl DecayShape {
+    fn at(self, p: f64) -> f64 {
+        match self {
+            DecayShape::Linear => 1.0 - p,
+            DecayShape::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            DecayShape::OneMinusSqrt => 1.0 - p.sqrt(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -13,10 +35,15 @@ pub enum ScheduleKind {
     Cosine {
         min_lr_ratio: f64,
     },
-    /// Constant, then linear decay to 0 over the last `cooldown_steps` (warmup-stable-decay).
-    ConstantWithCooldown {
-        cooldown_steps: u64,
+    /// Warmup-stable-decay: the peak until the last `decay_fraction` of the steps, then a
+    /// decay of `shape` down to `min_lr_ratio · peak` at `total_steps`.
+    Wsd {
+        decay_fraction: f64,
+        shape: DecayShape,
+        min_lr_ratio: f64,
     },
+    /// `peak · sqrt(w / step)` after a warmup of `w` steps (`w` = 10,000 without warmup).
+    InverseSqrt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -27,10 +54,33 @@ pub struct Schedule {
     pub kind: ScheduleKind,
 }
 
+/// HF's `inverse_sqrt` timescale when there is no warmup.
+const INVERSE_SQRT_TIMESCALE: f64 = 10_000.0;
+
 impl Schedule {
     /// The learning rate for optimizer step `step` (0-based).
     pub fn lr_at(&self, step: u64) -> f64 {
         self.peak_lr * self.factor(step)
+    }
+
+    /// The last step of a WSD schedule's stable phase: a checkpoint taken at or before it
+    /// continues identically under a longer `total_steps` (a cheap fidelity for sweeps).
+    /// `None` for the other schedules, whose every step depends on the total.
+    pub fn stable_until(&self) -> Option<u64> {
+        match self.kind {
+            ScheduleKind::Wsd { decay_fraction, .. } => Some(self.decay_start(decay_fraction)),
+            ScheduleKind::Constant => Some(self.total_steps),
+            ScheduleKind::Linear | ScheduleKind::Cosine { .. } | ScheduleKind::InverseSqrt => None,
+        }
+    }
+
+    fn decay_start(&self, decay_fraction: f64) -> u64 {
+        // Rounded, not ceiled: 0.2 · 110 is 22.000000000000004 in f64.
+        let decay = ((decay_fraction * self.total_steps as f64).round() as u64).max(1);
+        self.total_steps
+            .saturating_sub(decay)
+            .max(self.warmup_steps)
+            .min(self.total_steps)
     }
 
     fn factor(&self, step: u64) -> f64 {
@@ -50,17 +100,26 @@ impl Schedule {
                 let c = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
                 min_lr_ratio + (1.0 - min_lr_ratio) * c
             }
-            ScheduleKind::ConstantWithCooldown { cooldown_steps } => {
-                let start = self
-                    .total_steps
-                    .saturating_sub(cooldown_steps)
-                    .max(self.warmup_steps);
+            ScheduleKind::Wsd {
+                decay_fraction,
+                shape,
+                min_lr_ratio,
+            } => {
+                let start = self.decay_start(decay_fraction);
                 if step < start {
-                    1.0
-                } else {
-                    let len = (self.total_steps - start).max(1) as f64;
-                    (1.0 - (s - start as f64) / len).max(0.0)
+                    return 1.0;
                 }
+                let len = (self.total_steps - start).max(1) as f64;
+                let p = ((s - start as f64) / len).clamp(0.0, 1.0);
+                min_lr_ratio + (1.0 - min_lr_ratio) * shape.at(p)
+            }
+            ScheduleKind::InverseSqrt => {
+                let timescale = if self.warmup_steps > 0 {
+                    w
+                } else {
+                    INVERSE_SQRT_TIMESCALE
+                };
+                1.0 / ((s + timescale - w) / timescale).sqrt()
             }
         }
     }
@@ -79,23 +138,98 @@ mod tests {
         }
     }
 
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
     #[test]
     fn warmup_then_shapes() {
         let lin = sched(ScheduleKind::Linear);
         assert_eq!(lin.lr_at(0), 0.0);
-        assert!((lin.lr_at(5) - 0.5).abs() < 1e-12);
-        assert!((lin.lr_at(10) - 1.0).abs() < 1e-12);
-        assert!((lin.lr_at(60) - 0.5).abs() < 1e-12);
+        assert!(close(lin.lr_at(5), 0.5));
+        assert!(close(lin.lr_at(10), 1.0));
+        assert!(close(lin.lr_at(60), 0.5));
         assert_eq!(lin.lr_at(110), 0.0);
         let cos = sched(ScheduleKind::Cosine { min_lr_ratio: 0.1 });
-        assert!((cos.lr_at(10) - 1.0).abs() < 1e-12);
-        assert!((cos.lr_at(60) - 0.55).abs() < 1e-12);
-        assert!((cos.lr_at(110) - 0.1).abs() < 1e-12);
-        let cd = sched(ScheduleKind::ConstantWithCooldown { cooldown_steps: 20 });
-        assert_eq!(cd.lr_at(89), 1.0);
-        assert_eq!(cd.lr_at(90), 1.0);
-        assert!((cd.lr_at(100) - 0.5).abs() < 1e-12);
-        assert_eq!(cd.lr_at(110), 0.0);
+        assert!(close(cos.lr_at(10), 1.0));
+        assert!(close(cos.lr_at(60), 0.55));
+        assert!(close(cos.lr_at(110), 0.1));
         assert_eq!(sched(ScheduleKind::Constant).lr_at(1000), 1.0);
+    }
+
+    #[test]
+    fn wsd_is_flat_then_decays_in_its_shape_over_the_last_fraction() {
+        // 110 steps, 20% decay: 22 decay steps from step 88.
+        let wsd = |shape| {
+            sched(ScheduleKind::Wsd {
+                decay_fraction: 0.2,
+                shape,
+                min_lr_ratio: 0.0,
+            })
+        };
+        let lin = wsd(DecayShape::Linear);
+        assert!(close(lin.lr_at(5), 0.5), "warmup first");
+        assert_eq!(lin.lr_at(87), 1.0);
+        assert_eq!(lin.lr_at(88), 1.0);
+        assert!(close(lin.lr_at(99), 0.5));
+        assert!(close(lin.lr_at(110), 0.0));
+        assert!(close(wsd(DecayShape::Cosine).lr_at(99), 0.5));
+        assert!(close(wsd(DecayShape::Cosine).lr_at(88 + 11 / 2), {
+            0.5 * (1.0 + (std::f64::consts::PI * 5.0 / 22.0).cos())
+        }));
+        assert!(close(
+            wsd(DecayShape::OneMinusSqrt).lr_at(99),
+            1.0 - 0.5f64.sqrt()
+        ));
+        assert_eq!(lin.stable_until(), Some(88));
+        let floor = sched(ScheduleKind::Wsd {
+            decay_fraction: 0.2,
+            shape: DecayShape::Linear,
+            min_lr_ratio: 0.1,
+        });
+        assert!(close(floor.lr_at(110), 0.1));
+        assert!(close(floor.lr_at(99), 0.55));
+    }
+
+    #[test]
+    fn wsd_stable_phase_is_the_same_under_a_longer_budget() {
+        let short = Schedule {
+            peak_lr: 3e-4,
+            warmup_steps: 5,
+            total_steps: 50,
+            kind: ScheduleKind::Wsd {
+                decay_fraction: 0.2,
+                shape: DecayShape::OneMinusSqrt,
+                min_lr_ratio: 0.0,
+            },
+        };
+        let long = Schedule {
+            total_steps: 200,
+            ..short
+        };
+        let until = short.stable_until().unwrap_or(0);
+        assert_eq!(until, 40);
+        for s in 0..=until {
+            assert_eq!(short.lr_at(s), long.lr_at(s), "step {s}");
+        }
+        assert!(long.lr_at(until + 5) > short.lr_at(until + 5));
+        assert_eq!(sched(ScheduleKind::Linear).stable_until(), None);
+    }
+
+    #[test]
+    fn inverse_sqrt_matches_transformers() {
+        // get_inverse_sqrt_schedule(warmup=10): step/10 during warmup, then
+        // 1/sqrt((step + timescale - warmup) / timescale) with timescale = warmup.
+        let inv = sched(ScheduleKind::InverseSqrt);
+        assert!(close(inv.lr_at(5), 0.5));
+        assert!(close(inv.lr_at(10), 1.0));
+        assert!(close(inv.lr_at(40), 0.5));
+        assert!(close(inv.lr_at(90), 1.0 / 3.0));
+        let cold = Schedule {
+            warmup_steps: 0,
+            ..inv
+        };
+        assert!(close(cold.lr_at(0), 1.0));
+        assert!(close(cold.lr_at(30_000), 0.5));
     }
 }

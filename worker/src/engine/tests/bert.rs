@@ -11,7 +11,7 @@ use crate::engine::data::classify::class_examples;
 use crate::engine::data::{ByteTokenizer, Format, Labels, jsonl};
 use crate::engine::model::bert::{Bert, BertConfig, ClassifierHead, TinyBertSpec};
 use crate::engine::model::{ConfigError, ModelError};
-use crate::engine::optim::{AdamWConfig, Grads, Schedule, ScheduleKind};
+use crate::engine::optim::{Grads, OptimizerConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::{TrainConfig, Trainer};
 
 fn mask(rows: &[usize], t: usize) -> Tensor {
@@ -137,7 +137,7 @@ fn lora_bert_classifier_learns_a_tiny_set() {
         &head,
         Loader::new(examples.clone(), 4, 5, 0).unwrap(),
         Some(Loader::new(examples, 4, 5, 0).unwrap()),
-        class_config(schedule, AdamWConfig::default(), Some(1.0)),
+        class_config(schedule, OptimizerConfig::default(), Some(1.0)),
     )
     .unwrap();
     let before = trainer.evaluate().unwrap();
@@ -231,14 +231,14 @@ fn classifier_adapter_exports_head_and_reloads_to_the_same_logits() {
 /// checkpoints on their own.
 pub(super) fn class_config(
     schedule: Schedule,
-    adamw: AdamWConfig,
+    optimizer: OptimizerConfig,
     max_grad_norm: Option<f64>,
 ) -> TrainConfig {
     TrainConfig {
         max_steps: schedule.total_steps,
         grad_accum: 1,
         schedule,
-        adamw,
+        optimizer,
         max_grad_norm,
         loraplus_ratio: None,
         eval_every: None,

@@ -13,7 +13,7 @@ use crate::engine::data::{ByteTokenizer, Example, Format, Loader, jsonl};
 use crate::engine::export;
 use crate::engine::model::bert::{Bert, ClassifierHead, TinyBertSpec};
 use crate::engine::model::tiny::TinySpec;
-use crate::engine::optim::{AdamWConfig, Schedule, ScheduleKind};
+use crate::engine::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::{Event, TrainConfig, Trainer};
 
 fn ia3() -> Method {
@@ -164,7 +164,7 @@ fn train(method: &Method, steps: u64, lr: f64) -> (f64, f64) {
             total_steps: steps,
             kind: ScheduleKind::Constant,
         },
-        adamw: AdamWConfig::default(),
+        optimizer: OptimizerConfig::default(),
         max_grad_norm: Some(1.0),
         loraplus_ratio: None,
         eval_every: None,

@@ -5,6 +5,7 @@ mod export;
 mod gguf;
 mod grads;
 mod methods;
+mod optimizers;
 mod oracle;
 mod real;
 mod tape;

@@ -18,7 +18,7 @@ use crate::engine::model::Llama;
 use crate::engine::model::bert::{Bert, ClassifierHead};
 use crate::engine::model::gguf;
 use crate::engine::model::ops::masked_nll_sum;
-use crate::engine::optim::{AdamWConfig, Schedule, ScheduleKind};
+use crate::engine::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::{TrainConfig, Trainer};
 
 pub const ENV: &str = "TUNA_TEST_MODELS";
@@ -102,7 +102,7 @@ fn minilm_matches_candle_and_trains_lora_classifier() {
         &head,
         Loader::new(examples.clone(), 4, 3, tok.pad_id()).unwrap(),
         None,
-        super::bert::class_config(schedule(4, 1e-2), AdamWConfig::default(), Some(1.0)),
+        super::bert::class_config(schedule(4, 1e-2), OptimizerConfig::default(), Some(1.0)),
     )
     .unwrap();
     let losses: Vec<f64> = (0..4).map(|_| trainer.train_step().unwrap().loss).collect();
@@ -178,7 +178,7 @@ fn smollm2_gguf_loads_predicts_english_and_trains_lora() {
         max_steps: 3,
         grad_accum: 1,
         schedule: schedule(3, 3e-3),
-        adamw: AdamWConfig::default(),
+        optimizer: OptimizerConfig::default(),
         max_grad_norm: Some(1.0),
         loraplus_ratio: None,
         eval_every: None,

@@ -11,7 +11,7 @@ use crate::engine::data::{
 };
 use crate::engine::model::Llama;
 use crate::engine::model::tiny::TinySpec;
-use crate::engine::optim::{AdamWConfig, Schedule, ScheduleKind};
+use crate::engine::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::{Event, TrainConfig, Trainer};
 
 const CHATS: &str = r#"{"messages":[{"role":"user","content":"2+2?"},{"role":"assistant","content":"4"}]}
@@ -80,7 +80,7 @@ fn lora_learns_chat_data_through_the_real_tokenizer() {
             total_steps: steps,
             kind: ScheduleKind::Cosine { min_lr_ratio: 0.1 },
         },
-        adamw: AdamWConfig::default(),
+        optimizer: OptimizerConfig::default(),
         max_grad_norm: Some(1.0),
         loraplus_ratio: None,
         eval_every: None,

@@ -8,7 +8,7 @@ use super::util::tiny_model;
 use crate::engine::adapters::{AdapterConfig, AdapterSet, TargetModules};
 use crate::engine::data::{ByteTokenizer, Example, Format, Loader, jsonl};
 use crate::engine::model::tiny::TinySpec;
-use crate::engine::optim::{AdamWConfig, Schedule, ScheduleKind};
+use crate::engine::optim::{AdamWConfig, OptimizerConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::{Event, Outcome, TrainConfig, Trainer};
 
 const DATA: &str = r#"{"prompt":"2+2=","completion":"4"}
@@ -38,10 +38,10 @@ fn config(max_steps: u64, lr: f64) -> TrainConfig {
             total_steps: max_steps,
             kind: ScheduleKind::Cosine { min_lr_ratio: 0.1 },
         },
-        adamw: AdamWConfig {
+        optimizer: OptimizerConfig::AdamW(AdamWConfig {
             weight_decay: 0.01,
             ..Default::default()
-        },
+        }),
         max_grad_norm: Some(1.0),
         loraplus_ratio: None,
         eval_every: Some(10),

@@ -26,7 +26,7 @@ use crate::engine::adapters::{AdapterError, AdapterSet, Mode};
 use crate::engine::data::{DataError, Loader};
 use crate::engine::model::bert::{Bert, ClassifierHead};
 use crate::engine::model::{CausalLm, ModelError};
-use crate::engine::optim::{AdamW, AdamWConfig, Grads, OptimError, Schedule};
+use crate::engine::optim::{Grads, OptimError, Optimizer, OptimizerConfig, Schedule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -55,7 +55,7 @@ pub struct TrainConfig {
     /// Micro-batches summed into one optimizer step.
     pub grad_accum: usize,
     pub schedule: Schedule,
-    pub adamw: AdamWConfig,
+    pub optimizer: OptimizerConfig,
     /// Global-norm clipping threshold; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
     /// LoRA+: learning-rate multiplier for `lora_B` (≈16 in the paper); `None` = plain.
@@ -75,6 +75,8 @@ pub struct StepMetrics {
     pub step: u64,
     /// Token-mean loss over the accumulation window.
     pub loss: f64,
+    /// The step size applied: the schedule's learning rate, or for a learning-rate-free
+    /// optimizer the step it adapted (times the schedule's factor).
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
@@ -140,7 +142,7 @@ pub enum Outcome {
 /// The training loop over an [`Objective`].
 pub struct Trainer<O: Objective> {
     objective: O,
-    optimizer: AdamW,
+    optimizer: Optimizer,
     train: Loader<O::Example>,
     eval: Option<Loader<O::Example>>,
     config: TrainConfig,
@@ -184,7 +186,7 @@ impl<O: Objective> Trainer<O> {
         eval: Option<Loader<O::Example>>,
         config: TrainConfig,
     ) -> Result<Self, TrainError> {
-        let mut optimizer = AdamW::new(objective.vars(), config.adamw)?;
+        let mut optimizer = Optimizer::new(objective.vars(), config.optimizer)?;
         if let Some(ratio) = config.loraplus_ratio {
             optimizer.set_lr_scale(|n| n.ends_with("lora_B.weight"), ratio);
         }
@@ -249,11 +251,17 @@ impl<O: Objective> Trainer<O> {
             // Every `checkpoint_every` steps, the last one included when it falls on a
             // multiple (a sweep's rung run sets it so promotion resumes from its end); a
             // finished run's result is its adapter, not a checkpoint.
+            // A WSD run also checkpoints the end of its stable phase: a longer run (a
+            // sweep's next rung, an extension) continues from there exactly.
+            let stable_end = self.config.schedule.stable_until() == Some(self.step)
+                && self.step < self.config.max_steps
+                && self.config.checkpoint_every.is_some();
             if let Some(root) = checkpoint_root
-                && self
-                    .config
-                    .checkpoint_every
-                    .is_some_and(|n| self.step.is_multiple_of(n.max(1)))
+                && (stable_end
+                    || self
+                        .config
+                        .checkpoint_every
+                        .is_some_and(|n| self.step.is_multiple_of(n.max(1))))
             {
                 self.checkpoint_into(root, on_event)?;
             }
@@ -286,8 +294,8 @@ impl<O: Objective> Trainer<O> {
             .collect::<Result<Vec<_>, _>>()?;
         // Normalize by the window's target count so every target weighs the same no
         // matter how targets fall into micro-batches.
-        let targets: usize = batches.iter().map(O::targets).sum();
-        let denom = targets.max(1) as f64;
+        let targets: f64 = batches.iter().map(O::targets).sum();
+        let denom = if targets > 0.0 { targets } else { 1.0 };
         let mut grads = Grads::default();
         let mut loss_total = 0.0;
         let mut tokens = 0;
@@ -311,8 +319,9 @@ impl<O: Objective> Trainer<O> {
             Some(max) => grads.clip(max)?,
             None => grads.global_norm()?,
         };
-        let lr = self.config.schedule.lr_at(self.step);
-        self.optimizer.step(&grads, lr)?;
+        let lr = self
+            .optimizer
+            .step(&grads, self.config.schedule.lr_at(self.step))?;
         self.step += 1;
         let secs = started.elapsed().as_secs_f64();
         Ok(StepMetrics {

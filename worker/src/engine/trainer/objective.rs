@@ -41,9 +41,10 @@ pub trait Objective {
     fn device(&self) -> &Device;
     /// Every trainable parameter by its PEFT key: what the optimizer steps and checkpoints keep.
     fn vars(&self) -> &BTreeMap<String, Var>;
-    /// Loss targets in a micro-batch (target tokens, or examples): the window's mean divides
-    /// by their sum so every target weighs the same however targets fall into micro-batches.
-    fn targets(batch: &<Self::Example as Batchable>::Batch) -> usize;
+    /// Total loss weight of a micro-batch (target tokens with prompt tokens weighted, or
+    /// examples): the window's mean divides by their sum so every target weighs the same
+    /// however targets fall into micro-batches.
+    fn targets(batch: &<Self::Example as Batchable>::Batch) -> f64;
     /// Real tokens in a micro-batch, for throughput.
     fn tokens(batch: &<Self::Example as Batchable>::Batch) -> usize;
     /// `scale · Σ loss` of `batch` and its gradient for every var.
@@ -81,8 +82,8 @@ impl<M: CausalLm> Objective for CausalLmObjective<'_, M> {
         self.adapters.vars()
     }
 
-    fn targets(batch: &Batch) -> usize {
-        batch.num_targets
+    fn targets(batch: &Batch) -> f64 {
+        batch.target_weight
     }
 
     fn tokens(batch: &Batch) -> usize {
@@ -216,8 +217,8 @@ impl Objective for ClassificationObjective<'_> {
         &self.vars
     }
 
-    fn targets(batch: &ClassBatch) -> usize {
-        batch.len
+    fn targets(batch: &ClassBatch) -> f64 {
+        batch.len as f64
     }
 
     fn tokens(batch: &ClassBatch) -> usize {
