@@ -8,7 +8,8 @@ use tuna_proto::v1 as pb;
 use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
 use crate::names::{DecayShape, Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
 pub use crate::parts::{
-    DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, Hyperparameters, LoraParams, Method,
+    DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, DEFAULT_ZO_EPSILON, Hyperparameters, LoraParams,
+    Method,
 };
 use crate::stored::Stored;
 
@@ -181,6 +182,7 @@ impl JobSpec {
                     String::new()
                 },
                 prompt_loss_weight: Some(h.prompt_loss_weight),
+                zo_epsilon: (h.optimizer == Optimizer::Mezo).then_some(h.zo_epsilon),
             }),
             resources: Some(pb::Resources {
                 device: self.device.as_str().to_string(),
@@ -381,6 +383,20 @@ fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperpara
         Schedule::Cosine,
     );
     let schedule_params = schedule_params_from_proto(c, schedule, &h);
+    if h.zo_epsilon.is_some() && optimizer != Optimizer::Mezo {
+        c.fail(
+            &format!("{f}.zo_epsilon"),
+            format!("applies to optimizer mezo only; this job's optimizer is {optimizer}"),
+        );
+    }
+    let zo_epsilon = h.zo_epsilon.unwrap_or(DEFAULT_ZO_EPSILON);
+    if c.finite(&format!("{f}.zo_epsilon"), zo_epsilon) && !(zo_epsilon > 0.0 && zo_epsilon <= 1.0)
+    {
+        c.fail(
+            &format!("{f}.zo_epsilon"),
+            format!("must be > 0 and <= 1, got {zo_epsilon}"),
+        );
+    }
     let prompt_loss_weight = h.prompt_loss_weight.unwrap_or(0.0);
     if c.finite(&format!("{f}.prompt_loss_weight"), prompt_loss_weight)
         && !(0.0..=1.0).contains(&prompt_loss_weight)
@@ -442,6 +458,7 @@ fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperpara
         decay_fraction: schedule_params.decay_fraction,
         decay_shape: schedule_params.decay_shape,
         prompt_loss_weight,
+        zo_epsilon,
     }
 }
 

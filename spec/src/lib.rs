@@ -17,8 +17,8 @@ mod stored;
 
 pub use check::{FieldViolation, MAX_MIN_MEMORY_BYTES, MAX_TARGET_MODULES, is_label_key};
 pub use job::{
-    DEFAULT_DECAY_FRACTION, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_LR_RATIO, Hyperparameters, JobSpec,
-    LoraParams, Method, SPEC_VERSION, default_alpha,
+    DEFAULT_DECAY_FRACTION, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_LR_RATIO, DEFAULT_ZO_EPSILON,
+    Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION, default_alpha,
 };
 pub use names::{DecayShape, Device, LoraInit, MethodKind, Optimizer, Schedule, Task};
 pub use plan::{ClassInit, Plan};

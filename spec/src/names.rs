@@ -126,6 +126,9 @@ named! {
         Dog = "dog",
         /// D-Adaptation Adam (Defazio & Mishchenko, 2023): learning-rate free.
         DAdaptAdam = "dadapt_adam",
+        /// MeZO (Malladi et al., 2023): zeroth-order SGD from two forward passes per step,
+        /// no backward pass.
+        Mezo = "mezo",
     }
 }
 
@@ -133,7 +136,7 @@ impl Optimizer {
     /// Whether the optimizer adapts its own step size, so `learning_rate` only scales it.
     pub fn is_learning_rate_free(self) -> bool {
         match self {
-            Optimizer::AdamW | Optimizer::Lion | Optimizer::Adafactor => false,
+            Optimizer::AdamW | Optimizer::Lion | Optimizer::Adafactor | Optimizer::Mezo => false,
             Optimizer::Dog | Optimizer::DAdaptAdam => true,
         }
     }

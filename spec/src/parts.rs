@@ -99,6 +99,16 @@ pub struct Hyperparameters {
     /// Weight of prompt (non-completion) tokens in the training loss; 0 = completion only.
     #[serde(default)]
     pub prompt_loss_weight: f64,
+    /// MeZO's perturbation scale ε.
+    #[serde(default = "default_zo_epsilon")]
+    pub zo_epsilon: f64,
+}
+
+/// MeZO's ε when the spec names none (the paper's value).
+pub const DEFAULT_ZO_EPSILON: f64 = 1e-3;
+
+fn default_zo_epsilon() -> f64 {
+    DEFAULT_ZO_EPSILON
 }
 
 fn default_optimizer() -> Optimizer {

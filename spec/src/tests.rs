@@ -370,6 +370,21 @@ fn inconsistent_optimizer_and_schedule_settings_are_refused_naming_the_field() {
         ),
         (
             pb::Hyperparameters {
+                zo_epsilon: Some(1e-3),
+                ..Default::default()
+            },
+            "spec.hyperparameters.zo_epsilon",
+        ),
+        (
+            pb::Hyperparameters {
+                optimizer: "mezo".into(),
+                zo_epsilon: Some(0.0),
+                ..Default::default()
+            },
+            "spec.hyperparameters.zo_epsilon",
+        ),
+        (
+            pb::Hyperparameters {
                 prompt_loss_weight: Some(1.5),
                 ..Default::default()
             },

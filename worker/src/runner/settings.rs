@@ -4,14 +4,14 @@
 use std::path::Path;
 
 use tuna_proto::v1 as pb;
-use tuna_spec::{DecayShape, JobSpec, LoraParams, Optimizer, Schedule};
+use tuna_spec::{DecayShape, Hyperparameters, JobSpec, LoraParams, Optimizer, Schedule};
 
 use super::{RunError, system, user};
 use crate::engine::adapters::{AdapterConfig, LoraInit, TargetModules};
 use crate::engine::data::{Format, Record, jsonl};
 use crate::engine::optim::{
-    self, AdafactorConfig, AdamWConfig, DAdaptConfig, DogConfig, LionConfig, OptimizerConfig,
-    ScheduleKind,
+    self, AdafactorConfig, AdamWConfig, DAdaptConfig, DogConfig, LionConfig, MezoConfig,
+    OptimizerConfig, ScheduleKind,
 };
 use crate::engine::trainer::TrainConfig;
 
@@ -45,7 +45,7 @@ pub(super) fn train_config(spec: &JobSpec, total: u64) -> TrainConfig {
                 Schedule::InverseSqrt => ScheduleKind::InverseSqrt,
             },
         },
-        optimizer: optimizer_config(h.optimizer, h.weight_decay),
+        optimizer: optimizer_config(h),
         max_grad_norm: Some(h.max_grad_norm).filter(|n| *n > 0.0),
         loraplus_ratio: spec
             .method
@@ -59,8 +59,9 @@ pub(super) fn train_config(spec: &JobSpec, total: u64) -> TrainConfig {
 }
 
 /// The optimizer with the spec's weight decay and each algorithm's published defaults.
-fn optimizer_config(optimizer: Optimizer, weight_decay: f64) -> OptimizerConfig {
-    match optimizer {
+fn optimizer_config(h: &Hyperparameters) -> OptimizerConfig {
+    let weight_decay = h.weight_decay;
+    match h.optimizer {
         Optimizer::AdamW => OptimizerConfig::AdamW(AdamWConfig {
             weight_decay,
             ..Default::default()
@@ -80,6 +81,10 @@ fn optimizer_config(optimizer: Optimizer, weight_decay: f64) -> OptimizerConfig 
         Optimizer::DAdaptAdam => OptimizerConfig::DAdaptAdam(DAdaptConfig {
             weight_decay,
             ..Default::default()
+        }),
+        Optimizer::Mezo => OptimizerConfig::Mezo(MezoConfig {
+            epsilon: h.zo_epsilon,
+            weight_decay,
         }),
     }
 }

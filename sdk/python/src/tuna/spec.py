@@ -203,7 +203,8 @@ class Hyperparameters:
         eval_every: evaluate every N steps, 0 = only at the end [0].
         checkpoint_every: checkpoint every N steps, 0 = never [100].
         max_grad_norm: global-norm clipping, > 0 [1.0].
-        optimizer: ``adamw`` [default], ``lion``, ``adafactor``, ``dog`` or ``dadapt_adam``.
+        optimizer: ``adamw`` [default], ``lion``, ``adafactor``, ``dog``, ``dadapt_adam`` or
+            ``mezo`` (zeroth order: two forward passes per step, no backward).
         auto_learning_rate: the optimizer chooses the step size (``dog`` unless
             ``dadapt_adam`` is named); each step's reported lr is the step it chose [False].
         min_lr_ratio: final lr over the peak for ``cosine_with_min_lr`` [0.1] and ``wsd`` [0].
@@ -211,6 +212,7 @@ class Hyperparameters:
         decay_shape: ``wsd``'s decay: ``linear``, ``cosine`` or ``1-sqrt`` [default].
         prompt_loss_weight: weight of prompt tokens in the loss, in [0, 1]; 0 trains on the
             completion only, 1 on the whole sequence [0].
+        zo_epsilon: ``mezo``'s perturbation scale, in (0, 1] [1e-3].
     """
 
     learning_rate: float | None = None
@@ -229,12 +231,13 @@ class Hyperparameters:
     eval_every: int | None = None
     checkpoint_every: int | None = None
     max_grad_norm: float | None = None
-    optimizer: Literal["adamw", "lion", "adafactor", "dog", "dadapt_adam"] | None = None
+    optimizer: Literal["adamw", "lion", "adafactor", "dog", "dadapt_adam", "mezo"] | None = None
     auto_learning_rate: bool | None = None
     min_lr_ratio: float | None = None
     decay_fraction: float | None = None
     decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = None
     prompt_loss_weight: float | None = None
+    zo_epsilon: float | None = None
 
     _FLOATS: ClassVar[frozenset[str]] = frozenset(
         {
@@ -244,6 +247,7 @@ class Hyperparameters:
             "min_lr_ratio",
             "decay_fraction",
             "prompt_loss_weight",
+            "zo_epsilon",
         }
     )
 

@@ -168,7 +168,7 @@ impl AdaptedLinear {
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         match &self.ia3 {
             Some(ia3) if self.unmerged.is_none() => {
-                let l = ia3.l.as_tensor().flatten_all()?.to_dtype(x.dtype())?;
+                let l = mode.read(&ia3.l).flatten_all()?.to_dtype(x.dtype())?;
                 if ia3.on_input {
                     self.forward_inner(&x.broadcast_mul(&l)?, mode)
                 } else {
@@ -185,6 +185,7 @@ impl AdaptedLinear {
             _ => return add_bias(matmul_t(x, &self.weight)?, self.bias.as_ref()),
         };
         let wd = lora.a.dtype();
+        let (a, b) = (mode.read(&lora.a), mode.read(&lora.b));
         let dropped = match mode.dropout_stream(&lora.key, lora.dropout) {
             Some(rng) => Some(dropout::apply(x, lora.dropout, rng)?),
             None => None,
@@ -200,13 +201,7 @@ impl AdaptedLinear {
             let dims = x.dims().to_vec();
             let in_f = dims.last().copied().unwrap_or(0);
             let x2 = x.reshape((x.elem_count() / in_f.max(1), in_f))?;
-            let y = kernels::lora_linear(
-                &x2,
-                &self.weight,
-                lora.a.as_tensor(),
-                lora.b.as_tensor(),
-                lora.scale,
-            )?;
+            let y = kernels::lora_linear(&x2, &self.weight, &a, &b, lora.scale)?;
             let mut out = dims;
             if let Some(last) = out.last_mut() {
                 *last = y.dim(1)?;
@@ -215,8 +210,7 @@ impl AdaptedLinear {
         }
         let base = matmul_t(x, &self.weight)?;
         let xa = dropped.as_ref().unwrap_or(x).to_dtype(wd)?;
-        let delta =
-            (matmul_t(&matmul_t(&xa, lora.a.as_tensor())?, lora.b.as_tensor())? * lora.scale)?;
+        let delta = (matmul_t(&matmul_t(&xa, &a)?, &b)? * lora.scale)?;
         let update = match &lora.magnitude {
             None => delta,
             Some(m) => {
@@ -224,7 +218,7 @@ impl AdaptedLinear {
                 // detached (DoRA paper §4.3). With dropout, x Wᵀ uses the dropped input too.
                 let w = self.weight.to_dtype(wd)?;
                 let norm = row_norm(&(w.clone() + lora.delta_weight()?)?)?.detach();
-                let mag = m.as_tensor().broadcast_div(&norm)?;
+                let mag = mode.read(m).broadcast_div(&norm)?;
                 let base_x = match &dropped {
                     Some(_) => matmul_t(&xa, &w)?,
                     None => base.to_dtype(wd)?,

@@ -61,17 +61,31 @@ pub enum Mode {
         seed: u64,
         pass: u64,
     },
+    /// A training pass that is never differentiated (zeroth-order training): dropout as in
+    /// `Train`, but adapter weights are read detached, so candle records no graph and the
+    /// pass needs inference memory only.
+    Probe {
+        seed: u64,
+        pass: u64,
+    },
 }
 
 impl Mode {
     /// The dropout stream for one module in this pass, or `None` when dropout is off.
     pub fn dropout_stream(&self, key: &str, p: f32) -> Option<ChaCha8Rng> {
         match self {
-            Mode::Train { seed, pass } if p > 0.0 => Some(crate::engine::rng::stream(
-                *seed,
-                &format!("dropout/{pass}/{key}"),
-            )),
-            _ => None,
+            Mode::Train { seed, pass } | Mode::Probe { seed, pass } if p > 0.0 => Some(
+                crate::engine::rng::stream(*seed, &format!("dropout/{pass}/{key}")),
+            ),
+            Mode::Train { .. } | Mode::Probe { .. } | Mode::Eval => None,
+        }
+    }
+
+    /// An adapter weight as this pass reads it: tracked for autograd, detached for a probe.
+    pub fn read(&self, var: &candle_core::Var) -> candle_core::Tensor {
+        match self {
+            Mode::Eval | Mode::Train { .. } => var.as_tensor().clone(),
+            Mode::Probe { .. } => var.as_detached_tensor(),
         }
     }
 }

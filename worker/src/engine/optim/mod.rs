@@ -12,6 +12,7 @@ pub mod dadapt;
 pub mod dog;
 pub mod grads;
 pub mod lion;
+pub mod mezo;
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,7 @@ pub use dadapt::{DAdaptAdam, DAdaptConfig};
 pub use dog::{Dog, DogConfig};
 pub use grads::Grads;
 pub use lion::{Lion, LionConfig};
+pub use mezo::{Mezo, MezoConfig, MezoStep};
 pub use schedule::{DecayShape, Schedule, ScheduleKind};
 
 /// Optimizer failures: tensor errors and state files that do not fit the parameters.
@@ -51,6 +53,8 @@ pub enum OptimizerConfig {
     Adafactor(AdafactorConfig),
     Dog(DogConfig),
     DAdaptAdam(DAdaptConfig),
+    /// Zeroth order: the trainer steps it with losses instead of gradients ([`Mezo`]).
+    Mezo(MezoConfig),
 }
 
 impl Default for OptimizerConfig {
@@ -179,6 +183,11 @@ impl Optimizer {
             OptimizerConfig::Adafactor(c) => Algo::Adafactor(Adafactor::new(vars, c)?),
             OptimizerConfig::Dog(c) => Algo::Dog(Dog::new(vars, c)?),
             OptimizerConfig::DAdaptAdam(c) => Algo::DAdaptAdam(DAdaptAdam::new(vars, c)?),
+            OptimizerConfig::Mezo(_) => {
+                return Err(OptimError::State(
+                    "mezo steps from losses, not gradients: the trainer runs it".into(),
+                ));
+            }
         };
         Ok(Self {
             params: Params {
@@ -220,64 +229,79 @@ impl Optimizer {
         with_algo!(&self.algo, a => of(a))
     }
 
-    /// Writes the state as safetensors: the algorithm, the step count and the scalars (as
-    /// bit patterns, so they read back exactly) in the metadata.
+    /// Writes the state (see [`write_state`]).
     pub fn save(&self, path: &Path) -> Result<(), OptimError> {
         let (tensors, scalars) = with_algo!(&self.algo, a => (a.tensors(), a.scalars()));
-        let mut meta = HashMap::from([
-            ("format".to_string(), self.format().to_string()),
-            ("step".to_string(), self.step.to_string()),
-        ]);
-        for (k, v) in scalars {
-            meta.insert(format!("scalar.{k}"), format!("{:016x}", v.to_bits()));
-        }
-        safetensors::tensor::serialize_to_file(&tensors, Some(meta), path).map_err(|e| {
-            OptimError::Io {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })
+        write_state(path, self.format(), self.step, &tensors, &scalars)
     }
 
     /// Reads a state written by [`Self::save`] for the same algorithm and parameters.
     pub fn load(&mut self, path: &Path, device: &Device) -> Result<(), OptimError> {
-        let io = |reason: String| OptimError::Io {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let bytes = std::fs::read(path).map_err(|e| io(e.to_string()))?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(e.to_string()))?;
-        let empty = HashMap::new();
-        let meta = header.metadata().as_ref().unwrap_or(&empty);
-        let format = meta.get("format").map(String::as_str).unwrap_or("");
-        if format != self.format() {
-            return Err(OptimError::State(format!(
-                "the checkpoint's optimizer state is `{format}`, this run uses `{}`",
-                self.format()
-            )));
-        }
-        let step = meta
-            .get("step")
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| io("no `step` in metadata".into()))?;
-        let mut scalars = BTreeMap::new();
-        for (k, v) in meta {
-            if let Some(name) = k.strip_prefix("scalar.") {
-                let bits = u64::from_str_radix(v, 16)
-                    .map_err(|_| io(format!("scalar `{name}` is not a bit pattern")))?;
-                scalars.insert(name.to_string(), f64::from_bits(bits));
-            }
-        }
-        let state = SavedState {
-            tensors: candle_core::safetensors::load_buffer(&bytes, device)?,
-            scalars,
-        };
+        let (step, state) = read_state(path, self.format(), device)?;
         let params = &self.params;
         with_algo!(&mut self.algo, a => a.restore(params, &state))?;
         self.step = step;
         Ok(())
     }
+}
+
+/// Writes an optimizer state as safetensors: the algorithm's `format`, the step count and the
+/// scalars (as bit patterns, so they read back exactly) in the metadata.
+pub(crate) fn write_state(
+    path: &Path,
+    format: &str,
+    step: u64,
+    tensors: &BTreeMap<String, Tensor>,
+    scalars: &BTreeMap<String, f64>,
+) -> Result<(), OptimError> {
+    let mut meta = HashMap::from([
+        ("format".to_string(), format.to_string()),
+        ("step".to_string(), step.to_string()),
+    ]);
+    for (k, v) in scalars {
+        meta.insert(format!("scalar.{k}"), format!("{:016x}", v.to_bits()));
+    }
+    safetensors::tensor::serialize_to_file(tensors, Some(meta), path).map_err(|e| OptimError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a state written by [`write_state`], refusing one of another `format`.
+pub(crate) fn read_state(
+    path: &Path,
+    format: &str,
+    device: &Device,
+) -> Result<(u64, SavedState), OptimError> {
+    let io = |reason: String| OptimError::Io {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| io(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(e.to_string()))?;
+    let empty = HashMap::new();
+    let meta = header.metadata().as_ref().unwrap_or(&empty);
+    let found = meta.get("format").map(String::as_str).unwrap_or("");
+    if found != format {
+        return Err(OptimError::State(format!(
+            "the checkpoint's optimizer state is `{found}`, this run uses `{format}`"
+        )));
+    }
+    let step = meta
+        .get("step")
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| io("no `step` in metadata".into()))?;
+    let mut scalars = BTreeMap::new();
+    for (k, v) in meta {
+        if let Some(name) = k.strip_prefix("scalar.") {
+            let bits = u64::from_str_radix(v, 16)
+                .map_err(|_| io(format!("scalar `{name}` is not a bit pattern")))?;
+            scalars.insert(name.to_string(), f64::from_bits(bits));
+        }
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    Ok((step, SavedState { tensors, scalars }))
 }
 
 /// `Σ x²` of a tensor, in f64.

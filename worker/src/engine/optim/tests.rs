@@ -482,3 +482,75 @@ fn lr_scale_applies_per_parameter() {
         assert!((b / a - 16.0).abs() < 1e-4, "{config:?}: {a} {b}");
     }
 }
+
+#[test]
+fn mezo_matches_the_algorithm_by_hand() {
+    // Malladi et al. (2023), Algorithm 1 on the quadratic: z from the seeded stream of
+    // (seed, step, parameter), L± at θ ± εz, θ ← θ(1 - lr·λ) - lr·(L₊ - L₋)/(2ε)·z.
+    use crate::engine::rng;
+    let (seed, eps, wd) = (7u64, 1e-3, 0.01);
+    let f = |w: &[f64]| -> f64 {
+        w.iter()
+            .zip(CURV.iter().zip(TARGET))
+            .map(|(w, (c, t))| 0.5 * c * (w - t) * (w - t))
+            .sum()
+    };
+    let v = vars(&START);
+    let mezo = Mezo::new(
+        MezoConfig {
+            epsilon: eps,
+            weight_decay: wd,
+        },
+        seed,
+    );
+    let mut w = START.to_vec();
+    let lrs = [0.1, 0.1, 0.05];
+    for (step, lr) in lrs.iter().enumerate() {
+        let mut seen = Vec::new();
+        let mut loss = || -> Result<f64, OptimError> {
+            let cur = values(&v);
+            seen.push(cur.clone());
+            Ok(f(&cur))
+        };
+        let got = mezo.step(&v["w"].clone().into_map(), step as u64, *lr, &mut loss);
+        let got = got.unwrap();
+        let mut g = rng::stream(seed, &format!("mezo/{step}/w"));
+        let z: Vec<f64> = (0..2).map(|_| rng::normal(&mut g)).collect();
+        let plus: Vec<f64> = (0..2).map(|i| w[i] + eps * z[i]).collect();
+        let minus: Vec<f64> = (0..2).map(|i| w[i] - eps * z[i]).collect();
+        // The closure saw exactly θ + εz, then θ − εz.
+        for i in 0..2 {
+            assert!((seen[0][i] - plus[i]).abs() < 1e-12 && (seen[1][i] - minus[i]).abs() < 1e-12);
+        }
+        let pg = (f(&plus) - f(&minus)) / (2.0 * eps);
+        assert!(
+            (got.projected_grad - pg).abs() < 1e-6,
+            "{} vs {pg}",
+            got.projected_grad
+        );
+        for i in 0..2 {
+            w[i] = w[i] * (1.0 - lr * wd) - lr * pg * z[i];
+        }
+        let now = values(&v);
+        for i in 0..2 {
+            assert!(
+                (now[i] - w[i]).abs() <= TOL,
+                "step {step}: {} vs {}",
+                now[i],
+                w[i]
+            );
+        }
+    }
+    assert!(f(&values(&v)) < f(&START), "three steps lower the loss");
+}
+
+/// One parameter as the map the optimizers take.
+trait IntoMap {
+    fn into_map(self) -> BTreeMap<String, Var>;
+}
+
+impl IntoMap for Var {
+    fn into_map(self) -> BTreeMap<String, Var> {
+        BTreeMap::from([("w".to_string(), self)])
+    }
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::{Objective, TrainError, Trainer};
+use super::{Objective, Rule, TrainError, Trainer};
 use crate::engine::data::Cursor;
 
 pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
@@ -41,7 +41,10 @@ impl<O: Objective> Trainer<O> {
             &dir.join(ADAPTER_FILE),
         )
         .map_err(|e| fail(e.to_string()))?;
-        self.optimizer.save(&dir.join(OPTIMIZER_FILE))?;
+        match &self.rule {
+            Rule::Gradient(o) => o.save(&dir.join(OPTIMIZER_FILE))?,
+            Rule::ZerothOrder(m) => m.save(&dir.join(OPTIMIZER_FILE), self.step)?,
+        }
         let state = TrainerState {
             step: self.step,
             cursor: self.train.cursor(),
@@ -73,7 +76,12 @@ impl<O: Objective> Trainer<O> {
         let bytes = std::fs::read(dir.join(ADAPTER_FILE)).map_err(|e| fail(e.to_string()))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
         self.objective.load_tensors(&tensors)?;
-        self.optimizer.load(&dir.join(OPTIMIZER_FILE), &device)?;
+        match &mut self.rule {
+            Rule::Gradient(o) => o.load(&dir.join(OPTIMIZER_FILE), &device)?,
+            Rule::ZerothOrder(m) => {
+                m.load(&dir.join(OPTIMIZER_FILE), &device)?;
+            }
+        }
         self.train.seek(state.cursor);
         self.step = state.step;
         Ok(())

@@ -26,7 +26,7 @@ use crate::engine::adapters::{AdapterError, AdapterSet, Mode};
 use crate::engine::data::{DataError, Loader};
 use crate::engine::model::bert::{Bert, ClassifierHead};
 use crate::engine::model::{CausalLm, ModelError};
-use crate::engine::optim::{Grads, OptimError, Optimizer, OptimizerConfig, Schedule};
+use crate::engine::optim::{Grads, Mezo, OptimError, Optimizer, OptimizerConfig, Schedule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -139,10 +139,16 @@ pub enum Outcome {
     },
 }
 
+/// How parameters are updated: from gradients, or from two losses (zeroth order).
+enum Rule {
+    Gradient(Optimizer),
+    ZerothOrder(Mezo),
+}
+
 /// The training loop over an [`Objective`].
 pub struct Trainer<O: Objective> {
     objective: O,
-    optimizer: Optimizer,
+    rule: Rule,
     train: Loader<O::Example>,
     eval: Option<Loader<O::Example>>,
     config: TrainConfig,
@@ -186,13 +192,19 @@ impl<O: Objective> Trainer<O> {
         eval: Option<Loader<O::Example>>,
         config: TrainConfig,
     ) -> Result<Self, TrainError> {
-        let mut optimizer = Optimizer::new(objective.vars(), config.optimizer)?;
-        if let Some(ratio) = config.loraplus_ratio {
-            optimizer.set_lr_scale(|n| n.ends_with("lora_B.weight"), ratio);
-        }
+        let rule = match config.optimizer {
+            OptimizerConfig::Mezo(c) => Rule::ZerothOrder(Mezo::new(c, config.seed)),
+            other => {
+                let mut optimizer = Optimizer::new(objective.vars(), other)?;
+                if let Some(ratio) = config.loraplus_ratio {
+                    optimizer.set_lr_scale(|n| n.ends_with("lora_B.weight"), ratio);
+                }
+                Rule::Gradient(optimizer)
+            }
+        };
         Ok(Self {
             objective,
-            optimizer,
+            rule,
             train,
             eval,
             config,
@@ -296,32 +308,62 @@ impl<O: Objective> Trainer<O> {
         // matter how targets fall into micro-batches.
         let targets: f64 = batches.iter().map(O::targets).sum();
         let denom = if targets > 0.0 { targets } else { 1.0 };
-        let mut grads = Grads::default();
-        let mut loss_total = 0.0;
-        let mut tokens = 0;
-        for (i, batch) in batches.iter().enumerate() {
-            let mode = Mode::Train {
-                seed: self.config.seed,
-                pass: self.step * accum as u64 + i as u64,
-            };
-            let pass = self.objective.loss_and_grads(batch, &mode, 1.0 / denom)?;
-            loss_total += pass.loss;
-            tokens += O::tokens(batch);
-            grads.accumulate(pass.grads)?;
-        }
-        if !loss_total.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: self.step,
-                loss: loss_total,
-            });
-        }
-        let grad_norm = match self.config.max_grad_norm {
-            Some(max) => grads.clip(max)?,
-            None => grads.global_norm()?,
+        let tokens: usize = batches.iter().map(O::tokens).sum();
+        let scheduled = self.config.schedule.lr_at(self.step);
+        let (loss_total, grad_norm, lr) = match &mut self.rule {
+            Rule::Gradient(optimizer) => {
+                let mut grads = Grads::default();
+                let mut loss_total = 0.0;
+                for (i, batch) in batches.iter().enumerate() {
+                    let mode = Mode::Train {
+                        seed: self.config.seed,
+                        pass: self.step * accum as u64 + i as u64,
+                    };
+                    let pass = self.objective.loss_and_grads(batch, &mode, 1.0 / denom)?;
+                    loss_total += pass.loss;
+                    grads.accumulate(pass.grads)?;
+                }
+                if !loss_total.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: self.step,
+                        loss: loss_total,
+                    });
+                }
+                let grad_norm = match self.config.max_grad_norm {
+                    Some(max) => grads.clip(max)?,
+                    None => grads.global_norm()?,
+                };
+                let lr = optimizer.step(&grads, scheduled)?;
+                (loss_total, grad_norm, lr)
+            }
+            Rule::ZerothOrder(mezo) => {
+                // Both perturbed passes see the same dropout masks (the same pass numbers);
+                // probes record no autograd graph.
+                let (objective, seed, step) = (&self.objective, self.config.seed, self.step);
+                let mut loss = || -> Result<f64, OptimError> {
+                    let mut total = 0.0;
+                    for (i, batch) in batches.iter().enumerate() {
+                        let mode = Mode::Probe {
+                            seed,
+                            pass: step * accum as u64 + i as u64,
+                        };
+                        total += objective
+                            .loss(batch, &mode, 1.0 / denom)
+                            .map_err(|e| OptimError::State(e.to_string()))?;
+                    }
+                    Ok(total)
+                };
+                let m = mezo.step(self.objective.vars(), self.step, scheduled, &mut loss)?;
+                if !m.loss.is_finite() || !m.projected_grad.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: self.step,
+                        loss: m.loss,
+                    });
+                }
+                // No gradient exists; the directional derivative's size stands in for it.
+                (m.loss, m.projected_grad.abs(), scheduled)
+            }
         };
-        let lr = self
-            .optimizer
-            .step(&grads, self.config.schedule.lr_at(self.step))?;
         self.step += 1;
         let secs = started.elapsed().as_secs_f64();
         Ok(StepMetrics {

@@ -54,6 +54,13 @@ pub trait Objective {
         mode: &Mode,
         scale: f64,
     ) -> Result<Pass, TrainError>;
+    /// `scale · Σ loss` of `batch`, forward only (zeroth-order training).
+    fn loss(
+        &self,
+        batch: &<Self::Example as Batchable>::Batch,
+        mode: &Mode,
+        scale: f64,
+    ) -> Result<f64, TrainError>;
     /// Mean loss (and accuracy) over `batches`, without dropout.
     fn evaluate(
         &self,
@@ -92,6 +99,16 @@ impl<M: CausalLm> Objective for CausalLmObjective<'_, M> {
 
     fn loss_and_grads(&self, batch: &Batch, mode: &Mode, scale: f64) -> Result<Pass, TrainError> {
         loss_and_grads(self.model, self.adapters, batch, mode, scale)
+    }
+
+    fn loss(&self, batch: &Batch, mode: &Mode, scale: f64) -> Result<f64, TrainError> {
+        crate::engine::pool::install(|| {
+            let nll = self
+                .model
+                .masked_nll_sum_flat(&batch.input_ids, &batch.labels, &batch.mask, mode)?
+                .detach();
+            Ok(nll.to_dtype(DType::F64)?.to_scalar::<f64>()? * scale)
+        })
     }
 
     fn evaluate(&self, batches: &[Batch]) -> Result<EvalSums, TrainError> {
@@ -234,6 +251,11 @@ impl Objective for ClassificationObjective<'_> {
         let started = Instant::now();
         let (nll, _) = self.nll(batch, mode)?;
         autograd_pass(&(nll.sum_all()? * scale)?, &self.vars, started)
+    }
+
+    fn loss(&self, batch: &ClassBatch, mode: &Mode, scale: f64) -> Result<f64, TrainError> {
+        let (nll, _) = self.nll(batch, mode)?;
+        Ok(nll.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? * scale)
     }
 
     fn evaluate(&self, batches: &[ClassBatch]) -> Result<EvalSums, TrainError> {
