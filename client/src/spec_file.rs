@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 
 use crate::ClientError;
 
@@ -52,6 +52,22 @@ pub fn parse<T: prost::Message + Default>(
         }
     })?;
     dynamic.transcode_to::<T>().map_err(|e| e.to_string())
+}
+
+/// `msg` (the message named `message`) in the same JSON mapping, with the .proto field names:
+/// what `--output json` prints, so it reads back as a spec file.
+pub fn to_json<T: prost::Message>(msg: &T, message: &str) -> Result<serde_json::Value, String> {
+    let pool = DescriptorPool::decode(tuna_proto::v1::FILE_DESCRIPTOR_SET)
+        .map_err(|e| format!("API descriptors: {e}"))?;
+    let desc = pool
+        .get_message_by_name(message)
+        .ok_or_else(|| format!("unknown message {message}"))?;
+    let dynamic =
+        DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -131,6 +147,27 @@ max_steps = 12
         )
         .unwrap();
         assert_eq!(sweep.max_trials, Some(8));
+        let autopeft: pb::SweepSpec = parse(
+            include_str!("../../examples/autopeft-sweep.toml"),
+            true,
+            "tuna.v1.SweepSpec",
+        )
+        .unwrap();
+        assert_eq!(autopeft.parameters.len(), 5);
+    }
+
+    #[test]
+    fn a_message_printed_as_json_parses_back() {
+        let job: pb::JobSpec = parse(
+            include_str!("../../examples/job.json"),
+            false,
+            "tuna.v1.JobSpec",
+        )
+        .unwrap();
+        let json = to_json(&job, "tuna.v1.JobSpec").unwrap();
+        assert!(json["hyperparameters"].is_object(), "{json}");
+        let back: pb::JobSpec = parse(&json.to_string(), false, "tuna.v1.JobSpec").unwrap();
+        assert_eq!(back, job);
     }
 
     #[test]

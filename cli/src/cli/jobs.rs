@@ -94,6 +94,21 @@ pub struct CreateArgs {
     target_modules: Vec<String>,
     #[arg(long)]
     learning_rate: Option<f64>,
+    /// adamw (default), lion, adafactor, dog, dadapt_adam or mezo.
+    #[arg(long, default_value = "")]
+    optimizer: String,
+    /// Let a learning-rate-free optimizer choose the step size (dog unless --optimizer
+    /// dadapt_adam); leave --learning-rate unset.
+    #[arg(long)]
+    auto_learning_rate: bool,
+    /// cosine (default), linear, constant, cosine_with_min_lr, wsd or inverse_sqrt.
+    #[arg(long, default_value = "")]
+    schedule: String,
+    #[arg(long)]
+    warmup_steps: Option<i64>,
+    /// Weight of prompt tokens in the loss, 0 (default, completion only) to 1.
+    #[arg(long)]
+    prompt_loss_weight: Option<f64>,
     #[arg(long)]
     epochs: Option<i32>,
     #[arg(long)]
@@ -160,6 +175,11 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
         }),
         hyperparameters: Some(pb::Hyperparameters {
             learning_rate: a.learning_rate,
+            optimizer: a.optimizer.clone(),
+            auto_learning_rate: a.auto_learning_rate,
+            schedule: a.schedule.clone(),
+            warmup_steps: a.warmup_steps,
+            prompt_loss_weight: a.prompt_loss_weight,
             epochs: a.epochs,
             max_steps: a.max_steps,
             batch_size: a.batch_size,

@@ -83,6 +83,11 @@ pub fn job_json(j: &pb::Job) -> Value {
         "sweep_id": j.sweep_id,
         "last_seq": j.last_seq,
         "request_id": j.request_id,
+        // The whole spec with every default explicit, as a spec file would write it.
+        "spec": j
+            .spec
+            .as_ref()
+            .and_then(|s| tuna_client::spec_file::to_json(s, "tuna.v1.JobSpec").ok()),
     })
 }
 
