@@ -77,6 +77,72 @@ mod cases {
         );
     }
 
+    /// An ASHA promotion with a WSD schedule resumes from the last checkpoint of the previous
+    /// run's stable phase (its decay is redone at the longer budget); with a schedule whose
+    /// every step depends on the total it resumes from the previous run's latest checkpoint.
+    pub async fn a_wsd_promotion_resumes_from_the_previous_runs_stable_phase(store: S, _clock: C) {
+        use tuna_server::domain::spec::JobSpec;
+        use tuna_server::store::NewJob;
+        let spec = |schedule: &str, steps: i64| {
+            let mut p = super::support::proto_spec(0, 3);
+            p.hyperparameters = Some(tuna_proto::v1::Hyperparameters {
+                schedule: schedule.into(),
+                max_steps: Some(steps),
+                checkpoint_every: Some(steps),
+                decay_fraction: (schedule == "wsd").then_some(0.25),
+                ..Default::default()
+            });
+            JobSpec::from_proto(Some(&p)).unwrap()
+        };
+        let w = worker(&store, "w").await;
+        for (schedule, want) in [("wsd", 6), ("cosine", 8)] {
+            // The rung run: 8 steps, checkpoints at 6 (WSD's stable end) and 8.
+            let (first, _) = store
+                .create_job(NewJob {
+                    spec: spec(schedule, 8),
+                    ..super::support::new_job(0, 3)
+                })
+                .await
+                .unwrap();
+            let lease = store.claim_job(&w).await.unwrap().unwrap();
+            assert_eq!(lease.job.id, first.id);
+            let f = fence(&lease.job.id, &lease.lease_token);
+            for step in [6, 8] {
+                store
+                    .insert_artifact(
+                        f,
+                        &NewArtifact {
+                            id: format!("art_{schedule:0>8}{step:0>24}"),
+                            kind: ArtifactKind::Checkpoint,
+                            step,
+                            name: format!("step-{step}"),
+                            size_bytes: 1,
+                            sha256: "0".repeat(64),
+                            blob_key: format!("artifacts/{schedule}/{step}"),
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+            store.complete_job(f, Outcome::Succeeded).await.unwrap();
+            // The promotion: 16 steps, continuing the rung run.
+            store
+                .create_job(NewJob {
+                    spec: spec(schedule, 16),
+                    resume_from_job: Some(first.id.clone()),
+                    ..super::support::new_job(0, 3)
+                })
+                .await
+                .unwrap();
+            let lease = store.claim_job(&w).await.unwrap().unwrap();
+            let from = lease.resume_from.expect("a checkpoint to resume from");
+            assert_eq!(from.job_id, first.id);
+            assert_eq!(from.step, want, "{schedule}");
+            let f = fence(&lease.job.id, &lease.lease_token);
+            store.complete_job(f, Outcome::Succeeded).await.unwrap();
+        }
+    }
+
     pub async fn expired_lease_is_reclaimed_with_attempt_plus_one(store: S, clock: C) {
         let (job, _) = store.create_job(new_job(0, 3)).await.unwrap();
         let w1 = worker(&store, "w1").await;
@@ -830,6 +896,7 @@ macro_rules! conformance {
 
 conformance!(
     concurrent_acquirers_never_get_the_same_job,
+    a_wsd_promotion_resumes_from_the_previous_runs_stable_phase,
     expired_lease_is_reclaimed_with_attempt_plus_one,
     stale_lease_token_writes_are_rejected_and_change_nothing,
     cancelled_running_job_tells_its_worker_cancel_on_next_heartbeat,

@@ -9,7 +9,7 @@ use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
 use crate::names::{DecayShape, Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
 pub use crate::parts::{
     DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, DEFAULT_ZO_EPSILON, Hyperparameters, LoraParams,
-    Method,
+    Method, wsd_decay_start,
 };
 use crate::stored::Stored;
 

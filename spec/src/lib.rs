@@ -18,7 +18,7 @@ mod stored;
 pub use check::{FieldViolation, MAX_MIN_MEMORY_BYTES, MAX_TARGET_MODULES, is_label_key};
 pub use job::{
     DEFAULT_DECAY_FRACTION, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_LR_RATIO, DEFAULT_ZO_EPSILON,
-    Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION, default_alpha,
+    Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION, default_alpha, wsd_decay_start,
 };
 pub use names::{DecayShape, Device, LoraInit, MethodKind, Optimizer, Schedule, Task};
 pub use plan::{ClassInit, Plan};

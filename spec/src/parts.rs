@@ -115,6 +115,35 @@ fn default_optimizer() -> Optimizer {
     Optimizer::AdamW
 }
 
+impl Hyperparameters {
+    /// The last step of the stable phase of a run of `total` steps: a checkpoint taken at or
+    /// before it continues identically in a longer run (so a sweep promotion resumes from
+    /// there). `None` where every step's learning rate depends on the total.
+    pub fn stable_until(&self, total: u64) -> Option<u64> {
+        match self.schedule {
+            Schedule::Wsd => Some(wsd_decay_start(
+                total,
+                self.warmup_steps.max(0) as u64,
+                self.decay_fraction,
+            )),
+            Schedule::Constant => Some(total),
+            Schedule::Cosine
+            | Schedule::Linear
+            | Schedule::CosineWithMinLr
+            | Schedule::InverseSqrt => None,
+        }
+    }
+}
+
+/// The first decaying step of a WSD schedule of `total` steps: the last `fraction` of them
+/// (rounded, at least one) decay, never inside the warmup. Shared by the worker's schedule
+/// and the server's choice of checkpoint for a promotion.
+pub fn wsd_decay_start(total: u64, warmup: u64, fraction: f64) -> u64 {
+    // Rounded, not ceiled: 0.2 · 110 is 22.000000000000004 in f64.
+    let decay = ((fraction * total as f64).round() as u64).max(1);
+    total.saturating_sub(decay).max(warmup).min(total)
+}
+
 /// WSD's decay fraction when the spec names none (Hägele et al. use 10-20%).
 pub const DEFAULT_DECAY_FRACTION: f64 = 0.2;
 

@@ -19,6 +19,44 @@ macro_rules! sql_artifacts {
             })
         }
 
+        /// The checkpoint a promoted run (`job`, an ASHA promotion) continues from `previous`:
+        /// with a schedule whose early steps do not depend on the total (WSD, constant), the
+        /// latest one within `previous`'s stable phase, so the longer run continues exactly
+        /// as if it had been planned that long (its decay still ahead); else the latest.
+        async fn promotion_checkpoint(
+            tx: &mut Tx,
+            job: &JobRecord,
+            previous: &str,
+        ) -> Result<Option<ArtifactRecord>> {
+            let h = &job.spec.hyperparameters;
+            let spec: Option<String> = sqlx::query_scalar("SELECT spec FROM jobs WHERE id = $1")
+                .bind(previous)
+                .fetch_optional(&mut **tx)
+                .await?;
+            let prev_total = spec
+                .and_then(|s| serde_json::from_str::<JobSpec>(&s).ok())
+                .filter(|p| p.hyperparameters.schedule == h.schedule)
+                .and_then(|p| p.hyperparameters.max_steps)
+                .map(|s| s.max(1) as u64);
+            let bound = prev_total.and_then(|t| h.stable_until(t));
+            if let Some(bound) = bound {
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    artifact_columns!(),
+                    " FROM artifacts WHERE job_id = $1 AND kind = 'checkpoint' AND step <= $2 \
+                     ORDER BY step DESC, created_at DESC, id DESC LIMIT 1"
+                ))
+                .bind(previous)
+                .bind(i64::try_from(bound).unwrap_or(i64::MAX))
+                .fetch_optional(&mut **tx)
+                .await?;
+                if let Some(row) = row {
+                    return artifact_from_row(&row).map(Some);
+                }
+            }
+            latest_checkpoint(tx, previous).await
+        }
+
         async fn latest_checkpoint(tx: &mut Tx, job_id: &str) -> Result<Option<ArtifactRecord>> {
             let row = sqlx::query(concat!(
                 "SELECT ",

@@ -168,6 +168,7 @@ macro_rules! sql_queue {
             let first_seq = job.last_seq + 1 - events.len() as i64;
             insert_events(&mut tx, &job.id, first_seq, &events, now).await?;
             let resume_from = match resume_job {
+                Some(id) if id != job.id => promotion_checkpoint(&mut tx, &job, &id).await?,
                 Some(id) => latest_checkpoint(&mut tx, &id).await?,
                 None => None,
             };

@@ -75,12 +75,7 @@ impl Schedule {
     }
 
     fn decay_start(&self, decay_fraction: f64) -> u64 {
-        // Rounded, not ceiled: 0.2 · 110 is 22.000000000000004 in f64.
-        let decay = ((decay_fraction * self.total_steps as f64).round() as u64).max(1);
-        self.total_steps
-            .saturating_sub(decay)
-            .max(self.warmup_steps)
-            .min(self.total_steps)
+        tuna_spec::wsd_decay_start(self.total_steps, self.warmup_steps, decay_fraction)
     }
 
     fn factor(&self, step: u64) -> f64 {
