@@ -72,3 +72,33 @@ fn a_learning_rate_free_wsd_job_with_prompt_loss_trains_and_reports_its_step_siz
     let top = lrs.iter().copied().fold(0.0, f64::max);
     assert!(top > 2.0 * lrs[1], "d grows: {lrs:?}");
 }
+
+/// A worker never advertises a device its engine does not train on: `--device cuda` is
+/// refused at start-up with the reason (this build has no CUDA, or the engine runs on the CPU
+/// only), and an unknown device is refused naming the accepted ones.
+#[test]
+fn a_worker_refuses_a_device_it_cannot_train_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    for (device, expect) in [
+        ("cuda", "cuda:0"),
+        ("cuda:1", "cuda:1"),
+        ("tpu", "expected cpu, cuda or cuda:N"),
+    ] {
+        let cache = dir.path().join(format!("cache-{device}"));
+        let out = server.cli(&[
+            "worker",
+            "--device",
+            device,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{device}: the worker started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{device}: {err}");
+        assert!(
+            err.contains("--device cpu") || device == "tpu",
+            "{device}: {err}"
+        );
+    }
+}

@@ -28,7 +28,7 @@ pub struct WorkerArgs {
     /// Name shown in job events (default: the host name).
     #[arg(long)]
     name: Option<String>,
-    /// cpu (cuda needs a build with --features cuda); default cpu.
+    /// cpu (default). cuda / cuda:N are refused until the engine trains on CUDA.
     #[arg(long)]
     device: Option<String>,
     /// Device memory to advertise, in bytes.

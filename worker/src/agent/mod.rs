@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod conn;
+pub mod device;
 mod heartbeat;
 mod metrics;
 mod settle;
@@ -116,13 +117,14 @@ impl Agent {
             config.worker_token.as_deref(),
             config.ca_file.as_deref(),
         )?;
+        let device = device::WorkerDevice::check(&config.device)?;
         let cache = Cache::new(&config.cache_dir)?;
         let mut delay = Duration::from_millis(200);
         loop {
             let req = pb::RegisterWorkerRequest {
                 name: config.name.clone(),
                 capabilities: Some(pb::WorkerCapabilities {
-                    device: config.device.clone(),
+                    device: device.kind().to_string(),
                     memory_bytes: config.memory_bytes,
                     free_disk_bytes: 0,
                     cached_models: cache.cached_models(),
