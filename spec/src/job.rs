@@ -46,6 +46,11 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 
 const DEFAULT_NUM_VIRTUAL_TOKENS: i32 = 20;
 
+/// LISA's sampled layers and resampling interval when the spec names none (the paper's
+/// defaults for 7B models are γ = 2, K = 20).
+const DEFAULT_LISA_LAYERS: i32 = 2;
+const DEFAULT_LISA_INTERVAL: i64 = 20;
+
 /// LoRA's default alpha for rank `r` (PEFT examples' `2r`).
 pub fn default_alpha(r: i32) -> f64 {
     2.0 * f64::from(r.max(1))
@@ -153,6 +158,13 @@ impl JobSpec {
                 ia3: match m {
                     Method::Ia3 { target_modules } => Some(pb::Ia3Params {
                         target_modules: target_modules.clone().unwrap_or_default(),
+                    }),
+                    _ => None,
+                },
+                lisa: match m {
+                    Method::Lisa { layers, interval } => Some(pb::LisaParams {
+                        layers: Some(*layers),
+                        interval: Some(*interval),
                     }),
                     _ => None,
                 },
@@ -271,6 +283,23 @@ fn method_from_proto(c: &mut Check, method: Option<&pb::Method>) -> Option<Metho
         }
         MethodKind::Bitfit => Method::Bitfit,
         MethodKind::Full => Method::Full,
+        MethodKind::Lisa => {
+            let p = method.lisa.unwrap_or_default();
+            Method::Lisa {
+                layers: c.range_i32(
+                    "spec.method.lisa.layers",
+                    p.layers.unwrap_or(DEFAULT_LISA_LAYERS),
+                    1,
+                    1024,
+                ),
+                interval: c.range_i64(
+                    "spec.method.lisa.interval",
+                    p.interval.unwrap_or(DEFAULT_LISA_INTERVAL),
+                    1,
+                    1_000_000,
+                ),
+            }
+        }
     })
 }
 

@@ -60,6 +60,8 @@ named! {
         PromptTuning = "prompt_tuning",
         Bitfit = "bitfit",
         Full = "full",
+        /// LISA: full fine-tuning of embeddings, head and a few sampled decoder layers.
+        Lisa = "lisa",
     }
 }
 

@@ -39,6 +39,11 @@ pub enum Method {
     },
     Bitfit,
     Full,
+    /// LISA: embeddings, head and `layers` decoder layers drawn every `interval` steps.
+    Lisa {
+        layers: i32,
+        interval: i64,
+    },
 }
 
 impl Method {
@@ -50,6 +55,7 @@ impl Method {
             Method::PromptTuning { .. } => MethodKind::PromptTuning,
             Method::Bitfit => MethodKind::Bitfit,
             Method::Full => MethodKind::Full,
+            Method::Lisa { .. } => MethodKind::Lisa,
         }
     }
 
@@ -57,9 +63,11 @@ impl Method {
     pub fn lora(&self) -> Option<&LoraParams> {
         match self {
             Method::Lora { lora } | Method::Dora { lora } => Some(lora),
-            Method::Ia3 { .. } | Method::PromptTuning { .. } | Method::Bitfit | Method::Full => {
-                None
-            }
+            Method::Ia3 { .. }
+            | Method::PromptTuning { .. }
+            | Method::Bitfit
+            | Method::Full
+            | Method::Lisa { .. } => None,
         }
     }
 }

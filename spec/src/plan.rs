@@ -49,6 +49,15 @@ impl JobSpec {
                 }
             }
         }
+        if matches!(self.method, Method::Lisa { .. })
+            && self.hyperparameters.optimizer == crate::names::Optimizer::Mezo
+        {
+            return Err(FieldViolation::new(
+                "spec.hyperparameters.optimizer",
+                "mezo perturbs every trainable weight at once, which undoes LISA's layer \
+                 sampling; use mezo with method full, or a gradient optimizer with lisa",
+            ));
+        }
         match self.task {
             Task::CausalLm => Ok(Plan::CausalLm {
                 method: &self.method,
@@ -67,7 +76,8 @@ impl JobSpec {
                     Method::Ia3 { .. }
                     | Method::PromptTuning { .. }
                     | Method::Bitfit
-                    | Method::Full => {
+                    | Method::Full
+                    | Method::Lisa { .. } => {
                         return Err(FieldViolation::new(
                             "spec.method.type",
                             format!(

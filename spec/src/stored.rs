@@ -59,7 +59,10 @@ impl Stored {
                         *target_modules = None;
                     }
                 }
-                Method::PromptTuning { .. } | Method::Bitfit | Method::Full => {}
+                Method::PromptTuning { .. }
+                | Method::Bitfit
+                | Method::Full
+                | Method::Lisa { .. } => {}
             }
         }
     }

@@ -400,6 +400,16 @@ fn inconsistent_optimizer_and_schedule_settings_are_refused_naming_the_field() {
     ] {
         assert_eq!(refused(h), [field]);
     }
+    // MeZO would perturb every layer, undoing LISA's sampling.
+    let mut p = with("causal_lm", "lisa", "");
+    p.hyperparameters = Some(pb::Hyperparameters {
+        optimizer: "mezo".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        fields(JobSpec::from_proto(Some(&p)).unwrap_err()),
+        ["spec.hyperparameters.optimizer"]
+    );
     // Classification has no prompt tokens to weigh.
     let mut p = with("classification", "lora", "");
     p.hyperparameters = Some(pb::Hyperparameters {

@@ -89,6 +89,11 @@ fn spec(
                 num_virtual_tokens: Some(2),
             }),
             ia3: None,
+            // One layer at a time, redrawn every step: both steps exercise a draw.
+            lisa: Some(pb::LisaParams {
+                layers: Some(1),
+                interval: Some(1),
+            }),
         }),
         hyperparameters: Some(pb::Hyperparameters {
             learning_rate: Some(1e-2),

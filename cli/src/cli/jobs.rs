@@ -77,7 +77,7 @@ pub struct CreateArgs {
     training_file: String,
     #[arg(long, default_value = "")]
     validation_file: String,
-    /// lora, dora, ia3, prompt_tuning, bitfit or full.
+    /// lora, dora, ia3, prompt_tuning, bitfit, full or lisa.
     #[arg(long, default_value = "lora")]
     method: String,
     /// causal_lm (default) or classification (a BERT-family model and `{"text","label"}` data).

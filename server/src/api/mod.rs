@@ -195,7 +195,8 @@ pub async fn require_method_fits_model(
         | MethodKind::Dora
         | MethodKind::Ia3
         | MethodKind::PromptTuning
-        | MethodKind::Full => return Ok(()),
+        | MethodKind::Full
+        | MethodKind::Lisa => return Ok(()),
     }
     let model = match ctx.store.get_model(&caller.tenant, model_name).await {
         Ok(m) => m,

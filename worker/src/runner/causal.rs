@@ -18,6 +18,7 @@ use crate::engine::export;
 use crate::engine::lora_ga;
 use crate::engine::model::{Llama, gguf};
 use crate::engine::trainer::Trainer;
+use crate::engine::trainer::lisa::LisaConfig;
 
 /// PEFT's LoRA targets for Llama when the spec leaves them to the architecture.
 const LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
@@ -59,7 +60,21 @@ pub(super) fn train(
         ),
         None => None,
     };
-    let config = train_config(spec, total);
+    let mut config = train_config(spec, total);
+    if let SpecMethod::Lisa { layers, interval } = method {
+        let num_layers = model.config().num_hidden_layers;
+        let layers = (*layers).max(1) as usize;
+        if layers > num_layers {
+            return Err(user(format!(
+                "spec.method.lisa.layers is {layers} but the model has {num_layers} decoder layers"
+            )));
+        }
+        config.lisa = Some(LisaConfig {
+            layers,
+            interval: (*interval).max(1) as u64,
+            num_layers,
+        });
+    }
     let lora = |init: LoraInit, dora: bool, p: &tuna_spec::LoraParams| {
         adapter_config(p, dora, init, &LORA_DEFAULT, seed)
     };
@@ -112,7 +127,10 @@ pub(super) fn train(
         )
         .map_err(user)?,
         SpecMethod::Bitfit => methods::attach(&mut model, &Method::BitFit, seed).map_err(user)?,
-        SpecMethod::Full => methods::attach(&mut model, &Method::Full, seed).map_err(user)?,
+        // LISA trains the full model's weights, a sampled few layers at a time (the trainer).
+        SpecMethod::Full | SpecMethod::Lisa { .. } => {
+            methods::attach(&mut model, &Method::Full, seed).map_err(user)?
+        }
     };
     let mut trainer = Trainer::new(&model, &adapters, train_loader, eval_loader, config)
         .map_err(classify_error)?;

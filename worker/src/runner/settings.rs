@@ -55,6 +55,8 @@ pub(super) fn train_config(spec: &JobSpec, total: u64) -> TrainConfig {
         eval_every: every(h.eval_every),
         checkpoint_every: every(h.checkpoint_every),
         seed: seed(spec),
+        // Needs the model's depth: set by the causal-LM runner for method lisa.
+        lisa: None,
     }
 }
 

@@ -25,6 +25,7 @@ __all__ = [
     "PromptTuning",
     "BitFit",
     "Full",
+    "LISA",
     "Method",
     "MethodLike",
     "Hyperparameters",
@@ -159,7 +160,29 @@ class Full:
         return job_pb2.Method(type=self.type)
 
 
-Method = LoRA | DoRA | IA3 | PromptTuning | BitFit | Full
+@dataclass(frozen=True)
+class LISA:
+    """LISA (``method.type = "lisa"``): full fine-tuning of the embeddings, the head and
+    ``layers`` decoder layers drawn at random every ``interval`` steps; optimizer state for
+    the active layers only. ``causal_lm`` jobs only.
+
+    Args:
+        layers: decoder layers trained at a time, 1..=1024, at most the model's (default 2).
+        interval: steps between draws, 1..=1000000 (default 20).
+    """
+
+    layers: int | None = None
+    interval: int | None = None
+    type: ClassVar[str] = "lisa"
+
+    def to_proto(self) -> job_pb2.Method:
+        """The ``tuna.v1.Method`` message."""
+        params = job_pb2.LisaParams()
+        _set_optional(params, {"layers": self.layers, "interval": self.interval})
+        return job_pb2.Method(type=self.type, lisa=params)
+
+
+Method = LoRA | DoRA | IA3 | PromptTuning | BitFit | Full | LISA
 #: What ``jobs.create(method=...)`` accepts: a helper, a method name with server defaults
 #: (``"lora"``, ``"ia3"``, ...) or a ``tuna.v1.Method`` message.
 MethodLike = Method | str | job_pb2.Method
@@ -175,10 +198,10 @@ def method_to_proto(method: MethodLike) -> job_pb2.Method:
         return method
     if isinstance(method, str):
         return job_pb2.Method(type=method)
-    if isinstance(method, (LoRA, IA3, PromptTuning, BitFit, Full)):
+    if isinstance(method, (LoRA, IA3, PromptTuning, BitFit, Full, LISA)):
         return method.to_proto()
     raise TypeError(
-        "method must be LoRA, DoRA, IA3, PromptTuning, BitFit, Full, a method name or a "
+        "method must be LoRA, DoRA, IA3, PromptTuning, BitFit, Full, LISA, a method name or a "
         f"tuna.v1.Method, not {type(method).__name__}"
     )
 

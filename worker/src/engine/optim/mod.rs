@@ -209,6 +209,15 @@ impl Optimizer {
         }
     }
 
+    /// Bytes of optimizer state held (what LISA saves on).
+    pub fn state_bytes(&self) -> usize {
+        let tensors = with_algo!(&self.algo, a => a.tensors());
+        tensors
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Optimizer steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step

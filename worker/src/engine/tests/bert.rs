@@ -243,6 +243,7 @@ pub(super) fn class_config(
         loraplus_ratio: None,
         eval_every: None,
         checkpoint_every: None,
+        lisa: None,
         seed: 5,
     }
 }

@@ -169,6 +169,7 @@ fn train(method: &Method, steps: u64, lr: f64) -> (f64, f64) {
         loraplus_ratio: None,
         eval_every: None,
         checkpoint_every: None,
+        lisa: None,
         seed: 0,
     };
     let mut trainer = Trainer::new(&model, &set, loader, None, config).unwrap();

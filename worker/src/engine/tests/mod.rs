@@ -4,6 +4,7 @@ mod bert;
 mod export;
 mod gguf;
 mod grads;
+mod lisa;
 mod methods;
 mod optimizers;
 mod oracle;

@@ -58,6 +58,7 @@ fn config(steps: u64, lr: f64, kind: ScheduleKind, optimizer: OptimizerConfig) -
         loraplus_ratio: None,
         eval_every: None,
         checkpoint_every: None,
+        lisa: None,
         seed: 3,
     }
 }

@@ -183,6 +183,7 @@ fn smollm2_gguf_loads_predicts_english_and_trains_lora() {
         loraplus_ratio: None,
         eval_every: None,
         checkpoint_every: None,
+        lisa: None,
         seed: 0,
     };
     let mut trainer = Trainer::new(&model, &set, loader, None, config).unwrap();

@@ -85,6 +85,7 @@ fn lora_learns_chat_data_through_the_real_tokenizer() {
         loraplus_ratio: None,
         eval_every: None,
         checkpoint_every: None,
+        lisa: None,
         seed: 0,
     };
     let mut trainer = Trainer::new(&model, &set, loader, None, config).unwrap();

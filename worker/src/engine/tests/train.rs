@@ -46,6 +46,7 @@ fn config(max_steps: u64, lr: f64) -> TrainConfig {
         loraplus_ratio: None,
         eval_every: Some(10),
         checkpoint_every: None,
+        lisa: None,
         seed: 3,
     }
 }

@@ -43,6 +43,12 @@ impl<O: Objective> Trainer<O> {
         .map_err(|e| fail(e.to_string()))?;
         match &self.rule {
             Rule::Gradient(o) => o.save(&dir.join(OPTIMIZER_FILE))?,
+            // The state of the draw that took the last step (none before the first step).
+            Rule::Layerwise(l) => {
+                if let Some(o) = l.current() {
+                    o.save(&dir.join(OPTIMIZER_FILE))?;
+                }
+            }
             Rule::ZerothOrder(m) => m.save(&dir.join(OPTIMIZER_FILE), self.step)?,
         }
         let state = TrainerState {
@@ -81,6 +87,12 @@ impl<O: Objective> Trainer<O> {
             Rule::ZerothOrder(m) => {
                 m.load(&dir.join(OPTIMIZER_FILE), &device)?;
             }
+            // The draw of the last step taken is a function of the seed and its interval.
+            Rule::Layerwise(l) if state.step > 0 => {
+                l.enter(self.objective.vars(), state.step - 1)?;
+                l.optimizer()?.load(&dir.join(OPTIMIZER_FILE), &device)?;
+            }
+            Rule::Layerwise(_) => {}
         }
         self.train.seek(state.cursor);
         self.step = state.step;

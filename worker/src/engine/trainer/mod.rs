@@ -9,6 +9,7 @@
 //! data cursor; the "RNG state" it records is the seed plus those counters.
 
 mod checkpoint;
+pub mod lisa;
 mod objective;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +67,8 @@ pub struct TrainConfig {
     pub checkpoint_every: Option<u64>,
     /// Seeds dropout masks (data order is seeded by the [`Loader`]).
     pub seed: u64,
+    /// LISA: update a few sampled decoder layers at a time (full fine-tuning only).
+    pub lisa: Option<lisa::LisaConfig>,
 }
 
 /// Metrics of one optimizer step, for the agent to stream.
@@ -139,9 +142,11 @@ pub enum Outcome {
     },
 }
 
-/// How parameters are updated: from gradients, or from two losses (zeroth order).
+/// How parameters are updated: from gradients, from gradients of a sampled subset of layers
+/// (LISA), or from two losses (zeroth order).
 enum Rule {
     Gradient(Optimizer),
+    Layerwise(lisa::Lisa),
     ZerothOrder(Mezo),
 }
 
@@ -192,9 +197,10 @@ impl<O: Objective> Trainer<O> {
         eval: Option<Loader<O::Example>>,
         config: TrainConfig,
     ) -> Result<Self, TrainError> {
-        let rule = match config.optimizer {
-            OptimizerConfig::Mezo(c) => Rule::ZerothOrder(Mezo::new(c, config.seed)),
-            other => {
+        let rule = match (config.optimizer, config.lisa) {
+            (OptimizerConfig::Mezo(c), _) => Rule::ZerothOrder(Mezo::new(c, config.seed)),
+            (other, Some(l)) => Rule::Layerwise(lisa::Lisa::new(l, other, config.seed)),
+            (other, None) => {
                 let mut optimizer = Optimizer::new(objective.vars(), other)?;
                 if let Some(ratio) = config.loraplus_ratio {
                     optimizer.set_lr_scale(|n| n.ends_with("lora_B.weight"), ratio);
@@ -211,6 +217,15 @@ impl<O: Objective> Trainer<O> {
             step: 0,
             last_checkpoint: None,
         })
+    }
+
+    /// Bytes of optimizer state held now (0 for MeZO, the active layers' only for LISA).
+    pub fn optimizer_state_bytes(&self) -> usize {
+        match &self.rule {
+            Rule::Gradient(o) => o.state_bytes(),
+            Rule::Layerwise(l) => l.current().map_or(0, Optimizer::state_bytes),
+            Rule::ZerothOrder(_) => 0,
+        }
     }
 
     /// Optimizer steps completed.
@@ -311,7 +326,10 @@ impl<O: Objective> Trainer<O> {
         let tokens: usize = batches.iter().map(O::tokens).sum();
         let scheduled = self.config.schedule.lr_at(self.step);
         let (loss_total, grad_norm, lr) = match &mut self.rule {
-            Rule::Gradient(optimizer) => {
+            Rule::Gradient(_) | Rule::Layerwise(_) => {
+                if let Rule::Layerwise(l) = &mut self.rule {
+                    l.enter(self.objective.vars(), self.step)?;
+                }
                 let mut grads = Grads::default();
                 let mut loss_total = 0.0;
                 for (i, batch) in batches.iter().enumerate() {
@@ -329,6 +347,19 @@ impl<O: Objective> Trainer<O> {
                         loss: loss_total,
                     });
                 }
+                let optimizer = match &mut self.rule {
+                    Rule::Layerwise(l) => {
+                        l.retain_active(&mut grads);
+                        l.optimizer()?
+                    }
+                    Rule::Gradient(o) => o,
+                    Rule::ZerothOrder(_) => {
+                        return Err(OptimError::State(
+                            "zeroth-order rule in a gradient step".into(),
+                        )
+                        .into());
+                    }
+                };
                 let grad_norm = match self.config.max_grad_norm {
                     Some(max) => grads.clip(max)?,
                     None => grads.global_norm()?,

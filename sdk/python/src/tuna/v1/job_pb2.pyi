@@ -83,16 +83,26 @@ class JobSpec(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ...) -> None: ...
 
 class Method(_message.Message):
-    __slots__ = ("type", "lora", "prompt_tuning", "ia3")
+    __slots__ = ("type", "lora", "prompt_tuning", "ia3", "lisa")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TUNING_FIELD_NUMBER: _ClassVar[int]
     IA3_FIELD_NUMBER: _ClassVar[int]
+    LISA_FIELD_NUMBER: _ClassVar[int]
     type: str
     lora: LoraParams
     prompt_tuning: PromptTuningParams
     ia3: Ia3Params
-    def __init__(self, type: _Optional[str] = ..., lora: _Optional[_Union[LoraParams, _Mapping]] = ..., prompt_tuning: _Optional[_Union[PromptTuningParams, _Mapping]] = ..., ia3: _Optional[_Union[Ia3Params, _Mapping]] = ...) -> None: ...
+    lisa: LisaParams
+    def __init__(self, type: _Optional[str] = ..., lora: _Optional[_Union[LoraParams, _Mapping]] = ..., prompt_tuning: _Optional[_Union[PromptTuningParams, _Mapping]] = ..., ia3: _Optional[_Union[Ia3Params, _Mapping]] = ..., lisa: _Optional[_Union[LisaParams, _Mapping]] = ...) -> None: ...
+
+class LisaParams(_message.Message):
+    __slots__ = ("layers", "interval")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    layers: int
+    interval: int
+    def __init__(self, layers: _Optional[int] = ..., interval: _Optional[int] = ...) -> None: ...
 
 class LoraParams(_message.Message):
     __slots__ = ("r", "alpha", "dropout", "target_modules", "use_rslora", "init", "lr_ratio_b")
