@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Tensor};
 
-use super::util::tiny_model;
+use super::util::{run_steps, tiny_model};
 use crate::engine::adapters::methods::{Method, attach};
 use crate::engine::data::{ByteTokenizer, Example, Format, Loader, jsonl};
 use crate::engine::model::tiny::TinySpec;
@@ -143,22 +143,7 @@ fn a_resumed_lisa_run_takes_the_same_steps() {
             ..config(12, Some(LISA))
         };
         let mut trainer = Trainer::new(&model, &set, loader(), None, cfg).unwrap();
-        if let Some(dir) = resume {
-            trainer.resume(dir).unwrap();
-        }
-        let cancel = AtomicBool::new(false);
-        let mut losses = Vec::new();
-        trainer
-            .run(&cancel, Some(root), &mut |e| {
-                if let Event::Step(m) = e {
-                    losses.push((m.step, m.loss));
-                    if Some(m.step) == stop {
-                        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            })
-            .unwrap();
-        losses
+        run_steps(&mut trainer, resume, stop, root)
     };
     let full_dir = tempfile::tempdir().unwrap();
     let full = run(None, None, full_dir.path());

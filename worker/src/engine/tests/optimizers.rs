@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
 
-use super::util::tiny_model;
+use super::util::{run_steps, tiny_model};
 use crate::engine::adapters::{AdapterConfig, AdapterSet, TargetModules};
 use crate::engine::data::{Batch, ByteTokenizer, Example, Format, Loader, jsonl};
 use crate::engine::model::tiny::TinySpec;
@@ -322,18 +322,7 @@ fn mezo_lowers_the_tiny_models_loss_without_a_backward_pass() {
             ..config(6, 2e-3, ScheduleKind::Constant, optimizer)
         };
         let mut trainer = Trainer::new(&model, &set, loader(2, 7), None, cfg).unwrap();
-        if let Some(dir) = resume {
-            trainer.resume(dir).unwrap();
-        }
-        let mut losses = Vec::new();
-        trainer
-            .run(&AtomicBool::new(false), Some(root), &mut |e| {
-                if let Event::Step(m) = e {
-                    losses.push((m.step, m.loss));
-                }
-            })
-            .unwrap();
-        losses
+        run_steps(&mut trainer, resume, None, root)
     };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let full = run(None, a.path());

@@ -67,3 +67,30 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap()
 }
+
+/// Resumes `trainer` from `resume` (if any), runs it with checkpoints under `root`, cancelling
+/// right after step `stop` (if any); returns each step's `(step, loss)`.
+pub fn run_steps<O: crate::engine::trainer::Objective>(
+    trainer: &mut crate::engine::trainer::Trainer<O>,
+    resume: Option<&std::path::Path>,
+    stop: Option<u64>,
+    root: &std::path::Path,
+) -> Vec<(u64, f64)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if let Some(dir) = resume {
+        trainer.resume(dir).unwrap();
+    }
+    let cancel = AtomicBool::new(false);
+    let mut losses = Vec::new();
+    trainer
+        .run(&cancel, Some(root), &mut |e| {
+            if let crate::engine::trainer::Event::Step(m) = e {
+                losses.push((m.step, m.loss));
+                if Some(m.step) == stop {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+        .unwrap();
+    losses
+}
