@@ -148,6 +148,7 @@ impl JobSpec {
                     use_rslora: l.use_rslora,
                     init: l.init.as_str().to_string(),
                     lr_ratio_b: Some(l.lr_ratio_b),
+                    chain_every: l.chain_every,
                 }),
                 prompt_tuning: match m {
                     Method::PromptTuning { num_virtual_tokens } => Some(pb::PromptTuningParams {
@@ -341,6 +342,9 @@ fn lora_from_proto(c: &mut Check, p: pb::LoraParams) -> LoraParams {
             LoraInit::Default,
         ),
         lr_ratio_b,
+        chain_every: p
+            .chain_every
+            .map(|n| c.range_i64("spec.method.lora.chain_every", n, 1, 100_000_000)),
     }
 }
 

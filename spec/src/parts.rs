@@ -17,6 +17,9 @@ pub struct LoraParams {
     pub use_rslora: bool,
     pub init: LoraInit,
     pub lr_ratio_b: f64,
+    /// Chain of LoRA: merge and restart the adapter every this many steps.
+    #[serde(default)]
+    pub chain_every: Option<i64>,
 }
 
 /// The method and its parameters; each variant carries exactly what it needs.

@@ -30,10 +30,36 @@ pub enum ClassInit {
 }
 
 const INIT: &str = "spec.method.lora.init";
+const CHAIN: &str = "spec.method.lora.chain_every";
 
 impl JobSpec {
     /// The run this spec describes, or the field that makes it untrainable.
     pub fn plan(&self) -> Result<Plan<'_>, FieldViolation> {
+        if let Method::Dora { lora } | Method::Lora { lora } = &self.method
+            && lora.chain_every.is_some()
+        {
+            let refuse = |why: String| Err(FieldViolation::new(CHAIN, why));
+            if matches!(self.method, Method::Dora { .. }) {
+                return refuse(
+                    "a chain merges each link into the base, which DoRA's magnitude is measured \
+                     on; use method lora"
+                        .into(),
+                );
+            }
+            if self.task != Task::CausalLm {
+                return refuse("chains of LoRA train causal_lm jobs only".into());
+            }
+            match lora.init {
+                LoraInit::Default | LoraInit::Gaussian => {}
+                LoraInit::Pissa | LoraInit::LoraGa => {
+                    return refuse(format!(
+                        "each link restarts from a fresh init; {} derives its init from the \
+                         base weight or gradients: use default or gaussian",
+                        lora.init
+                    ));
+                }
+            }
+        }
         if let Method::Dora { lora } = &self.method {
             match lora.init {
                 LoraInit::Default | LoraInit::Gaussian => {}

@@ -400,6 +400,49 @@ fn inconsistent_optimizer_and_schedule_settings_are_refused_naming_the_field() {
     ] {
         assert_eq!(refused(h), [field]);
     }
+    // A chain of LoRA: lora only, causal_lm only, a fresh init per link.
+    for (task, method, init) in [
+        ("causal_lm", "dora", ""),
+        ("classification", "lora", ""),
+        ("causal_lm", "lora", "pissa"),
+        ("causal_lm", "lora", "lora_ga"),
+    ] {
+        let mut p = with(task, method, init);
+        p.method
+            .as_mut()
+            .unwrap()
+            .lora
+            .as_mut()
+            .unwrap()
+            .chain_every = Some(10);
+        assert_eq!(
+            fields(JobSpec::from_proto(Some(&p)).unwrap_err()),
+            ["spec.method.lora.chain_every"],
+            "{task} {method} {init}"
+        );
+    }
+    let mut p = with("causal_lm", "lora", "gaussian");
+    p.method
+        .as_mut()
+        .unwrap()
+        .lora
+        .as_mut()
+        .unwrap()
+        .chain_every = Some(10);
+    let spec = ok(&p);
+    assert_eq!(spec.method.lora().unwrap().chain_every, Some(10));
+    assert_eq!(ok(&spec.to_proto()), spec);
+    p.method
+        .as_mut()
+        .unwrap()
+        .lora
+        .as_mut()
+        .unwrap()
+        .chain_every = Some(0);
+    assert_eq!(
+        fields(JobSpec::from_proto(Some(&p)).unwrap_err()),
+        ["spec.method.lora.chain_every"]
+    );
     // MeZO would perturb every layer, undoing LISA's sampling.
     let mut p = with("causal_lm", "lisa", "");
     p.hyperparameters = Some(pb::Hyperparameters {

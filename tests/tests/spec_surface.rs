@@ -260,6 +260,20 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
                 .warmup_steps = Some(1);
             seen.check(&client, combo, p, *task, MethodKind::Lora).await;
         }
+        // A chain of LoRA, a link per step.
+        {
+            let combo = format!("{task} lora chain_every=1");
+            let mut p = spec(
+                *task,
+                MethodKind::Lora,
+                LoraInit::Default,
+                Schedule::Cosine,
+                &files,
+            );
+            let m = p.method.as_mut().unwrap();
+            m.lora.as_mut().unwrap().chain_every = Some(1);
+            seen.check(&client, combo, p, *task, MethodKind::Lora).await;
+        }
         for weight in [0.5, 1.0] {
             let combo = format!("{task} lora prompt_loss_weight={weight}");
             let mut p = spec(

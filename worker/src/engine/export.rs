@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -70,6 +71,39 @@ pub fn save_adapter(
     if !matches!(set.method(), Method::Lora) {
         return save_method(dir, set, base_model_name_or_path, task_type);
     }
+    let (tensors, r, lora_alpha) = if set.initial().is_empty() {
+        (set.tensors(), set.config().r, set.config().lora_alpha)
+    } else {
+        pissa_as_lora(set)?
+    };
+    save_lora_tensors(
+        dir,
+        set,
+        &tensors,
+        r,
+        lora_alpha,
+        base_model_name_or_path,
+        task_type,
+    )
+}
+
+/// Writes `tensors` (PEFT LoRA keys of `set`'s modules) as a PEFT LoRA adapter of rank `r`
+/// and `lora_alpha`, with `set`'s other settings: the plain export, and adapters rebuilt from
+/// several factor pairs (PiSSA as LoRA, a chain of LoRA links).
+pub fn save_lora_tensors(
+    dir: &Path,
+    set: &AdapterSet,
+    tensors: &BTreeMap<String, Tensor>,
+    r: usize,
+    lora_alpha: f64,
+    base_model_name_or_path: &str,
+    task_type: &str,
+) -> Result<(), ExportError> {
+    let write_err = |path: &Path, reason: String| ExportError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
     let cfg = set.config();
     let mut targets: Vec<&str> = set
         .modules()
@@ -78,11 +112,6 @@ pub fn save_adapter(
         .collect();
     targets.sort_unstable();
     targets.dedup();
-    let (tensors, r, lora_alpha) = if set.initial().is_empty() {
-        (set.tensors(), cfg.r, cfg.lora_alpha)
-    } else {
-        pissa_as_lora(set)?
-    };
     let alpha = if lora_alpha.fract() == 0.0 && lora_alpha.abs() < 1e15 {
         json!(lora_alpha as i64)
     } else {
@@ -120,7 +149,7 @@ pub fn save_adapter(
     std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
     let path = dir.join(ADAPTER_WEIGHTS);
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::tensor::serialize_to_file(&tensors, Some(meta), &path)
+    safetensors::tensor::serialize_to_file(tensors, Some(meta), &path)
         .map_err(|e| write_err(&path, e.to_string()))?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 use tuna_proto::v1 as pb;
 use tuna_spec::{LoraInit as SpecInit, Method as SpecMethod};
 
+use super::chain::{self, Chain};
 use super::settings::{adapter_config, records, seed, train_config};
 use super::{classify_error, drive, system, user};
 use crate::agent::{Control, JobInputs, Reporter, RunError, RunOutcome};
@@ -132,6 +133,27 @@ pub(super) fn train(
             methods::attach(&mut model, &Method::Full, seed).map_err(user)?
         }
     };
+    // A chain of LoRA merges and restarts its adapter every `every` steps.
+    if let SpecMethod::Lora { lora: p } = method
+        && let Some(every) = p.chain_every
+    {
+        let init = match p.init {
+            SpecInit::Gaussian => LoraInit::Gaussian,
+            SpecInit::Default | SpecInit::Pissa | SpecInit::LoraGa => LoraInit::Default,
+        };
+        let chain = Chain {
+            model: &mut model,
+            adapters: &adapters,
+            train: train_loader,
+            eval: eval_loader,
+            config,
+            every: every.max(1) as u64,
+            init,
+            seed,
+            base_model: &spec.base_model,
+        };
+        return chain::drive(chain, inputs, control, reporter);
+    }
     let mut trainer = Trainer::new(&model, &adapters, train_loader, eval_loader, config)
         .map_err(classify_error)?;
     let export = |dir: &Path| {

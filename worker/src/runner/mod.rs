@@ -6,6 +6,7 @@
 //! exhaustively: a job the server accepted always has a way to run.
 
 mod causal;
+mod chain;
 mod classify;
 mod settings;
 
@@ -100,31 +101,57 @@ fn drive<O: Objective>(
     if let Some(dir) = &inputs.resume_from {
         trainer.resume(dir).map_err(classify_error)?;
     }
-    let total = trainer.config().max_steps as f64;
-    // The base model's eval loss, so users (and the demo) can see what training bought.
+    report_base_eval(trainer, reporter)?;
+    let checkpoints = inputs.work_dir.join("checkpoints");
+    let total = trainer.config().max_steps;
+    let outcome = trainer
+        .run(control, Some(&checkpoints), &mut |event| {
+            report(event, total, reporter)
+        })
+        .map_err(classify_error)?;
+    finish(outcome, inputs, control, export)
+}
+
+/// The base model's eval loss before the first step, so users (and the demo) can see what
+/// training bought.
+fn report_base_eval<O: Objective>(
+    trainer: &Trainer<O>,
+    reporter: &mut dyn Reporter,
+) -> Result<(), RunError> {
     if trainer.has_eval() && trainer.step() == 0 {
         let e = trainer.evaluate().map_err(classify_error)?;
         reporter.progress(eval_progress(&e));
     }
-    let checkpoints = inputs.work_dir.join("checkpoints");
-    let outcome = trainer
-        .run(control, Some(&checkpoints), &mut |event| match event {
-            Event::Step(m) => reporter.progress(Progress {
-                step: m.step as i64,
-                values: [
-                    (metrics::LOSS.to_string(), m.loss),
-                    (metrics::LR.to_string(), m.lr),
-                    (metrics::GRAD_NORM.to_string(), m.grad_norm),
-                    (metrics::TOKENS_PER_S.to_string(), m.tokens_per_sec),
-                    (metrics::TOTAL_STEPS.to_string(), total),
-                ]
-                .into_iter()
-                .collect(),
-            }),
-            Event::Eval(e) => reporter.progress(eval_progress(e)),
-            Event::Checkpoint { step, dir } => reporter.checkpoint(*step as i64, dir),
-        })
-        .map_err(classify_error)?;
+    Ok(())
+}
+
+/// One training event, as the agent reports it; `total` is the run's planned step count.
+fn report(event: &Event, total: u64, reporter: &mut dyn Reporter) {
+    match event {
+        Event::Step(m) => reporter.progress(Progress {
+            step: m.step as i64,
+            values: [
+                (metrics::LOSS.to_string(), m.loss),
+                (metrics::LR.to_string(), m.lr),
+                (metrics::GRAD_NORM.to_string(), m.grad_norm),
+                (metrics::TOKENS_PER_S.to_string(), m.tokens_per_sec),
+                (metrics::TOTAL_STEPS.to_string(), total as f64),
+            ]
+            .into_iter()
+            .collect(),
+        }),
+        Event::Eval(e) => reporter.progress(eval_progress(e)),
+        Event::Checkpoint { step, dir } => reporter.checkpoint(*step as i64, dir),
+    }
+}
+
+/// The run's result: the exported adapter when it finished or was stopped early.
+fn finish(
+    outcome: Outcome,
+    inputs: &JobInputs,
+    control: &Control,
+    export: &dyn Fn(&Path) -> Result<(), RunError>,
+) -> Result<RunOutcome, RunError> {
     let adapter = || -> Result<PathBuf, RunError> {
         let dir = inputs.work_dir.join("adapter");
         export(&dir)?;

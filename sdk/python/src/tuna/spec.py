@@ -61,6 +61,8 @@ class LoRA:
         use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
         init: PEFT's ``init_lora_weights``: default, gaussian, pissa or lora_ga.
         lr_ratio_b: LoRA+ learning-rate ratio of B to A, >= 1 (default 1).
+        chain_every: Chain of LoRA: merge the adapter into the base and restart it every N
+            steps; the exported adapter is the whole chain as one LoRA (LoRA only, not DoRA).
     """
 
     type: ClassVar[str] = "lora"
@@ -72,6 +74,7 @@ class LoRA:
     use_rslora: bool = False
     init: LoraInit | None = None
     lr_ratio_b: float | None = None
+    chain_every: int | None = None
 
     def to_proto(self) -> job_pb2.Method:
         """The ``tuna.v1.Method`` message."""
@@ -86,6 +89,7 @@ class LoRA:
                 "use_rslora": self.use_rslora or None,
                 "init": self.init,
                 "lr_ratio_b": None if self.lr_ratio_b is None else float(self.lr_ratio_b),
+                "chain_every": self.chain_every,
             },
         )
         return job_pb2.Method(type=self.type, lora=params)

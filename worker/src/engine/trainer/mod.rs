@@ -228,6 +228,18 @@ impl<O: Objective> Trainer<O> {
         }
     }
 
+    /// Continues at step `step` with this trainer's fresh optimizer (a chain link's start):
+    /// the schedule, dropout masks and checkpoints pick up there; the loaders are wherever
+    /// the previous link left them.
+    pub fn start_at(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// The loaders, to build the next trainer of a chain over them.
+    pub fn into_loaders(self) -> (Loader<O::Example>, Option<Loader<O::Example>>) {
+        (self.train, self.eval)
+    }
+
     /// Optimizer steps completed.
     pub fn step(&self) -> u64 {
         self.step

@@ -105,7 +105,7 @@ class LisaParams(_message.Message):
     def __init__(self, layers: _Optional[int] = ..., interval: _Optional[int] = ...) -> None: ...
 
 class LoraParams(_message.Message):
-    __slots__ = ("r", "alpha", "dropout", "target_modules", "use_rslora", "init", "lr_ratio_b")
+    __slots__ = ("r", "alpha", "dropout", "target_modules", "use_rslora", "init", "lr_ratio_b", "chain_every")
     R_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class LoraParams(_message.Message):
     USE_RSLORA_FIELD_NUMBER: _ClassVar[int]
     INIT_FIELD_NUMBER: _ClassVar[int]
     LR_RATIO_B_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_EVERY_FIELD_NUMBER: _ClassVar[int]
     r: int
     alpha: float
     dropout: float
@@ -120,7 +121,8 @@ class LoraParams(_message.Message):
     use_rslora: bool
     init: str
     lr_ratio_b: float
-    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., use_rslora: _Optional[bool] = ..., init: _Optional[str] = ..., lr_ratio_b: _Optional[float] = ...) -> None: ...
+    chain_every: int
+    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., use_rslora: _Optional[bool] = ..., init: _Optional[str] = ..., lr_ratio_b: _Optional[float] = ..., chain_every: _Optional[int] = ...) -> None: ...
 
 class PromptTuningParams(_message.Message):
     __slots__ = ("num_virtual_tokens",)
