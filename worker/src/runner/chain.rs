@@ -13,6 +13,7 @@ use candle_core::Tensor;
 use super::{classify_error, finish, report, report_base_eval, system, user};
 use crate::agent::{Control, JobInputs, Reporter, RunError, RunOutcome};
 use crate::engine::adapters::init::lora_a;
+use crate::engine::adapters::linear::{low_rank_delta, merge_delta};
 use crate::engine::adapters::{Adaptable, AdapterSet, LoraInit};
 use crate::engine::data::Loader;
 use crate::engine::export;
@@ -25,8 +26,8 @@ pub const CHAIN_FILE: &str = "chain.safetensors";
 /// One finished link: the adapter's tensors by PEFT key (`….lora_A.weight`, `….lora_B.weight`).
 type Link = BTreeMap<String, Tensor>;
 
-/// `W ← W + s·B·A` for every adapted linear, with the factors of `link` (computed as
-/// `merged_weight` does, so a rebuilt base equals the one merged during training).
+/// `W ← W + s·B·A` for every adapted linear, with the factors of `link` (the same merge
+/// during training and when a resumed run rebuilds the base, so both bases are equal).
 fn merge(model: &mut Llama, link: &Link) -> Result<(), RunError> {
     for (_, lin) in model.linears_mut() {
         let Some(lora) = lin.lora() else { continue };
@@ -36,11 +37,9 @@ fn merge(model: &mut Llama, link: &Link) -> Result<(), RunError> {
                 .cloned()
                 .ok_or_else(|| system(format!("chain link without `{key}`")))
         };
-        let (a, b, scale) = (get("lora_A.weight")?, get("lora_B.weight")?, lora.scale);
-        let wd = lora.a.dtype();
-        let delta = (b.matmul(&a).map_err(system)? * scale).map_err(system)?;
-        let merged = (lin.weight().to_dtype(wd).map_err(system)? + delta)
-            .and_then(|w| w.detach().to_dtype(lin.weight().dtype()))
+        let (a, b) = (get("lora_A.weight")?, get("lora_B.weight")?);
+        let merged = low_rank_delta(&a, &b, lora.scale)
+            .and_then(|delta| merge_delta(lin.weight(), &delta, None))
             .map_err(system)?;
         lin.set_base_weight(merged);
     }

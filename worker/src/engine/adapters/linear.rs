@@ -27,8 +27,13 @@ pub struct Lora {
 impl Lora {
     /// `s · B · A`, the low-rank weight update `[out, in]`.
     pub fn delta_weight(&self) -> Result<Tensor> {
-        self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
+        low_rank_delta(self.a.as_tensor(), self.b.as_tensor(), self.scale)
     }
+}
+
+/// `scale · B · A` for factors `A` `[r, in]` and `B` `[out, r]`.
+pub fn low_rank_delta(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    b.matmul(a)? * scale
 }
 
 /// IA3 (PEFT `IA3Layer`): a learned vector rescaling the layer's output (`[out, 1]`), or
@@ -235,12 +240,18 @@ impl AdaptedLinear {
 
 /// The merged weight for `lora` on top of `weight`, in the base dtype.
 pub fn merged_weight(weight: &Tensor, lora: &Lora) -> Result<Tensor> {
-    let wd = lora.a.dtype();
-    let w = (weight.to_dtype(wd)? + lora.delta_weight()?)?;
-    let w = match &lora.magnitude {
+    let magnitude = lora.magnitude.as_ref().map(|m| m.as_tensor());
+    merge_delta(weight, &lora.delta_weight()?, magnitude)
+}
+
+/// `W + ΔW` computed in `ΔW`'s dtype (DoRA: rescaled to `magnitude` row norms), detached and
+/// back in `W`'s dtype: the one merge of an update into a base weight.
+pub fn merge_delta(weight: &Tensor, delta: &Tensor, magnitude: Option<&Tensor>) -> Result<Tensor> {
+    let w = (weight.to_dtype(delta.dtype())? + delta)?;
+    let w = match magnitude {
         None => w,
         Some(m) => {
-            let scale = m.as_tensor().broadcast_div(&row_norm(&w)?)?;
+            let scale = m.broadcast_div(&row_norm(&w)?)?;
             w.broadcast_mul(&scale.unsqueeze(1)?)?
         }
     };
