@@ -95,8 +95,8 @@ impl JsonlValidator {
         let detected = detect(obj).ok_or_else(|| {
             self.bad(
                 n,
-                "no known format: expected \"text\", \"prompt\"+\"completion\", \"messages\" \
-                 or \"text\"+\"label\"",
+                "no known format: expected \"text\", \"prompt\"+\"completion\", \"messages\", \
+                 \"text\"+\"label\" or \"prompt\"|\"messages\"+\"chosen\"+\"rejected\"",
             )
         })?;
         match self.format {
@@ -131,6 +131,7 @@ fn detect(obj: &serde_json::Map<String, Value>) -> Option<DatasetFormat> {
         Wire::PromptCompletion => Some(DatasetFormat::PromptCompletion),
         Wire::Chat => Some(DatasetFormat::Chat),
         Wire::Classification => Some(DatasetFormat::Classification),
+        Wire::Preference => Some(DatasetFormat::Preference),
         Wire::Unspecified => None,
     }
 }
@@ -174,36 +175,73 @@ fn check_fields(format: DatasetFormat, obj: &serde_json::Map<String, Value>) -> 
             }
         }
         DatasetFormat::Chat => {
-            let Some(Value::Array(messages)) = obj.get("messages") else {
-                return Err("\"messages\" must be an array".into());
-            };
-            if messages.is_empty() {
-                return Err("\"messages\" is empty".into());
-            }
-            let mut assistant = false;
-            for (i, m) in messages.iter().enumerate() {
-                let Value::Object(m) = m else {
-                    return Err(format!("messages[{i}] must be an object"));
-                };
-                match m.get("role") {
-                    Some(Value::String(r)) if ROLES.contains(&r.as_str()) => {
-                        assistant |= r == "assistant";
-                    }
-                    Some(Value::String(r)) => {
-                        return Err(format!(
-                            "messages[{i}].role {r:?} is not one of {}",
-                            ROLES.join(", ")
-                        ));
-                    }
-                    _ => return Err(format!("messages[{i}].role must be a string")),
-                }
-                string_field(m, "content").map_err(|e| format!("messages[{i}]: {e}"))?;
-            }
-            if !assistant {
+            if !check_messages(obj)? {
                 return Err("\"messages\" has no assistant message to learn from".into());
             }
             Ok(())
         }
+        DatasetFormat::Preference => {
+            match (obj.contains_key("prompt"), obj.contains_key("messages")) {
+                (true, true) => {
+                    return Err("give either \"prompt\" or \"messages\", not both".into());
+                }
+                (true, false) => string_field(obj, "prompt")?,
+                (false, true) => {
+                    check_messages(obj)?;
+                }
+                (false, false) => {
+                    return Err("missing required field \"prompt\" (or \"messages\")".into());
+                }
+            }
+            reply_field(obj, "chosen")?;
+            reply_field(obj, "rejected")
+        }
+    }
+}
+
+/// Checks a line's `messages` list; returns whether it has an assistant message.
+fn check_messages(obj: &serde_json::Map<String, Value>) -> Result<bool, String> {
+    let Some(Value::Array(messages)) = obj.get("messages") else {
+        return Err("\"messages\" must be an array".into());
+    };
+    if messages.is_empty() {
+        return Err("\"messages\" is empty".into());
+    }
+    let mut assistant = false;
+    for (i, m) in messages.iter().enumerate() {
+        let Value::Object(m) = m else {
+            return Err(format!("messages[{i}] must be an object"));
+        };
+        match m.get("role") {
+            Some(Value::String(r)) if ROLES.contains(&r.as_str()) => {
+                assistant |= r == "assistant";
+            }
+            Some(Value::String(r)) => {
+                return Err(format!(
+                    "messages[{i}].role {r:?} is not one of {}",
+                    ROLES.join(", ")
+                ));
+            }
+            _ => return Err(format!("messages[{i}].role must be a string")),
+        }
+        string_field(m, "content").map_err(|e| format!("messages[{i}]: {e}"))?;
+    }
+    Ok(assistant)
+}
+
+/// A preference reply: a string or one `{"role":"assistant","content"}` message (TRL's
+/// conversational form).
+fn reply_field(obj: &serde_json::Map<String, Value>, key: &str) -> Result<(), String> {
+    match obj.get(key) {
+        Some(Value::Array(list)) => match list.as_slice() {
+            [Value::Object(m)] if m.get("role").and_then(Value::as_str) == Some("assistant") => {
+                string_field(m, "content").map_err(|e| format!("{key}[0]: {e}"))
+            }
+            _ => Err(format!(
+                "\"{key}\" must be a string or one {{\"role\":\"assistant\",\"content\"}} message"
+            )),
+        },
+        _ => string_field(obj, key),
     }
 }
 
@@ -246,6 +284,51 @@ mod tests {
             ),
             Ok((DatasetFormat::Classification, 2))
         );
+    }
+
+    #[test]
+    fn preference_pairs_validate_with_line_numbers() {
+        let good = "{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"}\n\
+                    {\"prompt\":\"q\",\"chosen\":[{\"role\":\"assistant\",\"content\":\"a\"}],\
+                    \"rejected\":\"b\"}\n";
+        assert_eq!(validate(good, 7), Ok((DatasetFormat::Preference, 2)));
+        let chat = r#"{"messages":[{"role":"user","content":"hi"}],"chosen":"yo","rejected":"no"}"#;
+        assert_eq!(validate(chat, 5), Ok((DatasetFormat::Preference, 1)));
+        for (data, line, want) in [
+            (
+                "{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"}\n{\"prompt\":\"p\",\"chosen\":\"a\"}",
+                2,
+                "missing required field \"rejected\"",
+            ),
+            (
+                "{\"chosen\":\"a\",\"rejected\":\"b\"}",
+                1,
+                "\"prompt\" (or \"messages\")",
+            ),
+            (
+                "{\"prompt\":\"p\",\"chosen\":[{\"role\":\"user\",\"content\":\"a\"}],\"rejected\":\"b\"}",
+                1,
+                "\"chosen\" must be a string or one",
+            ),
+            (
+                "{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":7}",
+                1,
+                "\"rejected\" must be a string",
+            ),
+            (
+                "{\"text\":\"t\"}\n{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"}",
+                2,
+                "expected format text",
+            ),
+        ] {
+            match validate(data, 3) {
+                Err(DatasetError::BadLine { line: l, reason }) => {
+                    assert_eq!(l, line, "{data}: {reason}");
+                    assert!(reason.contains(want), "{data}: {reason}");
+                }
+                other => panic!("{data}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ use tuna_proto::v1::DatasetFormat;
 
 /// The format a JSON object's keys announce, or `None` when they announce none.
 pub fn detect(obj: &Map<String, Value>) -> Option<DatasetFormat> {
-    if obj.contains_key("messages") {
+    if obj.contains_key("chosen") || obj.contains_key("rejected") {
+        Some(DatasetFormat::Preference)
+    } else if obj.contains_key("messages") {
         Some(DatasetFormat::Chat)
     } else if obj.contains_key("prompt") || obj.contains_key("completion") {
         Some(DatasetFormat::PromptCompletion)

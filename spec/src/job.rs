@@ -6,10 +6,12 @@ use serde::{Deserialize, Serialize};
 use tuna_proto::v1 as pb;
 
 use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
-use crate::names::{DecayShape, Device, LoraInit, MethodKind, Optimizer, Schedule, Task, list};
+use crate::names::{
+    DecayShape, Device, LoraInit, MethodKind, Optimizer, PreferenceLoss, Schedule, Task, list,
+};
 pub use crate::parts::{
-    DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, DEFAULT_ZO_EPSILON, Hyperparameters, LoraParams,
-    Method, wsd_decay_start,
+    DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, DEFAULT_PREFERENCE_BETA, DEFAULT_ZO_EPSILON,
+    Hyperparameters, LoraParams, Method, PreferenceParams, wsd_decay_start,
 };
 use crate::stored::Stored;
 
@@ -25,6 +27,9 @@ pub struct JobSpec {
     pub validation_file: Option<String>,
     pub task: Task,
     pub method: Method,
+    /// `Some` exactly when `task` is preference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceParams>,
     pub hyperparameters: Hyperparameters,
     pub device: Device,
     pub min_memory_bytes: i64,
@@ -77,6 +82,7 @@ impl JobSpec {
             Task::CausalLm,
         );
         let method = method_from_proto(&mut c, spec.method.as_ref());
+        let preference = preference_from_proto(&mut c, task, spec.preference.as_ref());
         let hyperparameters = hyper_from_proto(&mut c, spec.hyperparameters.as_ref());
         let res = spec.resources.clone().unwrap_or_default();
         let device = c.named(
@@ -109,6 +115,7 @@ impl JobSpec {
                 .then(|| spec.validation_file.clone()),
             task,
             method,
+            preference,
             hyperparameters,
             device,
             min_memory_bytes,
@@ -169,6 +176,11 @@ impl JobSpec {
                     }),
                     _ => None,
                 },
+            }),
+            preference: self.preference.map(|p| pb::Preference {
+                loss: p.loss.as_str().to_string(),
+                beta: Some(p.beta),
+                label_smoothing: (p.loss == PreferenceLoss::Dpo).then_some(p.label_smoothing),
             }),
             hyperparameters: Some(pb::Hyperparameters {
                 learning_rate: (!h.auto_learning_rate).then_some(h.learning_rate),
@@ -346,6 +358,59 @@ fn lora_from_proto(c: &mut Check, p: pb::LoraParams) -> LoraParams {
             .chain_every
             .map(|n| c.range_i64("spec.method.lora.chain_every", n, 1, 100_000_000)),
     }
+}
+
+/// The preference loss of a preference job (defaults filled in); `None` for other tasks,
+/// which must not name one.
+fn preference_from_proto(
+    c: &mut Check,
+    task: Task,
+    p: Option<&pb::Preference>,
+) -> Option<PreferenceParams> {
+    let f = "spec.preference";
+    match task {
+        Task::CausalLm | Task::Classification => {
+            if p.is_some() {
+                c.fail(f, format!("is for task = preference, not {task}"));
+            }
+            return None;
+        }
+        Task::Preference => {}
+    }
+    let p = p.cloned().unwrap_or_default();
+    let loss = c.named(
+        &format!("{f}.loss"),
+        &p.loss,
+        PreferenceLoss::parse,
+        PreferenceLoss::NAMES,
+        PreferenceLoss::Dpo,
+    );
+    let beta = p.beta.unwrap_or(DEFAULT_PREFERENCE_BETA);
+    if c.finite(&format!("{f}.beta"), beta) && !(beta > 0.0 && beta <= 10.0) {
+        c.fail(
+            &format!("{f}.beta"),
+            format!("must be > 0 and <= 10, got {beta}"),
+        );
+    }
+    let label_smoothing = p.label_smoothing.unwrap_or(0.0);
+    if p.label_smoothing.is_some() && loss != PreferenceLoss::Dpo {
+        c.fail(
+            &format!("{f}.label_smoothing"),
+            format!("is a dpo knob; {loss} has no label smoothing"),
+        );
+    } else if c.finite(&format!("{f}.label_smoothing"), label_smoothing)
+        && !(0.0..0.5).contains(&label_smoothing)
+    {
+        c.fail(
+            &format!("{f}.label_smoothing"),
+            format!("must be >= 0 and < 0.5, got {label_smoothing}"),
+        );
+    }
+    Some(PreferenceParams {
+        loss,
+        beta,
+        label_smoothing,
+    })
 }
 
 fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperparameters {
@@ -571,6 +636,7 @@ impl From<Stored> for JobSpec {
             validation_file: s.validation_file,
             task: s.task,
             method: s.method,
+            preference: s.preference,
             hyperparameters: s.hyperparameters,
             device: s.device,
             min_memory_bytes: s.min_memory_bytes,

@@ -17,10 +17,13 @@ mod stored;
 
 pub use check::{FieldViolation, MAX_MIN_MEMORY_BYTES, MAX_TARGET_MODULES, is_label_key};
 pub use job::{
-    DEFAULT_DECAY_FRACTION, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_LR_RATIO, DEFAULT_ZO_EPSILON,
-    Hyperparameters, JobSpec, LoraParams, Method, SPEC_VERSION, default_alpha, wsd_decay_start,
+    DEFAULT_DECAY_FRACTION, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_LR_RATIO, DEFAULT_PREFERENCE_BETA,
+    DEFAULT_ZO_EPSILON, Hyperparameters, JobSpec, LoraParams, Method, PreferenceParams,
+    SPEC_VERSION, default_alpha, wsd_decay_start,
 };
-pub use names::{DecayShape, Device, LoraInit, MethodKind, Optimizer, Schedule, Task};
+pub use names::{
+    DecayShape, Device, LoraInit, MethodKind, Optimizer, PreferenceLoss, Schedule, Task,
+};
 pub use plan::{ClassInit, Plan};
 
 #[cfg(test)]

@@ -18,10 +18,22 @@ pub const EVAL_PERPLEXITY: &str = "eval_perplexity";
 /// Share of validation examples classified correctly.
 pub const EVAL_ACCURACY: &str = "eval_accuracy";
 
+/// Preference jobs: the mean implicit reward of the chosen replies (DPO/IPO: `β·(log π −
+/// log π_ref)`; ORPO: `λ·` mean token log-probability).
+pub const REWARD_CHOSEN: &str = "reward_chosen";
+/// Preference jobs: the mean implicit reward of the rejected replies.
+pub const REWARD_REJECTED: &str = "reward_rejected";
+/// Preference jobs: mean of chosen minus rejected reward.
+pub const REWARD_MARGIN: &str = "reward_margin";
+/// Preference jobs: share of pairs whose chosen reply earns the larger reward.
+pub const REWARD_ACCURACY: &str = "reward_accuracy";
+
 /// Metrics a sweep may optimise, with whether larger is better.
 pub const OBJECTIVES: &[(&str, bool)] = &[
     (LOSS, false),
     (EVAL_LOSS, false),
     (EVAL_PERPLEXITY, false),
     (EVAL_ACCURACY, true),
+    (REWARD_MARGIN, true),
+    (REWARD_ACCURACY, true),
 ];

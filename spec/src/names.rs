@@ -48,6 +48,31 @@ named! {
         CausalLm = "causal_lm",
         /// Sequence classification on `{"text","label"}` data (BERT-family encoders + head).
         Classification = "classification",
+        /// Preference tuning (DPO, IPO, ORPO) of a decoder on chosen/rejected reply pairs.
+        Preference = "preference",
+    }
+}
+
+named! {
+    /// The loss of a preference job.
+    PreferenceLoss {
+        /// Direct Preference Optimization (sigmoid loss on the reward margin).
+        Dpo = "dpo",
+        /// Identity Preference Optimization (squared loss on the length-normalised margin).
+        Ipo = "ipo",
+        /// Odds Ratio Preference Optimization: NLL of the chosen reply plus an odds-ratio
+        /// term; no reference model.
+        Orpo = "orpo",
+    }
+}
+
+impl PreferenceLoss {
+    /// Whether the loss compares the policy with a reference model.
+    pub fn needs_reference(self) -> bool {
+        match self {
+            PreferenceLoss::Dpo | PreferenceLoss::Ipo => true,
+            PreferenceLoss::Orpo => false,
+        }
     }
 }
 
@@ -156,7 +181,18 @@ impl Task {
         use tuna_proto::v1::DatasetFormat as F;
         match (self, format) {
             (Task::CausalLm, F::Text | F::PromptCompletion | F::Chat)
-            | (Task::Classification, F::Classification) => Ok(()),
+            | (Task::Classification, F::Classification)
+            | (Task::Preference, F::Preference) => Ok(()),
+            (Task::CausalLm | Task::Classification, F::Preference) => Err(
+                "has preference lines ({\"chosen\",\"rejected\"}): use task = preference".into(),
+            ),
+            (Task::Preference, F::Text | F::PromptCompletion | F::Chat | F::Classification) => {
+                Err(format!(
+                    "has {} lines; preference needs {{\"prompt\" or \"messages\", \"chosen\", \
+                     \"rejected\"}} lines",
+                    format.as_str_name().to_ascii_lowercase()
+                ))
+            }
             (Task::CausalLm, F::Classification) => Err(
                 "has labelled lines ({\"text\",\"label\"}): use task = classification with an \
                  encoder such as BERT; causal_lm trains on text, prompt/completion and chat data"

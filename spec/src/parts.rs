@@ -2,7 +2,20 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::{DecayShape, LoraInit, MethodKind, Optimizer, Schedule};
+use crate::names::{DecayShape, LoraInit, MethodKind, Optimizer, PreferenceLoss, Schedule};
+
+/// The loss of a preference job and its knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceParams {
+    pub loss: PreferenceLoss,
+    /// DPO/IPO: β, the pull towards the reference; ORPO: λ, the odds-ratio weight.
+    pub beta: f64,
+    /// DPO only: the assumed share of flipped labels.
+    pub label_smoothing: f64,
+}
+
+/// β (and ORPO's λ) when the spec names none: TRL's default for both.
+pub const DEFAULT_PREFERENCE_BETA: f64 = 0.1;
 
 /// LoRA / DoRA parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

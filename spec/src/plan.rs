@@ -5,7 +5,7 @@
 //! therefore a compile error here until someone decides whether it can train.
 
 use crate::check::FieldViolation;
-use crate::job::{JobSpec, LoraParams, Method};
+use crate::job::{JobSpec, LoraParams, Method, PreferenceParams};
 use crate::names::{LoraInit, Task};
 
 /// What the worker trains.
@@ -13,6 +13,12 @@ use crate::names::{LoraInit, Task};
 pub enum Plan<'a> {
     /// A decoder on next-token prediction, with any method.
     CausalLm { method: &'a Method },
+    /// A decoder on chosen/rejected pairs. With a reference loss (DPO, IPO) the method is an
+    /// adapter that can be switched off and leaves the base weights as loaded.
+    Preference {
+        method: &'a Method,
+        preference: PreferenceParams,
+    },
     /// An encoder plus a fresh classification head, with a LoRA-family adapter.
     Classification {
         lora: &'a LoraParams,
@@ -88,6 +94,7 @@ impl JobSpec {
             Task::CausalLm => Ok(Plan::CausalLm {
                 method: &self.method,
             }),
+            Task::Preference => self.preference_plan(),
             Task::Classification => {
                 if self.hyperparameters.prompt_loss_weight != 0.0 {
                     return Err(FieldViolation::new(
@@ -129,5 +136,64 @@ impl JobSpec {
                 Ok(Plan::Classification { lora, dora, init })
             }
         }
+    }
+
+    fn preference_plan(&self) -> Result<Plan<'_>, FieldViolation> {
+        let Some(preference) = self.preference else {
+            return Err(FieldViolation::new(
+                "spec.preference",
+                "is required for task = preference",
+            ));
+        };
+        if self.hyperparameters.prompt_loss_weight != 0.0 {
+            return Err(FieldViolation::new(
+                "spec.hyperparameters.prompt_loss_weight",
+                "preference losses score the replies only (leave it 0)",
+            ));
+        }
+        if let Method::Lora { lora } | Method::Dora { lora } = &self.method
+            && lora.init == LoraInit::LoraGa
+        {
+            return Err(FieldViolation::new(
+                INIT,
+                "lora_ga estimates its init from causal-LM gradients; preference jobs use \
+                 default or gaussian (or pissa with orpo)",
+            ));
+        }
+        if preference.loss.needs_reference() {
+            let refuse = |why: String| Err(FieldViolation::new("spec.method.type", why));
+            match &self.method {
+                Method::Lora { lora } | Method::Dora { lora } => match lora.init {
+                    LoraInit::Default | LoraInit::Gaussian => {}
+                    LoraInit::Pissa | LoraInit::LoraGa => {
+                        return Err(FieldViolation::new(
+                            INIT,
+                            format!(
+                                "{}'s reference is the base with the adapter off, and {} \
+                                 moves the base weight; use default or gaussian",
+                                preference.loss, lora.init
+                            ),
+                        ));
+                    }
+                },
+                Method::Ia3 { .. } => {}
+                Method::PromptTuning { .. }
+                | Method::Bitfit
+                | Method::Full
+                | Method::Lisa { .. } => {
+                    return refuse(format!(
+                        "{}'s reference is the base model with the adapter switched off, which \
+                         needs lora, dora or ia3; {} cannot be switched off (use loss orpo, \
+                         which needs no reference)",
+                        preference.loss,
+                        self.method.kind()
+                    ));
+                }
+            }
+        }
+        Ok(Plan::Preference {
+            method: &self.method,
+            preference,
+        })
     }
 }

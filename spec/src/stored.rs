@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::names::{Device, LoraInit, Task};
-use crate::parts::{Hyperparameters, Method};
+use crate::parts::{Hyperparameters, Method, PreferenceParams};
 
 const V1_LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
 const V1_IA3_DEFAULT: [&str; 3] = ["k_proj", "v_proj", "down_proj"];
@@ -23,6 +23,8 @@ pub(crate) struct Stored {
     pub(crate) validation_file: Option<String>,
     pub(crate) task: Task,
     pub(crate) method: Method,
+    #[serde(default)]
+    pub(crate) preference: Option<PreferenceParams>,
     pub(crate) hyperparameters: Hyperparameters,
     pub(crate) device: Device,
     pub(crate) min_memory_bytes: i64,

@@ -482,3 +482,66 @@ fn defaults_of_the_schedule_parameters() {
     );
     assert_eq!(h("cosine").prompt_loss_weight, 0.0);
 }
+
+#[test]
+fn preference_knobs_are_validated_and_round_trip() {
+    let mut p = with("preference", "lora", "");
+    let spec = ok(&p);
+    let pref = spec.preference.unwrap();
+    assert_eq!(
+        (pref.loss, pref.beta, pref.label_smoothing),
+        (PreferenceLoss::Dpo, DEFAULT_PREFERENCE_BETA, 0.0)
+    );
+    assert_eq!(ok(&spec.to_proto()), spec);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), spec);
+
+    let refuse = |p: &pb::JobSpec| fields(JobSpec::from_proto(Some(p)).unwrap_err());
+    p.preference = Some(pb::Preference {
+        loss: "kto".into(),
+        beta: Some(0.0),
+        label_smoothing: Some(0.5),
+    });
+    assert_eq!(
+        refuse(&p),
+        [
+            "spec.preference.loss",
+            "spec.preference.beta",
+            "spec.preference.label_smoothing"
+        ]
+    );
+    p.preference = Some(pb::Preference {
+        loss: "orpo".into(),
+        beta: None,
+        label_smoothing: Some(0.1),
+    });
+    assert_eq!(refuse(&p), ["spec.preference.label_smoothing"]);
+    // A preference knob on another task, a reference loss without an adapter, a prompt weight.
+    let mut q = with("causal_lm", "lora", "");
+    q.preference = Some(pb::Preference::default());
+    assert_eq!(refuse(&q), ["spec.preference"]);
+    assert_eq!(
+        refuse(&with("preference", "full", "")),
+        ["spec.method.type"]
+    );
+    assert_eq!(
+        refuse(&with("preference", "lora", "pissa")),
+        ["spec.method.lora.init"]
+    );
+    assert_eq!(
+        refuse(&with("preference", "lora", "lora_ga")),
+        ["spec.method.lora.init"]
+    );
+    let mut orpo_full = with("preference", "full", "");
+    orpo_full.preference = Some(pb::Preference {
+        loss: "orpo".into(),
+        ..Default::default()
+    });
+    assert_eq!(ok(&orpo_full).task, Task::Preference);
+    let mut w = with("preference", "lora", "");
+    w.hyperparameters = Some(pb::Hyperparameters {
+        prompt_loss_weight: Some(0.5),
+        ..Default::default()
+    });
+    assert_eq!(refuse(&w), ["spec.hyperparameters.prompt_loss_weight"]);
+}

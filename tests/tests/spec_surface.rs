@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tuna_client::{Client, ClientError, pb};
 use tuna_e2e::ServerProcess;
-use tuna_spec::{JobSpec, LoraInit, MethodKind, Optimizer, Schedule, Task};
+use tuna_spec::{JobSpec, LoraInit, MethodKind, Optimizer, PreferenceLoss, Schedule, Task};
 use tuna_worker::engine::model::bert::TinyBertSpec;
 use tuna_worker::engine::model::tiny::TinySpec;
 
@@ -23,6 +23,20 @@ fn causal_data() -> String {
                 i % 4,
                 i / 4,
                 i % 4 + i / 4
+            )
+        })
+        .collect()
+}
+
+fn pref_data() -> String {
+    (0..12)
+        .map(|i| {
+            format!(
+                "{{\"prompt\":\"{}+{}=\",\"chosen\":\"{}\",\"rejected\":\"{}\"}}\n",
+                i % 4,
+                i / 4,
+                i % 4 + i / 4,
+                i % 4 + i / 4 + 1
             )
         })
         .collect()
@@ -72,6 +86,7 @@ fn spec(
     let (model, data) = match task {
         Task::CausalLm => ("llama", &files.causal),
         Task::Classification => ("bert", &files.class),
+        Task::Preference => ("llama", &files.pref),
     };
     pb::JobSpec {
         base_model: model.into(),
@@ -105,6 +120,10 @@ fn spec(
             seed: Some(3),
             ..Default::default()
         }),
+        preference: (task == Task::Preference).then(|| pb::Preference {
+            loss: PreferenceLoss::Dpo.as_str().into(),
+            ..Default::default()
+        }),
         max_attempts: 1,
         ..Default::default()
     }
@@ -113,6 +132,7 @@ fn spec(
 struct Files {
     causal: String,
     class: String,
+    pref: String,
 }
 
 /// What the matrix has seen: refusals, and the jobs created per distinct typed spec.
@@ -199,6 +219,7 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
     let files = Files {
         causal: upload(&client, dir.path(), "causal.jsonl", &causal_data()).await,
         class: upload(&client, dir.path(), "class.jsonl", &class_data()).await,
+        pref: upload(&client, dir.path(), "pref.jsonl", &pref_data()).await,
     };
 
     // A dataset whose validated format the task cannot train is refused at CreateJob too.
@@ -288,6 +309,41 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
                 .prompt_loss_weight = Some(weight);
             seen.check(&client, combo, p, *task, MethodKind::Lora).await;
         }
+    }
+    // Every preference loss with every method and its knobs.
+    for loss in PreferenceLoss::ALL {
+        for method in MethodKind::ALL {
+            let combo = format!("preference {method} loss={loss}");
+            let mut p = spec(
+                Task::Preference,
+                *method,
+                LoraInit::Default,
+                Schedule::Cosine,
+                &files,
+            );
+            p.preference = Some(pb::Preference {
+                loss: loss.as_str().into(),
+                beta: Some(0.5),
+                label_smoothing: None,
+            });
+            seen.check(&client, combo, p, Task::Preference, *method)
+                .await;
+        }
+        let combo = format!("preference lora loss={loss} label_smoothing=0.2");
+        let mut p = spec(
+            Task::Preference,
+            MethodKind::Lora,
+            LoraInit::Default,
+            Schedule::Cosine,
+            &files,
+        );
+        p.preference = Some(pb::Preference {
+            loss: loss.as_str().into(),
+            beta: None,
+            label_smoothing: Some(0.2),
+        });
+        seen.check(&client, combo, p, Task::Preference, MethodKind::Lora)
+            .await;
     }
     let Surface { refused, runs } = seen;
     assert!(

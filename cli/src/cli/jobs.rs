@@ -80,9 +80,19 @@ pub struct CreateArgs {
     /// lora, dora, ia3, prompt_tuning, bitfit, full or lisa.
     #[arg(long, default_value = "lora")]
     method: String,
-    /// causal_lm (default) or classification (a BERT-family model and `{"text","label"}` data).
+    /// causal_lm (default), classification (a BERT-family model and `{"text","label"}` data)
+    /// or preference (chosen/rejected pairs; see --preference-loss).
     #[arg(long, default_value = "")]
     task: String,
+    /// With --task preference: dpo (default), ipo or orpo.
+    #[arg(long, default_value = "")]
+    preference_loss: String,
+    /// With --task preference: DPO/IPO's beta or ORPO's lambda (default 0.1).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// With --preference-loss dpo: share of labels assumed flipped (default 0).
+    #[arg(long)]
+    label_smoothing: Option<f64>,
     #[arg(long)]
     r: Option<i32>,
     #[arg(long)]
@@ -195,6 +205,15 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
         max_attempts: a.max_attempts,
         labels: a.labels.iter().cloned().collect::<HashMap<_, _>>(),
         task: a.task.clone(),
+        preference: (a.task == "preference"
+            || !a.preference_loss.is_empty()
+            || a.beta.is_some()
+            || a.label_smoothing.is_some())
+        .then(|| pb::Preference {
+            loss: a.preference_loss.clone(),
+            beta: a.beta,
+            label_smoothing: a.label_smoothing,
+        }),
     }
 }
 

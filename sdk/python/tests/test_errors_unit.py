@@ -176,6 +176,13 @@ def test_method_helpers_build_the_proto() -> None:
     assert tuna.Full().to_proto().type == "full"
     h = tuna.Hyperparameters(learning_rate=1, max_steps=5).to_proto()
     assert h.learning_rate == 1.0 and h.max_steps == 5 and not h.HasField("epochs")
+    p = tuna.Preference(loss="orpo", beta=1).to_proto()
+    assert (p.loss, p.beta) == ("orpo", 1.0) and not p.HasField("label_smoothing")
+    spec = tuna.spec.build_job_spec(
+        model="m", training_file="f", task="preference", preference=tuna.Preference()
+    )
+    assert spec.task == "preference" and spec.HasField("preference")
+    assert tuna.DatasetFormat.PREFERENCE.value == 5
 
 
 def test_enum_arguments_accept_members_names_and_numbers() -> None:

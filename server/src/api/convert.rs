@@ -100,6 +100,7 @@ pub fn dataset_format(f: DatasetFormat) -> pb::DatasetFormat {
         DatasetFormat::PromptCompletion => pb::DatasetFormat::PromptCompletion,
         DatasetFormat::Chat => pb::DatasetFormat::Chat,
         DatasetFormat::Classification => pb::DatasetFormat::Classification,
+        DatasetFormat::Preference => pb::DatasetFormat::Preference,
     }
 }
 
@@ -110,6 +111,7 @@ pub fn dataset_format_from(field: &str, v: i32) -> Result<Option<DatasetFormat>,
         Ok(pb::DatasetFormat::PromptCompletion) => Ok(Some(DatasetFormat::PromptCompletion)),
         Ok(pb::DatasetFormat::Chat) => Ok(Some(DatasetFormat::Chat)),
         Ok(pb::DatasetFormat::Classification) => Ok(Some(DatasetFormat::Classification)),
+        Ok(pb::DatasetFormat::Preference) => Ok(Some(DatasetFormat::Preference)),
         Err(_) => Err(ApiError::field(
             field,
             format!("unknown dataset format {v}"),

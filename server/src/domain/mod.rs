@@ -118,6 +118,7 @@ text_enum!(
         PromptCompletion => "prompt_completion",
         Chat => "chat",
         Classification => "classification",
+        Preference => "preference",
     }
 );
 

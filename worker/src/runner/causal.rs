@@ -1,11 +1,12 @@
-//! Causal-LM jobs: a Llama-family decoder (HF folder or GGUF) trained with any method on
-//! text, prompt/completion or chat data.
+//! Decoder jobs: a Llama-family decoder (HF folder or GGUF) trained with any method on
+//! text, prompt/completion or chat data (next-token loss), or on preference pairs (DPO, IPO,
+//! ORPO).
 
 use std::path::Path;
 
 use candle_core::{DType, Device};
 use tuna_proto::v1 as pb;
-use tuna_spec::{LoraInit as SpecInit, Method as SpecMethod};
+use tuna_spec::{LoraInit as SpecInit, Method as SpecMethod, PreferenceParams};
 
 use super::chain::{self, Chain};
 use super::settings::{adapter_config, records, seed, train_config};
@@ -14,12 +15,15 @@ use crate::agent::{Control, JobInputs, Reporter, RunError, RunOutcome};
 use crate::engine::adapters::methods::{self, Method};
 use crate::engine::adapters::{AdapterSet, LoraInit};
 use crate::engine::data::tokenizer::load_for_model;
-use crate::engine::data::{Example, Loader, Tokenizer, examples_from_records};
+use crate::engine::data::{
+    Batch, Example, Loader, PairExample, Tokenizer, examples_from_records, pairs_from_records,
+};
 use crate::engine::export;
 use crate::engine::lora_ga;
 use crate::engine::model::{Llama, gguf};
-use crate::engine::trainer::Trainer;
 use crate::engine::trainer::lisa::LisaConfig;
+use crate::engine::trainer::preference::PreferenceObjective;
+use crate::engine::trainer::{TrainConfig, Trainer};
 
 /// PEFT's LoRA targets for Llama when the spec leaves them to the architecture.
 const LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
@@ -27,6 +31,7 @@ const LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
 pub(super) fn train(
     inputs: &JobInputs,
     method: &SpecMethod,
+    preference: Option<PreferenceParams>,
     control: &Control,
     reporter: &mut dyn Reporter,
 ) -> Result<RunOutcome, RunError> {
@@ -44,6 +49,36 @@ pub(super) fn train(
     }
     let max_len = h.max_seq_len.max(2) as usize;
     let batch = h.batch_size.max(1) as usize;
+    if let Some(params) = preference {
+        let train_set = pairs(&inputs.training_file, inputs.training_format, tok, max_len)?;
+        let total = spec.total_steps(train_set.len());
+        let train_loader = Loader::new(train_set, batch, seed, tok.pad_id()).map_err(user)?;
+        let eval_loader = match &inputs.validation_file {
+            Some(p) => Some(
+                Loader::new(
+                    pairs(p, inputs.validation_format, tok, max_len)?,
+                    batch,
+                    seed,
+                    tok.pad_id(),
+                )
+                .map_err(user)?,
+            ),
+            None => None,
+        };
+        let config = config_for(spec, total, method, &model)?;
+        let adapters = attach(&mut model, method, seed, None)?;
+        let objective = PreferenceObjective {
+            model: &model,
+            adapters: &adapters,
+            params,
+        };
+        let mut trainer = Trainer::with_objective(objective, train_loader, eval_loader, config)
+            .map_err(classify_error)?;
+        let export = |dir: &Path| {
+            export::save_adapter(dir, &adapters, &spec.base_model, "CAUSAL_LM").map_err(system)
+        };
+        return drive(&mut trainer, inputs, control, reporter, &export);
+    }
     let train_set = examples(&inputs.training_file, inputs.training_format, tok, max_len)?;
     let total = spec.total_steps(train_set.len());
     let train_loader = Loader::new(train_set, batch, seed, tok.pad_id())
@@ -61,78 +96,25 @@ pub(super) fn train(
         ),
         None => None,
     };
-    let mut config = train_config(spec, total);
-    if let SpecMethod::Lisa { layers, interval } = method {
-        let num_layers = model.config().num_hidden_layers;
-        let layers = (*layers).max(1) as usize;
-        if layers > num_layers {
-            return Err(user(format!(
-                "spec.method.lisa.layers is {layers} but the model has {num_layers} decoder layers"
-            )));
+    let config = config_for(spec, total, method, &model)?;
+    // LoRA-GA's init reads the first optimizer window's batches, from a copy of the loader so
+    // the training order is untouched; the same batches on resume rebuild the same base
+    // offset before the checkpoint's factors are loaded.
+    let ga_batches = match method {
+        SpecMethod::Lora { lora: p } | SpecMethod::Dora { lora: p }
+            if p.init == SpecInit::LoraGa =>
+        {
+            let mut probe = train_loader.clone();
+            Some(
+                (0..config.grad_accum)
+                    .map(|_| probe.next_batch(model.device()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(user)?,
+            )
         }
-        config.lisa = Some(LisaConfig {
-            layers,
-            interval: (*interval).max(1) as u64,
-            num_layers,
-        });
-    }
-    let lora = |init: LoraInit, dora: bool, p: &tuna_spec::LoraParams| {
-        adapter_config(p, dora, init, &LORA_DEFAULT, seed)
+        _ => None,
     };
-    let adapters = match method {
-        SpecMethod::Lora { lora: p } | SpecMethod::Dora { lora: p } => {
-            let dora = matches!(method, SpecMethod::Dora { .. });
-            // LoRA-GA needs data, so it attaches through its own function.
-            let init = match p.init {
-                SpecInit::Default => Some(LoraInit::Default),
-                SpecInit::Gaussian => Some(LoraInit::Gaussian),
-                SpecInit::Pissa => Some(LoraInit::Pissa),
-                SpecInit::LoraGa => None,
-            };
-            match init {
-                Some(init) => AdapterSet::attach(&mut model, &lora(init, dora, p)),
-                None => {
-                    // The first optimizer window's batches, from a copy of the loader so the
-                    // training order is untouched; the same batches on resume rebuild the
-                    // same base offset before the checkpoint's factors are loaded.
-                    let mut probe = train_loader.clone();
-                    let batches = (0..config.grad_accum)
-                        .map(|_| probe.next_batch(model.device()))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(user)?;
-                    lora_ga::attach(
-                        &mut model,
-                        &lora(LoraInit::LoraGa, dora, p),
-                        &batches,
-                        lora_ga::DEFAULT_GAMMA,
-                    )
-                }
-            }
-            .map_err(user)?
-        }
-        SpecMethod::Ia3 { target_modules } => methods::attach(
-            &mut model,
-            &Method::Ia3 {
-                target_modules: target_modules.clone(),
-                feedforward_modules: None,
-            },
-            seed,
-        )
-        .map_err(user)?,
-        SpecMethod::PromptTuning { num_virtual_tokens } => methods::attach(
-            &mut model,
-            &Method::PromptTuning {
-                num_virtual_tokens: (*num_virtual_tokens).max(1) as usize,
-            },
-            seed,
-        )
-        .map_err(user)?,
-        SpecMethod::Bitfit => methods::attach(&mut model, &Method::BitFit, seed).map_err(user)?,
-        // LISA trains the full model's weights, a sampled few layers at a time (the trainer).
-        SpecMethod::Full | SpecMethod::Lisa { .. } => {
-            methods::attach(&mut model, &Method::Full, seed).map_err(user)?
-        }
-    };
+    let adapters = attach(&mut model, method, seed, ga_batches.as_deref())?;
     // A chain of LoRA merges and restarts its adapter every `every` steps.
     if let SpecMethod::Lora { lora: p } = method
         && let Some(every) = p.chain_every
@@ -160,6 +142,99 @@ pub(super) fn train(
         export::save_adapter(dir, &adapters, &spec.base_model, "CAUSAL_LM").map_err(system)
     };
     drive(&mut trainer, inputs, control, reporter, &export)
+}
+
+/// The run's loop settings, with LISA's layer sampling sized to the model.
+fn config_for(
+    spec: &tuna_spec::JobSpec,
+    total: u64,
+    method: &SpecMethod,
+    model: &Llama,
+) -> Result<TrainConfig, RunError> {
+    let mut config = train_config(spec, total);
+    if let SpecMethod::Lisa { layers, interval } = method {
+        let num_layers = model.config().num_hidden_layers;
+        let layers = (*layers).max(1) as usize;
+        if layers > num_layers {
+            return Err(user(format!(
+                "spec.method.lisa.layers is {layers} but the model has {num_layers} decoder layers"
+            )));
+        }
+        config.lisa = Some(LisaConfig {
+            layers,
+            interval: (*interval).max(1) as u64,
+            num_layers,
+        });
+    }
+    Ok(config)
+}
+
+/// Attaches the method's trainable weights to `model`. LoRA-GA estimates its init from
+/// `ga_batches` (causal-LM jobs only; the spec refuses it elsewhere).
+fn attach(
+    model: &mut Llama,
+    method: &SpecMethod,
+    seed: u64,
+    ga_batches: Option<&[Batch]>,
+) -> Result<AdapterSet, RunError> {
+    let lora = |init: LoraInit, dora: bool, p: &tuna_spec::LoraParams| {
+        adapter_config(p, dora, init, &LORA_DEFAULT, seed)
+    };
+    match method {
+        SpecMethod::Lora { lora: p } | SpecMethod::Dora { lora: p } => {
+            let dora = matches!(method, SpecMethod::Dora { .. });
+            let init = match p.init {
+                SpecInit::Default => LoraInit::Default,
+                SpecInit::Gaussian => LoraInit::Gaussian,
+                SpecInit::Pissa => LoraInit::Pissa,
+                SpecInit::LoraGa => {
+                    let batches = ga_batches.ok_or_else(|| {
+                        user("spec.method.lora.init: lora_ga needs causal-LM training batches")
+                    })?;
+                    return lora_ga::attach(
+                        model,
+                        &lora(LoraInit::LoraGa, dora, p),
+                        batches,
+                        lora_ga::DEFAULT_GAMMA,
+                    )
+                    .map_err(user);
+                }
+            };
+            AdapterSet::attach(model, &lora(init, dora, p)).map_err(user)
+        }
+        SpecMethod::Ia3 { target_modules } => methods::attach(
+            model,
+            &Method::Ia3 {
+                target_modules: target_modules.clone(),
+                feedforward_modules: None,
+            },
+            seed,
+        )
+        .map_err(user),
+        SpecMethod::PromptTuning { num_virtual_tokens } => methods::attach(
+            model,
+            &Method::PromptTuning {
+                num_virtual_tokens: (*num_virtual_tokens).max(1) as usize,
+            },
+            seed,
+        )
+        .map_err(user),
+        SpecMethod::Bitfit => methods::attach(model, &Method::BitFit, seed).map_err(user),
+        // LISA trains the full model's weights, a sampled few layers at a time (the trainer).
+        SpecMethod::Full | SpecMethod::Lisa { .. } => {
+            methods::attach(model, &Method::Full, seed).map_err(user)
+        }
+    }
+}
+
+fn pairs(
+    path: &Path,
+    format: pb::DatasetFormat,
+    tok: &dyn Tokenizer,
+    max_len: usize,
+) -> Result<Vec<PairExample>, RunError> {
+    let records = records(path, format)?;
+    pairs_from_records(&records, tok, max_len).map_err(user)
 }
 
 fn examples(

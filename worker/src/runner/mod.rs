@@ -51,7 +51,10 @@ fn train(
     reporter: &mut dyn Reporter,
 ) -> Result<RunOutcome, RunError> {
     match inputs.spec.plan().map_err(|v| user(v.description))? {
-        Plan::CausalLm { method } => causal::train(inputs, method, control, reporter),
+        Plan::CausalLm { method } => causal::train(inputs, method, None, control, reporter),
+        Plan::Preference { method, preference } => {
+            causal::train(inputs, method, Some(preference), control, reporter)
+        }
         Plan::Classification { lora, dora, init } => {
             classify::train(inputs, lora, dora, init, control, reporter)
         }
@@ -138,6 +141,7 @@ fn report(event: &Event, total: u64, reporter: &mut dyn Reporter) {
                 (metrics::TOTAL_STEPS.to_string(), total as f64),
             ]
             .into_iter()
+            .chain(m.extra.iter().map(|(name, v)| (name.to_string(), *v)))
             .collect(),
         }),
         Event::Eval(e) => reporter.progress(eval_progress(e)),

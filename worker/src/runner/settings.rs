@@ -130,6 +130,7 @@ pub(super) fn records(
         pb::DatasetFormat::PromptCompletion => Format::PromptCompletion,
         pb::DatasetFormat::Chat => Format::Chat,
         pb::DatasetFormat::Classification => Format::Classification,
+        pb::DatasetFormat::Preference => Format::Preference,
         pb::DatasetFormat::Unspecified => {
             return Err(system(format!(
                 "{}: the server sent no validated dataset format",

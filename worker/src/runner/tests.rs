@@ -223,6 +223,26 @@ fn tiny_inputs(
             }
             (m, CLASSES.to_string(), pb::DatasetFormat::Classification)
         }
+        tuna_spec::Task::Preference => {
+            let m = dir.join("tiny-llama");
+            if !m.exists() {
+                crate::engine::model::tiny::TinySpec::default()
+                    .write(&m, 7)
+                    .unwrap();
+            }
+            let data: String = (0..24)
+                .map(|i| {
+                    let sum = i % 5 + i / 5;
+                    format!(
+                        "{{\"prompt\":\"{}+{}=\",\"chosen\":\"{sum}\",\"rejected\":\"{}\"}}\n",
+                        i % 5,
+                        i / 5,
+                        sum + 1
+                    )
+                })
+                .collect();
+            (m, data, pb::DatasetFormat::Preference)
+        }
         tuna_spec::Task::CausalLm => {
             let m = dir.join("tiny-llama");
             if !m.exists() {
@@ -576,6 +596,75 @@ fn a_chain_of_lora_resumes_exactly_and_exports_the_whole_chain_as_one_lora() {
     let tail = &whole.losses()[4..];
     assert_eq!(resumed.losses().len(), tail.len());
     for ((s, a), (_, b)) in resumed.losses().iter().zip(tail) {
+        assert!((a - b).abs() <= 1e-6, "step {s}: {a} vs {b}");
+    }
+}
+
+#[test]
+fn a_dpo_job_reports_rewards_resumes_exactly_and_exports_a_lora() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = tiny_spec("preference", "", 6);
+    spec.preference = Some(pb::Preference {
+        loss: "dpo".into(),
+        beta: Some(0.5),
+        label_smoothing: Some(0.1),
+    });
+    let control = Control::new();
+    let mut whole = Scripted::new(&control, None);
+    let out = EngineRunner
+        .run(
+            &tiny_inputs(dir.path(), "whole", spec.clone(), None),
+            &control,
+            &mut whole,
+        )
+        .unwrap();
+    let RunOutcome::Finished {
+        step: 6,
+        adapter_dir,
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter_dir.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    use tuna_spec::metrics::{REWARD_ACCURACY, REWARD_CHOSEN, REWARD_MARGIN, REWARD_REJECTED};
+    let last = whole.progress.last().unwrap();
+    for name in [
+        REWARD_CHOSEN,
+        REWARD_REJECTED,
+        REWARD_MARGIN,
+        REWARD_ACCURACY,
+    ] {
+        assert!(
+            last.values.get(name).is_some_and(|v| v.is_finite()),
+            "{name}: {last:?}"
+        );
+    }
+    // cDPO at a zero margin: −0.9·log σ(0) − 0.1·log σ(0) = ln 2.
+    let losses = whole.losses();
+    assert!(
+        (losses[0].1 - std::f64::consts::LN_2).abs() < 1e-6,
+        "{losses:?}"
+    );
+
+    let control = Control::new();
+    let mut paused = Scripted::new(&control, Some((2, Stop::Drain)));
+    EngineRunner
+        .run(
+            &tiny_inputs(dir.path(), "paused", spec.clone(), None),
+            &control,
+            &mut paused,
+        )
+        .unwrap();
+    let checkpoint = paused.checkpoints[0].1.clone();
+    let control = Control::new();
+    let mut resumed = Scripted::new(&control, None);
+    let inputs = tiny_inputs(dir.path(), "resumed", spec, Some(checkpoint));
+    EngineRunner.run(&inputs, &control, &mut resumed).unwrap();
+    for ((s, a), (_, b)) in resumed.losses().iter().zip(&whole.losses()[2..]) {
         assert!((a - b).abs() <= 1e-6, "step {s}: {a} vs {b}");
     }
 }

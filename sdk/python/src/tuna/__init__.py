@@ -63,6 +63,7 @@ from tuna.spec import (
     Hyperparameters,
     LoRA,
     Method,
+    Preference,
     PromptTuning,
     Resources,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "LISA",
     "Method",
     "Hyperparameters",
+    "Preference",
     "Resources",
     "SweepSpec",
     # resources

@@ -25,7 +25,14 @@ from tuna._transfer import ProgressFn
 from tuna.enums import ArtifactKind, DatasetFormat, FilePurpose, JobState
 from tuna.job import Job
 from tuna.retry import RetryPolicy
-from tuna.spec import DEFAULT_METHOD, Hyperparameters, MethodLike, Resources, build_job_spec
+from tuna.spec import (
+    DEFAULT_METHOD,
+    Hyperparameters,
+    MethodLike,
+    Preference,
+    Resources,
+    build_job_spec,
+)
 from tuna.spec_file import JobSpecLike, SweepSpecLike
 from tuna.types import (
     Artifact,
@@ -181,6 +188,7 @@ class Jobs(_Service):
         hyperparameters: Hyperparameters | None = None,
         resources: Resources | None = None,
         task: str | None = None,
+        preference: Preference | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
         labels: Mapping[str, str] | None = None,
@@ -199,7 +207,9 @@ class Jobs(_Service):
             hyperparameters: see :class:`~tuna.Hyperparameters`; unset fields take the
                 server's defaults.
             resources: device and memory the worker needs.
-            task: ``causal_lm`` (default) or ``classification``.
+            task: ``causal_lm`` (default), ``classification`` or ``preference``.
+            preference: the loss of a preference job (:class:`~tuna.Preference`; DPO with
+                beta 0.1 when left out).
             priority: -1000..=1000, higher first (default 0).
             max_attempts: 1..=100 (default 3).
             labels: free-form ``key: value`` labels, for ``list(labels=...)``.
@@ -219,6 +229,7 @@ class Jobs(_Service):
             hyperparameters=hyperparameters,
             resources=resources,
             task=task,
+            preference=preference,
             priority=priority,
             max_attempts=max_attempts,
             labels=labels,

@@ -310,6 +310,37 @@ class Resources:
         return message
 
 
+@dataclass(frozen=True)
+class Preference:
+    """The loss of a ``task="preference"`` job (``{"prompt"|"messages","chosen","rejected"}`` data).
+
+    Args:
+        loss: ``dpo`` (default), ``ipo`` or ``orpo``. DPO and IPO compare with the base model
+            with the adapter switched off, so they need LoRA, DoRA or IA3.
+        beta: DPO/IPO's beta, ORPO's lambda; (0, 10], default 0.1.
+        label_smoothing: DPO only: the share of labels assumed flipped, [0, 0.5).
+    """
+
+    loss: Literal["dpo", "ipo", "orpo"] | None = None
+    beta: float | None = None
+    label_smoothing: float | None = None
+
+    def to_proto(self) -> job_pb2.Preference:
+        """The ``tuna.v1.Preference`` message."""
+        message = job_pb2.Preference()
+        _set_optional(
+            message,
+            {
+                "loss": self.loss,
+                "beta": None if self.beta is None else float(self.beta),
+                "label_smoothing": None
+                if self.label_smoothing is None
+                else float(self.label_smoothing),
+            },
+        )
+        return message
+
+
 def build_job_spec(
     *,
     model: str,
@@ -319,6 +350,7 @@ def build_job_spec(
     hyperparameters: Hyperparameters | job_pb2.Hyperparameters | None = None,
     resources: Resources | job_pb2.Resources | None = None,
     task: str | None = None,
+    preference: Preference | job_pb2.Preference | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
     labels: Mapping[str, str] | None = None,
@@ -340,6 +372,10 @@ def build_job_spec(
         )
     if task:
         spec.task = task
+    if preference is not None:
+        spec.preference.CopyFrom(
+            preference if isinstance(preference, job_pb2.Preference) else preference.to_proto()
+        )
     if priority is not None:
         spec.priority = priority
     if max_attempts is not None:

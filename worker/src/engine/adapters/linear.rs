@@ -172,7 +172,7 @@ impl AdaptedLinear {
     /// `x` `[..., in]` → `[..., out]`.
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         match &self.ia3 {
-            Some(ia3) if self.unmerged.is_none() => {
+            Some(ia3) if self.unmerged.is_none() && mode.adapters_on() => {
                 let l = mode.read(&ia3.l).flatten_all()?.to_dtype(x.dtype())?;
                 if ia3.on_input {
                     self.forward_inner(&x.broadcast_mul(&l)?, mode)
@@ -186,7 +186,7 @@ impl AdaptedLinear {
 
     fn forward_inner(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         let lora = match &self.lora {
-            Some(l) if self.unmerged.is_none() => l,
+            Some(l) if self.unmerged.is_none() && mode.adapters_on() => l,
             _ => return add_bias(matmul_t(x, &self.weight)?, self.bias.as_ref()),
         };
         let wd = lora.a.dtype();

@@ -68,6 +68,9 @@ pub enum Mode {
         seed: u64,
         pass: u64,
     },
+    /// The base model alone: adapters are switched off (a preference loss's reference), no
+    /// dropout, nothing recorded for autograd through adapter weights.
+    Reference,
 }
 
 impl Mode {
@@ -77,7 +80,7 @@ impl Mode {
             Mode::Train { seed, pass } | Mode::Probe { seed, pass } if p > 0.0 => Some(
                 crate::engine::rng::stream(*seed, &format!("dropout/{pass}/{key}")),
             ),
-            Mode::Train { .. } | Mode::Probe { .. } | Mode::Eval => None,
+            Mode::Train { .. } | Mode::Probe { .. } | Mode::Eval | Mode::Reference => None,
         }
     }
 
@@ -85,7 +88,15 @@ impl Mode {
     pub fn read(&self, var: &candle_core::Var) -> candle_core::Tensor {
         match self {
             Mode::Eval | Mode::Train { .. } => var.as_tensor().clone(),
-            Mode::Probe { .. } => var.as_detached_tensor(),
+            Mode::Probe { .. } | Mode::Reference => var.as_detached_tensor(),
+        }
+    }
+
+    /// Whether adapters take part in this pass.
+    pub fn adapters_on(&self) -> bool {
+        match self {
+            Mode::Eval | Mode::Train { .. } | Mode::Probe { .. } => true,
+            Mode::Reference => false,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! JSONL parsing for the `{"text"}`, `{"prompt","completion"}`, `{"messages":[...]}` and
-//! `{"text","label"}` formats.
+//! JSONL parsing for the `{"text"}`, `{"prompt","completion"}`, `{"messages":[...]}`,
+//! `{"text","label"}` and `{"prompt"|"messages","chosen","rejected"}` formats.
 
 use std::path::Path;
 
@@ -18,6 +18,16 @@ pub enum Format {
     /// `{"text","label"}` for sequence classification; the label may be a string or an
     /// integer and is kept as text (class ids are assigned by [`super::classify`]).
     Classification,
+    /// `{"prompt","chosen","rejected"}` or `{"messages","chosen","rejected"}`: two replies to
+    /// one prompt, the first preferred.
+    Preference,
+}
+
+/// What a preference pair's replies answer: plain text or a conversation so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreferencePrompt {
+    Text(String),
+    Chat(Vec<super::template::Message>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +46,41 @@ pub enum Record {
         text: String,
         label: String,
     },
+    Preference {
+        prompt: PreferencePrompt,
+        chosen: String,
+        rejected: String,
+    },
+}
+
+impl Record {
+    /// A preference pair as the two records it compares (prompt + chosen, prompt +
+    /// rejected); `None` for other records.
+    pub fn preference_pair(&self) -> Option<(Record, Record)> {
+        let Record::Preference {
+            prompt,
+            chosen,
+            rejected,
+        } = self
+        else {
+            return None;
+        };
+        let with = |reply: &str| match prompt {
+            PreferencePrompt::Text(p) => Record::PromptCompletion {
+                prompt: p.clone(),
+                completion: reply.to_string(),
+            },
+            PreferencePrompt::Chat(messages) => {
+                let mut messages = messages.clone();
+                messages.push(super::template::Message {
+                    role: "assistant".into(),
+                    content: reply.to_string(),
+                });
+                Record::Chat { messages }
+            }
+        };
+        Some((with(chosen), with(rejected)))
+    }
 }
 
 /// Parses JSONL text; blank lines are skipped, anything else must be a JSON object with
@@ -103,29 +148,9 @@ fn parse_line(line: &str, format: Format) -> Result<Record, String> {
             prompt: field("prompt")?,
             completion: field("completion")?,
         }),
-        Format::Chat => {
-            let list = match obj.get("messages") {
-                Some(serde_json::Value::Array(list)) => list,
-                Some(_) => return Err("field `messages` must be an array".into()),
-                None => return Err("missing field `messages`".into()),
-            };
-            let mut messages = Vec::with_capacity(list.len());
-            for (i, m) in list.iter().enumerate() {
-                let get = |name: &str| match m.get(name) {
-                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                    Some(_) => Err(format!("messages[{i}].{name} must be a string")),
-                    None => Err(format!("messages[{i}] has no `{name}`")),
-                };
-                messages.push(super::template::Message {
-                    role: get("role")?,
-                    content: get("content")?,
-                });
-            }
-            if messages.is_empty() {
-                return Err("field `messages` is empty".into());
-            }
-            Ok(Record::Chat { messages })
-        }
+        Format::Chat => Ok(Record::Chat {
+            messages: messages(obj)?,
+        }),
         Format::Classification => {
             let label = match obj.get("label") {
                 Some(serde_json::Value::String(s)) => s.clone(),
@@ -140,6 +165,68 @@ fn parse_line(line: &str, format: Format) -> Result<Record, String> {
                 label,
             })
         }
+        Format::Preference => {
+            let prompt = match (obj.get("prompt"), obj.contains_key("messages")) {
+                (Some(_), true) => {
+                    return Err("give either `prompt` or `messages`, not both".into());
+                }
+                (Some(_), false) => PreferencePrompt::Text(field("prompt")?),
+                (None, true) => PreferencePrompt::Chat(messages(obj)?),
+                (None, false) => return Err("missing field `prompt` (or `messages`)".into()),
+            };
+            Ok(Record::Preference {
+                prompt,
+                chosen: reply(obj, "chosen")?,
+                rejected: reply(obj, "rejected")?,
+            })
+        }
+    }
+}
+
+/// The `messages` list of a chat line.
+fn messages(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<super::template::Message>, String> {
+    let list = match obj.get("messages") {
+        Some(serde_json::Value::Array(list)) => list,
+        Some(_) => return Err("field `messages` must be an array".into()),
+        None => return Err("missing field `messages`".into()),
+    };
+    let mut messages = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let get = |name: &str| match m.get(name) {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("messages[{i}].{name} must be a string")),
+            None => Err(format!("messages[{i}] has no `{name}`")),
+        };
+        messages.push(super::template::Message {
+            role: get("role")?,
+            content: get("content")?,
+        });
+    }
+    if messages.is_empty() {
+        return Err("field `messages` is empty".into());
+    }
+    Ok(messages)
+}
+
+/// A preference reply: a string, or TRL's conversational form, one assistant message.
+fn reply(obj: &serde_json::Map<String, serde_json::Value>, key: &str) -> Result<String, String> {
+    match obj.get(key) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(serde_json::Value::Array(list)) => match list.as_slice() {
+            [m] if m.get("role").and_then(|r| r.as_str()) == Some("assistant") => m
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| format!("{key}[0].content must be a string")),
+            _ => Err(format!(
+                "field `{key}` must be a string or one {{\"role\":\"assistant\",\"content\"}} \
+                 message"
+            )),
+        },
+        Some(_) => Err(format!("field `{key}` must be a string")),
+        None => Err(format!("missing field `{key}`")),
     }
 }
 
@@ -197,6 +284,58 @@ mod tests {
         assert_eq!(err.to_string(), "line 1: missing field `label`");
         let err = parse("{\"text\":\"a\",\"label\":1.5}", Format::Classification).unwrap_err();
         assert!(err.to_string().contains("`label`"), "{err}");
+    }
+
+    #[test]
+    fn parses_preference_pairs_in_both_forms() {
+        let p = parse(
+            "{\"prompt\":\"q\",\"chosen\":\"a\",\"rejected\":\"b\"}\n\
+             {\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\
+             \"chosen\":[{\"role\":\"assistant\",\"content\":\"a\"}],\"rejected\":\"b\"}",
+            Format::Preference,
+        )
+        .unwrap();
+        let (c, r) = p[0].preference_pair().unwrap();
+        assert_eq!(
+            c,
+            Record::PromptCompletion {
+                prompt: "q".into(),
+                completion: "a".into()
+            }
+        );
+        assert!(matches!(r, Record::PromptCompletion { completion, .. } if completion == "b"));
+        let (c, _) = p[1].preference_pair().unwrap();
+        let Record::Chat { messages } = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (messages.len(), messages[1].role.as_str()),
+            (2, "assistant")
+        );
+        for (line, want) in [
+            (
+                "{\"prompt\":\"q\",\"chosen\":\"a\"}",
+                "missing field `rejected`",
+            ),
+            (
+                "{\"chosen\":\"a\",\"rejected\":\"b\"}",
+                "missing field `prompt`",
+            ),
+            (
+                "{\"prompt\":\"q\",\"chosen\":1,\"rejected\":\"b\"}",
+                "`chosen` must be a string",
+            ),
+            (
+                "{\"prompt\":\"q\",\"chosen\":[],\"rejected\":\"b\"}",
+                "`chosen` must be a string or one",
+            ),
+        ] {
+            let err = parse(line, Format::Preference).unwrap_err().to_string();
+            assert!(
+                err.starts_with("line 1: ") && err.contains(want),
+                "{line}: {err}"
+            );
+        }
     }
 
     #[test]

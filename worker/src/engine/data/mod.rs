@@ -6,6 +6,7 @@ pub mod chat;
 pub mod classify;
 pub mod jsonl;
 pub mod loader;
+pub mod preference;
 pub mod template;
 pub mod tokenizer;
 
@@ -13,6 +14,7 @@ pub use batch::Batch;
 pub use classify::{ClassBatch, ClassExample, Labels};
 pub use jsonl::{Format, Record};
 pub use loader::{Cursor, Loader};
+pub use preference::{PairBatch, PairExample, pairs_from_records};
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::{ByteTokenizer, HfTokenizer, Tokenizer, TokenizerError, load_for_model};
 
@@ -112,6 +114,9 @@ impl Example {
                 (ids, targets)
             }
             Record::Chat { .. } => (Vec::new(), Vec::new()),
+            Record::Preference { .. } => {
+                return Err("a preference line is a pair of examples (task = preference)".into());
+            }
         };
         if let Some(eos) = tok.eos_id() {
             ids.push(eos);

@@ -242,8 +242,10 @@ impl Llama {
         let mut x = self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?;
-        let n_virtual = self.prompt.as_ref().map_or(0, |p| p.dim(0).unwrap_or(0));
-        if let Some(p) = &self.prompt {
+        // The reference pass of a preference loss runs the base model: no virtual tokens.
+        let prompt = self.prompt.as_ref().filter(|_| mode.adapters_on());
+        let n_virtual = prompt.map_or(0, |p| p.dim(0).unwrap_or(0));
+        if let Some(p) = prompt {
             let p = p
                 .to_dtype(dtype)?
                 .unsqueeze(0)?

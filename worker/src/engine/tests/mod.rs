@@ -8,6 +8,7 @@ mod lisa;
 mod methods;
 mod optimizers;
 mod oracle;
+mod preference;
 mod real;
 mod tape;
 mod tokenize;

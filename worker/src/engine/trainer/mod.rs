@@ -11,6 +11,7 @@
 mod checkpoint;
 pub mod lisa;
 mod objective;
+pub mod preference;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,6 +85,9 @@ pub struct StepMetrics {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub tokens_per_sec: f64,
+    /// The objective's further metrics, window means (preference rewards); empty for the
+    /// others and for zeroth-order steps.
+    pub extra: Vec<(&'static str, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -337,6 +341,7 @@ impl<O: Objective> Trainer<O> {
         let denom = if targets > 0.0 { targets } else { 1.0 };
         let tokens: usize = batches.iter().map(O::tokens).sum();
         let scheduled = self.config.schedule.lr_at(self.step);
+        let mut extra: Vec<(&'static str, f64)> = Vec::new();
         let (loss_total, grad_norm, lr) = match &mut self.rule {
             Rule::Gradient(_) | Rule::Layerwise(_) => {
                 if let Rule::Layerwise(l) = &mut self.rule {
@@ -351,6 +356,12 @@ impl<O: Objective> Trainer<O> {
                     };
                     let pass = self.objective.loss_and_grads(batch, &mode, 1.0 / denom)?;
                     loss_total += pass.loss;
+                    for (name, v) in pass.stats {
+                        match extra.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, sum)) => *sum += v,
+                            None => extra.push((name, v)),
+                        }
+                    }
                     grads.accumulate(pass.grads)?;
                 }
                 if !loss_total.is_finite() {
@@ -419,6 +430,7 @@ impl<O: Objective> Trainer<O> {
             } else {
                 0.0
             },
+            extra,
         })
     }
 

@@ -21,6 +21,9 @@ pub struct Pass {
     /// `loss_scale · Σ loss over the batch's targets`.
     pub loss: f64,
     pub grads: Grads,
+    /// Further per-target metrics as `scale · Σ` over the batch (preference rewards), so the
+    /// loop averages them over the window exactly as it averages the loss.
+    pub stats: Vec<(&'static str, f64)>,
     pub forward: Duration,
     pub backward: Duration,
 }
@@ -164,6 +167,7 @@ pub fn loss_and_grads<M: CausalLm>(
             return Ok(Pass {
                 loss,
                 grads,
+                stats: Vec::new(),
                 forward,
                 backward: started.elapsed() - forward,
             });
@@ -175,7 +179,7 @@ pub fn loss_and_grads<M: CausalLm>(
 
 /// The value of `loss` (timed as the forward pass since `started`) and, through candle's
 /// autograd, its gradient for every var in `vars`.
-fn autograd_pass(
+pub(super) fn autograd_pass(
     loss: &Tensor,
     vars: &BTreeMap<String, Var>,
     started: Instant,
@@ -187,6 +191,7 @@ fn autograd_pass(
     Ok(Pass {
         loss: value,
         grads,
+        stats: Vec::new(),
         forward,
         backward: started.elapsed() - forward,
     })

@@ -23,6 +23,7 @@ class DatasetFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_FORMAT_PROMPT_COMPLETION: _ClassVar[DatasetFormat]
     DATASET_FORMAT_CHAT: _ClassVar[DatasetFormat]
     DATASET_FORMAT_CLASSIFICATION: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_PREFERENCE: _ClassVar[DatasetFormat]
 FILE_PURPOSE_UNSPECIFIED: FilePurpose
 FILE_PURPOSE_DATASET: FilePurpose
 FILE_PURPOSE_MODEL: FilePurpose
@@ -31,6 +32,7 @@ DATASET_FORMAT_TEXT: DatasetFormat
 DATASET_FORMAT_PROMPT_COMPLETION: DatasetFormat
 DATASET_FORMAT_CHAT: DatasetFormat
 DATASET_FORMAT_CLASSIFICATION: DatasetFormat
+DATASET_FORMAT_PREFERENCE: DatasetFormat
 
 class UploadFileHeader(_message.Message):
     __slots__ = ("name", "purpose", "size_bytes", "sha256", "format")

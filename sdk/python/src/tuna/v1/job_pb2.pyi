@@ -52,7 +52,7 @@ ARTIFACT_KIND_CHECKPOINT: ArtifactKind
 ARTIFACT_KIND_MERGED: ArtifactKind
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "training_file", "validation_file", "method", "hyperparameters", "resources", "priority", "max_attempts", "labels", "task")
+    __slots__ = ("base_model", "training_file", "validation_file", "method", "hyperparameters", "resources", "priority", "max_attempts", "labels", "task", "preference")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class JobSpec(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     training_file: str
     validation_file: str
@@ -80,7 +81,18 @@ class JobSpec(_message.Message):
     max_attempts: int
     labels: _containers.ScalarMap[str, str]
     task: str
-    def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ...) -> None: ...
+    preference: Preference
+    def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ...) -> None: ...
+
+class Preference(_message.Message):
+    __slots__ = ("loss", "beta", "label_smoothing")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    loss: str
+    beta: float
+    label_smoothing: float
+    def __init__(self, loss: _Optional[str] = ..., beta: _Optional[float] = ..., label_smoothing: _Optional[float] = ...) -> None: ...
 
 class Method(_message.Message):
     __slots__ = ("type", "lora", "prompt_tuning", "ia3", "lisa")
