@@ -1,6 +1,7 @@
 //! The spec-surface conformance test: every task × method × LoRA init value the API's names
 //! admit, every schedule per task, every optimizer (with and without `auto_learning_rate`)
-//! per task × method, and the prompt-loss weight per task either trains on a real worker or
+//! per task × method, the prompt-loss weight per task, and every preference loss per method
+//! either trains on a real worker or
 //! is refused at `CreateJob` with `INVALID_ARGUMENT` naming the field. Nothing accepted may
 //! fail on the worker.
 
@@ -167,7 +168,7 @@ impl Surface {
             }
             // BitFit trains bias parameters; the tiny Llama (like most Llama checkpoints)
             // has none, which the server reads from its headers.
-            Ok(_) if task == Task::CausalLm && method == MethodKind::Bitfit => {
+            Ok(_) if task != Task::Classification && method == MethodKind::Bitfit => {
                 let Err(ClientError::Rpc(s)) = client.create_job(p, None).await else {
                     panic!("{combo}: bitfit accepted for a model without biases")
                 };

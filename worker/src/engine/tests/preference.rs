@@ -303,3 +303,52 @@ fn the_objective_scores_a_batch_as_the_mean_of_its_pairs() {
         }
     }
 }
+
+/// TRL 1.16's own loss code on fixed log-probabilities (`scripts/trl_preference_oracle.py`,
+/// run once; its output is committed) against Tuna's: DPO and IPO to 1e-9, ORPO to 1e-6 (TRL
+/// computes its odds ratio in f32).
+#[test]
+fn losses_equal_trls_on_the_same_log_probabilities() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("trl_preference.json")).unwrap();
+    let list = |key: &str| -> Tensor {
+        let v: Vec<f64> = fixture["pairs"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        Tensor::from_vec(v.clone(), v.len(), &Device::Cpu).unwrap()
+    };
+    let beta = fixture["beta"].as_f64().unwrap();
+    let (pc, pr, rc, rr) = (
+        list("chosen"),
+        list("rejected"),
+        list("ref_chosen"),
+        list("ref_rejected"),
+    );
+    let (lc, lr) = (list("chosen_len"), list("rejected_len"));
+    let mean = |t: &Tensor| t.mean_all().unwrap().to_scalar::<f64>().unwrap();
+    let want = |key: &str| fixture[key].as_f64().unwrap();
+
+    let dpo = preference::dpo((&pc, &pr), (&rc, &rr), beta, 0.0).unwrap();
+    assert!((mean(&dpo.losses) - want("dpo_sigmoid_mean_loss")).abs() < 1e-9);
+    let avg = |s: &Tensor, n: &Tensor| (s / n).unwrap();
+    let ipo = preference::ipo(
+        (&avg(&pc, &lc), &avg(&pr, &lr)),
+        (&avg(&rc, &lc), &avg(&rr, &lr)),
+        beta,
+    )
+    .unwrap();
+    assert!((mean(&ipo.losses) - want("ipo_mean_loss")).abs() < 1e-9);
+    // TRL's odds_ratio_loss casts to f32 first: 1e-6 there.
+    let orpo = preference::orpo_odds_ratio(&avg(&pc, &lc), &avg(&pr, &lr), beta).unwrap();
+    assert!((mean(&orpo.losses) - want("orpo_odds_ratio_mean_loss")).abs() < 1e-6);
+    let rewards: Vec<f64> = orpo.chosen_rewards.to_vec1().unwrap();
+    for (a, b) in rewards
+        .iter()
+        .zip(fixture["orpo_chosen_rewards"].as_array().unwrap())
+    {
+        assert!((a - b.as_f64().unwrap()).abs() < 1e-6, "{a} vs {b}");
+    }
+}
