@@ -163,6 +163,12 @@ impl JobSpec {
                     }),
                     _ => None,
                 },
+                prefix_tuning: match m {
+                    Method::PrefixTuning { num_virtual_tokens } => Some(pb::PrefixTuningParams {
+                        num_virtual_tokens: Some(*num_virtual_tokens),
+                    }),
+                    _ => None,
+                },
                 ia3: match m {
                     Method::Ia3 { target_modules } => Some(pb::Ia3Params {
                         target_modules: target_modules.clone().unwrap_or_default(),
@@ -288,6 +294,20 @@ fn method_from_proto(c: &mut Check, method: Option<&pb::Method>) -> Option<Metho
             Method::PromptTuning {
                 num_virtual_tokens: c.range_i32(
                     "spec.method.prompt_tuning.num_virtual_tokens",
+                    n,
+                    1,
+                    512,
+                ),
+            }
+        }
+        MethodKind::PrefixTuning => {
+            let n = method
+                .prefix_tuning
+                .and_then(|p| p.num_virtual_tokens)
+                .unwrap_or(DEFAULT_NUM_VIRTUAL_TOKENS);
+            Method::PrefixTuning {
+                num_virtual_tokens: c.range_i32(
+                    "spec.method.prefix_tuning.num_virtual_tokens",
                     n,
                     1,
                     512,

@@ -83,6 +83,8 @@ named! {
         Dora = "dora",
         Ia3 = "ia3",
         PromptTuning = "prompt_tuning",
+        /// Prefix tuning (P-tuning v2): trainable keys and values in every attention layer.
+        PrefixTuning = "prefix_tuning",
         Bitfit = "bitfit",
         Full = "full",
         /// LISA: full fine-tuning of embeddings, head and a few sampled decoder layers.

@@ -53,6 +53,10 @@ pub enum Method {
     PromptTuning {
         num_virtual_tokens: i32,
     },
+    /// Prefix tuning: `num_virtual_tokens` keys and values per attention layer.
+    PrefixTuning {
+        num_virtual_tokens: i32,
+    },
     Bitfit,
     Full,
     /// LISA: embeddings, head and `layers` decoder layers drawn every `interval` steps.
@@ -69,6 +73,7 @@ impl Method {
             Method::Dora { .. } => MethodKind::Dora,
             Method::Ia3 { .. } => MethodKind::Ia3,
             Method::PromptTuning { .. } => MethodKind::PromptTuning,
+            Method::PrefixTuning { .. } => MethodKind::PrefixTuning,
             Method::Bitfit => MethodKind::Bitfit,
             Method::Full => MethodKind::Full,
             Method::Lisa { .. } => MethodKind::Lisa,
@@ -81,6 +86,7 @@ impl Method {
             Method::Lora { lora } | Method::Dora { lora } => Some(lora),
             Method::Ia3 { .. }
             | Method::PromptTuning { .. }
+            | Method::PrefixTuning { .. }
             | Method::Bitfit
             | Method::Full
             | Method::Lisa { .. } => None,

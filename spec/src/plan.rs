@@ -108,6 +108,7 @@ impl JobSpec {
                     Method::Dora { lora } => (lora, true),
                     Method::Ia3 { .. }
                     | Method::PromptTuning { .. }
+                    | Method::PrefixTuning { .. }
                     | Method::Bitfit
                     | Method::Full
                     | Method::Lisa { .. } => {
@@ -176,15 +177,14 @@ impl JobSpec {
                         ));
                     }
                 },
-                Method::Ia3 { .. } => {}
-                Method::PromptTuning { .. }
-                | Method::Bitfit
-                | Method::Full
-                | Method::Lisa { .. } => {
+                // Virtual tokens and prefixes are dropped from the reference pass.
+                Method::Ia3 { .. } | Method::PromptTuning { .. } | Method::PrefixTuning { .. } => {}
+                Method::Bitfit | Method::Full | Method::Lisa { .. } => {
                     return refuse(format!(
                         "{}'s reference is the base model with the adapter switched off, which \
-                         needs lora, dora or ia3; {} cannot be switched off (use loss orpo, \
-                         which needs no reference)",
+                         needs an adapter (lora, dora, ia3, prompt_tuning, prefix_tuning); {} \
+                         trains the model's own weights (use loss orpo, which needs no \
+                         reference)",
                         preference.loss,
                         self.method.kind()
                     ));

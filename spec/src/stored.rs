@@ -62,6 +62,7 @@ impl Stored {
                     }
                 }
                 Method::PromptTuning { .. }
+                | Method::PrefixTuning { .. }
                 | Method::Bitfit
                 | Method::Full
                 | Method::Lisa { .. } => {}

@@ -1,7 +1,8 @@
 //! The AutoPEFT-style example sweep (`examples/autopeft-sweep.toml`) runs end to end: a bandit
-//! with CARBS per context searches the method (LoRA, DoRA, IA3), the conditional LoRA rank and
-//! target modules, the optimizer and the learning rate; every trial trains, the conditional
-//! parameters appear only on LoRA-family trials, and the best trial is the lowest eval loss.
+//! with CARBS per context searches the method (LoRA, DoRA, IA3, prefix tuning), the
+//! conditional LoRA rank and target modules and prefix length, the optimizer and the learning
+//! rate; every trial trains, the conditional parameters appear only on their methods' trials,
+//! and the best trial is the lowest eval loss.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -58,6 +59,11 @@ fn the_autopeft_example_searches_methods_and_their_structure() {
         assert_eq!(
             p.get("method.lora.target_modules").is_some(),
             lora_family,
+            "{t}"
+        );
+        assert_eq!(
+            p.get("method.prefix_tuning.num_virtual_tokens").is_some(),
+            method == "prefix_tuning",
             "{t}"
         );
         let optimizer = p["hyperparameters.optimizer"].as_str().unwrap();

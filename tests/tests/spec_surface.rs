@@ -104,6 +104,9 @@ fn spec(
             prompt_tuning: Some(pb::PromptTuningParams {
                 num_virtual_tokens: Some(2),
             }),
+            prefix_tuning: Some(pb::PrefixTuningParams {
+                num_virtual_tokens: Some(2),
+            }),
             ia3: None,
             // One layer at a time, redrawn every step: both steps exercise a draw.
             lisa: Some(pb::LisaParams {

@@ -172,6 +172,7 @@ def test_method_helpers_build_the_proto() -> None:
     assert tuna.DoRA(r=4).to_proto().type == "dora"
     assert tuna.IA3(target_modules=["k_proj"]).to_proto().ia3.target_modules == ["k_proj"]
     assert tuna.PromptTuning(num_virtual_tokens=8).to_proto().prompt_tuning.num_virtual_tokens == 8
+    assert tuna.PrefixTuning(num_virtual_tokens=4).to_proto().prefix_tuning.num_virtual_tokens == 4
     assert tuna.BitFit().to_proto().type == "bitfit"
     assert tuna.Full().to_proto().type == "full"
     h = tuna.Hyperparameters(learning_rate=1, max_steps=5).to_proto()

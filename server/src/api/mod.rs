@@ -195,6 +195,7 @@ pub async fn require_method_fits_model(
         | MethodKind::Dora
         | MethodKind::Ia3
         | MethodKind::PromptTuning
+        | MethodKind::PrefixTuning
         | MethodKind::Full
         | MethodKind::Lisa => return Ok(()),
     }

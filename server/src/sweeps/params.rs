@@ -46,6 +46,7 @@ pub const SEARCHABLE: &[(&str, Kind)] = &[
     ),
     ("method.lora.target_modules", Kind::Choice(None)),
     ("method.prompt_tuning.num_virtual_tokens", Kind::Integer),
+    ("method.prefix_tuning.num_virtual_tokens", Kind::Integer),
 ];
 
 /// The kind of `name`, or `None` when it cannot be searched.
@@ -118,6 +119,13 @@ pub fn apply(spec: &mut pb::JobSpec, name: &str, value: &Value) -> Result<(), St
             let n = int32()?;
             method(spec)
                 .prompt_tuning
+                .get_or_insert_with(Default::default)
+                .num_virtual_tokens = Some(n);
+        }
+        "method.prefix_tuning.num_virtual_tokens" => {
+            let n = int32()?;
+            method(spec)
+                .prefix_tuning
                 .get_or_insert_with(Default::default)
                 .num_virtual_tokens = Some(n);
         }

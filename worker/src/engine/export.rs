@@ -38,7 +38,6 @@ pub const CAUSAL_LM: &str = "CAUSAL_LM";
 /// The fields of PEFT's `adapter_config.json` that we read back.
 #[derive(Debug, Deserialize)]
 struct PeftConfigIn {
-    peft_type: String,
     r: usize,
     lora_alpha: f64,
     #[serde(default)]
@@ -220,7 +219,32 @@ fn save_method(
                 "prompt_tuning_init": "RANDOM",
             })
         }
-        m => json!({
+        Method::PrefixTuning {
+            num_virtual_tokens,
+            layout,
+        } => {
+            let layout = layout.ok_or_else(|| {
+                ExportError::Config("a prefix-tuning set without its layout".into())
+            })?;
+            let token_dim = layout.kv_heads * layout.head_dim;
+            // As PEFT writes it after its grouped-query adjustment: `token_dim` and
+            // `num_attention_heads` describe the key/value heads.
+            json!({
+                "peft_type": "PREFIX_TUNING",
+                "task_type": task_type,
+                "base_model_name_or_path": base_model_name_or_path,
+                "revision": null,
+                "inference_mode": true,
+                "num_virtual_tokens": num_virtual_tokens,
+                "token_dim": token_dim,
+                "num_transformer_submodules": 1,
+                "num_attention_heads": layout.kv_heads,
+                "num_layers": layout.layers,
+                "encoder_hidden_size": token_dim,
+                "prefix_projection": false,
+            })
+        }
+        m @ (Method::Lora | Method::BitFit | Method::Full) => json!({
             "peft_type": m.kind().to_uppercase(),
             "task_type": task_type,
             "base_model_name_or_path": base_model_name_or_path,
@@ -267,7 +291,9 @@ fn pissa_as_lora(
     Ok((out, cfg.r * 2, alpha))
 }
 
-/// Reads a PEFT LoRA folder and attaches it to `model` (LoRA, rsLoRA or DoRA).
+/// Reads an adapter folder this module wrote and attaches it to `model`: PEFT's `LORA`
+/// (rsLoRA, DoRA), `IA3`, `PROMPT_TUNING` and `PREFIX_TUNING`, and our `FULL`/`BITFIT` layouts (trained
+/// tensors under their HF names). Every tensor must match the attached set exactly.
 pub fn load_adapter<M: Adaptable>(dir: &Path, model: &mut M) -> Result<AdapterSet, ExportError> {
     let read_err = |path: &Path, reason: String| ExportError::Read {
         path: path.to_path_buf(),
@@ -275,14 +301,86 @@ pub fn load_adapter<M: Adaptable>(dir: &Path, model: &mut M) -> Result<AdapterSe
     };
     let path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e.to_string()))?;
-    let peft: PeftConfigIn =
+    let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ExportError::Config(e.to_string()))?;
-    if peft.peft_type != "LORA" {
-        return Err(ExportError::Config(format!(
-            "peft_type `{}` is not supported (only LORA)",
-            peft.peft_type
-        )));
-    }
+    let peft_type = value
+        .get("peft_type")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| ExportError::Config("`peft_type` is missing".into()))?;
+    let names = |key: &str| -> Result<Option<Vec<String>>, ExportError> {
+        match value.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| ExportError::Config(format!("`{key}`: {e}"))),
+        }
+    };
+    let virtual_tokens = || -> Result<usize, ExportError> {
+        value
+            .get("num_virtual_tokens")
+            .and_then(|n| n.as_u64())
+            .filter(|n| (1..=4096).contains(n))
+            .map(|n| n as usize)
+            .ok_or_else(|| ExportError::Config("`num_virtual_tokens` must be 1..=4096".into()))
+    };
+    let set = match peft_type {
+        "LORA" => attach_lora(&text, model)?,
+        "IA3" => crate::engine::adapters::methods::attach(
+            model,
+            &Method::Ia3 {
+                target_modules: names("target_modules")?,
+                feedforward_modules: names("feedforward_modules")?,
+            },
+            0,
+        )?,
+        "PROMPT_TUNING" => crate::engine::adapters::methods::attach(
+            model,
+            &Method::PromptTuning {
+                num_virtual_tokens: virtual_tokens()?,
+            },
+            0,
+        )?,
+        "PREFIX_TUNING" => {
+            if value.get("prefix_projection").and_then(|p| p.as_bool()) == Some(true) {
+                return Err(ExportError::Config(
+                    "prefix_projection (the reparameterisation MLP) is not supported".into(),
+                ));
+            }
+            crate::engine::adapters::methods::attach(
+                model,
+                &Method::PrefixTuning {
+                    num_virtual_tokens: virtual_tokens()?,
+                    layout: None,
+                },
+                0,
+            )?
+        }
+        "FULL" => crate::engine::adapters::methods::attach(model, &Method::Full, 0)?,
+        "BITFIT" => crate::engine::adapters::methods::attach(model, &Method::BitFit, 0)?,
+        other => {
+            return Err(ExportError::Config(format!(
+                "peft_type `{other}` is not supported (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING, \
+                 FULL, BITFIT)"
+            )));
+        }
+    };
+    let path = dir.join(ADAPTER_WEIGHTS);
+    let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e.to_string()))?;
+    let device = set
+        .vars()
+        .values()
+        .next()
+        .map(|v| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
+    set.load_tensors(&tensors)?;
+    Ok(set)
+}
+
+/// Attaches the LoRA (rsLoRA, DoRA) a PEFT `adapter_config.json` describes.
+fn attach_lora<M: Adaptable>(config: &str, model: &mut M) -> Result<AdapterSet, ExportError> {
+    let peft: PeftConfigIn =
+        serde_json::from_str(config).map_err(|e| ExportError::Config(e.to_string()))?;
     if peft.bias.as_deref().is_some_and(|b| b != "none") {
         return Err(ExportError::Config(
             "only bias = \"none\" is supported".into(),
@@ -303,18 +401,7 @@ pub fn load_adapter<M: Adaptable>(dir: &Path, model: &mut M) -> Result<AdapterSe
         init: LoraInit::Default,
         seed: 0,
     };
-    let set = AdapterSet::attach(model, &config)?;
-    let path = dir.join(ADAPTER_WEIGHTS);
-    let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e.to_string()))?;
-    let device = set
-        .vars()
-        .values()
-        .next()
-        .map(|v| v.device().clone())
-        .unwrap_or(candle_core::Device::Cpu);
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
-    set.load_tensors(&tensors)?;
-    Ok(set)
+    Ok(AdapterSet::attach(model, &config)?)
 }
 
 /// Folds the adapter into `model`'s weights and writes an HF model folder

@@ -219,6 +219,15 @@ fn attach(
             seed,
         )
         .map_err(user),
+        SpecMethod::PrefixTuning { num_virtual_tokens } => methods::attach(
+            model,
+            &Method::PrefixTuning {
+                num_virtual_tokens: (*num_virtual_tokens).max(1) as usize,
+                layout: None,
+            },
+            seed,
+        )
+        .map_err(user),
         SpecMethod::Bitfit => methods::attach(model, &Method::BitFit, seed).map_err(user),
         // LISA trains the full model's weights, a sampled few layers at a time (the trainer).
         SpecMethod::Full | SpecMethod::Lisa { .. } => {

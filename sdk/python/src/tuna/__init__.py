@@ -64,6 +64,7 @@ from tuna.spec import (
     LoRA,
     Method,
     Preference,
+    PrefixTuning,
     PromptTuning,
     Resources,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "Method",
     "Hyperparameters",
     "Preference",
+    "PrefixTuning",
     "Resources",
     "SweepSpec",
     # resources

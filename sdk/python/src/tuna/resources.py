@@ -202,7 +202,7 @@ class Jobs(_Service):
             training_file: the training dataset (a :class:`File` or its id).
             validation_file: the validation dataset, for ``eval_*`` metrics.
             method: :class:`~tuna.LoRA` (default), :class:`~tuna.DoRA`, :class:`~tuna.IA3`,
-                :class:`~tuna.PromptTuning`, :class:`~tuna.BitFit`, :class:`~tuna.Full`, or a
+                :class:`~tuna.PromptTuning`, :class:`~tuna.PrefixTuning`, :class:`~tuna.BitFit`, :class:`~tuna.Full`, or a
                 method name with the server's defaults.
             hyperparameters: see :class:`~tuna.Hyperparameters`; unset fields take the
                 server's defaults.

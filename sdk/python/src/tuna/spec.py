@@ -23,6 +23,8 @@ __all__ = [
     "DoRA",
     "IA3",
     "PromptTuning",
+    "PrefixTuning",
+    "Preference",
     "BitFit",
     "Full",
     "LISA",
@@ -143,6 +145,26 @@ class PromptTuning:
 
 
 @dataclass(frozen=True)
+class PrefixTuning:
+    """Prefix tuning, P-tuning v2 (``method.type = "prefix_tuning"``): trainable keys and values
+    in every attention layer, exported as PEFT's ``PREFIX_TUNING``.
+
+    Args:
+        num_virtual_tokens: prefix length, 1..=512 (default 20).
+    """
+
+    type: ClassVar[str] = "prefix_tuning"
+
+    num_virtual_tokens: int | None = None
+
+    def to_proto(self) -> job_pb2.Method:
+        """The ``tuna.v1.Method`` message."""
+        params = job_pb2.PrefixTuningParams()
+        _set_optional(params, {"num_virtual_tokens": self.num_virtual_tokens})
+        return job_pb2.Method(type=self.type, prefix_tuning=params)
+
+
+@dataclass(frozen=True)
 class BitFit:
     """Bias-only fine-tuning (``method.type = "bitfit"``); no parameters."""
 
@@ -186,7 +208,7 @@ class LISA:
         return job_pb2.Method(type=self.type, lisa=params)
 
 
-Method = LoRA | DoRA | IA3 | PromptTuning | BitFit | Full | LISA
+Method = LoRA | DoRA | IA3 | PromptTuning | PrefixTuning | BitFit | Full | LISA
 #: What ``jobs.create(method=...)`` accepts: a helper, a method name with server defaults
 #: (``"lora"``, ``"ia3"``, ...) or a ``tuna.v1.Method`` message.
 MethodLike = Method | str | job_pb2.Method
@@ -202,10 +224,11 @@ def method_to_proto(method: MethodLike) -> job_pb2.Method:
         return method
     if isinstance(method, str):
         return job_pb2.Method(type=method)
-    if isinstance(method, (LoRA, IA3, PromptTuning, BitFit, Full, LISA)):
+    if isinstance(method, (LoRA, IA3, PromptTuning, PrefixTuning, BitFit, Full, LISA)):
         return method.to_proto()
     raise TypeError(
-        "method must be LoRA, DoRA, IA3, PromptTuning, BitFit, Full, LISA, a method name or a "
+        "method must be LoRA, DoRA, IA3, PromptTuning, PrefixTuning, BitFit, Full, LISA, a method "
+        "name or a "
         f"tuna.v1.Method, not {type(method).__name__}"
     )
 
@@ -316,7 +339,7 @@ class Preference:
 
     Args:
         loss: ``dpo`` (default), ``ipo`` or ``orpo``. DPO and IPO compare with the base model
-            with the adapter switched off, so they need LoRA, DoRA or IA3.
+            with the adapter switched off, so they need an adapter (not full, LISA, BitFit).
         beta: DPO/IPO's beta, ORPO's lambda; (0, 10], default 0.1.
         label_smoothing: DPO only: the share of labels assumed flipped, [0, 0.5).
     """

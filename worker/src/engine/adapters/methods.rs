@@ -28,11 +28,21 @@ pub enum Method {
     /// `num_virtual_tokens` trainable input embeddings prepended to every sequence,
     /// initialised from randomly chosen vocabulary rows.
     PromptTuning { num_virtual_tokens: usize },
+    /// Prefix tuning (P-tuning v2, Li & Liang 2021; Liu et al. 2022): `num_virtual_tokens`
+    /// trainable keys and values in every attention layer, PEFT's `PREFIX_TUNING` without the
+    /// reparameterisation MLP. `layout` is filled in from the model when attached.
+    PrefixTuning {
+        num_virtual_tokens: usize,
+        layout: Option<super::PrefixLayout>,
+    },
     /// Only biases train (linear biases and, where the model has them, norm biases).
     BitFit,
     /// Every base parameter trains (the baseline); vars are keyed by HF name.
     Full,
 }
+
+/// Standard deviation of the initial prefix keys and values.
+const PREFIX_INIT_STD: f64 = 0.02;
 
 /// Short name of a method, for logs and configs.
 pub type MethodKind = &'static str;
@@ -43,6 +53,7 @@ impl Method {
             Method::Lora => "lora",
             Method::Ia3 { .. } => "ia3",
             Method::PromptTuning { .. } => "prompt_tuning",
+            Method::PrefixTuning { .. } => "prefix_tuning",
             Method::BitFit => "bitfit",
             Method::Full => "full",
         }
@@ -58,6 +69,8 @@ pub fn attach<M: Adaptable>(
 ) -> Result<AdapterSet, AdapterError> {
     let mut vars = BTreeMap::new();
     let mut modules = Vec::new();
+    // What the set records: the method as asked, with what attaching resolved.
+    let mut stored = method.clone();
     match method {
         Method::Lora => {
             return Err(AdapterError::Invalid(
@@ -124,6 +137,38 @@ pub fn attach<M: Adaptable>(
             model.set_prompt(Some(var.as_tensor().clone()))?;
             vars.insert("prompt_embeddings".to_string(), var);
         }
+        Method::PrefixTuning {
+            num_virtual_tokens, ..
+        } => {
+            let n = *num_virtual_tokens;
+            if n == 0 {
+                return Err(AdapterError::Invalid(
+                    "num_virtual_tokens must be positive".into(),
+                ));
+            }
+            let layout = model.prefix_layout().ok_or_else(|| {
+                AdapterError::Invalid("prefix tuning is not supported by this model".into())
+            })?;
+            // Small keys and values: at the start the prefix draws little attention and adds
+            // little to it, so training starts near the base model (PEFT's N(0, 1) embedding
+            // would start far from it).
+            let mut g = rng::stream(seed, "prefix_tuning/init");
+            let values: Vec<f32> = (0..n * layout.width())
+                .map(|_| (rng::normal(&mut g) * PREFIX_INIT_STD) as f32)
+                .collect();
+            let device = model
+                .linears()
+                .first()
+                .map(|(_, l)| l.weight().device().clone())
+                .unwrap_or(candle_core::Device::Cpu);
+            let var = Var::from_vec(values, (n, layout.width()), &device)?;
+            model.set_prefix(Some(var.as_tensor().clone()))?;
+            vars.insert("prompt_embeddings".to_string(), var);
+            stored = Method::PrefixTuning {
+                num_virtual_tokens: n,
+                layout: Some(layout),
+            };
+        }
         Method::BitFit => {
             for (path, lin) in model.linears_mut() {
                 if let Some(b) = lin.bias() {
@@ -185,10 +230,5 @@ pub fn attach<M: Adaptable>(
         seed,
         ..AdapterConfig::lora(1, 1.0, TargetModules::Names(names))
     };
-    Ok(AdapterSet::from_method(
-        config,
-        modules,
-        vars,
-        method.clone(),
-    ))
+    Ok(AdapterSet::from_method(config, modules, vars, stored))
 }

@@ -20,6 +20,22 @@ use rand_chacha::ChaCha8Rng;
 /// Prefix PEFT puts before the HF module path (`PeftModel.base_model` → `LoraModel.model`).
 pub const PEFT_PREFIX: &str = "base_model.model.";
 
+/// The attention a prefix feeds: one key and one value row of `kv_heads·head_dim` per layer
+/// and virtual token (PEFT's `token_dim` after its grouped-query adjustment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PrefixLayout {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl PrefixLayout {
+    /// Width of one virtual token's row: `layers·2·kv_heads·head_dim`.
+    pub fn width(&self) -> usize {
+        self.layers * 2 * self.kv_heads * self.head_dim
+    }
+}
+
 /// A model whose linear layers can carry adapters.
 pub trait Adaptable {
     /// Every linear layer with its HF module path (`model.layers.0.self_attn.q_proj`), in a
@@ -39,6 +55,19 @@ pub trait Adaptable {
         let _ = prompt;
         Err(AdapterError::Invalid(
             "prompt tuning is not supported by this model".into(),
+        ))
+    }
+    /// The attention shape prefix tuning provisions keys and values for; `None` when the
+    /// model has no such attention.
+    fn prefix_layout(&self) -> Option<PrefixLayout> {
+        None
+    }
+    /// Installs (or removes) prefix-tuning keys and values
+    /// `[n, layers·2·kv_heads·head_dim]`.
+    fn set_prefix(&mut self, prefix: Option<candle_core::Tensor>) -> Result<(), AdapterError> {
+        let _ = prefix;
+        Err(AdapterError::Invalid(
+            "prefix tuning is not supported by this model".into(),
         ))
     }
     /// The input embedding matrix `[vocab, hidden]`, to initialise virtual tokens from.

@@ -55,6 +55,9 @@ pub struct Llama {
     inv_freq: Vec<f64>,
     /// Prompt-tuning virtual token embeddings `[n, hidden]`, prepended to every sequence.
     prompt: Option<Tensor>,
+    /// Prefix-tuning keys and values `[n, layers·2·kv_heads·head_dim]` (PEFT's
+    /// `PREFIX_TUNING` row layout), attended to by every real position of every layer.
+    prefix: Option<Tensor>,
 }
 
 fn linear(
@@ -135,6 +138,7 @@ impl Llama {
             lm_head,
             inv_freq,
             prompt: None,
+            prefix: None,
         })
     }
 
@@ -254,11 +258,36 @@ impl Llama {
                 .reshape((b * (t_in + n_virtual), h))?;
         }
         let t = t_in + n_virtual;
-        let rope = Rope::new(&self.inv_freq, t, dtype, device)?;
+        let prefix = self.prefix.as_ref().filter(|_| mode.adapters_on());
+        // Prefix positions come first: real tokens sit at positions n_prefix.. (as PEFT runs
+        // the prefix as a KV cache of that length).
+        let n_prefix = prefix.map_or(0, |p| p.dim(0).unwrap_or(0));
+        let rope = Rope::new(&self.inv_freq, n_prefix + t, dtype, device)?;
         let eps = self.config.rms_norm_eps;
-        for layer in &self.layers {
+        let (kv, hd) = (self.config.num_kv_heads(), self.config.head_size());
+        for (i, layer) in self.layers.iter().enumerate() {
             let hs = rms_norm(&x, &layer.input_layernorm, eps)?;
-            x = (x + layer.self_attn.forward(&hs, (b, t), &rope, mode)?)?;
+            let layer_prefix = match prefix {
+                Some(p) => {
+                    // [n, layers·2, kv, hd] → this layer's keys and values, [b, kv, n, hd].
+                    let p =
+                        p.to_dtype(dtype)?
+                            .reshape((n_prefix, self.layers.len() * 2, kv, hd))?;
+                    let part = |j: usize| -> candle_core::Result<Tensor> {
+                        p.narrow(1, 2 * i + j, 1)?
+                            .squeeze(1)?
+                            .transpose(0, 1)?
+                            .unsqueeze(0)?
+                            .broadcast_as((b, kv, n_prefix, hd))?
+                            .contiguous()
+                    };
+                    Some((part(0)?, part(1)?))
+                }
+                None => None,
+            };
+            x = (x + layer
+                .self_attn
+                .forward(&hs, (b, t), &rope, layer_prefix.as_ref(), mode)?)?;
             let hs = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
             x = (x + layer.mlp.forward(&hs, mode)?)?;
         }
@@ -281,11 +310,15 @@ impl Attention {
         x: &Tensor,
         (b, t): (usize, usize),
         rope: &Rope,
+        prefix: Option<&(Tensor, Tensor)>,
         mode: &Mode,
     ) -> candle_core::Result<Tensor> {
         let q = self.q_proj.forward(x, mode)?;
         let k = self.k_proj.forward(x, mode)?;
         let v = self.v_proj.forward(x, mode)?;
+        if let Some((pk, pv)) = prefix {
+            return self.forward_with_prefix((q, k, v), (b, t), rope, (pk, pv), mode);
+        }
         if kernels::supported(x) && q.dtype() == x.dtype() {
             let (cos, sin) = rope.tables(t)?;
             let y = kernels::causal_attention(
@@ -313,6 +346,42 @@ impl Attention {
         let mask = causal_mask(t, q.dtype(), q.device())?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
         // ops::softmax (max/sub/exp/sum/div) keeps the gradient; softmax_last_dim does not.
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let y = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b * t, self.heads * self.head_dim))?;
+        self.o_proj.forward(&y, mode)
+    }
+
+    /// Attention over learned prefix keys/values `[b, kv, n, head_dim]` and the causal real
+    /// positions, which sit at RoPE positions `n..n+t`; composed ops (the fused kernel has
+    /// no prefix), so every prefix entry gets its gradient.
+    fn forward_with_prefix(
+        &self,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        (b, t): (usize, usize),
+        rope: &Rope,
+        (pk, pv): (&Tensor, &Tensor),
+        mode: &Mode,
+    ) -> candle_core::Result<Tensor> {
+        let n = pk.dim(2)?;
+        let split = |y: Tensor, heads: usize| {
+            y.reshape((b, t, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope.apply_from(&split(q, self.heads)?, n)?;
+        let k = rope.apply_from(&split(k, self.kv_heads)?, n)?;
+        let v = split(v, self.kv_heads)?;
+        let k = Tensor::cat(&[pk, &k], 2)?;
+        let v = Tensor::cat(&[pv, &v], 2)?;
+        let n_rep = self.heads / self.kv_heads;
+        let k = repeat_kv(k, n_rep)?.contiguous()?;
+        let v = repeat_kv(v, n_rep)?.contiguous()?;
+        let visible = Tensor::zeros((t, n), q.dtype(), q.device())?;
+        let mask = Tensor::cat(&[&visible, &causal_mask(t, q.dtype(), q.device())?], 1)?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let y = probs
             .matmul(&v)?
@@ -421,6 +490,33 @@ impl Adaptable for Llama {
 
     fn input_embeddings(&self) -> Option<&Tensor> {
         Some(&self.embed_tokens)
+    }
+
+    fn prefix_layout(&self) -> Option<crate::engine::adapters::PrefixLayout> {
+        Some(crate::engine::adapters::PrefixLayout {
+            layers: self.layers.len(),
+            kv_heads: self.config.num_kv_heads(),
+            head_dim: self.config.head_size(),
+        })
+    }
+
+    fn set_prefix(
+        &mut self,
+        prefix: Option<Tensor>,
+    ) -> Result<(), crate::engine::adapters::AdapterError> {
+        if let Some(p) = &prefix {
+            let width = self.prefix_layout().map_or(0, |l| l.width());
+            let dims = p.dims();
+            if dims.len() != 2 || dims[1] != width {
+                return Err(crate::engine::adapters::AdapterError::Shape {
+                    name: "prompt_embeddings".into(),
+                    expected: vec![dims.first().copied().unwrap_or(0), width],
+                    actual: dims.to_vec(),
+                });
+            }
+        }
+        self.prefix = prefix;
+        Ok(())
     }
 
     fn ia3_defaults(&self) -> (Vec<String>, Vec<String>) {

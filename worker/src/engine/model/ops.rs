@@ -59,16 +59,21 @@ impl Rope {
     /// Rotates `x` `[batch, heads, seq, head_dim]` for positions `0..seq`:
     /// `x·cos + rotate_half(x)·sin`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply_from(x, 0)
+    }
+
+    /// The `[seq, head_dim]` cos and sin tables for positions `0..seq`.
+    /// [`Self::apply`] for positions `start..start+seq`.
+    pub fn apply_from(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let (_, _, seq, hd) = x.dims4()?;
-        let cos = self.cos.narrow(0, 0, seq)?;
-        let sin = self.sin.narrow(0, 0, seq)?;
+        let cos = self.cos.narrow(0, start, seq)?;
+        let sin = self.sin.narrow(0, start, seq)?;
         let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
         let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
     }
 
-    /// The `[seq, head_dim]` cos and sin tables for positions `0..seq`.
     pub fn tables(&self, seq: usize) -> Result<(Tensor, Tensor)> {
         Ok((self.cos.narrow(0, 0, seq)?, self.sin.narrow(0, 0, seq)?))
     }

@@ -1,5 +1,6 @@
-//! IA3, prompt tuning, BitFit and full fine-tuning: gradients reach every var, training
-//! lowers the loss, IA3 merges exactly, and export writes the method's config and keys.
+//! IA3, prompt tuning, prefix tuning, BitFit and full fine-tuning: gradients reach every var,
+//! training lowers the loss, IA3 merges exactly, and export writes the method's config and
+//! keys and loads back.
 
 use std::sync::atomic::AtomicBool;
 
@@ -29,8 +30,16 @@ fn all_llama_methods() -> Vec<Method> {
         Method::PromptTuning {
             num_virtual_tokens: 4,
         },
+        prefix(3),
         Method::Full,
     ]
+}
+
+fn prefix(n: usize) -> Method {
+    Method::PrefixTuning {
+        num_virtual_tokens: n,
+        layout: None,
+    }
 }
 
 /// Sets every var to a seeded random perturbation of itself, so IA3 vectors are not all
@@ -198,6 +207,71 @@ fn every_method_lowers_the_training_loss() {
         5e-2,
     );
     assert!(last < 0.9 * first, "prompt tuning: {first} -> {last}");
+    let (first, last) = train(&prefix(4), 12, 1e-1);
+    assert!(last < 0.7 * first, "prefix tuning: {first} -> {last}");
+}
+
+#[test]
+fn prefix_tuning_reaches_every_layer_exports_peft_layout_and_loads_back() {
+    // Grouped-query attention, so the PEFT layout's kv-head adjustment is exercised.
+    let spec = TinySpec {
+        heads: 4,
+        kv_heads: 2,
+        ..TinySpec::default()
+    };
+    let mut model = tiny_model(&spec, 8, DType::F32);
+    let ids = random_ids(2, 5, spec.vocab, 9);
+    let plain = model.forward(&ids, &Mode::Eval).unwrap();
+    let set = attach(&mut model, &prefix(3), 1).unwrap();
+    perturb(&set);
+    let tuned = model.forward(&ids, &Mode::Eval).unwrap();
+    assert_eq!(tuned.dims(), plain.dims());
+    assert!(max_abs_diff(&plain, &tuned) > 1e-4);
+    // Switched off (a preference reference), the model is the base again.
+    let reference = model.forward(&ids, &Mode::Reference).unwrap();
+    assert_eq!(max_abs_diff(&plain, &reference), 0.0);
+
+    // Every layer's keys and values receive a gradient.
+    let loss = lm_loss(&model, &ids, &Mode::Eval);
+    let store = loss.backward().unwrap();
+    let var = &set.vars()["prompt_embeddings"];
+    let head_dim = spec.hidden / spec.heads;
+    let row = spec.kv_heads * head_dim;
+    assert_eq!(var.dims(), &[3, spec.layers * 2 * row]);
+    let g = store.get(var).unwrap();
+    for block in 0..spec.layers * 2 {
+        let part = g.narrow(1, block * row, row).unwrap();
+        let n = part
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            n > 0.0,
+            "no gradient for layer {} {}",
+            block / 2,
+            ["keys", "values"][block % 2]
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    export::save_adapter(dir.path(), &set, "tiny", export::CAUSAL_LM).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(export::ADAPTER_CONFIG)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["peft_type"], "PREFIX_TUNING");
+    assert_eq!(cfg["num_virtual_tokens"], 3);
+    assert_eq!(cfg["num_layers"], spec.layers);
+    assert_eq!(cfg["num_attention_heads"], spec.kv_heads);
+    assert_eq!(cfg["token_dim"], row);
+    assert_eq!(cfg["prefix_projection"], false);
+    let mut again = tiny_model(&spec, 8, DType::F32);
+    export::load_adapter(dir.path(), &mut again).unwrap();
+    let reloaded = again.forward(&ids, &Mode::Eval).unwrap();
+    assert_eq!(max_abs_diff(&tuned, &reloaded), 0.0);
 }
 
 #[test]

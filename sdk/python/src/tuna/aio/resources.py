@@ -20,7 +20,14 @@ from tuna._transfer import ProgressFn
 from tuna.enums import ArtifactKind, DatasetFormat, FilePurpose, JobState
 from tuna.job import AsyncJob
 from tuna.retry import RetryPolicy
-from tuna.spec import DEFAULT_METHOD, Hyperparameters, MethodLike, Resources, build_job_spec
+from tuna.spec import (
+    DEFAULT_METHOD,
+    Hyperparameters,
+    MethodLike,
+    Preference,
+    Resources,
+    build_job_spec,
+)
 from tuna.spec_file import JobSpecLike, SweepSpecLike
 from tuna.types import (
     Artifact,
@@ -133,6 +140,7 @@ class AsyncJobs(_AsyncService):
         hyperparameters: Hyperparameters | None = None,
         resources: Resources | None = None,
         task: str | None = None,
+        preference: Preference | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
         labels: Mapping[str, str] | None = None,
@@ -148,6 +156,7 @@ class AsyncJobs(_AsyncService):
             hyperparameters=hyperparameters,
             resources=resources,
             task=task,
+            preference=preference,
             priority=priority,
             max_attempts=max_attempts,
             labels=labels,

@@ -95,18 +95,26 @@ class Preference(_message.Message):
     def __init__(self, loss: _Optional[str] = ..., beta: _Optional[float] = ..., label_smoothing: _Optional[float] = ...) -> None: ...
 
 class Method(_message.Message):
-    __slots__ = ("type", "lora", "prompt_tuning", "ia3", "lisa")
+    __slots__ = ("type", "lora", "prompt_tuning", "ia3", "lisa", "prefix_tuning")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TUNING_FIELD_NUMBER: _ClassVar[int]
     IA3_FIELD_NUMBER: _ClassVar[int]
     LISA_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_TUNING_FIELD_NUMBER: _ClassVar[int]
     type: str
     lora: LoraParams
     prompt_tuning: PromptTuningParams
     ia3: Ia3Params
     lisa: LisaParams
-    def __init__(self, type: _Optional[str] = ..., lora: _Optional[_Union[LoraParams, _Mapping]] = ..., prompt_tuning: _Optional[_Union[PromptTuningParams, _Mapping]] = ..., ia3: _Optional[_Union[Ia3Params, _Mapping]] = ..., lisa: _Optional[_Union[LisaParams, _Mapping]] = ...) -> None: ...
+    prefix_tuning: PrefixTuningParams
+    def __init__(self, type: _Optional[str] = ..., lora: _Optional[_Union[LoraParams, _Mapping]] = ..., prompt_tuning: _Optional[_Union[PromptTuningParams, _Mapping]] = ..., ia3: _Optional[_Union[Ia3Params, _Mapping]] = ..., lisa: _Optional[_Union[LisaParams, _Mapping]] = ..., prefix_tuning: _Optional[_Union[PrefixTuningParams, _Mapping]] = ...) -> None: ...
+
+class PrefixTuningParams(_message.Message):
+    __slots__ = ("num_virtual_tokens",)
+    NUM_VIRTUAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    num_virtual_tokens: int
+    def __init__(self, num_virtual_tokens: _Optional[int] = ...) -> None: ...
 
 class LisaParams(_message.Message):
     __slots__ = ("layers", "interval")

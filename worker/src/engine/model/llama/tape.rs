@@ -289,6 +289,7 @@ impl Llama {
         let probe = &self.embed_tokens;
         if !kernels::supported(probe)
             || self.prompt.is_some()
+            || self.prefix.is_some()
             || probe.track_op()
             || self.norm.track_op()
         {
