@@ -316,10 +316,7 @@ impl Attention {
         let q = self.q_proj.forward(x, mode)?;
         let k = self.k_proj.forward(x, mode)?;
         let v = self.v_proj.forward(x, mode)?;
-        if let Some((pk, pv)) = prefix {
-            return self.forward_with_prefix((q, k, v), (b, t), rope, (pk, pv), mode);
-        }
-        if kernels::supported(x) && q.dtype() == x.dtype() {
+        if prefix.is_none() && kernels::supported(x) && q.dtype() == x.dtype() {
             let (cos, sin) = rope.tables(t)?;
             let y = kernels::causal_attention(
                 &q,
@@ -332,56 +329,45 @@ impl Attention {
             )?;
             return self.o_proj.forward(&y, mode);
         }
-        let split = |y: Tensor, heads: usize| {
-            y.reshape((b, t, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = rope.apply(&split(q, self.heads)?)?;
-        let k = rope.apply(&split(k, self.kv_heads)?)?;
-        let v = split(v, self.kv_heads)?;
-        let n_rep = self.heads / self.kv_heads;
-        let k = repeat_kv(k, n_rep)?.contiguous()?;
-        let v = repeat_kv(v, n_rep)?.contiguous()?;
-        let mask = causal_mask(t, q.dtype(), q.device())?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
-        // ops::softmax (max/sub/exp/sum/div) keeps the gradient; softmax_last_dim does not.
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let y = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b * t, self.heads * self.head_dim))?;
-        self.o_proj.forward(&y, mode)
+        self.composed((q, k, v), (b, t), rope, prefix, mode)
     }
 
-    /// Attention over learned prefix keys/values `[b, kv, n, head_dim]` and the causal real
-    /// positions, which sit at RoPE positions `n..n+t`; composed ops (the fused kernel has
-    /// no prefix), so every prefix entry gets its gradient.
-    fn forward_with_prefix(
+    /// Attention from composed ops, optionally over learned prefix keys/values
+    /// `[b, kv, n, head_dim]` that every real position sees; the real positions then sit at
+    /// RoPE positions `n..n+t`. The fused kernel has no prefix, so prefix tuning runs here and
+    /// every prefix entry gets its gradient.
+    fn composed(
         &self,
         (q, k, v): (Tensor, Tensor, Tensor),
         (b, t): (usize, usize),
         rope: &Rope,
-        (pk, pv): (&Tensor, &Tensor),
+        prefix: Option<&(Tensor, Tensor)>,
         mode: &Mode,
     ) -> candle_core::Result<Tensor> {
-        let n = pk.dim(2)?;
+        let n = match prefix {
+            Some((pk, _)) => pk.dim(2)?,
+            None => 0,
+        };
         let split = |y: Tensor, heads: usize| {
             y.reshape((b, t, heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
         let q = rope.apply_from(&split(q, self.heads)?, n)?;
-        let k = rope.apply_from(&split(k, self.kv_heads)?, n)?;
-        let v = split(v, self.kv_heads)?;
-        let k = Tensor::cat(&[pk, &k], 2)?;
-        let v = Tensor::cat(&[pv, &v], 2)?;
+        let mut k = rope.apply_from(&split(k, self.kv_heads)?, n)?;
+        let mut v = split(v, self.kv_heads)?;
+        let mut mask = causal_mask(t, q.dtype(), q.device())?;
+        if let Some((pk, pv)) = prefix {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+            let visible = Tensor::zeros((t, n), q.dtype(), q.device())?;
+            mask = Tensor::cat(&[&visible, &mask], 1)?;
+        }
         let n_rep = self.heads / self.kv_heads;
         let k = repeat_kv(k, n_rep)?.contiguous()?;
         let v = repeat_kv(v, n_rep)?.contiguous()?;
-        let visible = Tensor::zeros((t, n), q.dtype(), q.device())?;
-        let mask = Tensor::cat(&[&visible, &causal_mask(t, q.dtype(), q.device())?], 1)?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
+        // ops::softmax (max/sub/exp/sum/div) keeps the gradient; softmax_last_dim does not.
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let y = probs
             .matmul(&v)?
