@@ -8,11 +8,20 @@ per-token log-probabilities) and `ORPOTrainer.odds_ratio_loss`, and prints the J
 losses against it.
 
     python scripts/trl_preference_oracle.py > worker/src/engine/tests/trl_preference.json
+
+With a file argument, the pairs come from that file instead (the tiny model's log-probabilities,
+written by `TUNA_TRL_INPUTS=pairs.json cargo test -p tuna-worker --lib
+tiny_model_losses_equal_trls`), and the output also holds ORPO's full loss: the chosen
+replies' token-mean NLL (ORPOTrainer's cross-entropy over the chosen completion tokens) minus
+the mean of `odds_ratio_loss`:
+
+    python scripts/trl_preference_oracle.py pairs.json > worker/src/engine/tests/trl_preference_tiny.json
 """
 
 import collections
 import json
 import os
+import sys
 import types
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -117,23 +126,28 @@ def orpo_odds_ratio():
 
 
 def main():
+    global BETA
+    if len(sys.argv) > 1:
+        given = json.loads(open(sys.argv[1]).read())
+        PAIRS.clear()
+        PAIRS.update(given["pairs"])
+        BETA = given["beta"]
     orpo, orpo_chosen, orpo_rejected = orpo_odds_ratio()
-    print(
-        json.dumps(
-            {
-                "trl": trl.__version__,
-                "torch": torch.__version__,
-                "beta": BETA,
-                "pairs": PAIRS,
-                "dpo_sigmoid_mean_loss": dpo_loss("sigmoid"),
-                "ipo_mean_loss": dpo_loss("ipo"),
-                "orpo_odds_ratio_mean_loss": orpo,
-                "orpo_chosen_rewards": orpo_chosen,
-                "orpo_rejected_rewards": orpo_rejected,
-            },
-            indent=2,
-        )
-    )
+    out = {
+        "trl": trl.__version__,
+        "torch": torch.__version__,
+        "beta": BETA,
+        "pairs": PAIRS,
+        "dpo_sigmoid_mean_loss": dpo_loss("sigmoid"),
+        "ipo_mean_loss": dpo_loss("ipo"),
+        "orpo_odds_ratio_mean_loss": orpo,
+        "orpo_chosen_rewards": orpo_chosen,
+        "orpo_rejected_rewards": orpo_rejected,
+    }
+    if len(sys.argv) > 1:
+        nll = -sum(PAIRS["chosen"]) / sum(PAIRS["chosen_len"])
+        out["orpo_mean_loss"] = nll + orpo
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

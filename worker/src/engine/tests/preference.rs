@@ -352,3 +352,85 @@ fn losses_equal_trls_on_the_same_log_probabilities() {
         assert!((a - b.as_f64().unwrap()).abs() < 1e-6, "{a} vs {b}");
     }
 }
+
+/// The tiny model's per-pair log-probabilities (summed over each reply) and reply lengths:
+/// policy with a perturbed LoRA, reference with it switched off.
+fn tiny_pair_logps(model: &crate::engine::model::Llama) -> serde_json::Value {
+    let all = pairs();
+    let refs: Vec<&PairExample> = all.iter().collect();
+    let b = PairExample::collate(&refs, 0, 0.0, &Device::Cpu).unwrap();
+    let n = b.pairs;
+    let logps = |mode: &Mode| -> (Vec<f64>, Vec<f64>) {
+        let logits = model.forward_flat(&b.batch.input_ids, mode).unwrap();
+        let (sums, counts) =
+            preference::sequence_logps(&logits, &b.batch.labels, &b.batch.mask, 2 * n).unwrap();
+        (sums.to_vec1().unwrap(), counts.to_vec1().unwrap())
+    };
+    let (policy, counts) = logps(&Mode::Eval);
+    let (reference, _) = logps(&Mode::Reference);
+    serde_json::json!({
+        "beta": 0.3,
+        "pairs": {
+            "chosen": &policy[..n],
+            "rejected": &policy[n..],
+            "ref_chosen": &reference[..n],
+            "ref_rejected": &reference[n..],
+            "chosen_len": counts[..n].iter().map(|c| *c as u64).collect::<Vec<_>>(),
+            "rejected_len": counts[n..].iter().map(|c| *c as u64).collect::<Vec<_>>(),
+        }
+    })
+}
+
+/// One batch of the tiny model through [`PreferenceObjective::loss`] equals what TRL 1.16's
+/// loss code gives on the same log-probabilities (`trl_preference_tiny.json`, written by
+/// `scripts/trl_preference_oracle.py` from this test's `TUNA_TRL_INPUTS` output): DPO and IPO
+/// to 1e-6, ORPO to 1e-5 (TRL's odds ratio runs in f32).
+#[test]
+fn tiny_model_losses_equal_trls() {
+    let spec = TinySpec::default();
+    let mut model = tiny_model(&spec, 3, DType::F32);
+    let set = AdapterSet::attach(
+        &mut model,
+        &AdapterConfig::lora(4, 8.0, TargetModules::all_linear()),
+    )
+    .unwrap();
+    super::util::perturb_b(&set, 7);
+    let inputs = tiny_pair_logps(&model);
+    if let Some(path) = std::env::var_os("TUNA_TRL_INPUTS") {
+        std::fs::write(path, serde_json::to_string_pretty(&inputs).unwrap()).unwrap();
+        return;
+    }
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("trl_preference_tiny.json")).unwrap();
+    // The committed inputs are this model's (so TRL saw the same numbers).
+    for key in ["chosen", "rejected", "ref_chosen", "ref_rejected"] {
+        let ours = inputs["pairs"][key].as_array().unwrap();
+        let theirs = fixture["pairs"][key].as_array().unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (a, b) in ours.iter().zip(theirs) {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() < 1e-4, "{key}: {a} vs {b}");
+        }
+    }
+    let all = pairs();
+    let refs: Vec<&PairExample> = all.iter().collect();
+    let b = PairExample::collate(&refs, 0, 0.0, &Device::Cpu).unwrap();
+    let beta = fixture["beta"].as_f64().unwrap();
+    for (loss, key, tol) in [
+        (PreferenceLoss::Dpo, "dpo_sigmoid_mean_loss", 1e-6),
+        (PreferenceLoss::Ipo, "ipo_mean_loss", 1e-6),
+        (PreferenceLoss::Orpo, "orpo_mean_loss", 1e-5),
+    ] {
+        let objective = PreferenceObjective {
+            model: &model,
+            adapters: &set,
+            params: params(loss, beta),
+        };
+        let ours = objective
+            .loss(&b, &Mode::Eval, 1.0 / b.pairs as f64)
+            .unwrap();
+        let trl = fixture[key].as_f64().unwrap();
+        assert!((ours - trl).abs() < tol, "{loss}: Tuna {ours}, TRL {trl}");
+        println!("{loss}: Tuna {ours:.9}, TRL {trl:.9}");
+    }
+}
