@@ -13,7 +13,10 @@ the export (PEFT `LORA`, `IA3`, `PROMPT_TUNING`, `PREFIX_TUNING` through
 `PeftModel.from_pretrained`; Tuna's
 `FULL`/`BITFIT` layouts by loading the tensors into the model under their HF names, which must
 all be known to transformers), runs the same token ids and prints the largest logit
-difference; it exits non-zero when any exceeds 1e-4.
+difference; it exits non-zero when any exceeds 1e-4. Where the job also exported a merged model
+(`export_merged`), transformers loads that folder on its own (`from_pretrained`, no PEFT) and
+its logits are compared the same way (f32 merges to 1e-4; a bf16 merge is printed with its
+rounding error and held to 0.1).
 """
 
 import json
@@ -48,6 +51,7 @@ def main() -> int:
     manifest = json.loads((root / "manifest.json").read_text())
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
     worst = 0.0
+    merged_worst = 0.0
     for case in manifest["cases"]:
         model = load(manifest["base"], Path(case["adapter"]))
         model.eval()
@@ -60,9 +64,22 @@ def main() -> int:
         diff = (logits.float() - saved["logits"].float()).abs().max().item()
         worst = max(worst, diff)
         status = "ok" if diff <= TOLERANCE else "FAIL"
-        print(f"{case['name']:>14}: max |logit diff| = {diff:.2e}  {status}")
-    print(f"worst {worst:.2e} (tolerance {TOLERANCE:.0e})")
-    return 0 if worst <= TOLERANCE else 1
+        print(f"{case['name']:>16}: max |logit diff| = {diff:.2e}  {status}")
+        if case.get("merged"):
+            merged = LlamaForCausalLM.from_pretrained(case["merged"]).eval()
+            with torch.no_grad():
+                m = merged(input_ids=ids).logits.float()
+            diff = (m - saved["logits"].float()).abs().max().item()
+            dtype = str(next(merged.parameters()).dtype).removeprefix("torch.")
+            limit = 0.1 if dtype == "bfloat16" else TOLERANCE
+            if limit == TOLERANCE:
+                merged_worst = max(merged_worst, diff)
+            elif diff > limit:
+                merged_worst = max(merged_worst, 1.0)
+            status = "ok" if diff <= limit else "FAIL"
+            print(f"{'merged ' + dtype:>16}: max |logit diff| = {diff:.2e}  {status}")
+    print(f"worst {worst:.2e} (adapters), {merged_worst:.2e} (f32 merged) (tolerance {TOLERANCE:.0e})")
+    return 0 if worst <= TOLERANCE and merged_worst <= TOLERANCE else 1
 
 
 if __name__ == "__main__":

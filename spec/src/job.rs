@@ -7,7 +7,8 @@ use tuna_proto::v1 as pb;
 
 use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
 use crate::names::{
-    DecayShape, Device, LoraInit, MethodKind, Optimizer, PreferenceLoss, Schedule, Task, list,
+    DecayShape, Device, LoraInit, MergedDtype, MethodKind, Optimizer, PreferenceLoss, Schedule,
+    Task, list,
 };
 pub use crate::parts::{
     DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, DEFAULT_PREFERENCE_BETA, DEFAULT_ZO_EPSILON,
@@ -30,6 +31,9 @@ pub struct JobSpec {
     /// `Some` exactly when `task` is preference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preference: Option<PreferenceParams>,
+    /// `Some(dtype)`: also export the merged model in that dtype.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_merged: Option<MergedDtype>,
     pub hyperparameters: Hyperparameters,
     pub device: Device,
     pub min_memory_bytes: i64,
@@ -83,6 +87,23 @@ impl JobSpec {
         );
         let method = method_from_proto(&mut c, spec.method.as_ref());
         let preference = preference_from_proto(&mut c, task, spec.preference.as_ref());
+        let export_merged = if spec.export_merged {
+            Some(c.named(
+                "spec.merged_dtype",
+                &spec.merged_dtype,
+                MergedDtype::parse,
+                MergedDtype::NAMES,
+                MergedDtype::F32,
+            ))
+        } else {
+            if !spec.merged_dtype.is_empty() {
+                c.fail(
+                    "spec.merged_dtype",
+                    "is only used with export_merged = true",
+                );
+            }
+            None
+        };
         let hyperparameters = hyper_from_proto(&mut c, spec.hyperparameters.as_ref());
         let res = spec.resources.clone().unwrap_or_default();
         let device = c.named(
@@ -116,6 +137,7 @@ impl JobSpec {
             task,
             method,
             preference,
+            export_merged,
             hyperparameters,
             device,
             min_memory_bytes,
@@ -183,6 +205,11 @@ impl JobSpec {
                     _ => None,
                 },
             }),
+            export_merged: self.export_merged.is_some(),
+            merged_dtype: self
+                .export_merged
+                .map(|d| d.as_str().to_string())
+                .unwrap_or_default(),
             preference: self.preference.map(|p| pb::Preference {
                 loss: p.loss.as_str().to_string(),
                 beta: Some(p.beta),
@@ -657,6 +684,7 @@ impl From<Stored> for JobSpec {
             task: s.task,
             method: s.method,
             preference: s.preference,
+            export_merged: s.export_merged,
             hyperparameters: s.hyperparameters,
             device: s.device,
             min_memory_bytes: s.min_memory_bytes,

@@ -22,7 +22,8 @@ pub use job::{
     SPEC_VERSION, default_alpha, wsd_decay_start,
 };
 pub use names::{
-    DecayShape, Device, LoraInit, MethodKind, Optimizer, PreferenceLoss, Schedule, Task,
+    DecayShape, Device, LoraInit, MergedDtype, MethodKind, Optimizer, PreferenceLoss, Schedule,
+    Task,
 };
 pub use plan::{ClassInit, Plan};
 

@@ -54,6 +54,14 @@ named! {
 }
 
 named! {
+    /// The dtype of a merged-model export.
+    MergedDtype {
+        F32 = "f32",
+        Bf16 = "bf16",
+    }
+}
+
+named! {
     /// The loss of a preference job.
     PreferenceLoss {
         /// Direct Preference Optimization (sigmoid loss on the reward margin).

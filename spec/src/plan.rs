@@ -41,6 +41,9 @@ const CHAIN: &str = "spec.method.lora.chain_every";
 impl JobSpec {
     /// The run this spec describes, or the field that makes it untrainable.
     pub fn plan(&self) -> Result<Plan<'_>, FieldViolation> {
+        if self.export_merged.is_some() {
+            self.check_mergeable()?;
+        }
         if let Method::Dora { lora } | Method::Lora { lora } = &self.method
             && lora.chain_every.is_some()
         {
@@ -136,6 +139,34 @@ impl JobSpec {
                 };
                 Ok(Plan::Classification { lora, dora, init })
             }
+        }
+    }
+
+    /// Whether the trained weights fold into the base model for a merged export.
+    fn check_mergeable(&self) -> Result<(), FieldViolation> {
+        let refuse = |why: String| Err(FieldViolation::new("spec.export_merged", why));
+        match self.task {
+            Task::CausalLm | Task::Preference => {}
+            Task::Classification => {
+                return refuse(
+                    "merged exports are written for decoders (causal_lm, preference); a \
+                     classification job's head stays a PEFT adapter"
+                        .into(),
+                );
+            }
+        }
+        match &self.method {
+            Method::Lora { .. }
+            | Method::Dora { .. }
+            | Method::Ia3 { .. }
+            | Method::Bitfit
+            | Method::Full
+            | Method::Lisa { .. } => Ok(()),
+            Method::PromptTuning { .. } | Method::PrefixTuning { .. } => refuse(format!(
+                "{} adds virtual tokens, which do not fold into the weights; export the \
+                 adapter instead",
+                self.method.kind()
+            )),
         }
     }
 

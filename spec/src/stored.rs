@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::names::{Device, LoraInit, Task};
+use crate::names::{Device, LoraInit, MergedDtype, Task};
 use crate::parts::{Hyperparameters, Method, PreferenceParams};
 
 const V1_LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
@@ -25,6 +25,8 @@ pub(crate) struct Stored {
     pub(crate) method: Method,
     #[serde(default)]
     pub(crate) preference: Option<PreferenceParams>,
+    #[serde(default)]
+    pub(crate) export_merged: Option<MergedDtype>,
     pub(crate) hyperparameters: Hyperparameters,
     pub(crate) device: Device,
     pub(crate) min_memory_bytes: i64,

@@ -545,3 +545,29 @@ fn preference_knobs_are_validated_and_round_trip() {
     });
     assert_eq!(refuse(&w), ["spec.hyperparameters.prompt_loss_weight"]);
 }
+
+#[test]
+fn merged_exports_are_for_decoders_whose_method_folds_into_the_weights() {
+    let mut p = with("causal_lm", "lora", "");
+    p.export_merged = true;
+    assert_eq!(ok(&p).export_merged, Some(MergedDtype::F32));
+    p.merged_dtype = "bf16".into();
+    let spec = ok(&p);
+    assert_eq!(spec.export_merged, Some(MergedDtype::Bf16));
+    assert_eq!(ok(&spec.to_proto()), spec);
+    let refuse = |p: &pb::JobSpec| fields(JobSpec::from_proto(Some(p)).unwrap_err());
+    p.merged_dtype = "fp8".into();
+    assert_eq!(refuse(&p), ["spec.merged_dtype"]);
+    let mut q = with("causal_lm", "lora", "");
+    q.merged_dtype = "bf16".into();
+    assert_eq!(refuse(&q), ["spec.merged_dtype"]);
+    for (task, method) in [
+        ("causal_lm", "prompt_tuning"),
+        ("causal_lm", "prefix_tuning"),
+        ("classification", "lora"),
+    ] {
+        let mut r = with(task, method, "");
+        r.export_merged = true;
+        assert_eq!(refuse(&r), ["spec.export_merged"], "{task} {method}");
+    }
+}

@@ -1,7 +1,7 @@
 //! The spec-surface conformance test: every task × method × LoRA init value the API's names
 //! admit, every schedule per task, every optimizer (with and without `auto_learning_rate`)
-//! per task × method, the prompt-loss weight per task, and every preference loss per method
-//! either trains on a real worker or
+//! per task × method, the prompt-loss weight per task, every preference loss per method, and a
+//! merged export per task × method either trains on a real worker or
 //! is refused at `CreateJob` with `INVALID_ARGUMENT` naming the field. Nothing accepted may
 //! fail on the worker.
 
@@ -312,6 +312,16 @@ async fn every_accepted_spec_trains_on_a_worker_and_every_other_is_refused_namin
                 .get_or_insert_with(Default::default)
                 .prompt_loss_weight = Some(weight);
             seen.check(&client, combo, p, *task, MethodKind::Lora).await;
+        }
+    }
+    // A merged export per task and method, in bf16.
+    for task in Task::ALL {
+        for method in MethodKind::ALL {
+            let combo = format!("{task} {method} export_merged=bf16");
+            let mut p = spec(*task, *method, LoraInit::Default, Schedule::Cosine, &files);
+            p.export_merged = true;
+            p.merged_dtype = "bf16".into();
+            seen.check(&client, combo, p, *task, *method).await;
         }
     }
     // Every preference loss with every method and its knobs.

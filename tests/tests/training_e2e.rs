@@ -51,13 +51,13 @@ fn history(server: &ServerProcess, id: &str) -> (Option<i32>, Vec<serde_json::Va
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lora_job_runs_on_a_worker_process_and_its_adapter_downloads_intact() {
+async fn a_lora_job_runs_on_a_worker_process_and_its_adapter_and_merged_model_download_intact() {
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--database-url", &db.url]);
     let s = setup(&server, dir.path());
     let w = worker(&server, dir.path(), "w1");
-    let id = create(&server, &s, "30", &[]);
+    let id = create(&server, &s, "30", &["--export-merged"]);
     let (code, updates) = history(&server, &id);
     assert_eq!(code, Some(0), "job did not succeed: {updates:?}");
     let seqs: Vec<i64> = updates.iter().map(|u| u["seq"].as_i64().unwrap()).collect();
@@ -92,6 +92,39 @@ async fn a_lora_job_runs_on_a_worker_process_and_its_adapter_downloads_intact() 
             .unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert!(out.join("adapter_model.safetensors").exists());
+
+    // The merged model: an HF folder whose logits are the base model's with the adapter.
+    let merged = dir.path().join("merged");
+    let got = server.json(&[
+        "artifacts",
+        "download",
+        &id,
+        "--kind",
+        "merged",
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert_eq!(got["artifact"]["kind"], "merged", "{got}");
+    use candle_core::{DType, Device, Tensor};
+    use tuna_worker::engine::adapters::Mode;
+    use tuna_worker::engine::model::Llama;
+    let ids = Tensor::from_vec(vec![3u32, 9, 27, 81, 40, 7], (1, 6), &Device::Cpu).unwrap();
+    let mut base = Llama::from_dir(&dir.path().join("tiny"), DType::F32, &Device::Cpu).unwrap();
+    tuna_worker::engine::export::load_adapter(&out, &mut base).unwrap();
+    let want = base.forward(&ids, &Mode::Eval).unwrap();
+    let got = Llama::from_dir(&merged, DType::F32, &Device::Cpu)
+        .unwrap()
+        .forward(&ids, &Mode::Eval)
+        .unwrap();
+    let d = (want - got)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-4, "merged model differs from base + adapter by {d}");
     drop(w);
     drop(server);
     db.drop_db().await;

@@ -20,6 +20,7 @@ pub enum Format {
     PromptCompletion,
     Chat,
     Classification,
+    Preference,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +72,7 @@ pub async fn run(cli: &Cli, cmd: &FilesCommand) -> Result<ExitCode, CliError> {
                 Some(Format::PromptCompletion) => pb::DatasetFormat::PromptCompletion,
                 Some(Format::Chat) => pb::DatasetFormat::Chat,
                 Some(Format::Classification) => pb::DatasetFormat::Classification,
+                Some(Format::Preference) => pb::DatasetFormat::Preference,
             };
             let file = client.upload_file(path, purpose, format).await?;
             output::file(cli.output, &file);

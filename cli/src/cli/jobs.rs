@@ -93,6 +93,13 @@ pub struct CreateArgs {
     /// With --preference-loss dpo: share of labels assumed flipped (default 0).
     #[arg(long)]
     label_smoothing: Option<f64>,
+    /// Also upload the model with the trained weights merged in (artifact kind merged), an HF
+    /// folder transformers loads directly.
+    #[arg(long)]
+    export_merged: bool,
+    /// With --export-merged: f32 (default) or bf16.
+    #[arg(long, default_value = "")]
+    merged_dtype: String,
     #[arg(long)]
     r: Option<i32>,
     #[arg(long)]
@@ -205,6 +212,8 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
         max_attempts: a.max_attempts,
         labels: a.labels.iter().cloned().collect::<HashMap<_, _>>(),
         task: a.task.clone(),
+        export_merged: a.export_merged,
+        merged_dtype: a.merged_dtype.clone(),
         preference: (a.task == "preference"
             || !a.preference_loss.is_empty()
             || a.beta.is_some()

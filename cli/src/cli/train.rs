@@ -189,7 +189,9 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
         b.finish_and_clear();
     }
     let result = match outcome {
-        Ok(RunOutcome::Finished { step, adapter_dir }) => {
+        Ok(RunOutcome::Finished {
+            step, adapter_dir, ..
+        }) => {
             copy_dir(&adapter_dir, &a.out).map_err(usage)?;
             println!(
                 "trained {step} steps; adapter written to {}",

@@ -183,6 +183,8 @@ def test_method_helpers_build_the_proto() -> None:
         model="m", training_file="f", task="preference", preference=tuna.Preference()
     )
     assert spec.task == "preference" and spec.HasField("preference")
+    merged = tuna.spec.build_job_spec(model="m", training_file="f", export_merged="bf16")
+    assert merged.export_merged and merged.merged_dtype == "bf16"
     assert tuna.DatasetFormat.PREFERENCE.value == 5
 
 

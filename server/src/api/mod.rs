@@ -209,7 +209,7 @@ pub async fn require_method_fits_model(
             field,
             format!(
                 "bitfit trains bias parameters and model {model_name:?} has none; \
-                 choose lora, dora, ia3, prompt_tuning or full"
+                 choose lora, dora, ia3, prompt_tuning, prefix_tuning or full"
             ),
         )),
         Ok(_) => Ok(()),

@@ -445,20 +445,31 @@ impl Agent {
         // Every checkpoint is committed before the attempt ends, so a pause or a drain always
         // leaves the newest one behind for the next attempt.
         let _ = uploader.await;
-        let (outcome_kind, adapter) = match &outcome {
-            RunOutcome::Finished { step, adapter_dir } => {
-                (pb::Outcome::Succeeded, Some((*step, adapter_dir.clone())))
-            }
+        let (outcome_kind, adapter, merged) = match &outcome {
+            RunOutcome::Finished {
+                step,
+                adapter_dir,
+                merged_dir,
+            } => (
+                pb::Outcome::Succeeded,
+                Some((*step, adapter_dir.clone())),
+                merged_dir.clone(),
+            ),
             RunOutcome::Stopped {
                 reason,
                 step,
                 adapter_dir,
+                merged_dir,
             } => match reason {
-                Stop::Cancel => (pb::Outcome::Cancelled, None),
-                Stop::Pause => (pb::Outcome::Paused, None),
-                Stop::Drain => (pb::Outcome::Released, None),
+                Stop::Cancel => (pb::Outcome::Cancelled, None, None),
+                Stop::Pause => (pb::Outcome::Paused, None, None),
+                Stop::Drain => (pb::Outcome::Released, None, None),
                 Stop::StopEarly => match adapter_dir {
-                    Some(d) => (pb::Outcome::Succeeded, Some((*step, d.clone()))),
+                    Some(d) => (
+                        pb::Outcome::Succeeded,
+                        Some((*step, d.clone())),
+                        merged_dir.clone(),
+                    ),
                     // The server refuses a success without its adapter.
                     None => {
                         let req = pb::FailJobRequest {
@@ -477,11 +488,23 @@ impl Agent {
             },
         };
         let uploaded = match adapter {
-            Some((step, dir)) => self
-                .uploader(lease)
-                .upload_dir(pb::ArtifactKind::Adapter, step, &dir, "adapter.tar")
-                .await
-                .map(drop),
+            Some((step, dir)) => {
+                let uploader = self.uploader(lease);
+                let merged = match &merged {
+                    Some(m) => uploader
+                        .upload_dir(pb::ArtifactKind::Merged, step, m, "merged.tar")
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                };
+                match merged {
+                    Ok(()) => uploader
+                        .upload_dir(pb::ArtifactKind::Adapter, step, &dir, "adapter.tar")
+                        .await
+                        .map(drop),
+                    Err(e) => Err(e),
+                }
+            }
             None => Ok(()),
         };
         if let Err(e) = uploaded {
@@ -489,7 +512,10 @@ impl Agent {
                 job_id: job.clone(),
                 lease_token: token.clone(),
                 kind: pb::FailureKind::System as i32,
-                message: truncate(&format!("uploading the adapter failed: {e}"), 4096),
+                message: truncate(
+                    &format!("uploading the adapter or merged model failed: {e}"),
+                    4096,
+                ),
             };
             let _ = self.report_failure(&client, req).await;
             return;

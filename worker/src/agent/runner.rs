@@ -108,14 +108,21 @@ pub trait Reporter: Send {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunOutcome {
-    /// Training completed; `adapter_dir` holds the HF PEFT adapter files.
-    Finished { step: i64, adapter_dir: PathBuf },
+    /// Training completed; `adapter_dir` holds the HF PEFT adapter files, `merged_dir` the
+    /// merged model when the spec asked for one.
+    Finished {
+        step: i64,
+        adapter_dir: PathBuf,
+        merged_dir: Option<PathBuf>,
+    },
     /// Stopped on request. A pause or drain must have handed a checkpoint to the reporter
-    /// before returning; a stop-early returns the adapter trained so far.
+    /// before returning; a stop-early returns the adapter trained so far (and the merged
+    /// model when asked).
     Stopped {
         reason: Stop,
         step: i64,
         adapter_dir: Option<PathBuf>,
+        merged_dir: Option<PathBuf>,
     },
 }
 

@@ -404,10 +404,21 @@ fn attach_lora<M: Adaptable>(config: &str, model: &mut M) -> Result<AdapterSet, 
     Ok(AdapterSet::attach(model, &config)?)
 }
 
-/// Folds the adapter into `model`'s weights and writes an HF model folder
-/// (`config.json` + `model.safetensors`). The model stays merged afterwards; call
-/// `unmerge_all` to keep training.
-pub fn save_merged(dir: &Path, model: &mut Llama) -> Result<(), ExportError> {
+/// Shards of a merged export stay below this size (as `transformers` cuts them by default
+/// at 5 GB; 2 GiB keeps each file loadable by 32-bit offset readers and uploads resumable).
+pub const MERGED_SHARD_BYTES: usize = 2 << 30;
+
+/// Folds the adapter into `model`'s weights and writes an HF model folder in `dtype`:
+/// `config.json` and `model.safetensors`, or shards of at most `shard_bytes` named
+/// `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json`. Tensors are
+/// converted one shard at a time, so besides the model at most one shard's copy is held.
+/// The model stays merged afterwards; call `unmerge_all` to keep training.
+pub fn save_merged(
+    dir: &Path,
+    model: &mut Llama,
+    dtype: candle_core::DType,
+    shard_bytes: usize,
+) -> Result<(), ExportError> {
     merge_all(model)?;
     let write_err = |path: &Path, reason: String| ExportError::Write {
         path: path.to_path_buf(),
@@ -419,18 +430,68 @@ pub fn save_merged(dir: &Path, model: &mut Llama) -> Result<(), ExportError> {
     cfg.tie_word_embeddings = tied;
     let mut config =
         serde_json::to_value(ConfigOut::from(&cfg)).map_err(|e| write_err(dir, e.to_string()))?;
+    let torch_dtype = match dtype {
+        candle_core::DType::BF16 => "bfloat16",
+        candle_core::DType::F16 => "float16",
+        _ => "float32",
+    };
     if let Some(obj) = config.as_object_mut() {
         obj.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+        obj.insert("torch_dtype".into(), json!(torch_dtype));
     }
     let path = dir.join("config.json");
     let text =
         serde_json::to_string_pretty(&config).map_err(|e| write_err(&path, e.to_string()))?;
     std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
-    let path = dir.join("model.safetensors");
+
+    // Shards in key order, each cut before it would pass `shard_bytes`.
+    let mut shards: Vec<Vec<&String>> = vec![Vec::new()];
+    let mut size = 0usize;
+    let mut total = 0usize;
+    for (name, t) in &tensors {
+        let bytes = t.elem_count() * dtype.size_in_bytes();
+        total += bytes;
+        if size > 0 && size + bytes > shard_bytes {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        if let Some(last) = shards.last_mut() {
+            last.push(name);
+        }
+    }
+    let n = shards.len();
+    let file_name = |i: usize| {
+        if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+        }
+    };
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let tensors: BTreeMap<String, candle_core::Tensor> = tensors;
-    safetensors::tensor::serialize_to_file(&tensors, Some(meta), &path)
-        .map_err(|e| write_err(&path, e.to_string()))?;
+    let mut weight_map = BTreeMap::new();
+    for (i, names) in shards.iter().enumerate() {
+        let file = file_name(i);
+        let mut shard = BTreeMap::new();
+        for name in names {
+            let t = &tensors[*name];
+            shard.insert((*name).clone(), t.to_dtype(dtype)?);
+            weight_map.insert((*name).clone(), file.clone());
+        }
+        let path = dir.join(&file);
+        safetensors::tensor::serialize_to_file(&shard, Some(meta.clone()), &path)
+            .map_err(|e| write_err(&path, e.to_string()))?;
+    }
+    if n > 1 {
+        let index = json!({
+            "metadata": { "total_size": total },
+            "weight_map": weight_map,
+        });
+        let path = dir.join("model.safetensors.index.json");
+        let text =
+            serde_json::to_string_pretty(&index).map_err(|e| write_err(&path, e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
+    }
     Ok(())
 }
 

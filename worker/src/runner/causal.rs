@@ -9,6 +9,7 @@ use tuna_proto::v1 as pb;
 use tuna_spec::{LoraInit as SpecInit, Method as SpecMethod, PreferenceParams};
 
 use super::chain::{self, Chain};
+use super::merged::add_merged;
 use super::settings::{adapter_config, records, seed, train_config};
 use super::{classify_error, drive, system, user};
 use crate::agent::{Control, JobInputs, Reporter, RunError, RunOutcome};
@@ -77,7 +78,9 @@ pub(super) fn train(
         let export = |dir: &Path| {
             export::save_adapter(dir, &adapters, &spec.base_model, "CAUSAL_LM").map_err(system)
         };
-        return drive(&mut trainer, inputs, control, reporter, &export);
+        let outcome = drive(&mut trainer, inputs, control, reporter, &export)?;
+        drop(trainer);
+        return add_merged(outcome, inputs, &mut model);
     }
     let train_set = examples(&inputs.training_file, inputs.training_format, tok, max_len)?;
     let total = spec.total_steps(train_set.len());
@@ -134,14 +137,17 @@ pub(super) fn train(
             seed,
             base_model: &spec.base_model,
         };
-        return chain::drive(chain, inputs, control, reporter);
+        let outcome = chain::drive(chain, inputs, control, reporter)?;
+        return add_merged(outcome, inputs, &mut model);
     }
     let mut trainer = Trainer::new(&model, &adapters, train_loader, eval_loader, config)
         .map_err(classify_error)?;
     let export = |dir: &Path| {
         export::save_adapter(dir, &adapters, &spec.base_model, "CAUSAL_LM").map_err(system)
     };
-    drive(&mut trainer, inputs, control, reporter, &export)
+    let outcome = drive(&mut trainer, inputs, control, reporter, &export)?;
+    drop(trainer);
+    add_merged(outcome, inputs, &mut model)
 }
 
 /// The run's loop settings, with LISA's layer sampling sized to the model.

@@ -8,6 +8,7 @@
 mod causal;
 mod chain;
 mod classify;
+mod merged;
 mod settings;
 
 use std::path::{Path, PathBuf};
@@ -165,16 +166,19 @@ fn finish(
         Outcome::Completed { steps } => RunOutcome::Finished {
             step: steps as i64,
             adapter_dir: adapter()?,
+            merged_dir: None,
         },
         Outcome::StoppedEarly { step } => RunOutcome::Stopped {
             reason: Stop::StopEarly,
             step: step as i64,
             adapter_dir: Some(adapter()?),
+            merged_dir: None,
         },
         Outcome::Cancelled { step } | Outcome::Suspended { step } => RunOutcome::Stopped {
             reason: control.stop_requested().unwrap_or(Stop::Cancel),
             step: step as i64,
             adapter_dir: None,
+            merged_dir: None,
         },
     })
 }

@@ -98,7 +98,10 @@ fn classification_jobs_train_bert_with_a_head_and_export_a_seq_cls_adapter() {
     let out = EngineRunner
         .run(&inputs, &Control::new(), &mut rec)
         .unwrap();
-    let RunOutcome::Finished { step, adapter_dir } = out else {
+    let RunOutcome::Finished {
+        step, adapter_dir, ..
+    } = out
+    else {
         panic!("{out:?}")
     };
     assert_eq!(step, 6);
@@ -345,7 +348,8 @@ fn a_paused_classification_job_resumes_from_its_checkpoint_and_matches_an_uninte
             RunOutcome::Stopped {
                 reason: Stop::Pause,
                 step: 3,
-                adapter_dir: None
+                adapter_dir: None,
+                merged_dir: None,
             }
         ),
         "{out:?}"
@@ -393,6 +397,7 @@ fn lora_ga_init_trains_on_a_worker_and_resumes_exactly() {
     let RunOutcome::Finished {
         step: 6,
         adapter_dir,
+        ..
     } = out
     else {
         panic!("{out:?}")
@@ -511,6 +516,7 @@ fn a_chain_of_lora_resumes_exactly_and_exports_the_whole_chain_as_one_lora() {
     let RunOutcome::Finished {
         step: 8,
         adapter_dir,
+        ..
     } = out
     else {
         panic!("{out:?}")
@@ -621,6 +627,7 @@ fn a_dpo_job_reports_rewards_resumes_exactly_and_exports_a_lora() {
     let RunOutcome::Finished {
         step: 6,
         adapter_dir,
+        ..
     } = out
     else {
         panic!("{out:?}")
@@ -752,6 +759,26 @@ fn every_method_exports_what_loads_back_with_its_logits_written_for_the_peft_che
         }
         cases.push((name, s));
     }
+    // Merged exports of the methods that fold into the weights (one in bf16).
+    for (name, spec) in &mut cases {
+        if [
+            "lora",
+            "lora_dpo",
+            "lora_chain",
+            "dora",
+            "ia3",
+            "full",
+            "lisa",
+        ]
+        .contains(name)
+        {
+            spec.export_merged = true;
+        }
+    }
+    let mut s = tiny_spec("causal_lm", "", 3);
+    s.export_merged = true;
+    s.merged_dtype = "bf16".into();
+    cases.push(("lora_merged_bf16", s));
     let ids = Tensor::from_vec(
         vec![1u32, 5, 9, 13, 17, 21, 25, 2, 4, 8, 16, 32, 64, 100],
         (2, 7),
@@ -764,9 +791,19 @@ fn every_method_exports_what_loads_back_with_its_logits_written_for_the_peft_che
         let mut rec = Recorder::default();
         let inputs = tiny_inputs(&root, name, spec, None);
         let out = EngineRunner.run(&inputs, &control, &mut rec).unwrap();
-        let RunOutcome::Finished { adapter_dir, .. } = out else {
+        let RunOutcome::Finished {
+            adapter_dir,
+            merged_dir,
+            ..
+        } = out
+        else {
             panic!("{name}: {out:?}")
         };
+        assert_eq!(
+            merged_dir.is_some(),
+            inputs.spec.export_merged.is_some(),
+            "{name}"
+        );
         let base = Llama::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).unwrap();
         let mut model = Llama::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).unwrap();
         load_adapter(&adapter_dir, &mut model).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -788,14 +825,43 @@ fn every_method_exports_what_loads_back_with_its_logits_written_for_the_peft_che
         candle_core::safetensors::save(
             &std::collections::HashMap::from([
                 ("ids".to_string(), ids.to_dtype(DType::I64).unwrap()),
-                ("logits".to_string(), logits),
+                ("logits".to_string(), logits.clone()),
             ]),
             &file,
         )
         .unwrap();
+        if let Some(dir) = &merged_dir {
+            // The merged folder alone (what transformers gets) gives the adapter's logits.
+            let merged = Llama::from_dir(dir, DType::F32, &Device::Cpu).unwrap();
+            let d = (&merged.forward(&ids, &Mode::Eval).unwrap() - &logits)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let bf16 = inputs.spec.export_merged == Some(tuna_spec::MergedDtype::Bf16);
+            // bf16 keeps 8 bits of mantissa: its logits move by rounding, not by a wrong merge.
+            let tolerance = if bf16 { 0.1 } else { 1e-4 };
+            assert!(d < tolerance, "{name}: merged model differs by {d}");
+            assert!(dir.join("config.json").exists() && dir.join("model.safetensors").exists());
+            let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let want = if bf16 {
+                safetensors::Dtype::BF16
+            } else {
+                safetensors::Dtype::F32
+            };
+            assert!(
+                st.tensors().iter().all(|(_, t)| t.dtype() == want),
+                "{name}"
+            );
+        }
         manifest.push(serde_json::json!({
             "name": name,
             "adapter": adapter_dir,
+            "merged": merged_dir,
             "logits": file,
         }));
     }

@@ -13,7 +13,7 @@ import builtins
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from tuna._effects import DEFAULT, Timeout
 from tuna._ops import artifacts as artifact_ops
@@ -189,6 +189,7 @@ class Jobs(_Service):
         resources: Resources | None = None,
         task: str | None = None,
         preference: Preference | None = None,
+        export_merged: Literal["f32", "bf16"] | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
         labels: Mapping[str, str] | None = None,
@@ -210,6 +211,9 @@ class Jobs(_Service):
             task: ``causal_lm`` (default), ``classification`` or ``preference``.
             preference: the loss of a preference job (:class:`~tuna.Preference`; DPO with
                 beta 0.1 when left out).
+            export_merged: also upload the model with the trained weights merged in, in this
+                dtype (artifact kind ``merged``; decoder jobs whose method folds into the
+                weights).
             priority: -1000..=1000, higher first (default 0).
             max_attempts: 1..=100 (default 3).
             labels: free-form ``key: value`` labels, for ``list(labels=...)``.
@@ -230,6 +234,7 @@ class Jobs(_Service):
             resources=resources,
             task=task,
             preference=preference,
+            export_merged=export_merged,
             priority=priority,
             max_attempts=max_attempts,
             labels=labels,

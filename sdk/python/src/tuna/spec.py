@@ -374,6 +374,7 @@ def build_job_spec(
     resources: Resources | job_pb2.Resources | None = None,
     task: str | None = None,
     preference: Preference | job_pb2.Preference | None = None,
+    export_merged: Literal["f32", "bf16"] | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
     labels: Mapping[str, str] | None = None,
@@ -395,6 +396,9 @@ def build_job_spec(
         )
     if task:
         spec.task = task
+    if export_merged is not None:
+        spec.export_merged = True
+        spec.merged_dtype = export_merged
     if preference is not None:
         spec.preference.CopyFrom(
             preference if isinstance(preference, job_pb2.Preference) else preference.to_proto()

@@ -8,7 +8,7 @@ import builtins
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from tuna._effects import DEFAULT, Timeout
 from tuna._ops import artifacts as artifact_ops
@@ -141,6 +141,7 @@ class AsyncJobs(_AsyncService):
         resources: Resources | None = None,
         task: str | None = None,
         preference: Preference | None = None,
+        export_merged: Literal["f32", "bf16"] | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
         labels: Mapping[str, str] | None = None,
@@ -157,6 +158,7 @@ class AsyncJobs(_AsyncService):
             resources=resources,
             task=task,
             preference=preference,
+            export_merged=export_merged,
             priority=priority,
             max_attempts=max_attempts,
             labels=labels,

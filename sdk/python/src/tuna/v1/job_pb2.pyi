@@ -52,7 +52,7 @@ ARTIFACT_KIND_CHECKPOINT: ArtifactKind
 ARTIFACT_KIND_MERGED: ArtifactKind
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "training_file", "validation_file", "method", "hyperparameters", "resources", "priority", "max_attempts", "labels", "task", "preference")
+    __slots__ = ("base_model", "training_file", "validation_file", "method", "hyperparameters", "resources", "priority", "max_attempts", "labels", "task", "preference", "export_merged", "merged_dtype")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class JobSpec(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_MERGED_FIELD_NUMBER: _ClassVar[int]
+    MERGED_DTYPE_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     training_file: str
     validation_file: str
@@ -82,7 +84,9 @@ class JobSpec(_message.Message):
     labels: _containers.ScalarMap[str, str]
     task: str
     preference: Preference
-    def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ...) -> None: ...
+    export_merged: bool
+    merged_dtype: str
+    def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., export_merged: _Optional[bool] = ..., merged_dtype: _Optional[str] = ...) -> None: ...
 
 class Preference(_message.Message):
     __slots__ = ("loss", "beta", "label_smoothing")
