@@ -146,6 +146,8 @@
       if (m.lora.alpha != null) parts.push(`α=${fmtNum(m.lora.alpha, 3)}`);
     }
     if (type === 'prompt_tuning' && m.promptTuning?.numVirtualTokens != null) parts.push(`${m.promptTuning.numVirtualTokens} tokens`);
+    if (type === 'prefix_tuning' && m.prefixTuning?.numVirtualTokens != null) parts.push(`${m.prefixTuning.numVirtualTokens}-token prefix`);
+    if (spec?.task === 'preference') parts.push(spec.preference?.loss || 'dpo');
     return parts.join(' ');
   }
 
