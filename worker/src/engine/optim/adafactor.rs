@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use candle_core::{D, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, Grads, OptimError, Params, SavedState, sum_sq};
+use super::{Algorithm, Grads, OptimError, Params, SavedState, state_of, sum_sq};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdafactorConfig {
@@ -89,10 +89,7 @@ impl Algorithm for Adafactor {
         let beta2 = 1.0 - (t as f64).powf(c.decay_rate);
         for (name, var, scale) in params.iter() {
             let g = params.grad(grads, name, var)?;
-            let second = self
-                .second
-                .get_mut(name)
-                .ok_or_else(|| OptimError::State(format!("no second moment for `{name}`")))?;
+            let second = state_of(&mut self.second, name, "second moment")?;
             let sq = (g.sqr()? + c.eps)?;
             let update = match second {
                 Second::Factored { row, col } => {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, Grads, OptimError, Params, SavedState};
+use super::{Algorithm, Grads, OptimError, Params, SavedState, state_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
@@ -67,10 +67,7 @@ impl Algorithm for AdamW {
         let bc2 = 1.0 - c.beta2.powi(t);
         for (name, var, scale) in params.iter() {
             let g = params.grad(grads, name, var)?;
-            let mom = self
-                .moments
-                .get_mut(name)
-                .ok_or_else(|| OptimError::State(format!("no moments for `{name}`")))?;
+            let mom = state_of(&mut self.moments, name, "moments")?;
             let lr = lr * scale;
             mom.m = ((&mom.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             mom.v = ((&mom.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, Grads, OptimError, Params, SavedState};
+use super::{Algorithm, Grads, OptimError, Params, SavedState, state_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DAdaptConfig {
@@ -101,10 +101,7 @@ impl Algorithm for DAdaptAdam {
         let (mut numerator_acc, mut s_l1) = (0.0, 0.0);
         for (name, var, r) in params.iter() {
             let g = params.grad(grads, name, var)?;
-            let mom = self
-                .moments
-                .get_mut(name)
-                .ok_or_else(|| OptimError::State(format!("no moments for `{name}`")))?;
+            let mom = state_of(&mut self.moments, name, "moments")?;
             let denom = (mom.v.sqrt()? + c.eps)?;
             numerator_acc += r * dlr * scalar(&(&g * (&mom.s / &denom)?)?)?;
             mom.m = ((&mom.m * c.beta1)? + (&g * (r * dlr * (1.0 - c.beta1)))?)?;

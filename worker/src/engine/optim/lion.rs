@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, Grads, OptimError, Params, SavedState};
+use super::{Algorithm, Grads, OptimError, Params, SavedState, state_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LionConfig {
@@ -60,10 +60,7 @@ impl Algorithm for Lion {
         let c = self.config;
         for (name, var, scale) in params.iter() {
             let g = params.grad(grads, name, var)?;
-            let m = self
-                .momentum
-                .get_mut(name)
-                .ok_or_else(|| OptimError::State(format!("no momentum for `{name}`")))?;
+            let m = state_of(&mut self.momentum, name, "momentum")?;
             let lr = lr * scale;
             // c_t = β1·m + (1-β1)·g;  θ ← θ·(1 - lr·λ) - lr·sign(c_t);  m ← β2·m + (1-β2)·g.
             let direction = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.sign()?;

@@ -63,6 +63,17 @@ impl Default for OptimizerConfig {
     }
 }
 
+/// The per-parameter state `what` of `name`: every algorithm keeps one entry per parameter,
+/// created with it, so a missing one is a state-file or wiring error, reported by name.
+pub(crate) fn state_of<'a, T>(
+    map: &'a mut std::collections::BTreeMap<String, T>,
+    name: &str,
+    what: &str,
+) -> Result<&'a mut T, OptimError> {
+    map.get_mut(name)
+        .ok_or_else(|| OptimError::State(format!("no {what} for `{name}`")))
+}
+
 /// The trainable parameters and their learning-rate multipliers (LoRA+).
 #[derive(Debug, Clone)]
 pub struct Params {

@@ -342,58 +342,58 @@ impl<O: Objective> Trainer<O> {
         let tokens: usize = batches.iter().map(O::tokens).sum();
         let scheduled = self.config.schedule.lr_at(self.step);
         let mut extra: Vec<(&'static str, f64)> = Vec::new();
+        let (seed, step, max_grad_norm) = (self.config.seed, self.step, self.config.max_grad_norm);
+        // The window's summed loss, gradients and further metrics, over every micro-batch.
+        let window = |objective: &O,
+                      extra: &mut Vec<(&'static str, f64)>|
+         -> Result<(f64, Grads), TrainError> {
+            let mut grads = Grads::default();
+            let mut loss_total = 0.0;
+            for (i, batch) in batches.iter().enumerate() {
+                let mode = Mode::Train {
+                    seed,
+                    pass: step * accum as u64 + i as u64,
+                };
+                let pass = objective.loss_and_grads(batch, &mode, 1.0 / denom)?;
+                loss_total += pass.loss;
+                for (name, v) in pass.stats {
+                    match extra.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, sum)) => *sum += v,
+                        None => extra.push((name, v)),
+                    }
+                }
+                grads.accumulate(pass.grads)?;
+            }
+            if !loss_total.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step,
+                    loss: loss_total,
+                });
+            }
+            Ok((loss_total, grads))
+        };
+        let clip = |grads: &mut Grads| match max_grad_norm {
+            Some(max) => grads.clip(max),
+            None => grads.global_norm(),
+        };
         let (loss_total, grad_norm, lr) = match &mut self.rule {
-            Rule::Gradient(_) | Rule::Layerwise(_) => {
-                if let Rule::Layerwise(l) = &mut self.rule {
-                    l.enter(self.objective.vars(), self.step)?;
-                }
-                let mut grads = Grads::default();
-                let mut loss_total = 0.0;
-                for (i, batch) in batches.iter().enumerate() {
-                    let mode = Mode::Train {
-                        seed: self.config.seed,
-                        pass: self.step * accum as u64 + i as u64,
-                    };
-                    let pass = self.objective.loss_and_grads(batch, &mode, 1.0 / denom)?;
-                    loss_total += pass.loss;
-                    for (name, v) in pass.stats {
-                        match extra.iter_mut().find(|(n, _)| *n == name) {
-                            Some((_, sum)) => *sum += v,
-                            None => extra.push((name, v)),
-                        }
-                    }
-                    grads.accumulate(pass.grads)?;
-                }
-                if !loss_total.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step: self.step,
-                        loss: loss_total,
-                    });
-                }
-                let optimizer = match &mut self.rule {
-                    Rule::Layerwise(l) => {
-                        l.retain_active(&mut grads);
-                        l.optimizer()?
-                    }
-                    Rule::Gradient(o) => o,
-                    Rule::ZerothOrder(_) => {
-                        return Err(OptimError::State(
-                            "zeroth-order rule in a gradient step".into(),
-                        )
-                        .into());
-                    }
-                };
-                let grad_norm = match self.config.max_grad_norm {
-                    Some(max) => grads.clip(max)?,
-                    None => grads.global_norm()?,
-                };
-                let lr = optimizer.step(&grads, scheduled)?;
-                (loss_total, grad_norm, lr)
+            Rule::Gradient(optimizer) => {
+                let (loss, mut grads) = window(&self.objective, &mut extra)?;
+                let norm = clip(&mut grads)?;
+                (loss, norm, optimizer.step(&grads, scheduled)?)
+            }
+            Rule::Layerwise(lisa) => {
+                lisa.enter(self.objective.vars(), step)?;
+                let (loss, mut grads) = window(&self.objective, &mut extra)?;
+                // Clipping sees the active layers' gradients only.
+                lisa.retain_active(&mut grads);
+                let norm = clip(&mut grads)?;
+                (loss, norm, lisa.optimizer()?.step(&grads, scheduled)?)
             }
             Rule::ZerothOrder(mezo) => {
                 // Both perturbed passes see the same dropout masks (the same pass numbers);
                 // probes record no autograd graph.
-                let (objective, seed, step) = (&self.objective, self.config.seed, self.step);
+                let objective = &self.objective;
                 let mut loss = || -> Result<f64, OptimError> {
                     let mut total = 0.0;
                     for (i, batch) in batches.iter().enumerate() {
@@ -407,12 +407,9 @@ impl<O: Objective> Trainer<O> {
                     }
                     Ok(total)
                 };
-                let m = mezo.step(self.objective.vars(), self.step, scheduled, &mut loss)?;
+                let m = mezo.step(self.objective.vars(), step, scheduled, &mut loss)?;
                 if !m.loss.is_finite() || !m.projected_grad.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step: self.step,
-                        loss: m.loss,
-                    });
+                    return Err(TrainError::NonFinite { step, loss: m.loss });
                 }
                 // No gradient exists; the directional derivative's size stands in for it.
                 (m.loss, m.projected_grad.abs(), scheduled)
