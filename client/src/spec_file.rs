@@ -153,7 +153,13 @@ max_steps = 12
             "tuna.v1.SweepSpec",
         )
         .unwrap();
-        assert_eq!(autopeft.parameters.len(), 5);
+        assert_eq!(autopeft.parameters.len(), 6);
+        assert!(
+            autopeft
+                .parameters
+                .iter()
+                .any(|p| p.name == "method.prefix_tuning.num_virtual_tokens")
+        );
     }
 
     #[test]
