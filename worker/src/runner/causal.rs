@@ -17,7 +17,8 @@ use crate::engine::adapters::methods::{self, Method};
 use crate::engine::adapters::{AdapterSet, LoraInit};
 use crate::engine::data::tokenizer::load_for_model;
 use crate::engine::data::{
-    Batch, Example, Loader, PairExample, Tokenizer, examples_from_records, pairs_from_records,
+    Batch, Batchable, Example, Loader, PairExample, Tokenizer, examples_from_records,
+    pairs_from_records,
 };
 use crate::engine::export;
 use crate::engine::lora_ga;
@@ -54,18 +55,7 @@ pub(super) fn train(
         let train_set = pairs(&inputs.training_file, inputs.training_format, tok, max_len)?;
         let total = spec.total_steps(train_set.len());
         let train_loader = Loader::new(train_set, batch, seed, tok.pad_id()).map_err(user)?;
-        let eval_loader = match &inputs.validation_file {
-            Some(p) => Some(
-                Loader::new(
-                    pairs(p, inputs.validation_format, tok, max_len)?,
-                    batch,
-                    seed,
-                    tok.pad_id(),
-                )
-                .map_err(user)?,
-            ),
-            None => None,
-        };
+        let eval_loader = eval_loader(inputs, batch, seed, tok, |p, f| pairs(p, f, tok, max_len))?;
         let config = config_for(spec, total, method, &model)?;
         let adapters = attach(&mut model, method, seed, None)?;
         let objective = PreferenceObjective {
@@ -87,18 +77,9 @@ pub(super) fn train(
     let train_loader = Loader::new(train_set, batch, seed, tok.pad_id())
         .map_err(user)?
         .with_prompt_weight(h.prompt_loss_weight as f32);
-    let eval_loader = match &inputs.validation_file {
-        Some(p) => Some(
-            Loader::new(
-                examples(p, inputs.validation_format, tok, max_len)?,
-                batch,
-                seed,
-                tok.pad_id(),
-            )
-            .map_err(user)?,
-        ),
-        None => None,
-    };
+    let eval_loader = eval_loader(inputs, batch, seed, tok, |p, f| {
+        examples(p, f, tok, max_len)
+    })?;
     let config = config_for(spec, total, method, &model)?;
     // LoRA-GA's init reads the first optimizer window's batches, from a copy of the loader so
     // the training order is untouched; the same batches on resume rebuild the same base
@@ -240,6 +221,30 @@ fn attach(
             methods::attach(model, &Method::Full, seed).map_err(user)
         }
     }
+}
+
+/// The validation set's loader, when the job has one; `read` tokenizes it as the objective
+/// needs (examples or preference pairs).
+fn eval_loader<E: Batchable>(
+    inputs: &JobInputs,
+    batch: usize,
+    seed: u64,
+    tok: &dyn Tokenizer,
+    read: impl Fn(&Path, pb::DatasetFormat) -> Result<Vec<E>, RunError>,
+) -> Result<Option<Loader<E>>, RunError> {
+    inputs
+        .validation_file
+        .as_deref()
+        .map(|p| {
+            Loader::new(
+                read(p, inputs.validation_format)?,
+                batch,
+                seed,
+                tok.pad_id(),
+            )
+            .map_err(user)
+        })
+        .transpose()
 }
 
 fn pairs(
