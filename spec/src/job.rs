@@ -6,13 +6,15 @@ use serde::{Deserialize, Serialize};
 use tuna_proto::v1 as pb;
 
 use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
+use crate::merge::{merge_from_proto, merge_to_proto};
 use crate::names::{
     DecayShape, Device, LoraInit, MergedDtype, MethodKind, Optimizer, PreferenceLoss, Schedule,
     Task, list,
 };
 pub use crate::parts::{
-    DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, DEFAULT_PREFERENCE_BETA, DEFAULT_ZO_EPSILON,
-    Hyperparameters, LoraParams, Method, PreferenceParams, wsd_decay_start,
+    DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, DEFAULT_PREFERENCE_BETA, DEFAULT_TIES_DENSITY,
+    DEFAULT_ZO_EPSILON, Hyperparameters, LoraParams, MergeParams, Method, PreferenceParams,
+    wsd_decay_start,
 };
 use crate::stored::Stored;
 
@@ -31,6 +33,9 @@ pub struct JobSpec {
     /// `Some` exactly when `task` is preference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preference: Option<PreferenceParams>,
+    /// `Some` exactly when `task` is merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeParams>,
     /// `Some(dtype)`: also export the merged model in that dtype.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_merged: Option<MergedDtype>,
@@ -75,7 +80,6 @@ impl JobSpec {
             return Err(c.0);
         };
         c.id("spec.base_model", spec.base_model.trim(), true);
-        c.id("spec.training_file", &spec.training_file, true);
         c.id("spec.validation_file", &spec.validation_file, false);
         c.labels(&spec.labels);
         let task = c.named(
@@ -85,8 +89,15 @@ impl JobSpec {
             Task::NAMES,
             Task::CausalLm,
         );
-        let method = method_from_proto(&mut c, spec.method.as_ref());
+        let method = match task {
+            Task::CausalLm | Task::Classification | Task::Preference => {
+                c.id("spec.training_file", &spec.training_file, true);
+                method_from_proto(&mut c, spec.method.as_ref())
+            }
+            Task::Merge => merge_output(&mut c, spec),
+        };
         let preference = preference_from_proto(&mut c, task, spec.preference.as_ref());
+        let merge = merge_from_proto(&mut c, task, spec.merge.as_ref());
         let export_merged = if spec.export_merged {
             Some(c.named(
                 "spec.merged_dtype",
@@ -137,6 +148,7 @@ impl JobSpec {
             task,
             method,
             preference,
+            merge,
             export_merged,
             hyperparameters,
             device,
@@ -149,7 +161,10 @@ impl JobSpec {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
-        if let Err(v) = job.plan() {
+        // A field already refused above is not refused twice.
+        if let Err(v) = job.plan()
+            && !c.0.iter().any(|seen| seen.field == v.field)
+        {
             c.0.push(v);
         }
         if !c.0.is_empty() {
@@ -167,7 +182,8 @@ impl JobSpec {
             base_model: self.base_model.clone(),
             training_file: self.training_file.clone(),
             validation_file: self.validation_file.clone().unwrap_or_default(),
-            method: Some(pb::Method {
+            // A merge's output method is implied (lora); the wire spec leaves it out.
+            method: (self.task != Task::Merge).then(|| pb::Method {
                 r#type: m.kind().as_str().to_string(),
                 lora: m.lora().map(|l| pb::LoraParams {
                     r: Some(l.r),
@@ -205,6 +221,7 @@ impl JobSpec {
                     _ => None,
                 },
             }),
+            merge: self.merge.as_ref().map(merge_to_proto),
             export_merged: self.export_merged.is_some(),
             merged_dtype: self
                 .export_merged
@@ -272,6 +289,33 @@ impl JobSpec {
             None => self.steps_per_epoch(examples) * h.epochs.max(1) as u64,
         }
     }
+}
+
+/// A merge job's method: its output is a LoRA adapter whose rank is `merge.rank`, so the
+/// spec names no method (or a bare `lora`).
+fn merge_output(c: &mut Check, spec: &pb::JobSpec) -> Option<Method> {
+    if !spec.training_file.is_empty() {
+        c.fail(
+            "spec.training_file",
+            "a merge job trains nothing: leave it empty (validation_file measures the merge)",
+        );
+    }
+    if let Some(m) = &spec.method {
+        let bare = pb::Method {
+            r#type: m.r#type.clone(),
+            ..Default::default()
+        };
+        if !(m.r#type.is_empty() || m.r#type == MethodKind::Lora.as_str()) || *m != bare {
+            c.fail(
+                "spec.method",
+                "a merge job writes a LoRA adapter whose rank is merge.rank: leave method \
+                 unset (or a bare {type: lora})",
+            );
+        }
+    }
+    Some(Method::Lora {
+        lora: lora_from_proto(c, pb::LoraParams::default()),
+    })
 }
 
 fn method_from_proto(c: &mut Check, method: Option<&pb::Method>) -> Option<Method> {
@@ -416,7 +460,7 @@ fn preference_from_proto(
 ) -> Option<PreferenceParams> {
     let f = "spec.preference";
     match task {
-        Task::CausalLm | Task::Classification => {
+        Task::CausalLm | Task::Classification | Task::Merge => {
             if p.is_some() {
                 c.fail(f, format!("is for task = preference, not {task}"));
             }
@@ -684,6 +728,7 @@ impl From<Stored> for JobSpec {
             task: s.task,
             method: s.method,
             preference: s.preference,
+            merge: s.merge,
             export_merged: s.export_merged,
             hyperparameters: s.hyperparameters,
             device: s.device,

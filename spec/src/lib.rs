@@ -9,6 +9,7 @@
 mod check;
 pub mod dataset;
 mod job;
+mod merge;
 pub mod metrics;
 mod names;
 mod parts;
@@ -18,14 +19,17 @@ mod stored;
 pub use check::{FieldViolation, MAX_MIN_MEMORY_BYTES, MAX_TARGET_MODULES, is_label_key};
 pub use job::{
     DEFAULT_DECAY_FRACTION, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_LR_RATIO, DEFAULT_PREFERENCE_BETA,
-    DEFAULT_ZO_EPSILON, Hyperparameters, JobSpec, LoraParams, Method, PreferenceParams,
-    SPEC_VERSION, default_alpha, wsd_decay_start,
+    DEFAULT_TIES_DENSITY, DEFAULT_ZO_EPSILON, Hyperparameters, JobSpec, LoraParams, MergeParams,
+    Method, PreferenceParams, SPEC_VERSION, default_alpha, wsd_decay_start,
 };
+pub use merge::{MAX_MERGE_RANK, MAX_MERGE_SOURCES};
 pub use names::{
-    DecayShape, Device, LoraInit, MergedDtype, MethodKind, Optimizer, PreferenceLoss, Schedule,
-    Task,
+    DecayShape, Device, LoraInit, MergeMethod, MergedDtype, MethodKind, Optimizer, PreferenceLoss,
+    Schedule, Task,
 };
 pub use plan::{ClassInit, Plan};
 
+#[cfg(test)]
+mod merge_tests;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,12 @@ pub const REWARD_MARGIN: &str = "reward_margin";
 /// Preference jobs: share of pairs whose chosen reply earns the larger reward.
 pub const REWARD_ACCURACY: &str = "reward_accuracy";
 
+/// Merge jobs: the largest relative Frobenius error of re-factoring a module's merged delta
+/// at the output rank (0 when the rank holds the merge exactly).
+pub const MERGE_RECONSTRUCTION_ERROR: &str = "merge_reconstruction_error";
+/// Merge jobs with model_stock: the mean over modules of the interpolation ratio `t`.
+pub const MODEL_STOCK_RATIO: &str = "model_stock_ratio";
+
 /// Metrics a sweep may optimise, with whether larger is better.
 pub const OBJECTIVES: &[(&str, bool)] = &[
     (LOSS, false),

@@ -50,6 +50,33 @@ named! {
         Classification = "classification",
         /// Preference tuning (DPO, IPO, ORPO) of a decoder on chosen/rejected reply pairs.
         Preference = "preference",
+        /// The LoRA adapters of finished decoder jobs merged into one (no training).
+        Merge = "merge",
+    }
+}
+
+named! {
+    /// How a merge job combines its sources' deltas.
+    MergeMethod {
+        /// The mean delta.
+        Average = "average",
+        /// Model Stock (Jang et al. 2024): the mean delta scaled by a per-module ratio from
+        /// the angle between the deltas, anchored at the base.
+        ModelStock = "model_stock",
+        /// Task arithmetic (Ilharco et al. 2023): the weighted sum of the deltas.
+        TaskArithmetic = "task_arithmetic",
+        /// TIES-merging (Yadav et al. 2023): trim, elect sign, disjoint mean.
+        Ties = "ties",
+    }
+}
+
+impl MergeMethod {
+    /// Whether the method takes one weight per source.
+    pub fn weighted(self) -> bool {
+        match self {
+            MergeMethod::Average | MergeMethod::ModelStock => false,
+            MergeMethod::TaskArithmetic | MergeMethod::Ties => true,
+        }
     }
 }
 
@@ -190,12 +217,17 @@ impl Task {
     pub fn accepts(self, format: tuna_proto::v1::DatasetFormat) -> Result<(), String> {
         use tuna_proto::v1::DatasetFormat as F;
         match (self, format) {
-            (Task::CausalLm, F::Text | F::PromptCompletion | F::Chat)
+            (Task::CausalLm | Task::Merge, F::Text | F::PromptCompletion | F::Chat)
             | (Task::Classification, F::Classification)
             | (Task::Preference, F::Preference) => Ok(()),
             (Task::CausalLm | Task::Classification, F::Preference) => Err(
                 "has preference lines ({\"chosen\",\"rejected\"}): use task = preference".into(),
             ),
+            (Task::Merge, F::Preference | F::Classification) => Err(format!(
+                "has {} lines; a merge job evaluates its adapter on text, prompt/completion or \
+                 chat lines",
+                format.as_str_name().to_ascii_lowercase()
+            )),
             (Task::Preference, F::Text | F::PromptCompletion | F::Chat | F::Classification) => {
                 Err(format!(
                     "has {} lines; preference needs {{\"prompt\" or \"messages\", \"chosen\", \

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::{DecayShape, LoraInit, MethodKind, Optimizer, PreferenceLoss, Schedule};
+use crate::names::{
+    DecayShape, LoraInit, MergeMethod, MethodKind, Optimizer, PreferenceLoss, Schedule,
+};
 
 /// The loss of a preference job and its knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -13,6 +15,26 @@ pub struct PreferenceParams {
     /// DPO only: the assumed share of flipped labels.
     pub label_smoothing: f64,
 }
+
+/// What a merge job merges and how (defaults filled in).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeParams {
+    /// Ids of the finished jobs whose final adapters are merged, in order.
+    pub sources: Vec<String>,
+    pub method: MergeMethod,
+    /// One weight per source for task_arithmetic and ties; empty otherwise.
+    #[serde(default)]
+    pub weights: Vec<f64>,
+    /// The output adapter's rank; `None`: the sum of the sources' ranks.
+    #[serde(default)]
+    pub rank: Option<i32>,
+    /// ties only: the share of each delta's entries kept.
+    #[serde(default)]
+    pub density: Option<f64>,
+}
+
+/// TIES's share of kept entries when the spec names none (the paper's top-20 %).
+pub const DEFAULT_TIES_DENSITY: f64 = 0.2;
 
 /// β (and ORPO's λ) when the spec names none: TRL's default for both.
 pub const DEFAULT_PREFERENCE_BETA: f64 = 0.1;

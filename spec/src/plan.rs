@@ -5,7 +5,7 @@
 //! therefore a compile error here until someone decides whether it can train.
 
 use crate::check::FieldViolation;
-use crate::job::{JobSpec, LoraParams, Method, PreferenceParams};
+use crate::job::{JobSpec, LoraParams, MergeParams, Method, PreferenceParams};
 use crate::names::{LoraInit, Task};
 
 /// What the worker trains.
@@ -19,6 +19,8 @@ pub enum Plan<'a> {
         method: &'a Method,
         preference: PreferenceParams,
     },
+    /// No training: the sources' LoRA deltas merged into one adapter (`merge.method`).
+    Merge { merge: &'a MergeParams },
     /// An encoder plus a fresh classification head, with a LoRA-family adapter.
     Classification {
         lora: &'a LoraParams,
@@ -98,6 +100,14 @@ impl JobSpec {
                 method: &self.method,
             }),
             Task::Preference => self.preference_plan(),
+            // The output method is a default LoRA, so no method check above applies.
+            Task::Merge => match &self.merge {
+                Some(merge) => Ok(Plan::Merge { merge }),
+                None => Err(FieldViolation::new(
+                    "spec.merge",
+                    "is required for task = merge",
+                )),
+            },
             Task::Classification => {
                 if self.hyperparameters.prompt_loss_weight != 0.0 {
                     return Err(FieldViolation::new(
@@ -146,7 +156,7 @@ impl JobSpec {
     fn check_mergeable(&self) -> Result<(), FieldViolation> {
         let refuse = |why: String| Err(FieldViolation::new("spec.export_merged", why));
         match self.task {
-            Task::CausalLm | Task::Preference => {}
+            Task::CausalLm | Task::Preference | Task::Merge => {}
             Task::Classification => {
                 return refuse(
                     "merged exports are written for decoders (causal_lm, preference); a \

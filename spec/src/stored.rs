@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::names::{Device, LoraInit, MergedDtype, Task};
-use crate::parts::{Hyperparameters, Method, PreferenceParams};
+use crate::parts::{Hyperparameters, MergeParams, Method, PreferenceParams};
 
 const V1_LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
 const V1_IA3_DEFAULT: [&str; 3] = ["k_proj", "v_proj", "down_proj"];
@@ -25,6 +25,8 @@ pub(crate) struct Stored {
     pub(crate) method: Method,
     #[serde(default)]
     pub(crate) preference: Option<PreferenceParams>,
+    #[serde(default)]
+    pub(crate) merge: Option<MergeParams>,
     #[serde(default)]
     pub(crate) export_merged: Option<MergedDtype>,
     pub(crate) hyperparameters: Hyperparameters,

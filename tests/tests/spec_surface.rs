@@ -88,6 +88,8 @@ fn spec(
         Task::CausalLm => ("llama", &files.causal),
         Task::Classification => ("bert", &files.class),
         Task::Preference => ("llama", &files.pref),
+        // Refused: a merge names no training file or method (tests/tests/merges.rs runs them).
+        Task::Merge => ("llama", &files.causal),
     };
     pb::JobSpec {
         base_model: model.into(),

@@ -72,18 +72,34 @@ pub struct CreateArgs {
     /// Base model (registered name or file id).
     #[arg(long)]
     model: String,
-    /// Training file id.
-    #[arg(long)]
+    /// Training file id (every task but merge).
+    #[arg(long, default_value = "")]
     training_file: String,
     #[arg(long, default_value = "")]
     validation_file: String,
     /// lora, dora, ia3, prompt_tuning, bitfit, full or lisa.
     #[arg(long, default_value = "lora")]
     method: String,
-    /// causal_lm (default), classification (a BERT-family model and `{"text","label"}` data)
-    /// or preference (chosen/rejected pairs; see --preference-loss).
+    /// causal_lm (default), classification (a BERT-family model and `{"text","label"}` data),
+    /// preference (chosen/rejected pairs; see --preference-loss) or merge (the LoRA adapters
+    /// of finished jobs merged into one; see --merge-source).
     #[arg(long, default_value = "")]
     task: String,
+    /// With --task merge: a succeeded job to merge; repeat for each (2..=16).
+    #[arg(long = "merge-source")]
+    merge_sources: Vec<String>,
+    /// With --task merge: average (default), model_stock, task_arithmetic or ties.
+    #[arg(long, default_value = "")]
+    merge_method: String,
+    /// With --merge-method task_arithmetic or ties: one weight per source, in order.
+    #[arg(long = "merge-weight")]
+    merge_weights: Vec<f64>,
+    /// With --task merge: the output adapter's rank (0: the sum of the sources' ranks).
+    #[arg(long, default_value_t = 0)]
+    merge_rank: i32,
+    /// With --merge-method ties: the share of each delta's entries kept (default 0.2).
+    #[arg(long)]
+    merge_density: Option<f64>,
     /// With --task preference: dpo (default), ipo or orpo.
     #[arg(long, default_value = "")]
     preference_loss: String,
@@ -185,10 +201,18 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
         base_model: a.model.clone(),
         training_file: a.training_file.clone(),
         validation_file: a.validation_file.clone(),
-        method: Some(pb::Method {
+        // A merge's output is a LoRA adapter of rank --merge-rank: it names no method.
+        method: (a.task != "merge").then(|| pb::Method {
             r#type: a.method.clone(),
             lora,
             ..Default::default()
+        }),
+        merge: (a.task == "merge" || !a.merge_sources.is_empty()).then(|| pb::Merge {
+            sources: a.merge_sources.clone(),
+            method: a.merge_method.clone(),
+            weights: a.merge_weights.clone(),
+            rank: a.merge_rank,
+            density: a.merge_density,
         }),
         hyperparameters: Some(pb::Hyperparameters {
             learning_rate: a.learning_rate,

@@ -167,11 +167,12 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
         spec,
         model_dir,
         model_format: format,
-        training_file: a.data.clone(),
+        training_file: Some(a.data.clone()),
         training_format,
         validation_file: a.validation.clone(),
         validation_format,
         resume_from: None,
+        merge_sources: Vec::new(),
         work_dir: work.clone(),
     };
     let bar = std::io::stdout().is_terminal().then(|| {

@@ -167,3 +167,37 @@ def test_list_filters_by_labels_and_states(client: tuna.Client, trained_job: Tra
     succeeded = {j.id for j in client.jobs.list(states=["succeeded"], page_size=1)}
     assert job.id in succeeded
     assert list(client.jobs.list(states=[tuna.JobState.QUEUED], labels={"case": "trained"})) == []
+
+
+def test_a_merge_job_merges_finished_lora_jobs_on_a_worker(
+    client: tuna.Client, model: tuna.Model, dataset: tuna.File, trained_job: TrainedJob
+) -> None:
+    other = client.jobs.create(
+        model=model,
+        training_file=dataset,
+        method=tuna.LoRA(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+        hyperparameters=tuna.Hyperparameters(learning_rate=1e-2, max_steps=10, batch_size=8, seed=7),
+    ).wait()
+    assert other.state is tuna.JobState.SUCCEEDED, other.failure
+    with pytest.raises(tuna.InvalidArgument) as twice:
+        client.jobs.merge(model=model, merge=tuna.Merge(sources=[trained_job.job, trained_job.job]))
+    assert twice.value.fields == ["spec.merge.sources[1]"]
+    merged = client.jobs.merge(
+        model=model,
+        merge=tuna.Merge(sources=[trained_job.job, other], method="model_stock"),
+        validation_file=dataset,
+    )
+    values: dict[str, float] = {}
+    for update in merged.watch():
+        if isinstance(update, tuna.MetricPoint):
+            values.update(update.values)
+    merged = merged.refresh()
+    assert merged.state is tuna.JobState.SUCCEEDED, merged.failure
+    assert merged.spec.task == "merge" and list(merged.spec.merge.sources) == [
+        trained_job.job.id,
+        other.id,
+    ]
+    assert values["eval_loss"] > 0
+    assert 0 <= values["model_stock_ratio"] <= 1
+    # Rank 0 = 8 + 4: the merge is held exactly.
+    assert values["merge_reconstruction_error"] < 1e-6

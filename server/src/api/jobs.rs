@@ -14,7 +14,7 @@ use super::{
     require_method_fits_model, require_quota,
 };
 use crate::domain::ids;
-use crate::domain::spec::JobSpec;
+use crate::domain::spec::{JobSpec, Task};
 use crate::error::ApiError;
 use crate::store::{JobFilter, NewJob, UpdateRecord};
 
@@ -119,14 +119,19 @@ impl JobService for Jobs {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let spec = JobSpec::from_proto(req.spec.as_ref()).map_err(ApiError::from)?;
-        require_dataset(
-            &self.ctx,
-            &caller,
-            "spec.training_file",
-            &spec.training_file,
-            spec.task,
-        )
-        .await?;
+        match spec.task {
+            Task::CausalLm | Task::Classification | Task::Preference => {
+                require_dataset(
+                    &self.ctx,
+                    &caller,
+                    "spec.training_file",
+                    &spec.training_file,
+                    spec.task,
+                )
+                .await?;
+            }
+            Task::Merge => super::merges::check_sources(&self.ctx, &caller, &spec).await?,
+        }
         if let Some(v) = &spec.validation_file {
             require_dataset(&self.ctx, &caller, "spec.validation_file", v, spec.task).await?;
         }

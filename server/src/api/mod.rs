@@ -7,6 +7,7 @@ pub mod convert;
 pub mod files;
 pub mod fleet;
 pub mod jobs;
+pub mod merges;
 pub mod models;
 pub mod page_token;
 pub mod sweeps;

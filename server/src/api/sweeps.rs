@@ -190,6 +190,13 @@ impl SweepService for Sweeps {
         // The template passed JobSpec validation, so its task is empty (the default) or known.
         let task = crate::domain::spec::Task::parse(&t.task)
             .unwrap_or(crate::domain::spec::Task::CausalLm);
+        if task == crate::domain::spec::Task::Merge {
+            return Err(ApiError::field(
+                "spec.template.task",
+                "a sweep's trials train; merge finished jobs with a merge job instead",
+            )
+            .into());
+        }
         require_dataset(
             &self.ctx,
             &caller,

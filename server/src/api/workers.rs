@@ -9,9 +9,10 @@ use tuna_proto::v1::worker_service_server::WorkerService;
 use tuna_proto::{ts_from_ms, ts_to_ms};
 
 use super::{
-    ApiContext, caller, convert, next_within, receive_blob, require_id, require_name,
+    ApiContext, caller, convert, merges, next_within, receive_blob, require_id, require_name,
     require_sha256, require_size,
 };
+use crate::domain::spec::Task;
 use crate::domain::{ArtifactKind, Directive, FailureKind, Outcome, ids};
 use crate::error::ApiError;
 use crate::store::{Fence, FileRecord, Lease, MetricInput, NewArtifact, StoreError};
@@ -93,15 +94,23 @@ impl Workers {
             }),
             other => other,
         };
-        let training = own(store.get_file(&spec.training_file).await);
+        // A merge job trains nothing: its inputs are its sources' adapters instead.
+        let training = match spec.task {
+            Task::Merge => None,
+            Task::CausalLm | Task::Classification | Task::Preference => {
+                Some(own(store.get_file(&spec.training_file).await))
+            }
+        };
         let validation = match &spec.validation_file {
             Some(v) => Some(own(store.get_file(v).await)),
             None => None,
         };
-        let problem = match (&model, training, validation) {
-            (Err(why), _, _) => Some(why.clone()),
-            (_, Err(e), _) | (_, _, Some(Err(e))) => Some(missing(e)?),
-            (Ok(_), Ok(t), v) => {
+        let sources = self.merge_sources(&lease.job).await?;
+        let problem = match (&model, training, validation, sources) {
+            (Err(why), _, _, _) => Some(why.clone()),
+            (_, Some(Err(e)), _, _) | (_, _, Some(Err(e)), _) => Some(missing(e)?),
+            (_, _, _, Err(why)) => Some(why),
+            (Ok(_), t, v, Ok(sources)) => {
                 let model = model.as_ref().map(convert::model).ok();
                 return Ok(Some(pb::Lease {
                     job_id: lease.job.id.clone(),
@@ -111,9 +120,10 @@ impl Workers {
                     spec: Some(spec.to_proto()),
                     resume_from: lease.resume_from.as_ref().map(convert::artifact),
                     model,
-                    training_file: Some(convert::file(&t)),
+                    training_file: t.and_then(Result::ok).as_ref().map(convert::file),
                     validation_file: v.and_then(Result::ok).as_ref().map(convert::file),
                     trace_parent: lease.job.trace_context.clone().unwrap_or_default(),
+                    merge_sources: sources.iter().map(convert::artifact).collect(),
                 }));
             }
         };
@@ -125,6 +135,35 @@ impl Workers {
         };
         store.fail_job(fence, FailureKind::User, &message).await?;
         Ok(None)
+    }
+}
+
+impl Workers {
+    /// A merge job's source adapters in spec order, or why the merge can no longer run (a
+    /// source or its adapter was deleted since `CreateJob`).
+    async fn merge_sources(
+        &self,
+        job: &crate::store::JobRecord,
+    ) -> Result<Result<Vec<crate::store::ArtifactRecord>, String>, ApiError> {
+        let Some(merge) = &job.spec.merge else {
+            return Ok(Ok(Vec::new()));
+        };
+        let store = self.ctx.store.as_ref();
+        let mut out = Vec::with_capacity(merge.sources.len());
+        for id in &merge.sources {
+            let source = match store.get_job(id).await {
+                Ok(s) if s.tenant == job.tenant => s,
+                Ok(_) | Err(StoreError::NotFound { .. }) => {
+                    return Ok(Err(format!("merge source job {id} no longer exists")));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match merges::final_adapter(store, &source).await? {
+                Some(a) => out.push(a),
+                None => return Ok(Err(format!("merge source job {id} has no adapter left"))),
+            }
+        }
+        Ok(Ok(out))
     }
 }
 
@@ -247,7 +286,8 @@ impl WorkerService for Workers {
                     Err(StoreError::NotFound { .. }) => return Err(not_found().into()),
                     Err(e) => return Err(ApiError::from(e).into()),
                 };
-                // Its own checkpoints, or (an ASHA promotion) those of a run of its sweep.
+                // Its own checkpoints, (an ASHA promotion) those of a run of its sweep, or (a
+                // merge) its sources' final adapters.
                 let own = artifact.job_id == job.id;
                 let same_sweep = !own
                     && job.sweep_id.is_some()
@@ -256,7 +296,12 @@ impl WorkerService for Workers {
                         Err(StoreError::NotFound { .. }) => false,
                         Err(e) => return Err(ApiError::from(e).into()),
                     };
-                if !(own || same_sweep) {
+                let source = !own
+                    && !same_sweep
+                    && merges::is_source_adapter(store.as_ref(), &job, &artifact)
+                        .await
+                        .map_err(ApiError::from)?;
+                if !(own || same_sweep || source) {
                     return Err(not_found().into());
                 }
                 let key = artifact.blob_key.clone();

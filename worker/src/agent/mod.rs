@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tuna_client::pack;
 use tuna_proto::v1 as pb;
-use tuna_spec::JobSpec;
+use tuna_spec::{JobSpec, Task};
 
 use cache::{Cache, CacheError};
 use conn::Conn;
@@ -337,15 +337,23 @@ impl Agent {
             .model(&self.conn, held, model)
             .await
             .map_err(cache_err)?;
-        let training = lease
-            .training_file
-            .as_ref()
-            .ok_or_else(|| RunError::User("the lease names no training file".into()))?;
-        let training_file = self
-            .cache
-            .file(&self.conn, held, training)
-            .await
-            .map_err(cache_err)?;
+        // A merge job has no training file; every other task needs one.
+        let training = match (&lease.training_file, spec.task) {
+            (Some(t), _) => Some(t),
+            (None, Task::Merge) => None,
+            (None, Task::CausalLm | Task::Classification | Task::Preference) => {
+                return Err(RunError::User("the lease names no training file".into()));
+            }
+        };
+        let training_file = match training {
+            Some(t) => Some(
+                self.cache
+                    .file(&self.conn, held, t)
+                    .await
+                    .map_err(cache_err)?,
+            ),
+            None => None,
+        };
         let validation_file = match &lease.validation_file {
             Some(v) => Some(
                 self.cache
@@ -360,22 +368,19 @@ impl Agent {
             .map_err(|e| RunError::System(format!("{}: {e}", work_dir.display())))?;
         let resume_from = match &lease.resume_from {
             Some(artifact) => {
-                let tar = work_dir.join("resume.tar");
-                upload::download_artifact(&self.conn, held, artifact, &tar)
-                    .await
-                    .map_err(|e| {
-                        RunError::System(format!("downloading checkpoint {}: {e}", artifact.id))
-                    })?;
-                let dir = work_dir.join("resume");
-                // The unpack wants a fresh folder; this one is the worker's own scratch space.
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                pack::unpack(&tar, &dir)
-                    .map_err(|e| RunError::System(format!("checkpoint {}: {e}", artifact.id)))?;
+                let dir = self.unpacked(held, artifact, work_dir, "resume").await?;
                 tracing::info!(checkpoint = %artifact.id, step = artifact.step, "resuming");
                 Some(dir)
             }
             None => None,
         };
+        let mut merge_sources = Vec::with_capacity(lease.merge_sources.len());
+        for (i, artifact) in lease.merge_sources.iter().enumerate() {
+            merge_sources.push(
+                self.unpacked(held, artifact, work_dir, &format!("source-{i}"))
+                    .await?,
+            );
+        }
         Ok(JobInputs {
             job_id: lease.job_id.clone(),
             attempt: lease.attempt,
@@ -383,15 +388,38 @@ impl Agent {
             model_dir,
             model_format: model.format(),
             training_file,
-            training_format: training.format(),
+            training_format: training.map_or(pb::DatasetFormat::Unspecified, |t| t.format()),
             validation_file,
             validation_format: lease
                 .validation_file
                 .as_ref()
                 .map_or(pb::DatasetFormat::Unspecified, |v| v.format()),
             resume_from,
+            merge_sources,
             work_dir: work_dir.to_path_buf(),
         })
+    }
+
+    /// Downloads a packed artifact of the lease (a checkpoint, a merge source's adapter) and
+    /// unpacks it into `work_dir/name`.
+    async fn unpacked(
+        &self,
+        held: cache::LeaseRef<'_>,
+        artifact: &pb::Artifact,
+        work_dir: &std::path::Path,
+        name: &str,
+    ) -> Result<std::path::PathBuf, RunError> {
+        let tar = work_dir.join(format!("{name}.tar"));
+        upload::download_artifact(&self.conn, held, artifact, &tar)
+            .await
+            .map_err(|e| RunError::System(format!("downloading artifact {}: {e}", artifact.id)))?;
+        let dir = work_dir.join(name);
+        // The unpack wants a fresh folder; this one is the worker's own scratch space.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        pack::unpack(&tar, &dir)
+            .map_err(|e| RunError::System(format!("artifact {}: {e}", artifact.id)))?;
+        let _ = tokio::fs::remove_file(&tar).await;
+        Ok(dir)
     }
 
     /// Uploads what the run produced and ends the attempt on the server.

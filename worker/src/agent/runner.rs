@@ -20,7 +20,8 @@ pub struct JobInputs {
     /// The model folder (HF layout) or the folder holding the single GGUF file.
     pub model_dir: PathBuf,
     pub model_format: pb::ModelFormat,
-    pub training_file: PathBuf,
+    /// `None` only for a merge job, which trains nothing.
+    pub training_file: Option<PathBuf>,
     /// The line format the server validated at upload (the worker never re-detects it).
     pub training_format: pb::DatasetFormat,
     pub validation_file: Option<PathBuf>,
@@ -28,8 +29,19 @@ pub struct JobInputs {
     /// An extracted checkpoint to resume from (exact resume: adapter, optimizer, step, cursor,
     /// RNG).
     pub resume_from: Option<PathBuf>,
+    /// A merge job's sources: each one's final adapter folder (HF PEFT), in spec order.
+    pub merge_sources: Vec<PathBuf>,
     /// Scratch space of this attempt; removed afterwards.
     pub work_dir: PathBuf,
+}
+
+impl JobInputs {
+    /// The training file, which every task but merge has.
+    pub fn training(&self) -> Result<&Path, RunError> {
+        self.training_file
+            .as_deref()
+            .ok_or_else(|| RunError::User("this job has no training file".into()))
+    }
 }
 
 /// Why a run should stop before it finishes.

@@ -377,6 +377,59 @@ pub fn load_adapter<M: Adaptable>(dir: &Path, model: &mut M) -> Result<AdapterSe
     Ok(set)
 }
 
+/// A PEFT LoRA adapter folder read without a model: its config and tensors (on the CPU).
+#[derive(Debug)]
+pub struct LoraFile {
+    pub config: AdapterConfig,
+    /// By PEFT key (`base_model.model.<module>.lora_A.weight`, `….lora_B.weight`).
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// Reads a plain LoRA adapter folder (rsLoRA included; DoRA's magnitude is not a delta, so it
+/// is refused), e.g. a merge job's source.
+pub fn read_lora(dir: &Path) -> Result<LoraFile, ExportError> {
+    let read_err = |path: &Path, reason: String| ExportError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ExportError::Config(e.to_string()))?;
+    match value.get("peft_type").and_then(|t| t.as_str()) {
+        Some("LORA") => {}
+        other => {
+            return Err(ExportError::Config(format!(
+                "peft_type {other:?} is not LORA: only LoRA adapters merge"
+            )));
+        }
+    }
+    let peft: PeftConfigIn =
+        serde_json::from_str(&text).map_err(|e| ExportError::Config(e.to_string()))?;
+    if peft.use_dora {
+        return Err(ExportError::Config(
+            "a DoRA adapter rescales the merged weight per row, which is not a delta: only \
+             plain LoRA adapters merge"
+                .into(),
+        ));
+    }
+    let config = AdapterConfig {
+        r: peft.r,
+        lora_alpha: peft.lora_alpha,
+        lora_dropout: 0.0,
+        target_modules: peft.target_modules,
+        use_rslora: peft.use_rslora,
+        use_dora: false,
+        init: LoraInit::Default,
+        seed: 0,
+    };
+    config.validate()?;
+    let path = dir.join(ADAPTER_WEIGHTS);
+    let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)?;
+    Ok(LoraFile { config, tensors })
+}
+
 /// Attaches the LoRA (rsLoRA, DoRA) a PEFT `adapter_config.json` describes.
 fn attach_lora<M: Adaptable>(config: &str, model: &mut M) -> Result<AdapterSet, ExportError> {
     let peft: PeftConfigIn =

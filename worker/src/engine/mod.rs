@@ -13,6 +13,7 @@ pub mod data;
 pub mod export;
 pub mod kernels;
 pub mod lora_ga;
+pub mod merge;
 pub mod model;
 pub mod optim;
 pub mod pool;

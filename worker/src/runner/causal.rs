@@ -52,7 +52,7 @@ pub(super) fn train(
     let max_len = h.max_seq_len.max(2) as usize;
     let batch = h.batch_size.max(1) as usize;
     if let Some(params) = preference {
-        let train_set = pairs(&inputs.training_file, inputs.training_format, tok, max_len)?;
+        let train_set = pairs(inputs.training()?, inputs.training_format, tok, max_len)?;
         let total = spec.total_steps(train_set.len());
         let train_loader = Loader::new(train_set, batch, seed, tok.pad_id()).map_err(user)?;
         let eval_loader = eval_loader(inputs, batch, seed, tok, |p, f| pairs(p, f, tok, max_len))?;
@@ -72,7 +72,7 @@ pub(super) fn train(
         drop(trainer);
         return add_merged(outcome, inputs, &mut model);
     }
-    let train_set = examples(&inputs.training_file, inputs.training_format, tok, max_len)?;
+    let train_set = examples(inputs.training()?, inputs.training_format, tok, max_len)?;
     let total = spec.total_steps(train_set.len());
     let train_loader = Loader::new(train_set, batch, seed, tok.pad_id())
         .map_err(user)?
@@ -257,7 +257,7 @@ fn pairs(
     pairs_from_records(&records, tok, max_len).map_err(user)
 }
 
-fn examples(
+pub(super) fn examples(
     path: &Path,
     format: pb::DatasetFormat,
     tok: &dyn Tokenizer,
@@ -269,7 +269,7 @@ fn examples(
 
 /// The model and the tokenizer that goes with it: an HF folder's tokenizer.json (the byte
 /// tokenizer when the folder has none), or the tokenizer rebuilt from GGUF metadata.
-fn load_model(inputs: &JobInputs) -> Result<(Llama, Box<dyn Tokenizer>), RunError> {
+pub(super) fn load_model(inputs: &JobInputs) -> Result<(Llama, Box<dyn Tokenizer>), RunError> {
     if inputs.model_format == pb::ModelFormat::Gguf {
         let file = std::fs::read_dir(&inputs.model_dir)
             .map_err(system)?

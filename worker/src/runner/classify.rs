@@ -45,7 +45,7 @@ pub(super) fn train(
     let tok = load_for_model(&inputs.model_dir).map_err(user)?;
     let tok = tok.as_ref();
     let max_len = (h.max_seq_len.max(2) as usize).min(model.config().max_position_embeddings);
-    let train_records = records(&inputs.training_file, inputs.training_format)?;
+    let train_records = records(inputs.training()?, inputs.training_format)?;
     let labels = Labels::from_records(train_records.iter().map(|(_, r)| r));
     if labels.len() < 2 {
         return Err(user(format!(

@@ -8,6 +8,7 @@
 mod causal;
 mod chain;
 mod classify;
+mod merge;
 mod merged;
 mod settings;
 
@@ -59,6 +60,7 @@ fn train(
         Plan::Classification { lora, dora, init } => {
             classify::train(inputs, lora, dora, init, control, reporter)
         }
+        Plan::Merge { merge } => merge::run(inputs, merge, control, reporter),
     }
 }
 

@@ -28,10 +28,12 @@ from tuna.retry import RetryPolicy
 from tuna.spec import (
     DEFAULT_METHOD,
     Hyperparameters,
+    Merge,
     MethodLike,
     Preference,
     Resources,
     build_job_spec,
+    build_merge_spec,
 )
 from tuna.spec_file import JobSpecLike, SweepSpecLike
 from tuna.types import (
@@ -235,6 +237,41 @@ class Jobs(_Service):
             task=task,
             preference=preference,
             export_merged=export_merged,
+            priority=priority,
+            max_attempts=max_attempts,
+            labels=labels,
+        )
+        return self._job(self._transport.run(job_ops.create(spec, request_id, timeout)))
+
+    def merge(
+        self,
+        *,
+        model: str | Model,
+        merge: Merge,
+        validation_file: str | File | None = None,
+        export_merged: Literal["f32", "bf16"] | None = None,
+        hyperparameters: Hyperparameters | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> Job:
+        """Creates a merge job (``task="merge"``): the LoRA adapters of ``merge.sources``
+        merged into one on a worker (see :class:`~tuna.Merge`). With a validation file it
+        reports the merged adapter's ``eval_loss``; ``export_merged`` also uploads the merged
+        model.
+
+        Raises:
+            InvalidArgument: e.g. ``spec.merge.sources[1]`` when that job is not a succeeded
+                LoRA job on ``model``.
+        """
+        spec = build_merge_spec(
+            model=model_name(model),
+            merge=merge,
+            validation_file=id_of(validation_file) if validation_file is not None else None,
+            export_merged=export_merged,
+            hyperparameters=hyperparameters,
             priority=priority,
             max_attempts=max_attempts,
             labels=labels,

@@ -364,6 +364,75 @@ class Preference:
         return message
 
 
+@dataclass(frozen=True)
+class Merge:
+    """What a merge job (``task="merge"``) merges: the LoRA adapters of finished decoder jobs
+    on one base model, merged on their deltas and re-factored as one LoRA adapter.
+
+    Args:
+        sources: 2..=16 ids (or :class:`~tuna.Job` objects) of SUCCEEDED LoRA jobs.
+        method: ``average`` (default), ``model_stock``, ``task_arithmetic`` or ``ties``.
+        weights: one per source, for ``task_arithmetic`` and ``ties`` (default 1 each).
+        rank: the output rank; ``None`` = the sum of the sources' ranks (exact except ties).
+        density: ``ties`` only: the share of each delta's entries kept, (0, 1], default 0.2.
+    """
+
+    sources: Sequence[str]
+    method: Literal["average", "model_stock", "task_arithmetic", "ties"] | None = None
+    weights: Sequence[float] | None = None
+    rank: int | None = None
+    density: float | None = None
+
+    def to_proto(self) -> job_pb2.Merge:
+        """The ``tuna.v1.Merge`` message."""
+        message = job_pb2.Merge(sources=[getattr(s, "id", s) for s in self.sources])
+        if self.method is not None:
+            message.method = self.method
+        if self.weights is not None:
+            message.weights.extend(float(w) for w in self.weights)
+        if self.rank is not None:
+            message.rank = self.rank
+        if self.density is not None:
+            message.density = float(self.density)
+        return message
+
+
+def build_merge_spec(
+    *,
+    model: str,
+    merge: Merge | job_pb2.Merge,
+    validation_file: str | None = None,
+    export_merged: Literal["f32", "bf16"] | None = None,
+    hyperparameters: Hyperparameters | job_pb2.Hyperparameters | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> job_pb2.JobSpec:
+    """Assembles the ``tuna.v1.JobSpec`` of a merge job (no training file, no method)."""
+    spec = job_pb2.JobSpec(base_model=model, task="merge")
+    spec.merge.CopyFrom(merge if isinstance(merge, job_pb2.Merge) else merge.to_proto())
+    if validation_file:
+        spec.validation_file = validation_file
+    if export_merged is not None:
+        spec.export_merged = True
+        spec.merged_dtype = export_merged
+    if hyperparameters is not None:
+        spec.hyperparameters.CopyFrom(
+            hyperparameters
+            if isinstance(hyperparameters, job_pb2.Hyperparameters)
+            else hyperparameters.to_proto()
+        )
+    if priority is not None:
+        spec.priority = priority
+    if max_attempts is not None:
+        spec.max_attempts = max_attempts
+    for key, value in (labels or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"labels must map str to str, got {key!r}: {value!r}")
+        spec.labels[key] = value
+    return spec
+
+
 def build_job_spec(
     *,
     model: str,

@@ -138,6 +138,11 @@
   }
 
   function methodText(spec) {
+    if (spec?.task === 'merge') {
+      const mg = spec.merge || {};
+      const n = (mg.sources || []).length;
+      return `merge ${mg.method || 'average'} of ${n} job${n === 1 ? '' : 's'}${mg.rank ? ` r=${mg.rank}` : ''}`;
+    }
     const m = spec?.method || {};
     const type = m.type || 'lora';
     const parts = [type];

@@ -88,25 +88,34 @@ fn matmul_tn(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
     out
 }
 
-/// Modified Gram–Schmidt on the columns of a row-major `rows × cols` matrix.
+/// Modified Gram–Schmidt on the columns of a row-major `rows × cols` matrix, run twice per
+/// column ("twice is enough") so orthogonality holds to rounding. A column that loses all but
+/// 1e-13 of its norm lies in the span of the earlier ones (a rank-deficient matrix, such as a
+/// sum of LoRA deltas): it becomes zero instead of normalised rounding noise, which would
+/// not be orthogonal and would spoil the singular values.
 fn orthonormalize(q: &mut [f64], rows: usize, cols: usize) {
-    for j in 0..cols {
-        for prev in 0..j {
-            let dot: f64 = (0..rows)
-                .map(|i| q[i * cols + j] * q[i * cols + prev])
-                .sum();
-            for i in 0..rows {
-                q[i * cols + j] -= dot * q[i * cols + prev];
-            }
-        }
-        let norm = (0..rows)
+    let norm = |q: &[f64], j: usize| {
+        (0..rows)
             .map(|i| q[i * cols + j].powi(2))
             .sum::<f64>()
-            .sqrt();
-        if norm > 1e-300 {
-            for i in 0..rows {
-                q[i * cols + j] /= norm;
+            .sqrt()
+    };
+    for j in 0..cols {
+        let before = norm(q, j);
+        for _pass in 0..2 {
+            for prev in 0..j {
+                let dot: f64 = (0..rows)
+                    .map(|i| q[i * cols + j] * q[i * cols + prev])
+                    .sum();
+                for i in 0..rows {
+                    q[i * cols + j] -= dot * q[i * cols + prev];
+                }
             }
+        }
+        let after = norm(q, j);
+        let keep = after > 1e-300 && after > 1e-13 * before;
+        for i in 0..rows {
+            q[i * cols + j] = if keep { q[i * cols + j] / after } else { 0.0 };
         }
     }
 }

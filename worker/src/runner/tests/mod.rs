@@ -1,6 +1,7 @@
 //! The runner end to end on real files: the product's loop, the product's settings.
 
 mod exports;
+mod merges;
 
 use std::path::PathBuf;
 
@@ -56,11 +57,12 @@ fn inputs(model: PathBuf, work: &std::path::Path, spec: pb::JobSpec) -> JobInput
         spec,
         model_dir: model,
         model_format: pb::ModelFormat::Hf,
-        training_file: train.clone(),
+        training_file: Some(train.clone()),
         training_format: pb::DatasetFormat::Classification,
         validation_file: Some(train),
         validation_format: pb::DatasetFormat::Classification,
         resume_from: None,
+        merge_sources: Vec::new(),
         work_dir: work.to_path_buf(),
     }
 }
@@ -248,7 +250,8 @@ fn tiny_inputs(
                 .collect();
             (m, data, pb::DatasetFormat::Preference)
         }
-        tuna_spec::Task::CausalLm => {
+        // A merge reads the same data as its validation file.
+        tuna_spec::Task::CausalLm | tuna_spec::Task::Merge => {
             let m = dir.join("tiny-llama");
             if !m.exists() {
                 crate::engine::model::tiny::TinySpec::default()
@@ -278,11 +281,12 @@ fn tiny_inputs(
         spec,
         model_dir,
         model_format: pb::ModelFormat::Hf,
-        training_file: train,
+        training_file: Some(train),
         training_format: format,
         validation_file: None,
         validation_format: pb::DatasetFormat::Unspecified,
         resume_from,
+        merge_sources: Vec::new(),
         work_dir,
     }
 }
@@ -470,7 +474,7 @@ fn a_chat_template_cannot_run_forever() {
     );
     std::fs::write(&config, json.to_string()).unwrap();
     let chats = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"hello\"}]}\n";
-    std::fs::write(&inputs.training_file, chats.repeat(8)).unwrap();
+    std::fs::write(inputs.training().unwrap(), chats.repeat(8)).unwrap();
     inputs.training_format = pb::DatasetFormat::Chat;
     let control = Control::new();
     let mut reporter = Scripted::new(&control, None);

@@ -52,7 +52,7 @@ ARTIFACT_KIND_CHECKPOINT: ArtifactKind
 ARTIFACT_KIND_MERGED: ArtifactKind
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "training_file", "validation_file", "method", "hyperparameters", "resources", "priority", "max_attempts", "labels", "task", "preference", "export_merged", "merged_dtype")
+    __slots__ = ("base_model", "training_file", "validation_file", "method", "hyperparameters", "resources", "priority", "max_attempts", "labels", "task", "preference", "export_merged", "merged_dtype", "merge")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class JobSpec(_message.Message):
     PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     EXPORT_MERGED_FIELD_NUMBER: _ClassVar[int]
     MERGED_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     training_file: str
     validation_file: str
@@ -86,7 +87,22 @@ class JobSpec(_message.Message):
     preference: Preference
     export_merged: bool
     merged_dtype: str
-    def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., export_merged: _Optional[bool] = ..., merged_dtype: _Optional[str] = ...) -> None: ...
+    merge: Merge
+    def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., export_merged: _Optional[bool] = ..., merged_dtype: _Optional[str] = ..., merge: _Optional[_Union[Merge, _Mapping]] = ...) -> None: ...
+
+class Merge(_message.Message):
+    __slots__ = ("sources", "method", "weights", "rank", "density")
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    DENSITY_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    method: str
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    rank: int
+    density: float
+    def __init__(self, sources: _Optional[_Iterable[str]] = ..., method: _Optional[str] = ..., weights: _Optional[_Iterable[float]] = ..., rank: _Optional[int] = ..., density: _Optional[float] = ...) -> None: ...
 
 class Preference(_message.Message):
     __slots__ = ("loss", "beta", "label_smoothing")

@@ -106,7 +106,7 @@ class AcquireJobResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("job_id", "attempt", "lease_token", "expires_at", "spec", "resume_from", "model", "training_file", "validation_file", "trace_parent")
+    __slots__ = ("job_id", "attempt", "lease_token", "expires_at", "spec", "resume_from", "model", "training_file", "validation_file", "trace_parent", "merge_sources")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class Lease(_message.Message):
     TRAINING_FILE_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FILE_FIELD_NUMBER: _ClassVar[int]
     TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
+    MERGE_SOURCES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     lease_token: str
@@ -127,7 +128,8 @@ class Lease(_message.Message):
     training_file: _file_pb2.File
     validation_file: _file_pb2.File
     trace_parent: str
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., resume_from: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ..., model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ..., training_file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., validation_file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., trace_parent: _Optional[str] = ...) -> None: ...
+    merge_sources: _containers.RepeatedCompositeFieldContainer[_job_pb2.Artifact]
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., resume_from: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ..., model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ..., training_file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., validation_file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., trace_parent: _Optional[str] = ..., merge_sources: _Optional[_Iterable[_Union[_job_pb2.Artifact, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("job_id", "lease_token", "step")

@@ -148,7 +148,8 @@ class WorkerServiceServicer:
     def DownloadInput(self, request, context):
         """Streams an input of the caller's lease, authorized by the worker token and the lease itself
         (workers need no client API key): the job's training or validation file, a file of its base
-        model, or a checkpoint of the job (or of its sweep) to resume from. Any other file or
+        model, a checkpoint of the job (or of its sweep) to resume from, or (a merge job) the final
+        adapter of one of its sources. Any other file or
         artifact is NOT_FOUND; a lease no longer held is FAILED_PRECONDITION (LEASE_LOST). The
         first message carries the file or artifact, the rest chunks of at most 1 MiB.
         """

@@ -1,0 +1,193 @@
+//! Merge jobs (`task = merge`): the sources' final LoRA adapters merged per module
+//! ([`crate::engine::merge`]), re-factored as one LoRA adapter, evaluated on the validation
+//! file when the job has one, and exported (with the merged model when asked).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use candle_core::{Device, Tensor};
+use tuna_spec::{MergeMethod, MergeParams, metrics};
+
+use super::causal::{examples, load_model};
+use super::merged::add_merged;
+use super::settings::{seed, train_config};
+use super::{classify_error, eval_progress, system, user};
+use crate::agent::{Control, JobInputs, Progress, Reporter, RunError, RunOutcome, Stop};
+use crate::engine::adapters::{Adaptable, AdapterConfig, AdapterSet, PEFT_PREFIX, TargetModules};
+use crate::engine::data::Loader;
+use crate::engine::export::{self, LoraFile};
+use crate::engine::merge::{self, Rule};
+use crate::engine::trainer::Trainer;
+
+const A: &str = ".lora_A.weight";
+const B: &str = ".lora_B.weight";
+
+pub(super) fn run(
+    inputs: &JobInputs,
+    params: &MergeParams,
+    control: &Control,
+    reporter: &mut dyn Reporter,
+) -> Result<RunOutcome, RunError> {
+    let spec = &inputs.spec;
+    if inputs.merge_sources.len() != params.sources.len() {
+        return Err(system(format!(
+            "the lease carries {} source adapters for {} sources",
+            inputs.merge_sources.len(),
+            params.sources.len()
+        )));
+    }
+    let sources: Vec<LoraFile> = inputs
+        .merge_sources
+        .iter()
+        .zip(&params.sources)
+        .map(|(dir, id)| export::read_lora(dir).map_err(|e| user(format!("source {id}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    let (mut model, tok) = load_model(inputs)?;
+    let tok = tok.as_ref();
+    // The output adapts every module any source adapts (a source without one has ΔW = 0).
+    let mut names = BTreeSet::new();
+    for s in &sources {
+        for key in s.tensors.keys() {
+            if let Some(module) = key.strip_suffix(A) {
+                names.insert(module.rsplit('.').next().unwrap_or(module).to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(user("the sources' adapters hold no LoRA factors"));
+    }
+    let summed: usize = sources.iter().map(|s| s.config.r).sum();
+    let mut rank = params.rank.map_or(summed, |r| r.max(1) as usize);
+    for (path, lin) in model.linears() {
+        if names.contains(path.rsplit('.').next().unwrap_or(&path)) {
+            rank = rank.min(lin.out_features()).min(lin.in_features());
+        }
+    }
+    let config = AdapterConfig::lora(rank, rank as f64, TargetModules::names(names));
+    let adapters = AdapterSet::attach(&mut model, &config).map_err(user)?;
+    let rule = match params.method {
+        MergeMethod::Average => Rule::Average,
+        MergeMethod::ModelStock => Rule::ModelStock,
+        MergeMethod::TaskArithmetic => Rule::TaskArithmetic {
+            weights: params.weights.clone(),
+        },
+        MergeMethod::Ties => Rule::Ties {
+            weights: params.weights.clone(),
+            density: params.density.unwrap_or(tuna_spec::DEFAULT_TIES_DENSITY),
+        },
+    };
+    let dims: BTreeMap<String, (usize, usize)> = model
+        .linears()
+        .into_iter()
+        .map(|(path, lin)| (path, (lin.out_features(), lin.in_features())))
+        .collect();
+    let mut merged = HashMap::new();
+    let (mut worst, mut ratios) = (0.0_f64, Vec::new());
+    for path in adapters.modules() {
+        if control.stop_requested().is_some() {
+            return Ok(stopped(control));
+        }
+        let key = format!("{PEFT_PREFIX}{path}");
+        let (rows, cols) = dims
+            .get(path)
+            .copied()
+            .ok_or_else(|| system(format!("no linear layer {path}")))?;
+        let deltas = sources
+            .iter()
+            .zip(&params.sources)
+            .map(|(s, id)| {
+                delta(s, &key, rows, cols).map_err(|e| user(format!("source {id}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let m = merge::merge(&rule, &deltas);
+        ratios.extend(m.ratio);
+        let f = merge::refactor(&m.delta, rows, cols, rank, seed(spec));
+        worst = worst.max(f.relative_error);
+        let tensor = |v: Vec<f64>, shape: (usize, usize)| {
+            Tensor::from_vec(
+                v.into_iter().map(|x| x as f32).collect::<Vec<_>>(),
+                shape,
+                &Device::Cpu,
+            )
+            .map_err(system)
+        };
+        merged.insert(format!("{key}{B}"), tensor(f.b, (rows, f.r))?);
+        merged.insert(format!("{key}{A}"), tensor(f.a, (f.r, cols))?);
+    }
+    adapters.load_tensors(&merged).map_err(system)?;
+    let mut values = BTreeMap::from([(metrics::MERGE_RECONSTRUCTION_ERROR.to_string(), worst)]);
+    if !ratios.is_empty() {
+        let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+        values.insert(metrics::MODEL_STOCK_RATIO.to_string(), mean);
+    }
+    tracing::info!(rank, reconstruction_error = worst, "merged the sources");
+    reporter.progress(Progress { step: 0, values });
+    if let Some(path) = inputs.validation_file.as_deref() {
+        let h = &spec.hyperparameters;
+        let max_len = h.max_seq_len.max(2) as usize;
+        let set = examples(path, inputs.validation_format, tok, max_len)?;
+        let loader = Loader::new(set, h.batch_size.max(1) as usize, seed(spec), tok.pad_id())
+            .map_err(user)?;
+        let trainer = Trainer::new(
+            &model,
+            &adapters,
+            loader.clone(),
+            Some(loader),
+            train_config(spec, 0),
+        )
+        .map_err(classify_error)?;
+        let e = trainer.evaluate().map_err(classify_error)?;
+        reporter.progress(eval_progress(&e));
+    }
+    let adapter_dir = inputs.work_dir.join("adapter");
+    export::save_adapter(&adapter_dir, &adapters, &spec.base_model, export::CAUSAL_LM)
+        .map_err(system)?;
+    let outcome = RunOutcome::Finished {
+        step: 0,
+        adapter_dir,
+        merged_dir: None,
+    };
+    add_merged(outcome, inputs, &mut model)
+}
+
+/// `s·B·A` of one module of a source (row-major `[rows, cols]`), zero when it has none.
+fn delta(source: &LoraFile, key: &str, rows: usize, cols: usize) -> Result<Vec<f64>, String> {
+    let (a, b) = (
+        source.tensors.get(&format!("{key}{A}")),
+        source.tensors.get(&format!("{key}{B}")),
+    );
+    let (a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        (None, None) => return Ok(vec![0.0; rows * cols]),
+        _ => return Err(format!("{key} has only one of lora_A and lora_B")),
+    };
+    let r = source.config.r;
+    if a.dims() != [r, cols] || b.dims() != [rows, r] {
+        return Err(format!(
+            "{key}: lora_A {:?} and lora_B {:?} do not fit rank {r} on a [{rows}, {cols}] layer",
+            a.dims(),
+            b.dims()
+        ));
+    }
+    let product = b
+        .to_dtype(candle_core::DType::F64)
+        .and_then(|b| b.matmul(&a.to_dtype(candle_core::DType::F64)?))
+        .and_then(|p| p * source.config.scale())
+        .and_then(|p| p.flatten_all())
+        .and_then(|p| p.to_vec1::<f64>())
+        .map_err(|e| format!("{key}: {e}"))?;
+    if product.iter().any(|x| !x.is_finite()) {
+        return Err(format!("{key} holds non-finite values"));
+    }
+    Ok(product)
+}
+
+/// A merge stopped before it wrote anything (a cancel, a pause or a drain: it restarts from
+/// the sources next time, which costs little).
+fn stopped(control: &Control) -> RunOutcome {
+    RunOutcome::Stopped {
+        reason: control.stop_requested().unwrap_or(Stop::Cancel),
+        step: 0,
+        adapter_dir: None,
+        merged_dir: None,
+    }
+}
