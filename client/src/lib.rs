@@ -29,6 +29,7 @@ pub use tuna_proto::v1 as pb;
 use tuna_proto::v1::admin_service_client::AdminServiceClient;
 use tuna_proto::v1::artifact_service_client::ArtifactServiceClient;
 use tuna_proto::v1::file_service_client::FileServiceClient;
+use tuna_proto::v1::fleet_service_client::FleetServiceClient;
 use tuna_proto::v1::job_service_client::JobServiceClient;
 use tuna_proto::v1::model_service_client::ModelServiceClient;
 use tuna_proto::v1::sweep_service_client::SweepServiceClient;
@@ -146,6 +147,11 @@ impl Client {
     /// API keys (admin keys only).
     pub fn admin(&self) -> AdminServiceClient<Svc> {
         AdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// The workers and what they run (operators).
+    pub fn fleet(&self) -> FleetServiceClient<Svc> {
+        FleetServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     pub fn artifacts(&self) -> ArtifactServiceClient<Svc> {

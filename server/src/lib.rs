@@ -10,6 +10,7 @@ pub mod domain;
 pub mod edge;
 pub mod error;
 pub mod http;
+pub mod lofi;
 pub mod metrics;
 pub mod model_facts;
 pub mod prometheus;

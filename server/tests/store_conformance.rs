@@ -857,6 +857,97 @@ mod cases {
         );
     }
 
+    pub async fn a_lofi_job_is_claimed_only_after_every_shard_succeeded_and_a_failed_shard_fails_it(
+        store: S,
+        _clock: C,
+    ) {
+        let lofi = |replicas| {
+            let mut job = new_job(0, 1);
+            job.spec.replicas = replicas;
+            job
+        };
+        let (parent, _) = store.create_job(lofi(3)).await.unwrap();
+        let shards = store.list_shards(&parent.id).await.unwrap();
+        let index: Vec<Option<i32>> = shards.iter().map(|s| s.shard_index).collect();
+        assert_eq!(index, [Some(0), Some(1), Some(2)]);
+        assert!(
+            shards
+                .iter()
+                .all(|s| s.parent_job_id.as_deref() == Some(parent.id.as_str()))
+        );
+        assert_eq!(parent.parent_job_id, None);
+        let w = worker(&store, "w").await;
+        let mut leases = Vec::new();
+        while let Some(lease) = store.claim_job(&w).await.unwrap() {
+            leases.push(lease);
+        }
+        let claimed: HashSet<String> = leases.iter().map(|l| l.job.id.clone()).collect();
+        let expected: HashSet<String> = shards.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(claimed, expected, "the shards, never the lo-fi job itself");
+        for lease in &leases[..2] {
+            let f = fence(&lease.job.id, &lease.lease_token);
+            store.complete_job(f, Outcome::Succeeded).await.unwrap();
+        }
+        assert!(
+            store.claim_job(&w).await.unwrap().is_none(),
+            "one shard still runs"
+        );
+        let f = fence(&leases[2].job.id, &leases[2].lease_token);
+        store.complete_job(f, Outcome::Succeeded).await.unwrap();
+        let merge = store.claim_job(&w).await.unwrap().expect("the merge step");
+        assert_eq!(merge.job.id, parent.id);
+        // A shard is deleted only with its lo-fi job.
+        assert!(matches!(
+            store.delete_job(&shards[0].id).await,
+            Err(StoreError::InUse { .. })
+        ));
+
+        // A shard that fails for good fails its lo-fi job, whose other shard is cancelled.
+        let (doomed, _) = store.create_job(lofi(2)).await.unwrap();
+        assert!(tuna_server::lofi::reconcile(store.as_ref()).await.unwrap() == 0);
+        let a = store.claim_job(&w).await.unwrap().unwrap();
+        let b = store.claim_job(&w).await.unwrap().unwrap();
+        store
+            .fail_job(
+                fence(&a.job.id, &a.lease_token),
+                FailureKind::User,
+                "bad line 3",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            tuna_server::lofi::reconcile(store.as_ref()).await.unwrap(),
+            1
+        );
+        let failed = store.get_job(&doomed.id).await.unwrap();
+        assert_eq!(failed.state, JobState::Failed);
+        let (kind, message) = failed.failure.clone().unwrap();
+        assert_eq!(kind, FailureKind::User);
+        assert!(
+            message.contains(&a.job.id) && message.contains("bad line 3"),
+            "{message}"
+        );
+        assert_eq!(
+            store.get_job(&b.job.id).await.unwrap().state,
+            JobState::Cancelling
+        );
+        assert_eq!(
+            tuna_server::lofi::reconcile(store.as_ref()).await.unwrap(),
+            0
+        );
+        // Once every shard ended, the lo-fi job deletes with its shards.
+        store
+            .complete_job(fence(&b.job.id, &b.lease_token), Outcome::Cancelled)
+            .await
+            .unwrap();
+        store.delete_job(&doomed.id).await.unwrap();
+        assert!(store.list_shards(&doomed.id).await.unwrap().is_empty());
+        assert!(matches!(
+            store.get_job(&a.job.id).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
     /// Lets cases read the manual clock without importing the trait everywhere.
     trait NowForTest {
         fn now_ms_for_test(&self) -> i64;
@@ -915,6 +1006,7 @@ conformance!(
     a_system_failure_while_pausing_pauses_instead_of_retrying,
     the_fleet_lists_workers_by_last_sighting_with_their_current_job,
     deleting_a_finished_job_removes_its_rows_and_old_history_is_pruned_in_batches,
+    a_lofi_job_is_claimed_only_after_every_shard_succeeded_and_a_failed_shard_fails_it,
 );
 
 /// PostgreSQL only: a change committed through one replica wakes waiters of another replica

@@ -36,6 +36,9 @@ pub struct JobSpec {
     /// `Some` exactly when `task` is merge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge: Option<MergeParams>,
+    /// lo-fi data-parallel shards (1: the job trains on one worker).
+    #[serde(skip_serializing_if = "is_one")]
+    pub replicas: i32,
     /// `Some(dtype)`: also export the merged model in that dtype.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_merged: Option<MergedDtype>,
@@ -46,6 +49,13 @@ pub struct JobSpec {
     pub max_attempts: i32,
     pub labels: BTreeMap<String, String>,
 }
+
+fn is_one(n: &i32) -> bool {
+    *n == 1
+}
+
+/// Most shards of a lo-fi job.
+pub const MAX_REPLICAS: i32 = 64;
 
 /// Version written by this code.
 ///
@@ -131,6 +141,10 @@ impl JobSpec {
             MAX_MIN_MEMORY_BYTES,
         );
         let priority = c.range_i32("spec.priority", spec.priority, -1000, 1000);
+        let replicas = match spec.replicas {
+            0 => 1,
+            n => c.range_i32("spec.replicas", n, 1, MAX_REPLICAS),
+        };
         let max_attempts = if spec.max_attempts == 0 {
             DEFAULT_MAX_ATTEMPTS
         } else {
@@ -149,6 +163,7 @@ impl JobSpec {
             method,
             preference,
             merge,
+            replicas,
             export_merged,
             hyperparameters,
             device,
@@ -222,6 +237,7 @@ impl JobSpec {
                 },
             }),
             merge: self.merge.as_ref().map(merge_to_proto),
+            replicas: self.replicas,
             export_merged: self.export_merged.is_some(),
             merged_dtype: self
                 .export_merged
@@ -729,6 +745,7 @@ impl From<Stored> for JobSpec {
             method: s.method,
             preference: s.preference,
             merge: s.merge,
+            replicas: s.replicas,
             export_merged: s.export_merged,
             hyperparameters: s.hyperparameters,
             device: s.device,

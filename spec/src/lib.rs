@@ -19,8 +19,8 @@ mod stored;
 pub use check::{FieldViolation, MAX_MIN_MEMORY_BYTES, MAX_TARGET_MODULES, is_label_key};
 pub use job::{
     DEFAULT_DECAY_FRACTION, DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_LR_RATIO, DEFAULT_PREFERENCE_BETA,
-    DEFAULT_TIES_DENSITY, DEFAULT_ZO_EPSILON, Hyperparameters, JobSpec, LoraParams, MergeParams,
-    Method, PreferenceParams, SPEC_VERSION, default_alpha, wsd_decay_start,
+    DEFAULT_TIES_DENSITY, DEFAULT_ZO_EPSILON, Hyperparameters, JobSpec, LoraParams, MAX_REPLICAS,
+    MergeParams, Method, PreferenceParams, SPEC_VERSION, default_alpha, wsd_decay_start,
 };
 pub use merge::{MAX_MERGE_RANK, MAX_MERGE_SOURCES};
 pub use names::{

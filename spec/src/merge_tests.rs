@@ -118,3 +118,42 @@ fn a_merge_can_export_the_merged_model() {
     let spec = JobSpec::from_proto(Some(&p)).unwrap();
     assert_eq!(spec.export_merged, Some(MergedDtype::Bf16));
 }
+
+fn lofi(replicas: i32, method: &str, task: &str) -> pb::JobSpec {
+    pb::JobSpec {
+        base_model: "tiny".into(),
+        training_file: "file_1".into(),
+        task: task.into(),
+        method: Some(pb::Method {
+            r#type: method.into(),
+            ..Default::default()
+        }),
+        replicas,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn lofi_replicas_round_trip_and_are_for_lora_decoders() {
+    for n in [0, 1] {
+        let spec = JobSpec::from_proto(Some(&lofi(n, "lora", ""))).unwrap();
+        assert_eq!(spec.replicas, 1);
+        // An old row (no field) and a one-replica spec serialize alike.
+        assert!(!serde_json::to_string(&spec).unwrap().contains("replicas"));
+    }
+    for task in ["causal_lm", "preference"] {
+        let spec = JobSpec::from_proto(Some(&lofi(3, "lora", task))).unwrap();
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(JobSpec::from_proto(Some(&spec.to_proto())).unwrap(), spec);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), spec);
+    }
+    assert_eq!(refused(&lofi(65, "lora", "")), ["spec.replicas"]);
+    assert_eq!(refused(&lofi(-1, "lora", "")), ["spec.replicas"]);
+    assert_eq!(refused(&lofi(2, "dora", "")), ["spec.replicas"]);
+    assert_eq!(refused(&lofi(2, "ia3", "")), ["spec.replicas"]);
+    assert_eq!(
+        refused(&lofi(2, "lora", "classification")),
+        ["spec.replicas"]
+    );
+}

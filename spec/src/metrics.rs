@@ -34,6 +34,12 @@ pub const MERGE_RECONSTRUCTION_ERROR: &str = "merge_reconstruction_error";
 /// Merge jobs with model_stock: the mean over modules of the interpolation ratio `t`.
 pub const MODEL_STOCK_RATIO: &str = "model_stock_ratio";
 
+/// Merge jobs and lo-fi merge steps with a validation file: source `i`'s eval loss (a merge
+/// job's `merge.sources[i]`, a lo-fi job's shard `i`), measured like the merged adapter's.
+pub fn source_eval_loss(i: usize) -> String {
+    format!("source{i}_eval_loss")
+}
+
 /// Metrics a sweep may optimise, with whether larger is better.
 pub const OBJECTIVES: &[(&str, bool)] = &[
     (LOSS, false),

@@ -46,6 +46,9 @@ impl JobSpec {
         if self.export_merged.is_some() {
             self.check_mergeable()?;
         }
+        if self.replicas > 1 {
+            self.check_lofi()?;
+        }
         if let Method::Dora { lora } | Method::Lora { lora } = &self.method
             && lora.chain_every.is_some()
         {
@@ -149,6 +152,28 @@ impl JobSpec {
                 };
                 Ok(Plan::Classification { lora, dora, init })
             }
+        }
+    }
+
+    /// Whether a lo-fi job's shards can be averaged: their deltas must be plain LoRA.
+    fn check_lofi(&self) -> Result<(), FieldViolation> {
+        let refuse = |why: String| Err(FieldViolation::new("spec.replicas", why));
+        match self.task {
+            Task::CausalLm | Task::Preference => {}
+            Task::Classification | Task::Merge => {
+                return refuse(format!(
+                    "lo-fi shards train decoders (causal_lm, preference), not {}",
+                    self.task
+                ));
+            }
+        }
+        match &self.method {
+            Method::Lora { .. } => Ok(()),
+            other => refuse(format!(
+                "lo-fi averages the shards' LoRA deltas; {} is not supported with replicas > 1 \
+                 (use method lora, or replicas = 1)",
+                other.kind()
+            )),
         }
     }
 

@@ -27,6 +27,8 @@ pub(crate) struct Stored {
     pub(crate) preference: Option<PreferenceParams>,
     #[serde(default)]
     pub(crate) merge: Option<MergeParams>,
+    #[serde(default = "one")]
+    pub(crate) replicas: i32,
     #[serde(default)]
     pub(crate) export_merged: Option<MergedDtype>,
     pub(crate) hyperparameters: Hyperparameters,
@@ -36,6 +38,10 @@ pub(crate) struct Stored {
     pub(crate) max_attempts: i32,
     #[serde(default)]
     pub(crate) labels: BTreeMap<String, String>,
+}
+
+fn one() -> i32 {
+    1
 }
 
 fn first_version() -> u32 {

@@ -100,6 +100,10 @@ pub struct CreateArgs {
     /// With --merge-method ties: the share of each delta's entries kept (default 0.2).
     #[arg(long)]
     merge_density: Option<f64>,
+    /// lo-fi data parallelism: train N shards of the data on any N workers (each from the
+    /// same init), then average their LoRA adapters into this job's (default 1).
+    #[arg(long, default_value_t = 0)]
+    replicas: i32,
     /// With --task preference: dpo (default), ipo or orpo.
     #[arg(long, default_value = "")]
     preference_loss: String,
@@ -152,6 +156,10 @@ pub struct CreateArgs {
     seed: Option<i64>,
     #[arg(long)]
     eval_every: Option<i64>,
+    /// Checkpoint every N steps (0 = never; default 100); a resumed attempt continues from
+    /// the newest.
+    #[arg(long)]
+    checkpoint_every: Option<i64>,
     #[arg(long, default_value_t = 0)]
     priority: i32,
     #[arg(long, default_value_t = 0)]
@@ -226,6 +234,7 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
             batch_size: a.batch_size,
             seed: a.seed,
             eval_every: a.eval_every,
+            checkpoint_every: a.checkpoint_every,
             ..Default::default()
         }),
         resources: Some(pb::Resources {
@@ -236,6 +245,7 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
         max_attempts: a.max_attempts,
         labels: a.labels.iter().cloned().collect::<HashMap<_, _>>(),
         task: a.task.clone(),
+        replicas: a.replicas,
         export_merged: a.export_merged,
         merged_dtype: a.merged_dtype.clone(),
         preference: (a.task == "preference"

@@ -81,6 +81,10 @@ pub fn job_json(j: &pb::Job) -> Value {
             "message": f.message,
         })),
         "sweep_id": j.sweep_id,
+        "replicas": spec.replicas.max(1),
+        "parent_job_id": j.parent_job_id,
+        "shard_index": (!j.parent_job_id.is_empty()).then_some(j.shard_index),
+        "task": if spec.task.is_empty() { "causal_lm" } else { spec.task.as_str() },
         "last_seq": j.last_seq,
         "request_id": j.request_id,
         // The whole spec with every default explicit, as a spec file would write it.
@@ -96,7 +100,16 @@ pub fn job(out: Output, j: &pb::Job) {
         Output::Json => print_json(&job_json(j)),
         Output::Text => {
             let spec = j.spec.clone().unwrap_or_default();
-            let method = spec.method.map(|m| m.r#type).unwrap_or_default();
+            let method = match (spec.task.as_str(), spec.method, spec.replicas) {
+                ("merge", _, _) => "merge".to_string(),
+                (_, m, n) if n > 1 => format!("{} × {n} shards", m.unwrap_or_default().r#type),
+                (_, m, _) => m.map(|m| m.r#type).unwrap_or_default(),
+            };
+            let method = if j.parent_job_id.is_empty() {
+                method
+            } else {
+                format!("{method} (shard {} of {})", j.shard_index, j.parent_job_id)
+            };
             let failure = j
                 .failure
                 .as_ref()

@@ -173,6 +173,7 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
         validation_format,
         resume_from: None,
         merge_sources: Vec::new(),
+        part: tuna_worker::agent::Part::Whole,
         work_dir: work.clone(),
     };
     let bar = std::io::stdout().is_terminal().then(|| {

@@ -200,3 +200,9 @@ def test_enum_arguments_accept_members_names_and_numbers() -> None:
     # A number a newer server sends is not an error when reading responses.
     assert tuna.JobState(42) is tuna.JobState.UNSPECIFIED
     assert tuna.JobState.SUCCEEDED.is_terminal and not tuna.JobState.PAUSED.is_terminal
+
+
+def test_replicas_reach_the_spec() -> None:
+    spec = tuna.spec.build_job_spec(model="m", training_file="f", replicas=3)
+    assert spec.replicas == 3
+    assert tuna.spec.build_job_spec(model="m", training_file="f").replicas == 0

@@ -138,6 +138,8 @@ pub fn job(j: &JobRecord) -> pb::Job {
         sweep_id: j.sweep_id.clone().unwrap_or_default(),
         last_seq: j.last_seq,
         request_id: j.request_id.clone().unwrap_or_default(),
+        parent_job_id: j.parent_job_id.clone().unwrap_or_default(),
+        shard_index: j.shard_index.unwrap_or_default(),
     }
 }
 

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::domain::ids;
 use crate::domain::spec::{JobSpec, Task};
+use crate::domain::transitions::Action;
 use crate::error::ApiError;
 use crate::store::{JobFilter, NewJob, UpdateRecord};
 
@@ -221,6 +222,7 @@ impl JobService for Jobs {
         require_id("id", ids::JOB, &id)?;
         self.ctx.job(&caller, &id).await?;
         let job = self.ctx.store.cancel_job(&id).await?;
+        crate::lofi::propagate(self.ctx.store.as_ref(), &job, Action::Cancel).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -234,6 +236,7 @@ impl JobService for Jobs {
         require_id("id", ids::JOB, &id)?;
         self.ctx.job(&caller, &id).await?;
         let job = self.ctx.store.pause_job(&id).await?;
+        crate::lofi::propagate(self.ctx.store.as_ref(), &job, Action::Pause).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -247,6 +250,7 @@ impl JobService for Jobs {
         require_id("id", ids::JOB, &id)?;
         self.ctx.job(&caller, &id).await?;
         let job = self.ctx.store.resume_job(&id).await?;
+        crate::lofi::propagate(self.ctx.store.as_ref(), &job, Action::Resume).await?;
         Ok(Response::new(convert::job(&job)))
     }
 

@@ -97,6 +97,23 @@ pub async fn check_sources(
     Ok(())
 }
 
+/// The jobs whose adapters `job` merges: a merge job's sources, a lo-fi job's shards (in
+/// shard order), none for other jobs.
+pub async fn source_ids(store: &dyn Store, job: &JobRecord) -> Result<Vec<String>, StoreError> {
+    if let Some(merge) = &job.spec.merge {
+        return Ok(merge.sources.clone());
+    }
+    if job.spec.replicas > 1 && job.parent_job_id.is_none() {
+        return Ok(store
+            .list_shards(&job.id)
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect());
+    }
+    Ok(Vec::new())
+}
+
 /// Whether `artifact` is the final adapter of one of `merge_job`'s sources (what its lease
 /// may download besides its own inputs).
 pub async fn is_source_adapter(
@@ -104,10 +121,11 @@ pub async fn is_source_adapter(
     merge_job: &JobRecord,
     artifact: &ArtifactRecord,
 ) -> Result<bool, StoreError> {
-    let Some(merge) = &merge_job.spec.merge else {
-        return Ok(false);
-    };
-    if artifact.kind != ArtifactKind::Adapter || !merge.sources.contains(&artifact.job_id) {
+    if artifact.kind != ArtifactKind::Adapter
+        || !source_ids(store, merge_job)
+            .await?
+            .contains(&artifact.job_id)
+    {
         return Ok(false);
     }
     let source = match store.get_job(&artifact.job_id).await {

@@ -197,6 +197,13 @@ impl SweepService for Sweeps {
             )
             .into());
         }
+        if t.replicas > 1 {
+            return Err(ApiError::field(
+                "spec.template.replicas",
+                "sweep trials run on one worker each; lo-fi replicas are for single jobs",
+            )
+            .into());
+        }
         require_dataset(
             &self.ctx,
             &caller,

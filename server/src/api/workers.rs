@@ -124,6 +124,10 @@ impl Workers {
                     validation_file: v.and_then(Result::ok).as_ref().map(convert::file),
                     trace_parent: lease.job.trace_context.clone().unwrap_or_default(),
                     merge_sources: sources.iter().map(convert::artifact).collect(),
+                    shard: lease.job.shard_index.map(|index| pb::Shard {
+                        index,
+                        count: spec.replicas,
+                    }),
                 }));
             }
         };
@@ -139,18 +143,17 @@ impl Workers {
 }
 
 impl Workers {
-    /// A merge job's source adapters in spec order, or why the merge can no longer run (a
-    /// source or its adapter was deleted since `CreateJob`).
+    /// The adapters a merge job (its sources, in spec order) or a lo-fi job (its shards, in
+    /// shard order) merges, or why the merge can no longer run (a source or its adapter was
+    /// deleted since `CreateJob`).
     async fn merge_sources(
         &self,
         job: &crate::store::JobRecord,
     ) -> Result<Result<Vec<crate::store::ArtifactRecord>, String>, ApiError> {
-        let Some(merge) = &job.spec.merge else {
-            return Ok(Ok(Vec::new()));
-        };
         let store = self.ctx.store.as_ref();
-        let mut out = Vec::with_capacity(merge.sources.len());
-        for id in &merge.sources {
+        let sources = merges::source_ids(store, job).await?;
+        let mut out = Vec::with_capacity(sources.len());
+        for id in &sources {
             let source = match store.get_job(id).await {
                 Ok(s) if s.tenant == job.tenant => s,
                 Ok(_) | Err(StoreError::NotFound { .. }) => {

@@ -89,6 +89,9 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
     /// W3C `traceparent` of the request that created the job (claims and training join it).
     pub trace_context: Option<String>,
+    /// A lo-fi shard's job and its index.
+    pub parent_job_id: Option<String>,
+    pub shard_index: Option<i32>,
 }
 
 /// A job to enqueue.
@@ -442,6 +445,17 @@ pub trait Store: Send + Sync + 'static {
     /// returns the earlier job and `false` (or `IdempotencyConflict` if the spec differs).
     async fn create_job(&self, job: NewJob) -> Result<(JobRecord, bool)>;
     async fn get_job(&self, id: &str) -> Result<JobRecord>;
+    /// A lo-fi job's shards, by shard index (empty for other jobs).
+    async fn list_shards(&self, parent_id: &str) -> Result<Vec<JobRecord>>;
+    /// lo-fi jobs still waiting (queued or paused) although a shard failed or was cancelled.
+    async fn list_stalled_lofi(&self) -> Result<Vec<JobRecord>>;
+    /// Fails a job that holds no lease (queued or paused); any other state is returned as is.
+    async fn fail_waiting_job(
+        &self,
+        id: &str,
+        kind: FailureKind,
+        message: &str,
+    ) -> Result<JobRecord>;
     /// Newest first, strictly after `after` in that order.
     async fn list_jobs(
         &self,

@@ -104,6 +104,10 @@ impl Controller {
             self.drivers.clear();
             return Ok(());
         }
+        // lo-fi jobs whose shard failed end here too: like sweeps, leader-only work.
+        if let Err(e) = crate::lofi::reconcile(self.store.as_ref()).await {
+            tracing::warn!(error = %e, "lo-fi reconcile failed; retried next round");
+        }
         let sweeps = self.store.list_running_sweeps().await?;
         self.drivers
             .retain(|id, _| sweeps.iter().any(|s| &s.id == id));

@@ -27,7 +27,9 @@ use tuna_spec::{JobSpec, Task};
 
 use cache::{Cache, CacheError};
 use conn::Conn;
-pub use runner::{Control, JobInputs, JobRunner, Progress, Reporter, RunError, RunOutcome, Stop};
+pub use runner::{
+    Control, JobInputs, JobRunner, Part, Progress, Reporter, RunError, RunOutcome, Stop,
+};
 
 /// Agent failures that end the agent (per-job failures are reported to the server instead).
 #[derive(Debug, thiserror::Error)]
@@ -381,6 +383,20 @@ impl Agent {
                     .await?,
             );
         }
+        let part = match &lease.shard {
+            Some(s) if s.count > 1 && (0..s.count).contains(&s.index) => Part::Shard {
+                index: s.index as usize,
+                count: s.count as usize,
+            },
+            Some(s) => {
+                return Err(RunError::User(format!(
+                    "the lease names shard {} of {}",
+                    s.index, s.count
+                )));
+            }
+            None if spec.task != Task::Merge && !merge_sources.is_empty() => Part::Combine,
+            None => Part::Whole,
+        };
         Ok(JobInputs {
             job_id: lease.job_id.clone(),
             attempt: lease.attempt,
@@ -395,6 +411,7 @@ impl Agent {
                 .as_ref()
                 .map_or(pb::DatasetFormat::Unspecified, |v| v.format()),
             resume_from,
+            part,
             merge_sources,
             work_dir: work_dir.to_path_buf(),
         })

@@ -29,10 +29,27 @@ pub struct JobInputs {
     /// An extracted checkpoint to resume from (exact resume: adapter, optimizer, step, cursor,
     /// RNG).
     pub resume_from: Option<PathBuf>,
-    /// A merge job's sources: each one's final adapter folder (HF PEFT), in spec order.
+    /// A merge job's sources (spec order) or a lo-fi job's shards (shard order): each one's
+    /// final adapter folder (HF PEFT).
     pub merge_sources: Vec<PathBuf>,
+    /// Which part of the job this lease runs.
+    pub part: Part,
     /// Scratch space of this attempt; removed afterwards.
     pub work_dir: PathBuf,
+}
+
+/// What a lease asks of the worker: the whole job, one shard of a lo-fi job, or a lo-fi
+/// job's merge step (after its shards succeeded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Whole,
+    /// Train on examples `index, index + count, …` of the training file.
+    Shard {
+        index: usize,
+        count: usize,
+    },
+    /// Average the shards' adapters (`merge_sources`) into the job's adapter.
+    Combine,
 }
 
 impl JobInputs {

@@ -11,7 +11,7 @@ use tuna_spec::{LoraInit as SpecInit, Method as SpecMethod, PreferenceParams};
 use super::chain::{self, Chain};
 use super::merged::add_merged;
 use super::settings::{adapter_config, records, seed, train_config};
-use super::{classify_error, drive, system, user};
+use super::{classify_error, drive, shard_of, system, user};
 use crate::agent::{Control, JobInputs, Reporter, RunError, RunOutcome};
 use crate::engine::adapters::methods::{self, Method};
 use crate::engine::adapters::{AdapterSet, LoraInit};
@@ -53,6 +53,7 @@ pub(super) fn train(
     let batch = h.batch_size.max(1) as usize;
     if let Some(params) = preference {
         let train_set = pairs(inputs.training()?, inputs.training_format, tok, max_len)?;
+        let train_set = shard_of(train_set, inputs.part)?;
         let total = spec.total_steps(train_set.len());
         let train_loader = Loader::new(train_set, batch, seed, tok.pad_id()).map_err(user)?;
         let eval_loader = eval_loader(inputs, batch, seed, tok, |p, f| pairs(p, f, tok, max_len))?;
@@ -73,6 +74,7 @@ pub(super) fn train(
         return add_merged(outcome, inputs, &mut model);
     }
     let train_set = examples(inputs.training()?, inputs.training_format, tok, max_len)?;
+    let train_set = shard_of(train_set, inputs.part)?;
     let total = spec.total_steps(train_set.len());
     let train_loader = Loader::new(train_set, batch, seed, tok.pad_id())
         .map_err(user)?

@@ -113,7 +113,6 @@ pub(super) fn run(
         merged.insert(format!("{key}{B}"), tensor(f.b, (rows, f.r))?);
         merged.insert(format!("{key}{A}"), tensor(f.a, (f.r, cols))?);
     }
-    adapters.load_tensors(&merged).map_err(system)?;
     let mut values = BTreeMap::from([(metrics::MERGE_RECONSTRUCTION_ERROR.to_string(), worst)]);
     if !ratios.is_empty() {
         let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
@@ -135,9 +134,26 @@ pub(super) fn run(
             train_config(spec, 0),
         )
         .map_err(classify_error)?;
+        // Each source on the same data first, held exactly by the output adapter (its factors
+        // in the first r columns, zeros after) when the output rank leaves room.
+        for (i, source) in sources.iter().enumerate() {
+            if source.config.r > rank || control.stop_requested().is_some() {
+                continue;
+            }
+            adapters
+                .load_tensors(&padded(source, &adapters, &dims, rank)?)
+                .map_err(system)?;
+            let e = trainer.evaluate().map_err(classify_error)?;
+            reporter.progress(Progress {
+                step: 0,
+                values: BTreeMap::from([(metrics::source_eval_loss(i), e.loss)]),
+            });
+        }
+        adapters.load_tensors(&merged).map_err(system)?;
         let e = trainer.evaluate().map_err(classify_error)?;
         reporter.progress(eval_progress(&e));
     }
+    adapters.load_tensors(&merged).map_err(system)?;
     let adapter_dir = inputs.work_dir.join("adapter");
     export::save_adapter(&adapter_dir, &adapters, &spec.base_model, export::CAUSAL_LM)
         .map_err(system)?;
@@ -147,6 +163,65 @@ pub(super) fn run(
         merged_dir: None,
     };
     add_merged(outcome, inputs, &mut model)
+}
+
+/// The merge step of a lo-fi job: the plain average of its shards' deltas, at the sum of
+/// their ranks (exact).
+pub(super) fn lofi(inputs: &JobInputs) -> MergeParams {
+    MergeParams {
+        sources: (0..inputs.merge_sources.len())
+            .map(|i| format!("shard {i}"))
+            .collect(),
+        method: MergeMethod::Average,
+        weights: Vec::new(),
+        rank: None,
+        density: None,
+    }
+}
+
+/// A source's factors as tensors of the output set (rank `rank ≥ r`, scale 1): `s·B` in the
+/// first `r` columns of B and `A` in the first `r` rows of A, zeros elsewhere, so the output
+/// adapter computes exactly the source's delta.
+fn padded(
+    source: &LoraFile,
+    adapters: &AdapterSet,
+    dims: &BTreeMap<String, (usize, usize)>,
+    rank: usize,
+) -> Result<HashMap<String, Tensor>, RunError> {
+    let r = source.config.r;
+    let scale = source.config.scale();
+    let mut out = HashMap::new();
+    for path in adapters.modules() {
+        let key = format!("{PEFT_PREFIX}{path}");
+        let (rows, cols) = dims
+            .get(path)
+            .copied()
+            .ok_or_else(|| system(format!("no linear layer {path}")))?;
+        let pad = |t: Option<&Tensor>, shape: (usize, usize), dim: usize, factor: f64| {
+            let f32 = candle_core::DType::F32;
+            let Some(t) = t else {
+                return Tensor::zeros(shape, f32, &Device::Cpu);
+            };
+            let fill = if dim == 1 {
+                (rows, rank - r)
+            } else {
+                (rank - r, cols)
+            };
+            let t = (t.to_dtype(f32)? * factor)?;
+            Tensor::cat(&[&t, &Tensor::zeros(fill, f32, &Device::Cpu)?], dim)
+        };
+        let b = source.tensors.get(&format!("{key}{B}"));
+        let a = source.tensors.get(&format!("{key}{A}"));
+        out.insert(
+            format!("{key}{B}"),
+            pad(b, (rows, rank), 1, scale).map_err(system)?,
+        );
+        out.insert(
+            format!("{key}{A}"),
+            pad(a, (rank, cols), 0, 1.0).map_err(system)?,
+        );
+    }
+    Ok(out)
 }
 
 /// `s·B·A` of one module of a source (row-major `[rows, cols]`), zero when it has none.

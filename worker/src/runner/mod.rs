@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use tuna_spec::{Plan, metrics};
 
-use crate::agent::{Control, JobInputs, JobRunner, Progress, Reporter, RunError, RunOutcome, Stop};
+use crate::agent::{
+    Control, JobInputs, JobRunner, Part, Progress, Reporter, RunError, RunOutcome, Stop,
+};
 use crate::engine::trainer::{
     EvalMetrics, Event, Halt, Objective, Outcome, StopSignal, TrainError, Trainer,
 };
@@ -52,7 +54,12 @@ fn train(
     control: &Control,
     reporter: &mut dyn Reporter,
 ) -> Result<RunOutcome, RunError> {
-    match inputs.spec.plan().map_err(|v| user(v.description))? {
+    let plan = inputs.spec.plan().map_err(|v| user(v.description))?;
+    // A lo-fi job's merge step averages its shards' adapters, whatever they trained.
+    if inputs.part == Part::Combine {
+        return merge::run(inputs, &merge::lofi(inputs), control, reporter);
+    }
+    match plan {
         Plan::CausalLm { method } => causal::train(inputs, method, None, control, reporter),
         Plan::Preference { method, preference } => {
             causal::train(inputs, method, Some(preference), control, reporter)
@@ -62,6 +69,23 @@ fn train(
         }
         Plan::Merge { merge } => merge::run(inputs, merge, control, reporter),
     }
+}
+
+/// The training examples this lease trains on: all of them, or a lo-fi shard's share
+/// (examples `index, index + count, …`, a deterministic 1/count of the file).
+pub(crate) fn shard_of<T>(all: Vec<T>, part: Part) -> Result<Vec<T>, RunError> {
+    let Part::Shard { index, count } = part else {
+        return Ok(all);
+    };
+    let total = all.len();
+    let mine: Vec<T> = all.into_iter().skip(index).step_by(count.max(1)).collect();
+    if mine.is_empty() {
+        return Err(user(format!(
+            "shard {index} of {count} has no training examples (the file has {total}); use \
+             fewer replicas"
+        )));
+    }
+    Ok(mine)
 }
 
 pub(crate) fn user(e: impl std::fmt::Display) -> RunError {

@@ -192,6 +192,7 @@ class Jobs(_Service):
         task: str | None = None,
         preference: Preference | None = None,
         export_merged: Literal["f32", "bf16"] | None = None,
+        replicas: int | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
         labels: Mapping[str, str] | None = None,
@@ -216,6 +217,9 @@ class Jobs(_Service):
             export_merged: also upload the model with the trained weights merged in, in this
                 dtype (artifact kind ``merged``; decoder jobs whose method folds into the
                 weights).
+            replicas: lo-fi data parallelism: N shards of the data train on any workers from
+                the same init, then their LoRA adapters are averaged into this job's (default
+                1; method LoRA, decoder tasks).
             priority: -1000..=1000, higher first (default 0).
             max_attempts: 1..=100 (default 3).
             labels: free-form ``key: value`` labels, for ``list(labels=...)``.
@@ -237,6 +241,7 @@ class Jobs(_Service):
             task=task,
             preference=preference,
             export_merged=export_merged,
+            replicas=replicas,
             priority=priority,
             max_attempts=max_attempts,
             labels=labels,

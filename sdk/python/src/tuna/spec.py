@@ -444,6 +444,7 @@ def build_job_spec(
     task: str | None = None,
     preference: Preference | job_pb2.Preference | None = None,
     export_merged: Literal["f32", "bf16"] | None = None,
+    replicas: int | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
     labels: Mapping[str, str] | None = None,
@@ -468,6 +469,8 @@ def build_job_spec(
     if export_merged is not None:
         spec.export_merged = True
         spec.merged_dtype = export_merged
+    if replicas is not None:
+        spec.replicas = replicas
     if preference is not None:
         spec.preference.CopyFrom(
             preference if isinstance(preference, job_pb2.Preference) else preference.to_proto()

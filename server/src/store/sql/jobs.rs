@@ -44,6 +44,8 @@ macro_rules! sql_jobs {
                     started_at: row.try_get("started_at")?,
                     finished_at: row.try_get("finished_at")?,
                     trace_context: row.try_get("trace_context")?,
+                    parent_job_id: row.try_get("parent_job_id")?,
+                    shard_index: row.try_get("shard_index")?,
                 },
                 lease_token: row.try_get("lease_token")?,
                 request_hash: row.try_get("request_hash")?,
@@ -220,6 +222,21 @@ macro_rules! sql_jobs {
                 let now = self.clock.now_ms();
                 let mut tx = self.begin().await?;
                 let id = insert_job_tx(&mut tx, job, spec_json, hash, now).await?;
+                // A lo-fi job's shards, in the same transaction: never a lo-fi job without them.
+                let shards = if job.spec.replicas > 1 { job.spec.replicas } else { 0 };
+                for index in 0..shards {
+                    let shard = NewJob {
+                        request_id: None,
+                        ..job.clone()
+                    };
+                    let shard_id = insert_job_tx(&mut tx, &shard, spec_json, hash, now).await?;
+                    sqlx::query("UPDATE jobs SET parent_job_id = $2, shard_index = $3 WHERE id = $1")
+                        .bind(&shard_id)
+                        .bind(&id)
+                        .bind(index)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 self.notify_in_tx(&mut tx, QUEUE_CHANNEL, "").await?;
                 self.notify_in_tx(&mut tx, JOB_CHANNEL, &id).await?;
                 let job = lock_job(&mut tx, &id).await?.job;

@@ -26,6 +26,8 @@ mod keys;
 #[macro_use]
 mod leadership;
 #[macro_use]
+mod lofi;
+#[macro_use]
 mod models;
 #[macro_use]
 mod queue;
@@ -41,7 +43,17 @@ macro_rules! job_columns {
     () => {
         "id, state, spec, attempt, max_attempts, lease_expires_at, worker_id, run_after, \
          failure_kind, failure_message, sweep_id, request_id, last_seq, created_at, updated_at, \
-         started_at, finished_at, lease_token, request_hash, trace_context, tenant"
+         started_at, finished_at, lease_token, request_hash, trace_context, tenant, \
+         parent_job_id, shard_index"
+    };
+}
+
+/// A lo-fi job is claimable (for its merge step) only when every shard succeeded; a job
+/// without shards trivially is.
+macro_rules! shards_done {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM jobs shard WHERE shard.parent_job_id = jobs.id \
+         AND shard.state <> 'succeeded')"
     };
 }
 
@@ -132,6 +144,7 @@ macro_rules! impl_store {
         sql_artifacts!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
         sql_sweeps!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
         sql_leadership!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
+        sql_lofi!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
         sql_retention!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
         sql_keys!($Store, $Db, lock = $LOCK, skip_locked = $SKIP);
 
@@ -143,6 +156,23 @@ macro_rules! impl_store {
 
             async fn get_job(&self, id: &str) -> Result<JobRecord> {
                 get_job(self, id).await
+            }
+
+            async fn list_shards(&self, parent_id: &str) -> Result<Vec<JobRecord>> {
+                list_shards(self, parent_id).await
+            }
+
+            async fn list_stalled_lofi(&self) -> Result<Vec<JobRecord>> {
+                list_stalled_lofi(self).await
+            }
+
+            async fn fail_waiting_job(
+                &self,
+                id: &str,
+                kind: FailureKind,
+                message: &str,
+            ) -> Result<JobRecord> {
+                fail_waiting_job(self, id, kind, message).await
             }
 
             async fn list_jobs(

@@ -104,13 +104,16 @@ macro_rules! sql_queue {
                 ") expired UNION ALL SELECT * FROM (SELECT ",
                 job_columns!(),
                 " FROM jobs WHERE state = 'queued' AND device = 'any' AND run_after <= $1 \
-                 AND min_memory_bytes <= $3 ORDER BY priority DESC, created_at, id LIMIT 1",
+                 AND min_memory_bytes <= $3 AND ",
+                shards_done!(),
+                " ORDER BY priority DESC, created_at, id LIMIT 1",
                 $SKIP,
                 ") for_any UNION ALL SELECT * FROM (SELECT ",
                 job_columns!(),
                 " FROM jobs WHERE state = 'queued' AND device = $2 AND $2 <> 'any' \
-                 AND run_after <= $1 AND min_memory_bytes <= $3 \
-                 ORDER BY priority DESC, created_at, id LIMIT 1",
+                 AND run_after <= $1 AND min_memory_bytes <= $3 AND ",
+                shards_done!(),
+                " ORDER BY priority DESC, created_at, id LIMIT 1",
                 $SKIP,
                 ") for_device"
             ))

@@ -7,7 +7,7 @@ macro_rules! sql_retention {
         async fn delete_job(store: &$Store, id: &str) -> Result<Vec<String>> {
             let mut tx = store.begin().await?;
             let row = sqlx::query(concat!(
-                "SELECT state, sweep_id FROM jobs WHERE id = $1",
+                "SELECT state, sweep_id, parent_job_id FROM jobs WHERE id = $1",
                 $LOCK
             ))
             .bind(id)
@@ -33,16 +33,48 @@ macro_rules! sql_retention {
                     user: format!("sweep {sweep} (a trial's job is kept with its sweep)"),
                 });
             }
-            let keys: Vec<String> =
-                sqlx::query_scalar("SELECT blob_key FROM artifacts WHERE job_id = $1")
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            // Labels, events, metric points and artifact rows go with it (ON DELETE CASCADE).
-            sqlx::query("DELETE FROM jobs WHERE id = $1")
+            let parent: Option<String> = row.try_get("parent_job_id")?;
+            if let Some(parent) = parent {
+                return Err(StoreError::InUse {
+                    what: format!("job {id}"),
+                    user: format!("lo-fi job {parent} (delete that job, which deletes its shards)"),
+                });
+            }
+            // A lo-fi job goes with its shards, which must have ended too.
+            let shards = sqlx::query("SELECT id, state FROM jobs WHERE parent_job_id = $1")
                 .bind(id)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
+            let mut doomed = vec![id.to_string()];
+            for shard in &shards {
+                let shard_id: String = shard.try_get("id")?;
+                let state: String = shard.try_get("state")?;
+                let state = parse_text("jobs", &state, JobState::parse)?;
+                if !state.is_terminal() {
+                    return Err(StoreError::InvalidTransition {
+                        id: shard_id,
+                        state,
+                        action: "delete (a shard of this job is still running; wait for it)",
+                    });
+                }
+                doomed.push(shard_id);
+            }
+            let mut keys = Vec::new();
+            // Shards first: nothing references a lo-fi job but its shards.
+            for job in doomed.iter().rev() {
+                let blobs: Vec<String> =
+                    sqlx::query_scalar("SELECT blob_key FROM artifacts WHERE job_id = $1")
+                        .bind(job)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                keys.extend(blobs);
+                // Labels, events, metric points and artifact rows go with it (ON DELETE
+                // CASCADE).
+                sqlx::query("DELETE FROM jobs WHERE id = $1")
+                    .bind(job)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             Ok(keys)
         }

@@ -200,3 +200,74 @@ fn a_truncated_merge_reports_its_error_and_a_dora_source_is_refused() {
         "{err:?}"
     );
 }
+
+/// lo-fi on the runner: three shards of the data from the same init, averaged by the merge
+/// step, against one run over all the data with the same spec (`max_steps`) but one replica:
+/// as in lo-fi (Wortsman et al. 2022), each shard runs the job's steps on its share.
+#[test]
+fn lofi_shards_average_to_within_five_percent_of_one_run_of_the_same_spec() {
+    use crate::agent::Part;
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 48;
+    let run = |name: &str, replicas: i32, max_steps: i64, part: Part, sources: Vec<PathBuf>| {
+        let mut spec = tiny_spec("causal_lm", "", max_steps);
+        spec.replicas = replicas;
+        spec.hyperparameters.as_mut().unwrap().eval_every = Some(max_steps);
+        let mut inputs = tiny_inputs(dir.path(), name, spec, None);
+        inputs.validation_file = inputs.training_file.clone();
+        inputs.validation_format = inputs.training_format;
+        inputs.part = part;
+        inputs.merge_sources = sources;
+        let mut rec = Recorder::default();
+        let out = EngineRunner
+            .run(&inputs, &Control::new(), &mut rec)
+            .unwrap();
+        let RunOutcome::Finished { adapter_dir, .. } = out else {
+            panic!("{out:?}")
+        };
+        (adapter_dir, rec)
+    };
+    let shards: Vec<(PathBuf, Recorder)> = (0..3)
+        .map(|index| {
+            run(
+                &format!("shard-{index}"),
+                3,
+                steps,
+                Part::Shard { index, count: 3 },
+                vec![],
+            )
+        })
+        .collect();
+    let (merged_dir, merged) = run(
+        "lofi",
+        3,
+        steps,
+        Part::Combine,
+        shards.iter().map(|(d, _)| d.clone()).collect(),
+    );
+    let (_, single) = run("single", 1, steps, Part::Whole, vec![]);
+    let lofi = last(&merged, metrics::EVAL_LOSS).unwrap();
+    let whole = last(&single, metrics::EVAL_LOSS).unwrap();
+    let per_shard: Vec<f64> = (0..3)
+        .map(|i| last(&merged, &metrics::source_eval_loss(i)).unwrap())
+        .collect();
+    // Each shard's eval, measured by the merge step, is the one its own run reported.
+    for (i, (_, rec)) in shards.iter().enumerate() {
+        let own = last(rec, metrics::EVAL_LOSS).unwrap();
+        assert!(
+            (own - per_shard[i]).abs() < 1e-4,
+            "shard {i}: {own} vs {}",
+            per_shard[i]
+        );
+    }
+    println!(
+        "lo-fi (3 shards × {steps} steps) eval loss {lofi:.4} (shards {:.4} {:.4} {:.4}) vs one run of {steps} steps {whole:.4}",
+        per_shard[0], per_shard[1], per_shard[2]
+    );
+    assert_eq!(read_lora(&merged_dir).unwrap().config.r, 12);
+    assert!(last(&merged, metrics::MERGE_RECONSTRUCTION_ERROR).unwrap() < 1e-6);
+    assert!(
+        (lofi - whole).abs() <= 0.05 * whole,
+        "lo-fi {lofi} vs one run {whole}"
+    );
+}

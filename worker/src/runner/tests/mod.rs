@@ -63,6 +63,7 @@ fn inputs(model: PathBuf, work: &std::path::Path, spec: pb::JobSpec) -> JobInput
         validation_format: pb::DatasetFormat::Classification,
         resume_from: None,
         merge_sources: Vec::new(),
+        part: crate::agent::Part::Whole,
         work_dir: work.to_path_buf(),
     }
 }
@@ -287,6 +288,7 @@ fn tiny_inputs(
         validation_format: pb::DatasetFormat::Unspecified,
         resume_from,
         merge_sources: Vec::new(),
+        part: crate::agent::Part::Whole,
         work_dir,
     }
 }

@@ -52,7 +52,7 @@ ARTIFACT_KIND_CHECKPOINT: ArtifactKind
 ARTIFACT_KIND_MERGED: ArtifactKind
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "training_file", "validation_file", "method", "hyperparameters", "resources", "priority", "max_attempts", "labels", "task", "preference", "export_merged", "merged_dtype", "merge")
+    __slots__ = ("base_model", "training_file", "validation_file", "method", "hyperparameters", "resources", "priority", "max_attempts", "labels", "task", "preference", "export_merged", "merged_dtype", "merge", "replicas")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class JobSpec(_message.Message):
     EXPORT_MERGED_FIELD_NUMBER: _ClassVar[int]
     MERGED_DTYPE_FIELD_NUMBER: _ClassVar[int]
     MERGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     training_file: str
     validation_file: str
@@ -88,7 +89,8 @@ class JobSpec(_message.Message):
     export_merged: bool
     merged_dtype: str
     merge: Merge
-    def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., export_merged: _Optional[bool] = ..., merged_dtype: _Optional[str] = ..., merge: _Optional[_Union[Merge, _Mapping]] = ...) -> None: ...
+    replicas: int
+    def __init__(self, base_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[str] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., export_merged: _Optional[bool] = ..., merged_dtype: _Optional[str] = ..., merge: _Optional[_Union[Merge, _Mapping]] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class Merge(_message.Message):
     __slots__ = ("sources", "method", "weights", "rank", "density")
@@ -237,7 +239,7 @@ class Failure(_message.Message):
     def __init__(self, kind: _Optional[_Union[FailureKind, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "attempt", "max_attempts", "created_at", "updated_at", "started_at", "finished_at", "run_after", "failure", "sweep_id", "last_seq", "request_id")
+    __slots__ = ("id", "state", "spec", "attempt", "max_attempts", "created_at", "updated_at", "started_at", "finished_at", "run_after", "failure", "sweep_id", "last_seq", "request_id", "parent_job_id", "shard_index")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +254,8 @@ class Job(_message.Message):
     SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     spec: JobSpec
@@ -266,7 +270,9 @@ class Job(_message.Message):
     sweep_id: str
     last_seq: int
     request_id: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., sweep_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    parent_job_id: str
+    shard_index: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., sweep_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., request_id: _Optional[str] = ..., parent_job_id: _Optional[str] = ..., shard_index: _Optional[int] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec", "request_id")

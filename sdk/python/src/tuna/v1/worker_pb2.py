@@ -28,17 +28,17 @@ from tuna.v1 import job_pb2 as tuna_dot_v1_dot_job__pb2
 from tuna.v1 import model_pb2 as tuna_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tuna/v1/worker.proto\x12\x07tuna.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12tuna/v1/file.proto\x1a\x11tuna/v1/job.proto\x1a\x13tuna/v1/model.proto\"n\n\x14\x44ownloadInputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x11\n\x07\x66ile_id\x18\x03 \x01(\tH\x00\x12\x15\n\x0b\x61rtifact_id\x18\x04 \x01(\tH\x00\x42\x07\n\x05input\"v\n\x15\x44ownloadInputResponse\x12\x1d\n\x04\x66ile\x18\x01 \x01(\x0b\x32\r.tuna.v1.FileH\x00\x12%\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x11.tuna.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"j\n\x12WorkerCapabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x17\n\x0f\x66ree_disk_bytes\x18\x03 \x01(\x03\x12\x15\n\rcached_models\x18\x04 \x03(\t\"X\n\x15RegisterWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.tuna.v1.WorkerCapabilities\"e\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11lease_duration_ms\x18\x02 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\"7\n\x11\x41\x63quireJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\x03\"3\n\x12\x41\x63quireJobResponse\x12\x1d\n\x05lease\x18\x01 \x01(\x0b\x32\x0e.tuna.v1.Lease\"\xe2\x02\n\x05Lease\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x04spec\x18\x05 \x01(\x0b\x32\x10.tuna.v1.JobSpec\x12&\n\x0bresume_from\x18\x06 \x01(\x0b\x32\x11.tuna.v1.Artifact\x12\x1d\n\x05model\x18\x07 \x01(\x0b\x32\x0e.tuna.v1.Model\x12$\n\rtraining_file\x18\x08 \x01(\x0b\x32\r.tuna.v1.File\x12&\n\x0fvalidation_file\x18\t \x01(\x0b\x32\r.tuna.v1.File\x12\x14\n\x0ctrace_parent\x18\n \x01(\t\x12(\n\rmerge_sources\x18\x0b \x03(\x0b\x32\x11.tuna.v1.Artifact\"E\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\"p\n\x11HeartbeatResponse\x12%\n\tdirective\x18\x01 \x01(\x0e\x32\x12.tuna.v1.Directive\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x14ReportMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12$\n\x06points\x18\x03 \x03(\x0b\x32\x14.tuna.v1.MetricPoint\"P\n\x15ReportMetricsResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\x12%\n\tdirective\x18\x02 \x01(\x0e\x32\x12.tuna.v1.Directive\"\xa0\x01\n\x14UploadArtifactHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.tuna.v1.ArtifactKind\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"a\n\x15UploadArtifactRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.tuna.v1.UploadArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"\\\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x07outcome\x18\x03 \x01(\x0e\x32\x10.tuna.v1.Outcome\"7\n\x13\x43ompleteJobResponse\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.tuna.v1.JobState\"j\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.tuna.v1.FailureKind\x12\x0f\n\x07message\x18\x04 \x01(\t\"v\n\x0f\x46\x61ilJobResponse\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.tuna.v1.JobState\x12\x12\n\nwill_retry\x18\x02 \x01(\x08\x12-\n\trun_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12ListWorkersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x16\n\x0eseen_within_ms\x18\x02 \x01(\x03\"\xc9\x01\n\nWorkerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x16\n\x0e\x63urrent_job_id\x18\x05 \x01(\t\x12\x31\n\rregistered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x13ListWorkersResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.tuna.v1.WorkerInfo*\x83\x01\n\tDirective\x12\x19\n\x15\x44IRECTIVE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTIVE_CONTINUE\x10\x01\x12\x14\n\x10\x44IRECTIVE_CANCEL\x10\x02\x12\x13\n\x0f\x44IRECTIVE_PAUSE\x10\x03\x12\x18\n\x14\x44IRECTIVE_STOP_EARLY\x10\x04*z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x15\n\x11OUTCOME_CANCELLED\x10\x02\x12\x12\n\x0eOUTCOME_PAUSED\x10\x03\x12\x14\n\x10OUTCOME_RELEASED\x10\x04\x32\xde\x04\n\rWorkerService\x12Q\n\x0eRegisterWorker\x12\x1e.tuna.v1.RegisterWorkerRequest\x1a\x1f.tuna.v1.RegisterWorkerResponse\x12\x45\n\nAcquireJob\x12\x1a.tuna.v1.AcquireJobRequest\x1a\x1b.tuna.v1.AcquireJobResponse\x12\x42\n\tHeartbeat\x12\x19.tuna.v1.HeartbeatRequest\x1a\x1a.tuna.v1.HeartbeatResponse\x12N\n\rReportMetrics\x12\x1d.tuna.v1.ReportMetricsRequest\x1a\x1e.tuna.v1.ReportMetricsResponse\x12\x45\n\x0eUploadArtifact\x12\x1e.tuna.v1.UploadArtifactRequest\x1a\x11.tuna.v1.Artifact(\x01\x12H\n\x0b\x43ompleteJob\x12\x1b.tuna.v1.CompleteJobRequest\x1a\x1c.tuna.v1.CompleteJobResponse\x12<\n\x07\x46\x61ilJob\x12\x17.tuna.v1.FailJobRequest\x1a\x18.tuna.v1.FailJobResponse\x12P\n\rDownloadInput\x12\x1d.tuna.v1.DownloadInputRequest\x1a\x1e.tuna.v1.DownloadInputResponse0\x01\x32X\n\x0c\x46leetService\x12H\n\x0bListWorkers\x12\x1b.tuna.v1.ListWorkersRequest\x1a\x1c.tuna.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tuna/v1/worker.proto\x12\x07tuna.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12tuna/v1/file.proto\x1a\x11tuna/v1/job.proto\x1a\x13tuna/v1/model.proto\"n\n\x14\x44ownloadInputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x11\n\x07\x66ile_id\x18\x03 \x01(\tH\x00\x12\x15\n\x0b\x61rtifact_id\x18\x04 \x01(\tH\x00\x42\x07\n\x05input\"v\n\x15\x44ownloadInputResponse\x12\x1d\n\x04\x66ile\x18\x01 \x01(\x0b\x32\r.tuna.v1.FileH\x00\x12%\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x11.tuna.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"j\n\x12WorkerCapabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x17\n\x0f\x66ree_disk_bytes\x18\x03 \x01(\x03\x12\x15\n\rcached_models\x18\x04 \x03(\t\"X\n\x15RegisterWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.tuna.v1.WorkerCapabilities\"e\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11lease_duration_ms\x18\x02 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\"7\n\x11\x41\x63quireJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\x03\"3\n\x12\x41\x63quireJobResponse\x12\x1d\n\x05lease\x18\x01 \x01(\x0b\x32\x0e.tuna.v1.Lease\"\x81\x03\n\x05Lease\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x04spec\x18\x05 \x01(\x0b\x32\x10.tuna.v1.JobSpec\x12&\n\x0bresume_from\x18\x06 \x01(\x0b\x32\x11.tuna.v1.Artifact\x12\x1d\n\x05model\x18\x07 \x01(\x0b\x32\x0e.tuna.v1.Model\x12$\n\rtraining_file\x18\x08 \x01(\x0b\x32\r.tuna.v1.File\x12&\n\x0fvalidation_file\x18\t \x01(\x0b\x32\r.tuna.v1.File\x12\x14\n\x0ctrace_parent\x18\n \x01(\t\x12(\n\rmerge_sources\x18\x0b \x03(\x0b\x32\x11.tuna.v1.Artifact\x12\x1d\n\x05shard\x18\x0c \x01(\x0b\x32\x0e.tuna.v1.Shard\"%\n\x05Shard\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"E\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\"p\n\x11HeartbeatResponse\x12%\n\tdirective\x18\x01 \x01(\x0e\x32\x12.tuna.v1.Directive\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x14ReportMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12$\n\x06points\x18\x03 \x03(\x0b\x32\x14.tuna.v1.MetricPoint\"P\n\x15ReportMetricsResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\x12%\n\tdirective\x18\x02 \x01(\x0e\x32\x12.tuna.v1.Directive\"\xa0\x01\n\x14UploadArtifactHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.tuna.v1.ArtifactKind\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"a\n\x15UploadArtifactRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.tuna.v1.UploadArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"\\\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x07outcome\x18\x03 \x01(\x0e\x32\x10.tuna.v1.Outcome\"7\n\x13\x43ompleteJobResponse\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.tuna.v1.JobState\"j\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.tuna.v1.FailureKind\x12\x0f\n\x07message\x18\x04 \x01(\t\"v\n\x0f\x46\x61ilJobResponse\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.tuna.v1.JobState\x12\x12\n\nwill_retry\x18\x02 \x01(\x08\x12-\n\trun_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12ListWorkersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x16\n\x0eseen_within_ms\x18\x02 \x01(\x03\"\xc9\x01\n\nWorkerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x16\n\x0e\x63urrent_job_id\x18\x05 \x01(\t\x12\x31\n\rregistered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x13ListWorkersResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.tuna.v1.WorkerInfo*\x83\x01\n\tDirective\x12\x19\n\x15\x44IRECTIVE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTIVE_CONTINUE\x10\x01\x12\x14\n\x10\x44IRECTIVE_CANCEL\x10\x02\x12\x13\n\x0f\x44IRECTIVE_PAUSE\x10\x03\x12\x18\n\x14\x44IRECTIVE_STOP_EARLY\x10\x04*z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x15\n\x11OUTCOME_CANCELLED\x10\x02\x12\x12\n\x0eOUTCOME_PAUSED\x10\x03\x12\x14\n\x10OUTCOME_RELEASED\x10\x04\x32\xde\x04\n\rWorkerService\x12Q\n\x0eRegisterWorker\x12\x1e.tuna.v1.RegisterWorkerRequest\x1a\x1f.tuna.v1.RegisterWorkerResponse\x12\x45\n\nAcquireJob\x12\x1a.tuna.v1.AcquireJobRequest\x1a\x1b.tuna.v1.AcquireJobResponse\x12\x42\n\tHeartbeat\x12\x19.tuna.v1.HeartbeatRequest\x1a\x1a.tuna.v1.HeartbeatResponse\x12N\n\rReportMetrics\x12\x1d.tuna.v1.ReportMetricsRequest\x1a\x1e.tuna.v1.ReportMetricsResponse\x12\x45\n\x0eUploadArtifact\x12\x1e.tuna.v1.UploadArtifactRequest\x1a\x11.tuna.v1.Artifact(\x01\x12H\n\x0b\x43ompleteJob\x12\x1b.tuna.v1.CompleteJobRequest\x1a\x1c.tuna.v1.CompleteJobResponse\x12<\n\x07\x46\x61ilJob\x12\x17.tuna.v1.FailJobRequest\x1a\x18.tuna.v1.FailJobResponse\x12P\n\rDownloadInput\x12\x1d.tuna.v1.DownloadInputRequest\x1a\x1e.tuna.v1.DownloadInputResponse0\x01\x32X\n\x0c\x46leetService\x12H\n\x0bListWorkers\x12\x1b.tuna.v1.ListWorkersRequest\x1a\x1c.tuna.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuna.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTIVE']._serialized_start=2464
-  _globals['_DIRECTIVE']._serialized_end=2595
-  _globals['_OUTCOME']._serialized_start=2597
-  _globals['_OUTCOME']._serialized_end=2719
+  _globals['_DIRECTIVE']._serialized_start=2534
+  _globals['_DIRECTIVE']._serialized_end=2665
+  _globals['_OUTCOME']._serialized_start=2667
+  _globals['_OUTCOME']._serialized_end=2789
   _globals['_DOWNLOADINPUTREQUEST']._serialized_start=126
   _globals['_DOWNLOADINPUTREQUEST']._serialized_end=236
   _globals['_DOWNLOADINPUTRESPONSE']._serialized_start=238
@@ -54,35 +54,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACQUIREJOBRESPONSE']._serialized_start=716
   _globals['_ACQUIREJOBRESPONSE']._serialized_end=767
   _globals['_LEASE']._serialized_start=770
-  _globals['_LEASE']._serialized_end=1124
-  _globals['_HEARTBEATREQUEST']._serialized_start=1126
-  _globals['_HEARTBEATREQUEST']._serialized_end=1195
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1197
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1309
-  _globals['_REPORTMETRICSREQUEST']._serialized_start=1311
-  _globals['_REPORTMETRICSREQUEST']._serialized_end=1408
-  _globals['_REPORTMETRICSRESPONSE']._serialized_start=1410
-  _globals['_REPORTMETRICSRESPONSE']._serialized_end=1490
-  _globals['_UPLOADARTIFACTHEADER']._serialized_start=1493
-  _globals['_UPLOADARTIFACTHEADER']._serialized_end=1653
-  _globals['_UPLOADARTIFACTREQUEST']._serialized_start=1655
-  _globals['_UPLOADARTIFACTREQUEST']._serialized_end=1752
-  _globals['_COMPLETEJOBREQUEST']._serialized_start=1754
-  _globals['_COMPLETEJOBREQUEST']._serialized_end=1846
-  _globals['_COMPLETEJOBRESPONSE']._serialized_start=1848
-  _globals['_COMPLETEJOBRESPONSE']._serialized_end=1903
-  _globals['_FAILJOBREQUEST']._serialized_start=1905
-  _globals['_FAILJOBREQUEST']._serialized_end=2011
-  _globals['_FAILJOBRESPONSE']._serialized_start=2013
-  _globals['_FAILJOBRESPONSE']._serialized_end=2131
-  _globals['_LISTWORKERSREQUEST']._serialized_start=2133
-  _globals['_LISTWORKERSREQUEST']._serialized_end=2196
-  _globals['_WORKERINFO']._serialized_start=2199
-  _globals['_WORKERINFO']._serialized_end=2400
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=2402
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2461
-  _globals['_WORKERSERVICE']._serialized_start=2722
-  _globals['_WORKERSERVICE']._serialized_end=3328
-  _globals['_FLEETSERVICE']._serialized_start=3330
-  _globals['_FLEETSERVICE']._serialized_end=3418
+  _globals['_LEASE']._serialized_end=1155
+  _globals['_SHARD']._serialized_start=1157
+  _globals['_SHARD']._serialized_end=1194
+  _globals['_HEARTBEATREQUEST']._serialized_start=1196
+  _globals['_HEARTBEATREQUEST']._serialized_end=1265
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1267
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1379
+  _globals['_REPORTMETRICSREQUEST']._serialized_start=1381
+  _globals['_REPORTMETRICSREQUEST']._serialized_end=1478
+  _globals['_REPORTMETRICSRESPONSE']._serialized_start=1480
+  _globals['_REPORTMETRICSRESPONSE']._serialized_end=1560
+  _globals['_UPLOADARTIFACTHEADER']._serialized_start=1563
+  _globals['_UPLOADARTIFACTHEADER']._serialized_end=1723
+  _globals['_UPLOADARTIFACTREQUEST']._serialized_start=1725
+  _globals['_UPLOADARTIFACTREQUEST']._serialized_end=1822
+  _globals['_COMPLETEJOBREQUEST']._serialized_start=1824
+  _globals['_COMPLETEJOBREQUEST']._serialized_end=1916
+  _globals['_COMPLETEJOBRESPONSE']._serialized_start=1918
+  _globals['_COMPLETEJOBRESPONSE']._serialized_end=1973
+  _globals['_FAILJOBREQUEST']._serialized_start=1975
+  _globals['_FAILJOBREQUEST']._serialized_end=2081
+  _globals['_FAILJOBRESPONSE']._serialized_start=2083
+  _globals['_FAILJOBRESPONSE']._serialized_end=2201
+  _globals['_LISTWORKERSREQUEST']._serialized_start=2203
+  _globals['_LISTWORKERSREQUEST']._serialized_end=2266
+  _globals['_WORKERINFO']._serialized_start=2269
+  _globals['_WORKERINFO']._serialized_end=2470
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2472
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2531
+  _globals['_WORKERSERVICE']._serialized_start=2792
+  _globals['_WORKERSERVICE']._serialized_end=3398
+  _globals['_FLEETSERVICE']._serialized_start=3400
+  _globals['_FLEETSERVICE']._serialized_end=3488
 # @@protoc_insertion_point(module_scope)

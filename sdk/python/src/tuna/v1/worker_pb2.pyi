@@ -106,7 +106,7 @@ class AcquireJobResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("job_id", "attempt", "lease_token", "expires_at", "spec", "resume_from", "model", "training_file", "validation_file", "trace_parent", "merge_sources")
+    __slots__ = ("job_id", "attempt", "lease_token", "expires_at", "spec", "resume_from", "model", "training_file", "validation_file", "trace_parent", "merge_sources", "shard")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class Lease(_message.Message):
     VALIDATION_FILE_FIELD_NUMBER: _ClassVar[int]
     TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
     MERGE_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     lease_token: str
@@ -129,7 +130,16 @@ class Lease(_message.Message):
     validation_file: _file_pb2.File
     trace_parent: str
     merge_sources: _containers.RepeatedCompositeFieldContainer[_job_pb2.Artifact]
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., resume_from: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ..., model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ..., training_file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., validation_file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., trace_parent: _Optional[str] = ..., merge_sources: _Optional[_Iterable[_Union[_job_pb2.Artifact, _Mapping]]] = ...) -> None: ...
+    shard: Shard
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., resume_from: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ..., model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ..., training_file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., validation_file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., trace_parent: _Optional[str] = ..., merge_sources: _Optional[_Iterable[_Union[_job_pb2.Artifact, _Mapping]]] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ...) -> None: ...
+
+class Shard(_message.Message):
+    __slots__ = ("index", "count")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    count: int
+    def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("job_id", "lease_token", "step")
