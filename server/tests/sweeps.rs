@@ -73,6 +73,7 @@ fn spec(algorithm: &str, variant: &str, trials: i32, parallelism: i32) -> pb::Sw
             ..Default::default()
         }),
         seed: 7,
+        final_merge: None,
     }
 }
 
@@ -97,6 +98,34 @@ async fn bad_sweep_specs_are_invalid_argument_naming_the_field(pool: sqlx::PgPoo
     type Edit = fn(&mut pb::SweepSpec);
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("empty space", |s| s.parameters.clear(), "spec.parameters"),
+        (
+            "final merge of one trial",
+            |s| {
+                s.final_merge = Some(pb::FinalMerge {
+                    top_k: 1,
+                    ..Default::default()
+                })
+            },
+            "spec.final_merge.top_k",
+        ),
+        (
+            "final merge of dora trials",
+            |s| {
+                s.final_merge = Some(pb::FinalMerge::default());
+                s.template.as_mut().unwrap().method.as_mut().unwrap().r#type = "dora".into();
+            },
+            "spec.final_merge",
+        ),
+        (
+            "final merge by an unknown method",
+            |s| {
+                s.final_merge = Some(pb::FinalMerge {
+                    method: "soup".into(),
+                    ..Default::default()
+                })
+            },
+            "spec.final_merge.method",
+        ),
         (
             "min > max",
             |s| {
@@ -558,6 +587,48 @@ async fn the_embedded_sqlite_store_drives_a_sweep_too() {
     let trials = store.list_trials(&sweep.id).await.unwrap();
     assert_no_duplicates(&trials);
     assert_eq!(trials.iter().filter(|t| t.run == 0).count(), 5);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_succeeding_sweep_with_a_final_merge_queues_a_merge_of_its_best_trials(
+    pool: sqlx::PgPool,
+) {
+    let (store, clock) = support::pg_store(pool).await;
+    let mut s = spec("carbs", "stopping", 5, 2);
+    s.final_merge = Some(pb::FinalMerge {
+        top_k: 3,
+        ..Default::default()
+    });
+    let sweep = create(&store, s).await;
+    drive(&store, &clock, &sweep.id, 2, 1000).await;
+    let done = store.get_sweep(&sweep.id).await.unwrap();
+    assert_eq!(done.state, SweepState::Succeeded, "{}", done.message);
+    let id = done
+        .message
+        .split("merging the best 3 trials in job ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no merge job in {:?}", done.message));
+    let merge = store.get_job(id).await.unwrap();
+    let m = merge.spec.merge.clone().unwrap();
+    assert_eq!(m.method, tuna_spec::MergeMethod::ModelStock);
+    assert_eq!(
+        merge.spec.labels.get("final_merge_of"),
+        Some(&sweep.id),
+        "labelled with its sweep"
+    );
+    // The three best observed trials (loss is minimised), best first.
+    let mut observed: Vec<(f64, String)> = store
+        .list_trials(&sweep.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| !t.failed)
+        .filter_map(|t| Some((t.objective?, t.job_id?)))
+        .collect();
+    observed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let best: Vec<String> = observed.into_iter().take(3).map(|(_, j)| j).collect();
+    assert_eq!(m.sources, best);
 }
 
 #[sqlx::test(migrations = false)]

@@ -197,6 +197,11 @@ impl SweepService for Sweeps {
             )
             .into());
         }
+        if let Err(v) =
+            crate::sweeps::final_merge::parse(req.spec.as_ref().unwrap_or(&Default::default()))
+        {
+            return Err(ApiError::field(&v.field, v.description).into());
+        }
         if t.replicas > 1 {
             return Err(ApiError::field(
                 "spec.template.replicas",

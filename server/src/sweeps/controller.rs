@@ -376,7 +376,11 @@ impl Controller {
                 None
             };
             if let Some(reason) = reason {
-                adv.finish = Some(verdict(&trials, &adv, plan, reason));
+                let (state, mut message) = verdict(&trials, &adv, plan, reason);
+                if state == SweepState::Succeeded {
+                    message.push_str(&final_merge(&store, sweep, &trials, &adv, plan).await?);
+                }
+                adv.finish = Some((state, message));
             }
         }
 
@@ -452,6 +456,67 @@ fn observation(plan: &SweepPlan, job: &JobRecord, p: &TrialProgress, sign: f64) 
         resource: Some(p.steps as f64),
         reports: Vec::new(),
     }
+}
+
+/// Creates the merge job of a succeeding sweep's best trials when its spec asks for one
+/// (idempotently: a retried round finds the job its first try created); returns what to add
+/// to the sweep's message.
+async fn final_merge(
+    store: &Arc<dyn Store>,
+    sweep: &SweepRecord,
+    trials: &[TrialRecord],
+    adv: &SweepAdvance,
+    plan: &SweepPlan,
+) -> Result<String, ControllerError> {
+    let spec = <tuna_proto::v1::SweepSpec as prost::Message>::decode(&sweep.spec[..])
+        .map_err(|e| ControllerError::Broken(format!("stored sweep spec: {e}")))?;
+    let fm = match super::final_merge::parse(&spec) {
+        Ok(Some(fm)) => fm,
+        Ok(None) => return Ok(String::new()),
+        Err(v) => return Ok(format!("; no final merge: {}: {}", v.field, v.description)),
+    };
+    let mut runs = Vec::new();
+    for t in trials {
+        let result = adv
+            .results
+            .iter()
+            .find(|r| r.trial == t.trial && r.run == t.run);
+        let (objective, failed) = match result {
+            Some(r) => (r.objective, r.failed),
+            None => (t.objective, t.failed),
+        };
+        if let (Some(job), Some(v), false) = (&t.job_id, objective, failed) {
+            runs.push((t.trial, job.clone(), v));
+        }
+    }
+    let sources = super::final_merge::top_k(&runs, fm.top_k.max(2) as usize, plan.maximize);
+    if sources.len() < 2 {
+        return Ok(format!(
+            "; no final merge: {} trial(s) succeeded, a merge needs 2",
+            sources.len()
+        ));
+    }
+    let template = spec.template.clone().unwrap_or_default();
+    let job_spec = super::final_merge::merge_spec(&template, &fm, &sources, &sweep.id);
+    let spec = crate::domain::spec::JobSpec::from_proto(Some(&job_spec))
+        .map_err(|v| ControllerError::Broken(format!("final merge spec: {:?}", v.first())))?;
+    let (job, _) = store
+        .create_job(NewJob {
+            tenant: sweep.tenant.clone(),
+            spec,
+            request_id: Some(format!("{}-final-merge", sweep.id)),
+            sweep_id: None,
+            resume_from_job: None,
+            trace_context: tuna_telemetry::propagation::current_traceparent(),
+        })
+        .await?;
+    tracing::info!(sweep = %sweep.id, job = %job.id, "final merge job created");
+    Ok(format!(
+        "; merging the best {} trials in job {} ({})",
+        sources.len(),
+        job.id,
+        fm.method
+    ))
 }
 
 /// SUCCEEDED with the best trial when any run gave a value, FAILED when none did.

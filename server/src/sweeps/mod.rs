@@ -2,6 +2,7 @@
 //! JobSpec, the durable event log of the search algorithm, and the leader-only controller.
 
 pub mod controller;
+pub mod final_merge;
 pub mod log;
 pub mod params;
 pub mod plan;

@@ -112,6 +112,21 @@ fn every_method_exports_what_loads_back_with_its_logits_written_for_the_peft_che
     s.export_merged = true;
     s.merged_dtype = "bf16".into();
     cases.push(("lora_merged_bf16", s));
+    // A merge job over two of the LoRA adapters above (its output is a PEFT LoRA too).
+    cases.push((
+        "merge_model_stock",
+        pb::JobSpec {
+            base_model: "tiny".into(),
+            task: "merge".into(),
+            merge: Some(pb::Merge {
+                sources: vec!["job_lora".into(), "job_lora_dpo".into()],
+                method: "model_stock".into(),
+                ..Default::default()
+            }),
+            export_merged: true,
+            ..Default::default()
+        },
+    ));
     let ids = Tensor::from_vec(
         vec![1u32, 5, 9, 13, 17, 21, 25, 2, 4, 8, 16, 32, 64, 100],
         (2, 7),
@@ -119,10 +134,14 @@ fn every_method_exports_what_loads_back_with_its_logits_written_for_the_peft_che
     )
     .unwrap();
     let mut manifest = Vec::new();
+    let mut exported: std::collections::HashMap<&str, PathBuf> = std::collections::HashMap::new();
     for (name, spec) in cases {
         let control = Control::new();
         let mut rec = Recorder::default();
-        let inputs = tiny_inputs(&root, name, spec, None);
+        let mut inputs = tiny_inputs(&root, name, spec, None);
+        if name.starts_with("merge") {
+            inputs.merge_sources = vec![exported["lora"].clone(), exported["lora_dpo"].clone()];
+        }
         let out = EngineRunner.run(&inputs, &control, &mut rec).unwrap();
         let RunOutcome::Finished {
             adapter_dir,
@@ -137,6 +156,7 @@ fn every_method_exports_what_loads_back_with_its_logits_written_for_the_peft_che
             inputs.spec.export_merged.is_some(),
             "{name}"
         );
+        exported.insert(name, adapter_dir.clone());
         let base = Llama::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).unwrap();
         let mut model = Llama::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).unwrap();
         load_adapter(&adapter_dir, &mut model).unwrap_or_else(|e| panic!("{name}: {e}"));
