@@ -163,6 +163,17 @@ async fn a_lofi_job_survives_a_killed_worker_and_averages_to_within_five_percent
         "{claimed_by:?}"
     );
 
+    // Watching the lo-fi job follows its shards: three first claims, the reclaim of the killed
+    // worker's shard, and three successes, as events of the job itself.
+    let shard_events: Vec<&str> = updates
+        .iter()
+        .filter(|u| u["kind"] == "shard")
+        .filter_map(|u| u["message"].as_str())
+        .collect();
+    let count = |what: &str| shard_events.iter().filter(|m| m.contains(what)).count();
+    assert_eq!(count("claimed"), 4, "{shard_events:?}");
+    assert_eq!(count("ended: succeeded"), 3, "{shard_events:?}");
+
     let merged = last(&updates, "eval_loss").unwrap();
     let per_shard: Vec<f64> = (0..3)
         .map(|i| last(&updates, &format!("source{i}_eval_loss")).unwrap())

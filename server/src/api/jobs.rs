@@ -147,7 +147,13 @@ impl JobService for Jobs {
         if req.request_id.len() > 128 {
             return Err(ApiError::field("request_id", "must be at most 128 characters").into());
         }
-        require_quota(&self.ctx, &caller, 1, 0).await?;
+        // A lo-fi job queues its shards with it.
+        let queued = 1 + if spec.replicas > 1 {
+            spec.replicas as u64
+        } else {
+            0
+        };
+        require_quota(&self.ctx, &caller, queued, 0).await?;
         let (job, created) = self
             .ctx
             .store

@@ -83,6 +83,23 @@ macro_rules! sql_queue {
             row.map(|r| Ok((r.try_get("attempt")?, r.try_get("last_seq")?))).transpose()
         }
 
+        /// Records what happened to a lo-fi shard in its lo-fi job's history too (an event of
+        /// kind `shard`), so watching the job follows its shards. Locks the shard's row before
+        /// the job's, the only order in which both are locked. Returns the job to notify.
+        async fn note_parent(tx: &mut Tx, shard_id: &str, what: &str, now: i64) -> Result<Option<String>> {
+            let row = sqlx::query("SELECT parent_job_id, shard_index FROM jobs WHERE id = $1")
+                .bind(shard_id)
+                .fetch_one(&mut **tx)
+                .await?;
+            let parent: Option<String> = row.try_get("parent_job_id")?;
+            let Some(parent) = parent else { return Ok(None) };
+            let index: Option<i32> = row.try_get("shard_index")?;
+            let job = lock_job(tx, &parent).await?.job;
+            let message = format!("shard {} ({shard_id}): {what}", index.unwrap_or_default());
+            push_event(tx, &parent, "shard", job.state, &message, job.attempt, now).await?;
+            Ok(Some(parent))
+        }
+
         #[tracing::instrument(skip_all, fields(worker = %worker.id))]
         async fn claim_job(store: &$Store, worker: &WorkerRecord) -> Result<Option<Lease>> {
             let now = store.clock.now_ms();
@@ -170,6 +187,7 @@ macro_rules! sql_queue {
             let job = job_from_row(&row)?.job;
             let first_seq = job.last_seq + 1 - events.len() as i64;
             insert_events(&mut tx, &job.id, first_seq, &events, now).await?;
+            let parent = note_parent(&mut tx, &job.id, &claimed_msg, now).await?;
             let resume_from = match resume_job {
                 Some(id) if id != job.id => promotion_checkpoint(&mut tx, &job, &id).await?,
                 Some(id) => latest_checkpoint(&mut tx, &id).await?,
@@ -178,6 +196,10 @@ macro_rules! sql_queue {
             tx.commit().await?;
             store.notifier.job_changed(&job.id);
             store.notify_after_commit(JOB_CHANNEL, &job.id);
+            if let Some(parent) = parent {
+                store.notifier.job_changed(&parent);
+                store.notify_after_commit(JOB_CHANNEL, &parent);
+            }
             // The API logs the claim in the job's trace.
             tracing::debug!(job = %job.id, attempt, "job claimed");
             Ok(Some(Lease {
@@ -378,9 +400,14 @@ macro_rules! sql_queue {
             let msg = format!("attempt {attempt} ended: {}", outcome.as_str());
             insert_events(&mut tx, fence.job_id, seq, &[(outcome.as_str(), target, &msg, attempt)], now)
                 .await?;
+            let parent = note_parent(&mut tx, fence.job_id, &msg, now).await?;
             tx.commit().await?;
             store.notifier.job_changed(fence.job_id);
             store.notify_after_commit(JOB_CHANNEL, fence.job_id);
+            if let Some(parent) = parent {
+                store.notifier.job_changed(&parent);
+                store.notify_after_commit(JOB_CHANNEL, &parent);
+            }
             if target == JobState::Queued {
                 store.notifier.queue_changed();
                 store.notify_after_commit(QUEUE_CHANNEL, "");
@@ -422,9 +449,14 @@ macro_rules! sql_queue {
             };
             let event = if retry { "retry_scheduled" } else { "failed" };
             insert_events(&mut tx, &job.id, seq, &[(event, target, &msg, job.attempt)], now).await?;
+            let parent = note_parent(&mut tx, &job.id, &msg, now).await?;
             tx.commit().await?;
             store.notifier.job_changed(&job.id);
             store.notify_after_commit(JOB_CHANNEL, &job.id);
+            if let Some(parent) = parent {
+                store.notifier.job_changed(&parent);
+                store.notify_after_commit(JOB_CHANNEL, &parent);
+            }
             Ok(FailReply {
                 state: target,
                 will_retry: retry,
