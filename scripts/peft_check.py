@@ -15,8 +15,8 @@ the export (PEFT `LORA`, `IA3`, `PROMPT_TUNING`, `PREFIX_TUNING` through
 all be known to transformers), runs the same token ids and prints the largest logit
 difference; it exits non-zero when any exceeds 1e-4. Where the job also exported a merged model
 (`export_merged`), transformers loads that folder on its own (`from_pretrained`, no PEFT) and
-its logits are compared the same way (f32 merges to 1e-4; a bf16 merge is printed with its
-rounding error and held to 0.1).
+its logits are compared with Tuna's and with PEFT's base + adapter (the larger difference is
+printed; f32 merges to 1e-4; a bf16 merge is printed with its rounding error and held to 0.1).
 """
 
 import json
@@ -70,6 +70,8 @@ def main() -> int:
             with torch.no_grad():
                 m = merged(input_ids=ids).logits.float()
             diff = (m - saved["logits"].float()).abs().max().item()
+            # And against base + adapter in PEFT itself, not only against Tuna's logits.
+            diff = max(diff, (m - logits.float()).abs().max().item())
             dtype = str(next(merged.parameters()).dtype).removeprefix("torch.")
             limit = 0.1 if dtype == "bfloat16" else TOLERANCE
             if limit == TOLERANCE:
