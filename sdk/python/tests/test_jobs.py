@@ -201,3 +201,31 @@ def test_a_merge_job_merges_finished_lora_jobs_on_a_worker(
     assert 0 <= values["model_stock_ratio"] <= 1
     # Rank 0 = 8 + 4: the merge is held exactly.
     assert values["merge_reconstruction_error"] < 1e-6
+
+
+def test_a_lofi_job_trains_its_shards_then_averages_them(
+    client: tuna.Client, model: tuna.Model, dataset: tuna.File
+) -> None:
+    job = client.jobs.create(
+        model=model,
+        training_file=dataset,
+        validation_file=dataset,
+        method=tuna.LoRA(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+        hyperparameters=tuna.Hyperparameters(learning_rate=1e-2, max_steps=6, batch_size=4, seed=3),
+        replicas=2,
+    )
+    assert job.spec.replicas == 2 and job.parent_job_id == ""
+    values: dict[str, float] = {}
+    kinds = []
+    for update in job.watch():
+        if isinstance(update, tuna.MetricPoint):
+            values.update(update.values)
+        else:
+            kinds.append(update.kind)
+    job = job.refresh()
+    assert job.state is tuna.JobState.SUCCEEDED, job.failure
+    shards = [j for j in client.jobs.list() if j.parent_job_id == job.id]
+    assert sorted(s.shard_index for s in shards) == [0, 1]
+    assert all(s.state is tuna.JobState.SUCCEEDED for s in shards)
+    assert kinds.count("shard") >= 4  # each shard's claim and end
+    assert {"source0_eval_loss", "source1_eval_loss", "eval_loss"} <= values.keys()

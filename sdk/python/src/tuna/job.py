@@ -51,6 +51,9 @@ class JobData:
     #: Highest ``seq`` of the job's events and metric points so far.
     last_seq: int
     request_id: str
+    #: A lo-fi shard's job (``spec.replicas > 1``) and which shard it is; ``""`` and 0 otherwise.
+    parent_job_id: str = ""
+    shard_index: int = 0
 
     @property
     def is_terminal(self) -> bool:
@@ -89,6 +92,8 @@ class JobData:
             sweep_id=m.sweep_id,
             last_seq=m.last_seq,
             request_id=m.request_id,
+            parent_job_id=m.parent_job_id,
+            shard_index=m.shard_index,
         )
 
 
