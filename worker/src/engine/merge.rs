@@ -1,12 +1,15 @@
 //! Merging fine-tuned deltas of one module (docs/design.md §4.9): average, Model Stock, task
 //! arithmetic and TIES, then a truncated SVD that re-factors the merged delta as LoRA.
 //!
-//! Everything works on the dense delta `ΔW = s·B·A` of each source (row-major `[out, in]`, in
-//! f64): averaging LoRA factors is not averaging deltas (`mean(B)·mean(A) ≠ mean(B·A)`), and
-//! every rule here is defined on the deltas. Model Stock's anchor is the base weight, whose
-//! delta is zero, so no base weight is read.
+//! Every rule is defined on the deltas `ΔW = s·B·A` of the sources (row-major `[out, in]`, in
+//! f64), never on the factors: averaging LoRA factors is not averaging deltas (`mean(B)·mean(A)
+//! ≠ mean(B·A)`). The linear rules (average, Model Stock, task arithmetic) still never form a
+//! delta ([`merge_low_rank`]): `Σ cᵢ·BᵢAᵢ` is the product of the stacked factors, and Model
+//! Stock's cosines come from `r × r` Gram products, so memory stays at the factors' size. TIES
+//! works entry by entry and needs the dense deltas ([`merge`], [`refactor`]). Model Stock's
+//! anchor is the base weight, whose delta is zero, so no base weight is read.
 
-use super::adapters::svd;
+use super::adapters::svd::{self, matmul, matmul_tn, orthonormalize};
 
 /// How the deltas of the sources are combined.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,21 +90,21 @@ fn mean(deltas: &[Vec<f64>], len: usize, k: f64) -> Vec<f64> {
 /// zero delta has cosine 0 with anything. `t` is clamped to `[0, 1]`: a negative mean cosine
 /// (deltas that undo each other) leaves the anchor.
 pub fn model_stock_ratio(deltas: &[Vec<f64>]) -> f64 {
-    let k = deltas.len();
+    ratio_from_gram(&|i, j| dot(&deltas[i], &deltas[j]), deltas.len())
+}
+
+/// Model Stock's ratio from the Frobenius inner products `gram(i, j)` of `k` deltas.
+fn ratio_from_gram(gram: &dyn Fn(usize, usize) -> f64, k: usize) -> f64 {
     if k < 2 {
         return 1.0;
     }
-    let norms: Vec<f64> = deltas.iter().map(|d| dot(d, d).sqrt()).collect();
+    let norms: Vec<f64> = (0..k).map(|i| gram(i, i).max(0.0).sqrt()).collect();
     let mut sum = 0.0;
     let mut pairs = 0.0;
     for i in 0..k {
         for j in i + 1..k {
             let denom = norms[i] * norms[j];
-            sum += if denom > 0.0 {
-                dot(&deltas[i], &deltas[j]) / denom
-            } else {
-                0.0
-            };
+            sum += if denom > 0.0 { gram(i, j) / denom } else { 0.0 };
             pairs += 1.0;
         }
     }
@@ -201,6 +204,139 @@ pub fn refactor(delta: &[f64], rows: usize, cols: usize, r: usize, seed: u64) ->
         r,
         relative_error: if norm > 0.0 { err.sqrt() / norm } else { 0.0 },
     }
+}
+
+/// One source's delta of a module as factors, `ΔW = B·A` with the LoRA scale folded into `B`:
+/// `b` is `rows × r`, `a` is `r × cols`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowRank {
+    pub b: Vec<f64>,
+    pub a: Vec<f64>,
+    pub r: usize,
+}
+
+impl LowRank {
+    /// `B·A`, for checks.
+    pub fn dense(&self, rows: usize, cols: usize) -> Vec<f64> {
+        matmul(&self.b, &self.a, rows, self.r, cols)
+    }
+}
+
+/// `⟨BₓAₓ, BᵧAᵧ⟩_F = Σ (BₓᵀBᵧ) ∘ (AₓAᵧᵀ)`, from `r × r` products only.
+fn inner(x: &LowRank, y: &LowRank, rows: usize, cols: usize) -> f64 {
+    let gb = matmul_tn(&x.b, &y.b, rows, x.r, y.r);
+    // AₓAᵧᵀ = (Aₓᵀ)ᵀ(Aᵧᵀ): transpose both (r × cols → cols × r) and reuse matmul_tn.
+    let (at_x, at_y) = (transpose(&x.a, x.r, cols), transpose(&y.a, y.r, cols));
+    let ga = matmul_tn(&at_x, &at_y, cols, x.r, y.r);
+    dot(&gb, &ga)
+}
+
+fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut out = vec![0.0; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = m[i * cols + j];
+        }
+    }
+    out
+}
+
+/// A linear rule (not TIES) on factored deltas (`None`: the source does not adapt the module,
+/// ΔW = 0), re-factored at `rank`. `Σ cᵢ·BᵢAᵢ = [c₁B₁ … c_kB_k]·[A₁; …; A_k]` exactly, so
+/// when `rank` holds the stacked rank the stack is the output (no SVD, error 0). Below it, the
+/// stack is re-factored through QR of both factors (`B̃ = Q_b C_b`, `Ãᵀ = Q_a C_a`) and a
+/// truncated SVD of the small core `C_b C_aᵀ`; the error is measured in that core.
+pub fn merge_low_rank(
+    rule: &Rule,
+    sources: &[Option<LowRank>],
+    rows: usize,
+    cols: usize,
+    rank: usize,
+    seed: u64,
+) -> (Factored, Option<f64>) {
+    let k = sources.len().max(1) as f64;
+    let zero = LowRank {
+        b: Vec::new(),
+        a: Vec::new(),
+        r: 0,
+    };
+    let get = |i: usize| sources[i].as_ref().unwrap_or(&zero);
+    let (coefficients, ratio): (Vec<f64>, Option<f64>) = match rule {
+        Rule::Average => (vec![1.0 / k; sources.len()], None),
+        Rule::ModelStock => {
+            let t = ratio_from_gram(&|i, j| inner(get(i), get(j), rows, cols), sources.len());
+            (vec![t / k; sources.len()], Some(t))
+        }
+        Rule::TaskArithmetic { weights } | Rule::Ties { weights, .. } => (
+            (0..sources.len())
+                .map(|i| weights.get(i).copied().unwrap_or(1.0))
+                .collect(),
+            None,
+        ),
+    };
+    let rank = rank.min(rows).min(cols).max(1);
+    let stacked: usize = sources.iter().flatten().map(|s| s.r).sum();
+    // The stack: B̃ = [c₁B₁ …] (rows × R), Ã = [A₁; …] (R × cols).
+    let mut bs = vec![0.0; rows * stacked];
+    let mut a_stack = Vec::with_capacity(stacked * cols);
+    let mut col = 0;
+    for (s, c) in sources.iter().zip(&coefficients) {
+        let Some(s) = s else { continue };
+        for i in 0..rows {
+            for p in 0..s.r {
+                bs[i * stacked + col + p] = c * s.b[i * s.r + p];
+            }
+        }
+        a_stack.extend_from_slice(&s.a);
+        col += s.r;
+    }
+    if stacked <= rank {
+        let mut b = vec![0.0; rows * rank];
+        for i in 0..rows {
+            b[i * rank..i * rank + stacked].copy_from_slice(&bs[i * stacked..(i + 1) * stacked]);
+        }
+        let mut a = a_stack;
+        a.resize(rank * cols, 0.0);
+        let factored = Factored {
+            b,
+            a,
+            r: rank,
+            relative_error: 0.0,
+        };
+        return (factored, ratio);
+    }
+    let mut qb = bs.clone();
+    orthonormalize(&mut qb, rows, stacked);
+    let cb = matmul_tn(&qb, &bs, rows, stacked, stacked);
+    let at = transpose(&a_stack, stacked, cols);
+    let mut qa = at.clone();
+    orthonormalize(&mut qa, cols, stacked);
+    let ca = matmul_tn(&qa, &at, cols, stacked, stacked);
+    // Core C = C_b·C_aᵀ (R × R): ΔW = Q_b·C·Q_aᵀ.
+    let core = matmul(
+        &cb,
+        &transpose(&ca, stacked, stacked),
+        stacked,
+        stacked,
+        stacked,
+    );
+    let small = refactor(&core, stacked, stacked, rank, seed);
+    let b = matmul(&qb, &small.b, rows, stacked, rank);
+    // A = A_c·Q_aᵀ: (rank × R)·(R × cols).
+    let a = matmul(
+        &small.a,
+        &transpose(&qa, cols, stacked),
+        rank,
+        stacked,
+        cols,
+    );
+    let factored = Factored {
+        b,
+        a,
+        r: rank,
+        relative_error: small.relative_error,
+    };
+    (factored, ratio)
 }
 
 #[cfg(test)]
@@ -319,6 +455,103 @@ mod tests {
                     .sum()
             })
             .collect()
+    }
+
+    /// Seeded factors of rank `r` (`B` `rows × r`, `A` `r × cols`).
+    fn factors(rows: usize, cols: usize, r: usize, seed: u64) -> LowRank {
+        let mut g = crate::engine::rng::stream(seed, "factors");
+        let b = (0..rows * r)
+            .map(|_| crate::engine::rng::normal(&mut g))
+            .collect();
+        let a = (0..r * cols)
+            .map(|_| crate::engine::rng::normal(&mut g))
+            .collect();
+        LowRank { b, a, r }
+    }
+
+    #[test]
+    fn the_factored_linear_rules_equal_the_dense_ones_without_forming_a_delta() {
+        let (rows, cols) = (20, 28);
+        // Correlated deltas (a shared part plus each one's own), so Model Stock's t is not 0.
+        let shared = factors(rows, cols, 3, 9);
+        let mut sources: Vec<Option<LowRank>> = (0..3)
+            .map(|s| {
+                let own = factors(rows, cols, 3, s);
+                let mix =
+                    |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(x, y)| x + 0.5 * y).collect();
+                Some(LowRank {
+                    b: mix(&shared.b, &own.b),
+                    a: mix(&shared.a, &own.a),
+                    r: 3,
+                })
+            })
+            .collect();
+        // A source that does not adapt this module has ΔW = 0 (still counted in the mean).
+        sources.push(None);
+        let dense: Vec<Vec<f64>> = sources
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map_or(vec![0.0; rows * cols], |s| s.dense(rows, cols))
+            })
+            .collect();
+        let rules = [
+            Rule::Average,
+            Rule::ModelStock,
+            Rule::TaskArithmetic {
+                weights: vec![0.5, -1.0, 2.0, 1.0],
+            },
+        ];
+        for rule in rules {
+            let want = merge(&rule, &dense);
+            // Rank 9 = 3 × 3 holds the stack: exact, no SVD.
+            let (f, ratio) = merge_low_rank(&rule, &sources, rows, cols, 9, 1);
+            assert_eq!((f.r, f.relative_error), (9, 0.0));
+            assert_eq!(ratio.is_some(), want.ratio.is_some());
+            if let (Some(a), Some(b)) = (ratio, want.ratio) {
+                assert!(close(a, b, 1e-12) && a > 0.3, "{rule:?}: {a} vs {b}");
+            }
+            let got = LowRank {
+                b: f.b,
+                a: f.a,
+                r: f.r,
+            }
+            .dense(rows, cols);
+            let worst = got
+                .iter()
+                .zip(&want.delta)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-10, "{rule:?}: {worst}");
+            // Below the stacked rank: the same error as the dense truncated SVD.
+            let (cut, _) = merge_low_rank(&rule, &sources, rows, cols, 4, 1);
+            let dense_cut = refactor(&want.delta, rows, cols, 4, 1);
+            assert!(
+                close(cut.relative_error, dense_cut.relative_error, 1e-6),
+                "{rule:?}: {} vs {}",
+                cut.relative_error,
+                dense_cut.relative_error
+            );
+            let approx = LowRank {
+                b: cut.b,
+                a: cut.a,
+                r: 4,
+            }
+            .dense(rows, cols);
+            let norm = dot(&want.delta, &want.delta).sqrt();
+            let err: f64 = approx
+                .iter()
+                .zip(&want.delta)
+                .map(|(g, w)| (g - w) * (g - w))
+                .sum::<f64>()
+                .sqrt()
+                / norm;
+            assert!(
+                close(err, cut.relative_error, 1e-6),
+                "{err} vs {}",
+                cut.relative_error
+            );
+        }
     }
 
     #[test]

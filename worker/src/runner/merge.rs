@@ -15,7 +15,7 @@ use crate::agent::{Control, JobInputs, Progress, Reporter, RunError, RunOutcome,
 use crate::engine::adapters::{Adaptable, AdapterConfig, AdapterSet, PEFT_PREFIX, TargetModules};
 use crate::engine::data::Loader;
 use crate::engine::export::{self, LoraFile};
-use crate::engine::merge::{self, Rule};
+use crate::engine::merge::{self, LowRank, Rule};
 use crate::engine::trainer::Trainer;
 
 const A: &str = ".lora_A.weight";
@@ -91,16 +91,34 @@ pub(super) fn run(
             .get(path)
             .copied()
             .ok_or_else(|| system(format!("no linear layer {path}")))?;
-        let deltas = sources
+        let factored = sources
             .iter()
             .zip(&params.sources)
             .map(|(s, id)| {
-                delta(s, &key, rows, cols).map_err(|e| user(format!("source {id}: {e}")))
+                factors(s, &key, rows, cols).map_err(|e| user(format!("source {id}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let m = merge::merge(&rule, &deltas);
-        ratios.extend(m.ratio);
-        let f = merge::refactor(&m.delta, rows, cols, rank, seed(spec));
+        let (f, ratio) = match &rule {
+            // TIES works entry by entry: the dense deltas, then a truncated SVD.
+            Rule::Ties { .. } => {
+                let dense: Vec<Vec<f64>> = factored
+                    .iter()
+                    .map(|f| {
+                        f.as_ref()
+                            .map_or(vec![0.0; rows * cols], |f| f.dense(rows, cols))
+                    })
+                    .collect();
+                let m = merge::merge(&rule, &dense);
+                (
+                    merge::refactor(&m.delta, rows, cols, rank, seed(spec)),
+                    m.ratio,
+                )
+            }
+            Rule::Average | Rule::ModelStock | Rule::TaskArithmetic { .. } => {
+                merge::merge_low_rank(&rule, &factored, rows, cols, rank, seed(spec))
+            }
+        };
+        ratios.extend(ratio);
         worst = worst.max(f.relative_error);
         let tensor = |v: Vec<f64>, shape: (usize, usize)| {
             Tensor::from_vec(
@@ -224,15 +242,21 @@ fn padded(
     Ok(out)
 }
 
-/// `s·B·A` of one module of a source (row-major `[rows, cols]`), zero when it has none.
-fn delta(source: &LoraFile, key: &str, rows: usize, cols: usize) -> Result<Vec<f64>, String> {
+/// One module of a source as factors (`s·B`, `A`, in f64), `None` when it does not adapt
+/// the module.
+fn factors(
+    source: &LoraFile,
+    key: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<LowRank>, String> {
     let (a, b) = (
         source.tensors.get(&format!("{key}{A}")),
         source.tensors.get(&format!("{key}{B}")),
     );
     let (a, b) = match (a, b) {
         (Some(a), Some(b)) => (a, b),
-        (None, None) => return Ok(vec![0.0; rows * cols]),
+        (None, None) => return Ok(None),
         _ => return Err(format!("{key} has only one of lora_A and lora_B")),
     };
     let r = source.config.r;
@@ -243,17 +267,18 @@ fn delta(source: &LoraFile, key: &str, rows: usize, cols: usize) -> Result<Vec<f
             b.dims()
         ));
     }
-    let product = b
-        .to_dtype(candle_core::DType::F64)
-        .and_then(|b| b.matmul(&a.to_dtype(candle_core::DType::F64)?))
-        .and_then(|p| p * source.config.scale())
-        .and_then(|p| p.flatten_all())
-        .and_then(|p| p.to_vec1::<f64>())
-        .map_err(|e| format!("{key}: {e}"))?;
-    if product.iter().any(|x| !x.is_finite()) {
+    let flat = |t: &Tensor, scale: f64| {
+        t.to_dtype(candle_core::DType::F64)
+            .and_then(|t| t * scale)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f64>())
+            .map_err(|e| format!("{key}: {e}"))
+    };
+    let (b, a) = (flat(b, source.config.scale())?, flat(a, 1.0)?);
+    if b.iter().chain(&a).any(|x| !x.is_finite()) {
         return Err(format!("{key} holds non-finite values"));
     }
-    Ok(product)
+    Ok(Some(LowRank { b, a, r }))
 }
 
 /// A merge stopped before it wrote anything (a cancel, a pause or a drain: it restarts from

@@ -61,7 +61,7 @@ pub fn truncated(w: &[f64], m: usize, n: usize, k: usize, seed: u64) -> Truncate
 }
 
 /// `a (m×n) · b (n×p)`.
-fn matmul(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
+pub(crate) fn matmul(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * p];
     for i in 0..m {
         for t in 0..n {
@@ -75,7 +75,7 @@ fn matmul(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
 }
 
 /// `aᵀ (n×m) · b (m×p)` for `a` stored `m × n`.
-fn matmul_tn(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
+pub(crate) fn matmul_tn(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * p];
     for t in 0..m {
         for i in 0..n {
@@ -93,7 +93,7 @@ fn matmul_tn(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
 /// 1e-13 of its norm lies in the span of the earlier ones (a rank-deficient matrix, such as a
 /// sum of LoRA deltas): it becomes zero instead of normalised rounding noise, which would
 /// not be orthogonal and would spoil the singular values.
-fn orthonormalize(q: &mut [f64], rows: usize, cols: usize) {
+pub(crate) fn orthonormalize(q: &mut [f64], rows: usize, cols: usize) {
     let norm = |q: &[f64], j: usize| {
         (0..rows)
             .map(|i| q[i * cols + j].powi(2))
