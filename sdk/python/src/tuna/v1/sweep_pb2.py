@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tuna.v1 import job_pb2 as tuna_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tuna/v1/sweep.proto\x12\x07tuna.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x11tuna/v1/job.proto\"\x92\x02\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\t\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x0f\n\x07integer\x18\x05 \x01(\x08\x12\x15\n\x08rounding\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07\x63hoices\x18\x07 \x03(\t\x12\x13\n\x06\x63\x65nter\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rcenter_choice\x18\t \x01(\t\x12\x19\n\x0csearch_scale\x18\n \x01(\x01H\x02\x88\x01\x01\x12%\n\tcondition\x18\x0b \x01(\x0b\x32\x12.tuna.v1.ConditionB\x0b\n\t_roundingB\t\n\x07_centerB\x0f\n\r_search_scale\"+\n\tCondition\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"B\n\tObjective\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12%\n\tdirection\x18\x02 \x01(\x0e\x32\x12.tuna.v1.Direction\"\xae\x01\n\x0b\x41shaOptions\x12\x10\n\x03\x65ta\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmin_resource\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmax_resource\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05grace\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0f\n\x07variant\x18\x05 \x01(\tB\x06\n\x04_etaB\x0f\n\r_min_resourceB\x0f\n\r_max_resourceB\x08\n\x06_grace\"\xcd\x01\n\x0c\x43\x61rbsOptions\x12\x1f\n\x12num_random_samples\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rsearch_radius\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x13max_suggestion_cost\x18\x03 \x01(\x01\x12!\n\x14suggest_center_first\x18\x04 \x01(\x08H\x02\x88\x01\x01\x42\x15\n\x13_num_random_samplesB\x10\n\x0e_search_radiusB\x17\n\x15_suggest_center_first\"\x8d\x01\n\tAlgorithm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04\x61sha\x18\x02 \x01(\x0b\x32\x14.tuna.v1.AshaOptions\x12$\n\x05\x63\x61rbs\x18\x03 \x01(\x0b\x32\x15.tuna.v1.CarbsOptions\x12\x18\n\x0bgrid_levels\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_grid_levels\"\xb2\x02\n\tSweepSpec\x12&\n\nparameters\x18\x01 \x03(\x0b\x32\x12.tuna.v1.Parameter\x12%\n\tobjective\x18\x02 \x01(\x0b\x32\x12.tuna.v1.Objective\x12\x13\n\x0b\x63ost_metric\x18\x03 \x01(\t\x12%\n\talgorithm\x18\x04 \x01(\x0b\x32\x12.tuna.v1.Algorithm\x12\x17\n\nmax_trials\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\x0emax_total_cost\x18\x06 \x01(\x01\x12\x18\n\x0bparallelism\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\"\n\x08template\x18\x08 \x01(\x0b\x32\x10.tuna.v1.JobSpec\x12\x0c\n\x04seed\x18\t \x01(\x03\x42\r\n\x0b_max_trialsB\x0e\n\x0c_parallelism\"\xb0\x02\n\x05Trial\x12\r\n\x05trial\x18\x01 \x01(\x03\x12\x0b\n\x03run\x18\x02 \x01(\x05\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12$\n\tjob_state\x18\x04 \x01(\x0e\x32\x11.tuna.v1.JobState\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x0e\n\x06\x62udget\x18\x06 \x01(\x01\x12\x10\n\x08observed\x18\x07 \x01(\x08\x12\x16\n\tobjective\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04\x63ost\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x08\x12\x15\n\rstopped_early\x18\x0b \x01(\x08\x12\r\n\x05steps\x18\x0c \x01(\x03\x12\x17\n\nlast_value\x18\r \x01(\x01H\x02\x88\x01\x01\x42\x0c\n\n_objectiveB\x07\n\x05_costB\r\n\x0b_last_value\"\xb6\x03\n\x05Sweep\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.tuna.v1.SweepState\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.tuna.v1.SweepSpec\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0etrials_created\x18\x05 \x01(\x05\x12\x17\n\x0ftrials_finished\x18\x06 \x01(\x05\x12\x16\n\x0etrials_running\x18\x07 \x01(\x05\x12\x12\n\ntotal_cost\x18\x08 \x01(\x01\x12\"\n\nbest_trial\x18\t \x01(\x0b\x32\x0e.tuna.v1.Trial\x12$\n\x0cpareto_front\x18\n \x03(\x0b\x32\x0e.tuna.v1.Trial\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x0e \x01(\t\"J\n\x12\x43reateSweepRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.tuna.v1.SweepSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1d\n\x0fGetSweepRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x11ListSweepsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x12ListSweepsResponse\x12\x1e\n\x06sweeps\x18\x01 \x03(\x0b\x32\x0e.tuna.v1.Sweep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11ListTrialsRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\"4\n\x12ListTrialsResponse\x12\x1e\n\x06trials\x18\x01 \x03(\x0b\x32\x0e.tuna.v1.Trial\" \n\x12\x43\x61ncelSweepRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11WatchSweepRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\rSweepSnapshot\x12\x1d\n\x05sweep\x18\x01 \x01(\x0b\x32\x0e.tuna.v1.Sweep\x12\x1e\n\x06trials\x18\x02 \x03(\x0b\x32\x0e.tuna.v1.Trial*\x90\x01\n\nSweepState\x12\x1b\n\x17SWEEP_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13SWEEP_STATE_RUNNING\x10\x01\x12\x19\n\x15SWEEP_STATE_SUCCEEDED\x10\x02\x12\x16\n\x12SWEEP_STATE_FAILED\x10\x03\x12\x19\n\x15SWEEP_STATE_CANCELLED\x10\x04*V\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_MINIMIZE\x10\x01\x12\x16\n\x12\x44IRECTION_MAXIMIZE\x10\x02\x32\x8e\x03\n\x0cSweepService\x12:\n\x0b\x43reateSweep\x12\x1b.tuna.v1.CreateSweepRequest\x1a\x0e.tuna.v1.Sweep\x12\x34\n\x08GetSweep\x12\x18.tuna.v1.GetSweepRequest\x1a\x0e.tuna.v1.Sweep\x12\x45\n\nListSweeps\x12\x1a.tuna.v1.ListSweepsRequest\x1a\x1b.tuna.v1.ListSweepsResponse\x12\x45\n\nListTrials\x12\x1a.tuna.v1.ListTrialsRequest\x1a\x1b.tuna.v1.ListTrialsResponse\x12:\n\x0b\x43\x61ncelSweep\x12\x1b.tuna.v1.CancelSweepRequest\x1a\x0e.tuna.v1.Sweep\x12\x42\n\nWatchSweep\x12\x1a.tuna.v1.WatchSweepRequest\x1a\x16.tuna.v1.SweepSnapshot0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tuna/v1/sweep.proto\x12\x07tuna.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x11tuna/v1/job.proto\"\x92\x02\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\t\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x0f\n\x07integer\x18\x05 \x01(\x08\x12\x15\n\x08rounding\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07\x63hoices\x18\x07 \x03(\t\x12\x13\n\x06\x63\x65nter\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rcenter_choice\x18\t \x01(\t\x12\x19\n\x0csearch_scale\x18\n \x01(\x01H\x02\x88\x01\x01\x12%\n\tcondition\x18\x0b \x01(\x0b\x32\x12.tuna.v1.ConditionB\x0b\n\t_roundingB\t\n\x07_centerB\x0f\n\r_search_scale\"+\n\tCondition\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"B\n\tObjective\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12%\n\tdirection\x18\x02 \x01(\x0e\x32\x12.tuna.v1.Direction\"\xae\x01\n\x0b\x41shaOptions\x12\x10\n\x03\x65ta\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmin_resource\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmax_resource\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05grace\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0f\n\x07variant\x18\x05 \x01(\tB\x06\n\x04_etaB\x0f\n\r_min_resourceB\x0f\n\r_max_resourceB\x08\n\x06_grace\"\xcd\x01\n\x0c\x43\x61rbsOptions\x12\x1f\n\x12num_random_samples\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rsearch_radius\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x13max_suggestion_cost\x18\x03 \x01(\x01\x12!\n\x14suggest_center_first\x18\x04 \x01(\x08H\x02\x88\x01\x01\x42\x15\n\x13_num_random_samplesB\x10\n\x0e_search_radiusB\x17\n\x15_suggest_center_first\"\x8d\x01\n\tAlgorithm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04\x61sha\x18\x02 \x01(\x0b\x32\x14.tuna.v1.AshaOptions\x12$\n\x05\x63\x61rbs\x18\x03 \x01(\x0b\x32\x15.tuna.v1.CarbsOptions\x12\x18\n\x0bgrid_levels\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_grid_levels\"\xdc\x02\n\tSweepSpec\x12&\n\nparameters\x18\x01 \x03(\x0b\x32\x12.tuna.v1.Parameter\x12%\n\tobjective\x18\x02 \x01(\x0b\x32\x12.tuna.v1.Objective\x12\x13\n\x0b\x63ost_metric\x18\x03 \x01(\t\x12%\n\talgorithm\x18\x04 \x01(\x0b\x32\x12.tuna.v1.Algorithm\x12\x17\n\nmax_trials\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\x0emax_total_cost\x18\x06 \x01(\x01\x12\x18\n\x0bparallelism\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\"\n\x08template\x18\x08 \x01(\x0b\x32\x10.tuna.v1.JobSpec\x12\x0c\n\x04seed\x18\t \x01(\x03\x12(\n\x0b\x66inal_merge\x18\n \x01(\x0b\x32\x13.tuna.v1.FinalMergeB\r\n\x0b_max_trialsB\x0e\n\x0c_parallelism\"r\n\nFinalMerge\x12\r\n\x05top_k\x18\x01 \x01(\x05\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x14\n\x07\x64\x65nsity\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rexport_merged\x18\x05 \x01(\x08\x42\n\n\x08_density\"\xb0\x02\n\x05Trial\x12\r\n\x05trial\x18\x01 \x01(\x03\x12\x0b\n\x03run\x18\x02 \x01(\x05\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12$\n\tjob_state\x18\x04 \x01(\x0e\x32\x11.tuna.v1.JobState\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x0e\n\x06\x62udget\x18\x06 \x01(\x01\x12\x10\n\x08observed\x18\x07 \x01(\x08\x12\x16\n\tobjective\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04\x63ost\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x08\x12\x15\n\rstopped_early\x18\x0b \x01(\x08\x12\r\n\x05steps\x18\x0c \x01(\x03\x12\x17\n\nlast_value\x18\r \x01(\x01H\x02\x88\x01\x01\x42\x0c\n\n_objectiveB\x07\n\x05_costB\r\n\x0b_last_value\"\xb6\x03\n\x05Sweep\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.tuna.v1.SweepState\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.tuna.v1.SweepSpec\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0etrials_created\x18\x05 \x01(\x05\x12\x17\n\x0ftrials_finished\x18\x06 \x01(\x05\x12\x16\n\x0etrials_running\x18\x07 \x01(\x05\x12\x12\n\ntotal_cost\x18\x08 \x01(\x01\x12\"\n\nbest_trial\x18\t \x01(\x0b\x32\x0e.tuna.v1.Trial\x12$\n\x0cpareto_front\x18\n \x03(\x0b\x32\x0e.tuna.v1.Trial\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x0e \x01(\t\"J\n\x12\x43reateSweepRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.tuna.v1.SweepSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1d\n\x0fGetSweepRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x11ListSweepsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x12ListSweepsResponse\x12\x1e\n\x06sweeps\x18\x01 \x03(\x0b\x32\x0e.tuna.v1.Sweep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11ListTrialsRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\"4\n\x12ListTrialsResponse\x12\x1e\n\x06trials\x18\x01 \x03(\x0b\x32\x0e.tuna.v1.Trial\" \n\x12\x43\x61ncelSweepRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11WatchSweepRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\rSweepSnapshot\x12\x1d\n\x05sweep\x18\x01 \x01(\x0b\x32\x0e.tuna.v1.Sweep\x12\x1e\n\x06trials\x18\x02 \x03(\x0b\x32\x0e.tuna.v1.Trial*\x90\x01\n\nSweepState\x12\x1b\n\x17SWEEP_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13SWEEP_STATE_RUNNING\x10\x01\x12\x19\n\x15SWEEP_STATE_SUCCEEDED\x10\x02\x12\x16\n\x12SWEEP_STATE_FAILED\x10\x03\x12\x19\n\x15SWEEP_STATE_CANCELLED\x10\x04*V\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_MINIMIZE\x10\x01\x12\x16\n\x12\x44IRECTION_MAXIMIZE\x10\x02\x32\x8e\x03\n\x0cSweepService\x12:\n\x0b\x43reateSweep\x12\x1b.tuna.v1.CreateSweepRequest\x1a\x0e.tuna.v1.Sweep\x12\x34\n\x08GetSweep\x12\x18.tuna.v1.GetSweepRequest\x1a\x0e.tuna.v1.Sweep\x12\x45\n\nListSweeps\x12\x1a.tuna.v1.ListSweepsRequest\x1a\x1b.tuna.v1.ListSweepsResponse\x12\x45\n\nListTrials\x12\x1a.tuna.v1.ListTrialsRequest\x1a\x1b.tuna.v1.ListTrialsResponse\x12:\n\x0b\x43\x61ncelSweep\x12\x1b.tuna.v1.CancelSweepRequest\x1a\x0e.tuna.v1.Sweep\x12\x42\n\nWatchSweep\x12\x1a.tuna.v1.WatchSweepRequest\x1a\x16.tuna.v1.SweepSnapshot0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuna.v1.sweep_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SWEEPSTATE']._serialized_start=2547
-  _globals['_SWEEPSTATE']._serialized_end=2691
-  _globals['_DIRECTION']._serialized_start=2693
-  _globals['_DIRECTION']._serialized_end=2779
+  _globals['_SWEEPSTATE']._serialized_start=2705
+  _globals['_SWEEPSTATE']._serialized_end=2849
+  _globals['_DIRECTION']._serialized_start=2851
+  _globals['_DIRECTION']._serialized_end=2937
   _globals['_PARAMETER']._serialized_start=85
   _globals['_PARAMETER']._serialized_end=359
   _globals['_CONDITION']._serialized_start=361
@@ -50,29 +50,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALGORITHM']._serialized_start=860
   _globals['_ALGORITHM']._serialized_end=1001
   _globals['_SWEEPSPEC']._serialized_start=1004
-  _globals['_SWEEPSPEC']._serialized_end=1310
-  _globals['_TRIAL']._serialized_start=1313
-  _globals['_TRIAL']._serialized_end=1617
-  _globals['_SWEEP']._serialized_start=1620
-  _globals['_SWEEP']._serialized_end=2058
-  _globals['_CREATESWEEPREQUEST']._serialized_start=2060
-  _globals['_CREATESWEEPREQUEST']._serialized_end=2134
-  _globals['_GETSWEEPREQUEST']._serialized_start=2136
-  _globals['_GETSWEEPREQUEST']._serialized_end=2165
-  _globals['_LISTSWEEPSREQUEST']._serialized_start=2167
-  _globals['_LISTSWEEPSREQUEST']._serialized_end=2225
-  _globals['_LISTSWEEPSRESPONSE']._serialized_start=2227
-  _globals['_LISTSWEEPSRESPONSE']._serialized_end=2304
-  _globals['_LISTTRIALSREQUEST']._serialized_start=2306
-  _globals['_LISTTRIALSREQUEST']._serialized_end=2343
-  _globals['_LISTTRIALSRESPONSE']._serialized_start=2345
-  _globals['_LISTTRIALSRESPONSE']._serialized_end=2397
-  _globals['_CANCELSWEEPREQUEST']._serialized_start=2399
-  _globals['_CANCELSWEEPREQUEST']._serialized_end=2431
-  _globals['_WATCHSWEEPREQUEST']._serialized_start=2433
-  _globals['_WATCHSWEEPREQUEST']._serialized_end=2464
-  _globals['_SWEEPSNAPSHOT']._serialized_start=2466
-  _globals['_SWEEPSNAPSHOT']._serialized_end=2544
-  _globals['_SWEEPSERVICE']._serialized_start=2782
-  _globals['_SWEEPSERVICE']._serialized_end=3180
+  _globals['_SWEEPSPEC']._serialized_end=1352
+  _globals['_FINALMERGE']._serialized_start=1354
+  _globals['_FINALMERGE']._serialized_end=1468
+  _globals['_TRIAL']._serialized_start=1471
+  _globals['_TRIAL']._serialized_end=1775
+  _globals['_SWEEP']._serialized_start=1778
+  _globals['_SWEEP']._serialized_end=2216
+  _globals['_CREATESWEEPREQUEST']._serialized_start=2218
+  _globals['_CREATESWEEPREQUEST']._serialized_end=2292
+  _globals['_GETSWEEPREQUEST']._serialized_start=2294
+  _globals['_GETSWEEPREQUEST']._serialized_end=2323
+  _globals['_LISTSWEEPSREQUEST']._serialized_start=2325
+  _globals['_LISTSWEEPSREQUEST']._serialized_end=2383
+  _globals['_LISTSWEEPSRESPONSE']._serialized_start=2385
+  _globals['_LISTSWEEPSRESPONSE']._serialized_end=2462
+  _globals['_LISTTRIALSREQUEST']._serialized_start=2464
+  _globals['_LISTTRIALSREQUEST']._serialized_end=2501
+  _globals['_LISTTRIALSRESPONSE']._serialized_start=2503
+  _globals['_LISTTRIALSRESPONSE']._serialized_end=2555
+  _globals['_CANCELSWEEPREQUEST']._serialized_start=2557
+  _globals['_CANCELSWEEPREQUEST']._serialized_end=2589
+  _globals['_WATCHSWEEPREQUEST']._serialized_start=2591
+  _globals['_WATCHSWEEPREQUEST']._serialized_end=2622
+  _globals['_SWEEPSNAPSHOT']._serialized_start=2624
+  _globals['_SWEEPSNAPSHOT']._serialized_end=2702
+  _globals['_SWEEPSERVICE']._serialized_start=2940
+  _globals['_SWEEPSERVICE']._serialized_end=3338
 # @@protoc_insertion_point(module_scope)

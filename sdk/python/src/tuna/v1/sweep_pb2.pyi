@@ -114,7 +114,7 @@ class Algorithm(_message.Message):
     def __init__(self, name: _Optional[str] = ..., asha: _Optional[_Union[AshaOptions, _Mapping]] = ..., carbs: _Optional[_Union[CarbsOptions, _Mapping]] = ..., grid_levels: _Optional[int] = ...) -> None: ...
 
 class SweepSpec(_message.Message):
-    __slots__ = ("parameters", "objective", "cost_metric", "algorithm", "max_trials", "max_total_cost", "parallelism", "template", "seed")
+    __slots__ = ("parameters", "objective", "cost_metric", "algorithm", "max_trials", "max_total_cost", "parallelism", "template", "seed", "final_merge")
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     COST_METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class SweepSpec(_message.Message):
     PARALLELISM_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    FINAL_MERGE_FIELD_NUMBER: _ClassVar[int]
     parameters: _containers.RepeatedCompositeFieldContainer[Parameter]
     objective: Objective
     cost_metric: str
@@ -133,7 +134,22 @@ class SweepSpec(_message.Message):
     parallelism: int
     template: _job_pb2.JobSpec
     seed: int
-    def __init__(self, parameters: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., cost_metric: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, _Mapping]] = ..., max_trials: _Optional[int] = ..., max_total_cost: _Optional[float] = ..., parallelism: _Optional[int] = ..., template: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    final_merge: FinalMerge
+    def __init__(self, parameters: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., cost_metric: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, _Mapping]] = ..., max_trials: _Optional[int] = ..., max_total_cost: _Optional[float] = ..., parallelism: _Optional[int] = ..., template: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., seed: _Optional[int] = ..., final_merge: _Optional[_Union[FinalMerge, _Mapping]] = ...) -> None: ...
+
+class FinalMerge(_message.Message):
+    __slots__ = ("top_k", "method", "rank", "density", "export_merged")
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    DENSITY_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_MERGED_FIELD_NUMBER: _ClassVar[int]
+    top_k: int
+    method: str
+    rank: int
+    density: float
+    export_merged: bool
+    def __init__(self, top_k: _Optional[int] = ..., method: _Optional[str] = ..., rank: _Optional[int] = ..., density: _Optional[float] = ..., export_merged: _Optional[bool] = ...) -> None: ...
 
 class Trial(_message.Message):
     __slots__ = ("trial", "run", "job_id", "job_state", "params_json", "budget", "observed", "objective", "cost", "failed", "stopped_early", "steps", "last_value")
