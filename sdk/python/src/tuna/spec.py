@@ -411,17 +411,40 @@ def build_merge_spec(
     """Assembles the ``tuna.v1.JobSpec`` of a merge job (no training file, no method)."""
     spec = job_pb2.JobSpec(base_model=model, task="merge")
     spec.merge.CopyFrom(merge if isinstance(merge, job_pb2.Merge) else merge.to_proto())
+    _set_common(
+        spec,
+        validation_file=validation_file,
+        hyperparameters=hyperparameters,
+        export_merged=export_merged,
+        priority=priority,
+        max_attempts=max_attempts,
+        labels=labels,
+    )
+    return spec
+
+
+def _set_common(
+    spec: job_pb2.JobSpec,
+    *,
+    validation_file: str | None,
+    hyperparameters: Hyperparameters | job_pb2.Hyperparameters | None,
+    export_merged: Literal["f32", "bf16"] | None,
+    priority: int | None,
+    max_attempts: int | None,
+    labels: Mapping[str, str] | None,
+) -> None:
+    """The fields a training job and a merge job set alike."""
     if validation_file:
         spec.validation_file = validation_file
-    if export_merged is not None:
-        spec.export_merged = True
-        spec.merged_dtype = export_merged
     if hyperparameters is not None:
         spec.hyperparameters.CopyFrom(
             hyperparameters
             if isinstance(hyperparameters, job_pb2.Hyperparameters)
             else hyperparameters.to_proto()
         )
+    if export_merged is not None:
+        spec.export_merged = True
+        spec.merged_dtype = export_merged
     if priority is not None:
         spec.priority = priority
     if max_attempts is not None:
@@ -430,7 +453,6 @@ def build_merge_spec(
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"labels must map str to str, got {key!r}: {value!r}")
         spec.labels[key] = value
-    return spec
 
 
 def build_job_spec(
@@ -451,36 +473,26 @@ def build_job_spec(
 ) -> job_pb2.JobSpec:
     """Assembles a ``tuna.v1.JobSpec`` from the typed pieces (ids already resolved)."""
     spec = job_pb2.JobSpec(base_model=model, training_file=training_file)
-    if validation_file:
-        spec.validation_file = validation_file
     spec.method.CopyFrom(method_to_proto(method))
-    if hyperparameters is not None:
-        spec.hyperparameters.CopyFrom(
-            hyperparameters
-            if isinstance(hyperparameters, job_pb2.Hyperparameters)
-            else hyperparameters.to_proto()
-        )
     if resources is not None:
         spec.resources.CopyFrom(
             resources if isinstance(resources, job_pb2.Resources) else resources.to_proto()
         )
     if task:
         spec.task = task
-    if export_merged is not None:
-        spec.export_merged = True
-        spec.merged_dtype = export_merged
     if replicas is not None:
         spec.replicas = replicas
     if preference is not None:
         spec.preference.CopyFrom(
             preference if isinstance(preference, job_pb2.Preference) else preference.to_proto()
         )
-    if priority is not None:
-        spec.priority = priority
-    if max_attempts is not None:
-        spec.max_attempts = max_attempts
-    for key, value in (labels or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"labels must map str to str, got {key!r}: {value!r}")
-        spec.labels[key] = value
+    _set_common(
+        spec,
+        validation_file=validation_file,
+        hyperparameters=hyperparameters,
+        export_merged=export_merged,
+        priority=priority,
+        max_attempts=max_attempts,
+        labels=labels,
+    )
     return spec
