@@ -717,6 +717,7 @@ async fn idle_measure(a: &IdleArgs<'_>, server: &Server) -> Result<(), E> {
     spec.resources = Some(pb::Resources {
         device: "cuda".into(),
         min_memory_bytes: 0,
+        ..Default::default()
     });
     let t = Instant::now();
     enqueue_grpc(&server.api, &spec, a.jobs).await?;

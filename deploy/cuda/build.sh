@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Builds `tuna` with CUDA on a machine without a GPU or a system CUDA toolkit: installs the
-# CUDA 13.0 compiler, headers and runtime from PyPI into a local virtual environment and
-# points candle's kernel build (nvcc → PTX) at it.
+# CUDA 13.0 compiler, headers and libraries from PyPI into a local virtual environment and
+# points candle's kernel build (nvcc -> PTX) and the link at them.
 #
 #   bash deploy/cuda/build.sh            # cargo build --release -p tuna --features cuda
 #   bash deploy/cuda/build.sh --check    # cargo check only (what CI runs: proves the toolchain)
 #   CUDA_COMPUTE_CAP=80 bash deploy/cuda/build.sh   # A100; 89 = L4/L40/RTX 40xx; default 90
 #
-# The 13.0 line is pinned (nvcc, nvvm, crt, cccl, runtime together: a newer nvvm emits PTX
-# that 13.0's ptxas refuses) so its PTX loads on an R580 driver. Linking (the full build)
-# also needs libcuda and cuBLAS/cuRAND/NVRTC to link against (candle's cudarc links them
-# dynamically): set LIBRARY_PATH to a CUDA toolkit's lib64 and lib64/stubs, as
-# deploy/Dockerfile.cuda does; `--check` needs none of that.
+# The 13.0 line is pinned (nvcc, nvvm, crt, cccl, runtime, cuBLAS, cuRAND, NVRTC together: a
+# newer nvvm emits PTX that 13.0's ptxas refuses) so its PTX loads on an R580 driver.
 #
-# Until the engine trains on CUDA, a CUDA build still trains on the CPU only, and
-# `tuna worker --device cuda` refuses to start (docs/engine-notes.md §1.8).
+# Linking: candle 0.11.1 fixes cudarc to `dynamic-linking`, so the binary names libcuda.so.1,
+# libcublas(Lt).so.13, libcurand.so.10 and libnvrtc.so.13 as needed libraries. cuBLAS, cuRAND
+# and NVRTC come from PyPI (their folder is printed at the end: put it on LD_LIBRARY_PATH, or
+# install the same CUDA 13 libraries on the host). libcuda belongs to the NVIDIA driver and
+# is not on PyPI: when no libcuda.so is on LIBRARY_PATH (no system toolkit), the script
+# generates a link stub from cudarc's own bindings in which every driver call returns
+# CUDA_ERROR_STUB_LIBRARY, as the toolkit's stubs/libcuda.so does. The same stub, placed after
+# the driver on the library path, lets the binary start on a machine without a driver: it
+# serves CPU jobs and refuses `--device cuda` naming the missing driver
+# (docs/engine-notes.md §1.8).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${TUNA_CUDA_VENV:-$repo/.cache/venv-cuda}"
@@ -37,6 +42,10 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
   "nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88" \
   "nvidia-cuda-cccl==13.0.85" "nvidia-cuda-runtime==13.0.96"
+if [ "$mode" = build ]; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "nvidia-cublas==13.0.2.14" "nvidia-curand==10.4.0.35" "nvidia-cuda-nvrtc==13.0.88"
+fi
 cuda="$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
 if [ ! -x "$cuda/bin/nvcc" ]; then
   echo "deploy/cuda/build.sh: no nvcc under $cuda" >&2
@@ -49,9 +58,38 @@ export CUDA_COMPUTE_CAP="$cap"
 export CARGO_TARGET_DIR="${TUNA_CUDA_TARGET_DIR:-$repo/target/cuda}"
 nvcc --version | tail -1
 cd "$repo"
+if [ "$mode" = build ]; then
+  # Unversioned names for the linker, beside the PyPI libraries' versioned files.
+  link="$venv/link"
+  mkdir -p "$link"
+  for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
+    if [ -e "$cuda/lib/$lib" ]; then
+      ln -sf "$cuda/lib/$lib" "$link/${lib%%.so.*}.so"
+    fi
+  done
+  has_libcuda=no
+  IFS=: read -r -a dirs <<< "${LIBRARY_PATH:-}"
+  for d in "${dirs[@]}" /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64/stubs; do
+    if [ -n "$d" ] && { [ -e "$d/libcuda.so" ] || [ -e "$d/libcuda.so.1" ]; }; then
+      has_libcuda=yes
+    fi
+  done
+  if [ "$has_libcuda" = no ]; then
+    bash "$repo/deploy/cuda/libcuda-stub.sh" "$link/stubs"
+    export LIBRARY_PATH="$link/stubs:${LIBRARY_PATH:-}"
+  fi
+  export LIBRARY_PATH="$link:${LIBRARY_PATH:-}"
+fi
 if [ "$mode" = check ]; then
   cargo check --locked -p tuna --features cuda
 else
   cargo build --release --locked -p tuna --features cuda
   echo "deploy/cuda/build.sh: $CARGO_TARGET_DIR/release/tuna (sm_$cap)"
+  echo "deploy/cuda/build.sh: it needs CUDA 13 cuBLAS/cuRAND/NVRTC at run time, for example"
+  echo "  LD_LIBRARY_PATH=$cuda/lib \\"
+  echo "  $CARGO_TARGET_DIR/release/tuna worker --device cuda"
+  if [ -d "$link/stubs" ]; then
+    echo "deploy/cuda/build.sh: on a machine without the NVIDIA driver, append $link/stubs"
+    echo "  to LD_LIBRARY_PATH (after the driver's folder) to start it for CPU jobs"
+  fi
 fi

@@ -225,6 +225,7 @@ async fn oversized_lists_and_values_are_refused_naming_the_limit(pool: sqlx::PgP
     spec.resources = Some(pb::Resources {
         device: String::new(),
         min_memory_bytes: i64::MAX,
+        ..Default::default()
     });
     let err = jobs.create_job(create(spec)).await.unwrap_err();
     let v = violations(&err);

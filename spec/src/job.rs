@@ -8,8 +8,8 @@ use tuna_proto::v1 as pb;
 use crate::check::{Check, FieldViolation, MAX_MIN_MEMORY_BYTES};
 use crate::merge::{merge_from_proto, merge_to_proto};
 use crate::names::{
-    DecayShape, Device, LoraInit, MergedDtype, MethodKind, Optimizer, PreferenceLoss, Schedule,
-    Task, list,
+    BaseDtype, DecayShape, Device, LoraInit, MergedDtype, MethodKind, Optimizer, PreferenceLoss,
+    Schedule, Task, list,
 };
 pub use crate::parts::{
     DEFAULT_DECAY_FRACTION, DEFAULT_MIN_LR_RATIO, DEFAULT_PREFERENCE_BETA, DEFAULT_TIES_DENSITY,
@@ -44,6 +44,9 @@ pub struct JobSpec {
     pub export_merged: Option<MergedDtype>,
     pub hyperparameters: Hyperparameters,
     pub device: Device,
+    /// The base weights' dtype on the device ([`BaseDtype::Auto`] resolves per worker).
+    #[serde(default, skip_serializing_if = "BaseDtype::is_auto")]
+    pub dtype: BaseDtype,
     pub min_memory_bytes: i64,
     pub priority: i32,
     pub max_attempts: i32,
@@ -134,6 +137,13 @@ impl JobSpec {
             Device::NAMES,
             Device::Any,
         );
+        let dtype = c.named(
+            "spec.resources.dtype",
+            &res.dtype,
+            BaseDtype::parse,
+            BaseDtype::NAMES,
+            BaseDtype::Auto,
+        );
         let min_memory_bytes = c.range_i64(
             "spec.resources.min_memory_bytes",
             res.min_memory_bytes,
@@ -153,6 +163,15 @@ impl JobSpec {
         let Some(method) = method else {
             return Err(c.0);
         };
+        if matches!(dtype, BaseDtype::Bf16 | BaseDtype::F16) && method.trains_base_weights() {
+            c.fail(
+                "spec.resources.dtype",
+                format!(
+                    "method {} trains base weights, which are kept in f32; use dtype f32 or auto",
+                    method.kind().as_str()
+                ),
+            );
+        }
         let job = JobSpec {
             version: SPEC_VERSION,
             base_model: spec.base_model.trim().to_string(),
@@ -167,6 +186,7 @@ impl JobSpec {
             export_merged,
             hyperparameters,
             device,
+            dtype,
             min_memory_bytes,
             priority,
             max_attempts,
@@ -278,6 +298,11 @@ impl JobSpec {
             resources: Some(pb::Resources {
                 device: self.device.as_str().to_string(),
                 min_memory_bytes: self.min_memory_bytes,
+                dtype: if self.dtype.is_auto() {
+                    String::new()
+                } else {
+                    self.dtype.as_str().to_string()
+                },
             }),
             priority: self.priority,
             max_attempts: self.max_attempts,
@@ -749,6 +774,7 @@ impl From<Stored> for JobSpec {
             export_merged: s.export_merged,
             hyperparameters: s.hyperparameters,
             device: s.device,
+            dtype: s.dtype,
             min_memory_bytes: s.min_memory_bytes,
             priority: s.priority,
             max_attempts: s.max_attempts,

@@ -24,8 +24,8 @@ pub use job::{
 };
 pub use merge::{MAX_MERGE_RANK, MAX_MERGE_SOURCES};
 pub use names::{
-    DecayShape, Device, LoraInit, MergeMethod, MergedDtype, MethodKind, Optimizer, PreferenceLoss,
-    Schedule, Task,
+    BaseDtype, DecayShape, Device, LoraInit, MergeMethod, MergedDtype, MethodKind, Optimizer,
+    PreferenceLoss, Schedule, Task,
 };
 pub use plan::{ClassInit, Plan};
 

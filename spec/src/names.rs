@@ -169,6 +169,25 @@ named! {
 }
 
 named! {
+    /// The dtype of the frozen base weights on the worker's device.
+    #[derive(Default)]
+    BaseDtype {
+        /// bf16 on CUDA, f32 on the CPU and for methods that train base weights.
+        #[default]
+        Auto = "auto",
+        F32 = "f32",
+        Bf16 = "bf16",
+        F16 = "f16",
+    }
+}
+
+impl BaseDtype {
+    pub fn is_auto(&self) -> bool {
+        *self == BaseDtype::Auto
+    }
+}
+
+named! {
     /// Which kind of worker may run the job.
     Device {
         Any = "any",

@@ -89,6 +89,19 @@ pub enum Method {
 }
 
 impl Method {
+    /// Whether the method makes base weights trainable (they then stay in f32: an optimizer
+    /// step on bf16 weights loses most updates to rounding).
+    pub fn trains_base_weights(&self) -> bool {
+        match self.kind() {
+            MethodKind::Full | MethodKind::Bitfit | MethodKind::Lisa => true,
+            MethodKind::Lora
+            | MethodKind::Dora
+            | MethodKind::Ia3
+            | MethodKind::PromptTuning
+            | MethodKind::PrefixTuning => false,
+        }
+    }
+
     pub fn kind(&self) -> MethodKind {
         match self {
             Method::Lora { .. } => MethodKind::Lora,

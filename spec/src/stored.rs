@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::names::{Device, LoraInit, MergedDtype, Task};
+use crate::names::{BaseDtype, Device, LoraInit, MergedDtype, Task};
 use crate::parts::{Hyperparameters, MergeParams, Method, PreferenceParams};
 
 const V1_LORA_DEFAULT: [&str; 2] = ["q_proj", "v_proj"];
@@ -33,6 +33,8 @@ pub(crate) struct Stored {
     pub(crate) export_merged: Option<MergedDtype>,
     pub(crate) hyperparameters: Hyperparameters,
     pub(crate) device: Device,
+    #[serde(default)]
+    pub(crate) dtype: BaseDtype,
     pub(crate) min_memory_bytes: i64,
     pub(crate) priority: i32,
     pub(crate) max_attempts: i32,

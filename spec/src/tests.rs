@@ -571,3 +571,43 @@ fn merged_exports_are_for_decoders_whose_method_folds_into_the_weights() {
         assert_eq!(refuse(&r), ["spec.export_merged"], "{task} {method}");
     }
 }
+
+#[test]
+fn the_base_dtype_is_named_validated_and_kept_through_every_encoding() {
+    let with = |dtype: &str, method: &str| {
+        let mut p = minimal();
+        p.method = Some(pb::Method {
+            r#type: method.into(),
+            ..Default::default()
+        });
+        p.resources = Some(pb::Resources {
+            device: "cuda".into(),
+            dtype: dtype.into(),
+            ..Default::default()
+        });
+        p
+    };
+    assert_eq!(ok(&minimal()).dtype, crate::BaseDtype::Auto);
+    let spec = ok(&with("bf16", "lora"));
+    assert_eq!(spec.dtype, crate::BaseDtype::Bf16);
+    assert_eq!(ok(&spec.to_proto()), spec);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), spec);
+    // A row written before the field existed reads as auto.
+    let old = serde_json::to_string(&ok(&minimal())).unwrap();
+    assert!(!old.contains("dtype"), "{old}");
+    assert_eq!(
+        serde_json::from_str::<JobSpec>(&old).unwrap().dtype,
+        crate::BaseDtype::Auto
+    );
+    let err = JobSpec::from_proto(Some(&with("fp8", "lora"))).unwrap_err();
+    assert_eq!(fields(err.clone()), ["spec.resources.dtype"]);
+    assert!(err[0].description.contains("f32, bf16, f16"), "{err:?}");
+    // Trained base weights stay f32.
+    for method in ["full", "lisa"] {
+        let err = JobSpec::from_proto(Some(&with("f16", method))).unwrap_err();
+        assert_eq!(fields(err.clone()), ["spec.resources.dtype"], "{method}");
+        assert!(err[0].description.contains("use dtype f32"), "{err:?}");
+        ok(&with("f32", method));
+    }
+}

@@ -167,6 +167,9 @@ pub struct CreateArgs {
     /// cpu, cuda or any.
     #[arg(long, default_value = "")]
     device: String,
+    /// The base weights' dtype on the worker: auto (bf16 on cuda, f32 on cpu), f32, bf16, f16.
+    #[arg(long, default_value = "")]
+    dtype: String,
     /// key=value; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -240,6 +243,7 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
         resources: Some(pb::Resources {
             device: a.device.clone(),
             min_memory_bytes: 0,
+            dtype: a.dtype.clone(),
         }),
         priority: a.priority,
         max_attempts: a.max_attempts,

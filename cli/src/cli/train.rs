@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tuna_client::pb;
 use tuna_spec::JobSpec;
 use tuna_spec::metrics;
+use tuna_worker::agent::device::WorkerDevice;
 use tuna_worker::agent::{Control, JobInputs, JobRunner, Progress, Reporter, RunOutcome};
 use tuna_worker::runner::EngineRunner;
 
@@ -53,6 +54,12 @@ pub struct TrainArgs {
     /// Where the adapter (HF PEFT layout) is written.
     #[arg(long, default_value = "adapter")]
     out: PathBuf,
+    /// cpu, cuda or cuda:N (cuda needs a binary built with deploy/cuda/build.sh).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The base weights' dtype: auto (bf16 on cuda, f32 on cpu), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
 }
 
 /// Prints progress; checkpoints are not kept in a local run.
@@ -122,7 +129,13 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
             .map(|n| n.to_string_lossy().chars().take(200).collect::<String>())
             .unwrap_or_else(|| "local".into())
     };
+    let opened = WorkerDevice::open(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
     let spec = pb::JobSpec {
+        resources: Some(pb::Resources {
+            device: opened.kind.kind().to_string(),
+            dtype: a.dtype.clone(),
+            ..Default::default()
+        }),
         base_model: a.model.display().to_string(),
         training_file: file_name(&a.data),
         validation_file: a.validation.as_deref().map(file_name).unwrap_or_default(),
@@ -175,6 +188,7 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
         merge_sources: Vec::new(),
         part: tuna_worker::agent::Part::Whole,
         work_dir: work.clone(),
+        device: opened.device,
     };
     let bar = std::io::stdout().is_terminal().then(|| {
         let bar = ProgressBar::new(0);

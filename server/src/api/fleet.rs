@@ -22,7 +22,19 @@ impl Fleet {
 }
 
 fn worker_info(w: WorkerStatus) -> pb::WorkerInfo {
+    // Written by RegisterWorker; rows of older servers lack the keys.
+    let caps: serde_json::Value =
+        serde_json::from_str(&w.worker.capabilities).unwrap_or(serde_json::Value::Null);
     pb::WorkerInfo {
+        device_name: caps
+            .get("device_name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        free_memory_bytes: caps
+            .get("free_memory_bytes")
+            .and_then(|v| v.as_i64())
+            .unwrap_or_default(),
         id: w.worker.id,
         name: w.worker.name,
         device: w.worker.device,

@@ -350,11 +350,23 @@ impl WorkerService for Workers {
         if caps.memory_bytes < 0 || caps.free_disk_bytes < 0 {
             return Err(ApiError::field("capabilities", "sizes must be >= 0").into());
         }
+        if caps.free_memory_bytes < 0 {
+            return Err(ApiError::field("capabilities.free_memory_bytes", "must be >= 0").into());
+        }
+        if caps.device_name.chars().count() > 128 {
+            return Err(ApiError::field(
+                "capabilities.device_name",
+                "must be at most 128 characters",
+            )
+            .into());
+        }
         let json = serde_json::json!({
             "device": caps.device,
             "memory_bytes": caps.memory_bytes,
             "free_disk_bytes": caps.free_disk_bytes,
             "cached_models": caps.cached_models,
+            "device_name": caps.device_name,
+            "free_memory_bytes": caps.free_memory_bytes,
         })
         .to_string();
         let worker = self

@@ -1,5 +1,5 @@
-//! The device a worker advertises, checked before it registers: a worker must never advertise
-//! a device its engine will not train on (the server matches jobs by it).
+//! The device a worker advertises, opened before it registers: a worker never advertises a
+//! device it cannot train on (the server matches jobs by it).
 
 use super::AgentError;
 
@@ -11,6 +11,18 @@ pub enum WorkerDevice {
     Cuda {
         index: usize,
     },
+}
+
+/// An opened device and what the worker reports about it in `RegisterWorker`.
+#[derive(Debug, Clone)]
+pub struct OpenedDevice {
+    pub kind: WorkerDevice,
+    pub device: candle_core::Device,
+    /// For example `NVIDIA H200`; `cpu` for the CPU.
+    pub name: String,
+    /// Device memory in bytes (0 when unknown: the CPU).
+    pub total_memory: i64,
+    pub free_memory: i64,
 }
 
 impl WorkerDevice {
@@ -33,24 +45,18 @@ impl WorkerDevice {
         }
     }
 
-    /// The device this worker can train on, or why it cannot. The engine trains on the CPU
-    /// only today (docs/engine-notes.md §1.8): a CUDA worker is refused rather than
-    /// advertising a GPU and training on the CPU.
-    pub fn check(s: &str) -> Result<Self, AgentError> {
-        match Self::parse(s)? {
-            WorkerDevice::Cpu => Ok(WorkerDevice::Cpu),
-            WorkerDevice::Cuda { index } => Err(AgentError::Config(if cfg!(feature = "cuda") {
-                format!(
-                    "device cuda:{index}: training on CUDA is not available in this version \
-                     (the engine runs on the CPU only, docs/engine-notes.md §1.8); run the \
-                     worker with --device cpu"
-                )
-            } else {
-                format!(
-                    "device cuda:{index}: this tuna binary was built without CUDA support \
-                     (the `cuda` feature); run the worker with --device cpu"
-                )
-            })),
+    /// Parses and opens the device, or says why this worker cannot train on it.
+    pub fn open(s: &str) -> Result<OpenedDevice, AgentError> {
+        let kind = Self::parse(s)?;
+        match kind {
+            WorkerDevice::Cpu => Ok(OpenedDevice {
+                kind,
+                device: candle_core::Device::Cpu,
+                name: "cpu".into(),
+                total_memory: 0,
+                free_memory: 0,
+            }),
+            WorkerDevice::Cuda { index } => open_cuda(index).map_err(AgentError::Config),
         }
     }
 
@@ -63,25 +69,57 @@ impl WorkerDevice {
     }
 }
 
+#[cfg(feature = "cuda")]
+fn open_cuda(index: usize) -> Result<OpenedDevice, String> {
+    let refuse = |e: &dyn std::fmt::Display| {
+        format!(
+            "device cuda:{index} cannot be opened: {e}. Is the NVIDIA driver installed and a \
+             GPU visible (nvidia-smi; CUDA_VISIBLE_DEVICES)? Run the worker with --device cpu \
+             to train on the CPU"
+        )
+    };
+    let device = candle_core::Device::new_cuda(index).map_err(|e| refuse(&e))?;
+    let cuda = device.as_cuda_device().map_err(|e| refuse(&e))?;
+    let context = cuda.cuda_stream().context().clone();
+    let name = context.name().map_err(|e| refuse(&e))?;
+    let (free, total) = context.mem_get_info().map_err(|e| refuse(&e))?;
+    let bytes = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    Ok(OpenedDevice {
+        kind: WorkerDevice::Cuda { index },
+        device,
+        name,
+        total_memory: bytes(total),
+        free_memory: bytes(free),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(index: usize) -> Result<OpenedDevice, String> {
+    Err(format!(
+        "device cuda:{index}: this tuna binary was built without CUDA support (the `cuda` \
+         feature; build it with deploy/cuda/build.sh); run the worker with --device cpu"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_devices_the_engine_trains_on_are_accepted() {
-        assert_eq!(
-            WorkerDevice::check("cpu").map(WorkerDevice::kind).ok(),
-            Some("cpu")
-        );
+    fn only_devices_the_engine_can_open_are_accepted() {
+        let cpu = WorkerDevice::open("cpu").unwrap();
+        assert_eq!(cpu.kind.kind(), "cpu");
+        assert!(cpu.device.is_cpu());
         assert_eq!(
             WorkerDevice::parse("cuda:3").ok(),
             Some(WorkerDevice::Cuda { index: 3 })
         );
         for bad in ["tpu", "cuda:", "cuda:x", "CPU", ""] {
-            let e = WorkerDevice::check(bad).unwrap_err().to_string();
+            let e = WorkerDevice::open(bad).unwrap_err().to_string();
             assert!(e.contains("expected cpu, cuda or cuda:N"), "{bad}: {e}");
         }
-        let e = WorkerDevice::check("cuda").unwrap_err().to_string();
+        // This machine has no GPU: with or without the feature, cuda is refused by name.
+        let e = WorkerDevice::open("cuda").unwrap_err().to_string();
         assert!(e.contains("cuda:0") && e.contains("--device cpu"), "{e}");
     }
 }

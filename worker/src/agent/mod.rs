@@ -103,6 +103,8 @@ pub struct Agent {
     conn: Conn,
     cache: Cache,
     runner: Arc<dyn JobRunner>,
+    /// The device jobs train on.
+    device: candle_core::Device,
     worker_id: String,
     lease: Duration,
     heartbeat: Duration,
@@ -119,15 +121,28 @@ impl Agent {
             config.worker_token.as_deref(),
             config.ca_file.as_deref(),
         )?;
-        let device = device::WorkerDevice::check(&config.device)?;
+        let device = device::WorkerDevice::open(&config.device)?;
+        tracing::info!(
+            device = %device.name,
+            total_memory = device.total_memory,
+            free_memory = device.free_memory,
+            "training device opened"
+        );
         let cache = Cache::new(&config.cache_dir)?;
         let mut delay = Duration::from_millis(200);
         loop {
             let req = pb::RegisterWorkerRequest {
                 name: config.name.clone(),
                 capabilities: Some(pb::WorkerCapabilities {
-                    device: device.kind().to_string(),
-                    memory_bytes: config.memory_bytes,
+                    device: device.kind.kind().to_string(),
+                    // A configured size wins (to reserve memory); else what the device has.
+                    memory_bytes: if config.memory_bytes > 0 {
+                        config.memory_bytes
+                    } else {
+                        device.total_memory
+                    },
+                    device_name: device.name.clone(),
+                    free_memory_bytes: device.free_memory,
                     free_disk_bytes: 0,
                     cached_models: cache.cached_models(),
                 }),
@@ -144,6 +159,7 @@ impl Agent {
                         conn,
                         cache,
                         runner,
+                        device: device.device,
                     });
                 }
                 Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
@@ -414,6 +430,7 @@ impl Agent {
             part,
             merge_sources,
             work_dir: work_dir.to_path_buf(),
+            device: self.device.clone(),
         })
     }
 

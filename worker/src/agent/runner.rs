@@ -36,6 +36,8 @@ pub struct JobInputs {
     pub part: Part,
     /// Scratch space of this attempt; removed afterwards.
     pub work_dir: PathBuf,
+    /// The device this worker trains on (opened once at start-up).
+    pub device: candle_core::Device,
 }
 
 /// What a lease asks of the worker: the whole job, one shard of a lo-fi job, or a lo-fi

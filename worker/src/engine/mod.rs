@@ -16,6 +16,7 @@ pub mod lora_ga;
 pub mod merge;
 pub mod model;
 pub mod optim;
+pub mod placement;
 pub mod pool;
 pub mod rng;
 pub mod trainer;

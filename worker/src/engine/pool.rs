@@ -9,11 +9,15 @@
 
 use std::sync::OnceLock;
 
+use crate::engine::kernels;
+
 static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
 
 /// Runs `f` on the training pool: as many threads as candle uses (`RAYON_NUM_THREADS`,
-/// else one per core). If the pool cannot be started, `f` runs on the calling thread.
+/// else one per core), under the caller's kernel [`kernels::Policy`]. If the pool cannot be started,
+/// `f` runs on the calling thread.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let policy = kernels::policy();
     let pool = POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(candle_core::utils::get_num_threads())
@@ -22,7 +26,7 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             .ok()
     });
     match pool {
-        Some(p) => p.install(f),
+        Some(p) => p.install(|| kernels::with_policy(policy, f)),
         None => f(),
     }
 }

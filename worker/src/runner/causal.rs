@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
 use tuna_proto::v1 as pb;
 use tuna_spec::{LoraInit as SpecInit, Method as SpecMethod, PreferenceParams};
 
@@ -23,6 +22,7 @@ use crate::engine::data::{
 use crate::engine::export;
 use crate::engine::lora_ga;
 use crate::engine::model::{Llama, gguf};
+use crate::engine::placement::Placement;
 use crate::engine::trainer::lisa::LisaConfig;
 use crate::engine::trainer::preference::PreferenceObjective;
 use crate::engine::trainer::{TrainConfig, Trainer};
@@ -272,6 +272,7 @@ pub(super) fn examples(
 /// The model and the tokenizer that goes with it: an HF folder's tokenizer.json (the byte
 /// tokenizer when the folder has none), or the tokenizer rebuilt from GGUF metadata.
 pub(super) fn load_model(inputs: &JobInputs) -> Result<(Llama, Box<dyn Tokenizer>), RunError> {
+    let at = Placement::resolve(&inputs.device, inputs.spec.dtype, &inputs.spec.method);
     if inputs.model_format == pb::ModelFormat::Gguf {
         let file = std::fs::read_dir(&inputs.model_dir)
             .map_err(system)?
@@ -279,7 +280,7 @@ pub(super) fn load_model(inputs: &JobInputs) -> Result<(Llama, Box<dyn Tokenizer
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "gguf"))
             .ok_or_else(|| user("the GGUF model has no .gguf file"))?;
-        let m = gguf::read(&file, DType::F32, &Device::Cpu).map_err(user)?;
+        let m = gguf::read(&file, at.base_dtype, &at.device).map_err(user)?;
         let Some(tok) = m.tokenizer else {
             return Err(user(format!(
                 "no tokenizer could be built from the GGUF metadata: {}",
@@ -289,7 +290,7 @@ pub(super) fn load_model(inputs: &JobInputs) -> Result<(Llama, Box<dyn Tokenizer
         let model = Llama::load(m.config, &m.weights).map_err(user)?;
         return Ok((model, Box::new(tok)));
     }
-    let model = Llama::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).map_err(user)?;
+    let model = Llama::from_dir(&inputs.model_dir, at.base_dtype, &at.device).map_err(user)?;
     let tok = load_for_model(&inputs.model_dir).map_err(user)?;
     Ok((model, tok))
 }

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
 use tuna_proto::v1 as pb;
 use tuna_spec::{ClassInit, LoraParams};
 
@@ -19,6 +18,7 @@ use crate::engine::data::classify::class_examples;
 use crate::engine::data::tokenizer::load_for_model;
 use crate::engine::data::{Labels, Loader};
 use crate::engine::model::bert::{Bert, ClassifierHead};
+use crate::engine::placement::Placement;
 use crate::engine::trainer::Trainer;
 
 /// PEFT's LoRA targets for BERT when the spec leaves them to the architecture.
@@ -41,7 +41,8 @@ pub(super) fn train(
     }
     let h = &spec.hyperparameters;
     let seed = seed(spec);
-    let mut model = Bert::from_dir(&inputs.model_dir, DType::F32, &Device::Cpu).map_err(user)?;
+    let at = Placement::resolve(&inputs.device, spec.dtype, &spec.method);
+    let mut model = Bert::from_dir(&inputs.model_dir, at.base_dtype, &at.device).map_err(user)?;
     let tok = load_for_model(&inputs.model_dir).map_err(user)?;
     let tok = tok.as_ref();
     let max_len = (h.max_seq_len.max(2) as usize).min(model.config().max_position_embeddings);

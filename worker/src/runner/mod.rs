@@ -26,7 +26,9 @@ use crate::engine::trainer::{
 /// Deep models recurse deeply in candle's backward pass; train on a thread with room for it.
 const TRAIN_STACK_BYTES: usize = 512 * 1024 * 1024;
 
-/// Runs jobs with the candle engine on the CPU (f32).
+/// Runs jobs with the candle engine on the device of [`JobInputs::device`] (the CPU, or a
+/// CUDA GPU in a binary built with the `cuda` feature), in the job's base dtype
+/// ([`crate::engine::placement`]).
 #[derive(Debug, Default, Clone)]
 pub struct EngineRunner;
 
@@ -89,7 +91,24 @@ pub(crate) fn shard_of<T>(all: Vec<T>, part: Part) -> Result<Vec<T>, RunError> {
 }
 
 pub(crate) fn user(e: impl std::fmt::Display) -> RunError {
-    RunError::User(e.to_string())
+    let message = e.to_string();
+    out_of_device_memory(&message).unwrap_or(RunError::User(message))
+}
+
+/// A device allocation failure is the worker's problem, not the job's: the attempt fails as
+/// SYSTEM (retried, up to the job's max_attempts, by whichever worker claims it) with advice.
+fn out_of_device_memory(message: &str) -> Option<RunError> {
+    const MARKERS: [&str; 3] = [
+        "CUDA_ERROR_OUT_OF_MEMORY",
+        "CUBLAS_STATUS_ALLOC_FAILED",
+        "out of memory",
+    ];
+    MARKERS.iter().any(|m| message.contains(m)).then(|| {
+        RunError::System(format!(
+            "the GPU ran out of memory ({}); retry with a smaller batch_size or max_seq_len,              a smaller rank, or resources.min_memory_bytes that only larger GPUs meet",
+            message.chars().take(200).collect::<String>()
+        ))
+    })
 }
 
 pub(crate) fn system(e: impl std::fmt::Display) -> RunError {
@@ -98,6 +117,9 @@ pub(crate) fn system(e: impl std::fmt::Display) -> RunError {
 
 /// Bad data or a bad model is the user's problem; anything else may pass on a retry.
 pub(crate) fn classify_error(e: TrainError) -> RunError {
+    if let Some(oom) = out_of_device_memory(&e.to_string()) {
+        return oom;
+    }
     match e {
         TrainError::Data(_)
         | TrainError::Model(_)

@@ -270,7 +270,7 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let in_f = dims.last().copied().unwrap_or(0);
     let rows = x.elem_count() / in_f.max(1);
     let x2 = x.reshape((rows, in_f))?;
-    let y = if x2.track_op() && !w.track_op() && x2.device().is_cpu() {
+    let y = if x2.track_op() && !w.track_op() && kernels::supported(&x2) {
         x2.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?
     } else {
         x2.matmul(&w.t()?)?

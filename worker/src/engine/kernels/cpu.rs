@@ -5,9 +5,12 @@ use candle_core::{CpuStorage, DType, Error, Layout, Result, Shape, Storage, Stor
 
 use super::real::Real;
 
-/// Whether the fused kernels handle `t` (CPU, f32 or f64).
+/// Whether the fused kernels handle `t` (CPU, f32 or f64) and the current
+/// [`super::Policy`] allows them. Everything else (CUDA, bf16/f16) takes the composed ops.
 pub fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+    super::policy() == super::Policy::Fused
+        && t.device().is_cpu()
+        && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 
 pub(super) fn msg(m: impl Into<String>) -> Error {

@@ -77,8 +77,10 @@ impl Weights {
                 path: file.clone(),
                 source,
             })?;
+            // Read on the CPU; `get` converts each tensor there and moves only the working
+            // copy to the device, so the device never holds the file's dtype and ours at once.
             let loaded =
-                candle_core::safetensors::load_buffer(&bytes, device).map_err(|source| {
+                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|source| {
                     WeightError::Format {
                         path: file.clone(),
                         source,

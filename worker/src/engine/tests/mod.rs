@@ -1,6 +1,7 @@
 //! Cross-module engine tests (model + adapters + optimizer + trainer) on tiny random models.
 
 mod bert;
+mod device_generic;
 mod export;
 mod gguf;
 mod grads;

@@ -65,6 +65,7 @@ fn inputs(model: PathBuf, work: &std::path::Path, spec: pb::JobSpec) -> JobInput
         merge_sources: Vec::new(),
         part: crate::agent::Part::Whole,
         work_dir: work.to_path_buf(),
+        device: candle_core::Device::Cpu,
     }
 }
 
@@ -290,6 +291,7 @@ fn tiny_inputs(
         merge_sources: Vec::new(),
         part: crate::agent::Part::Whole,
         work_dir,
+        device: candle_core::Device::Cpu,
     }
 }
 
@@ -682,4 +684,36 @@ fn a_dpo_job_reports_rewards_resumes_exactly_and_exports_a_lora() {
     for ((s, a), (_, b)) in resumed.losses().iter().zip(&whole.losses()[2..]) {
         assert!((a - b).abs() <= 1e-6, "step {s}: {a} vs {b}");
     }
+}
+
+#[test]
+fn a_device_out_of_memory_fails_the_attempt_as_system_with_advice() {
+    use crate::agent::RunError;
+    use crate::engine::model::ModelError;
+    use crate::engine::trainer::TrainError;
+    // cudarc's error as candle wraps it, during a step and while loading weights.
+    let cuda = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+    let during_step = TrainError::Model(ModelError::Candle(candle_core::Error::Msg(cuda.into())));
+    for e in [
+        crate::runner::classify_error(during_step),
+        crate::runner::user(format!("loading model.layers.3.mlp.up_proj.weight: {cuda}")),
+    ] {
+        match e {
+            RunError::System(m) => {
+                assert!(
+                    m.contains("ran out of memory") && m.contains("batch_size"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected a SYSTEM failure, got {other:?}"),
+        }
+    }
+    // Anything else keeps its class.
+    let shape = TrainError::Model(ModelError::Candle(candle_core::Error::Msg(
+        "shape mismatch".into(),
+    )));
+    assert!(matches!(
+        crate::runner::classify_error(shape),
+        RunError::User(_)
+    ));
 }
