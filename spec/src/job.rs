@@ -129,6 +129,12 @@ impl JobSpec {
             None
         };
         let hyperparameters = hyper_from_proto(&mut c, spec.hyperparameters.as_ref());
+        if hyperparameters.gradient_checkpointing && task != Task::CausalLm {
+            c.fail(
+                "spec.hyperparameters.gradient_checkpointing",
+                format!("is available for causal_lm jobs; this job's task is {task}"),
+            );
+        }
         let res = spec.resources.clone().unwrap_or_default();
         let device = c.named(
             "spec.resources.device",
@@ -294,6 +300,7 @@ impl JobSpec {
                 },
                 prompt_loss_weight: Some(h.prompt_loss_weight),
                 zo_epsilon: (h.optimizer == Optimizer::Mezo).then_some(h.zo_epsilon),
+                gradient_checkpointing: h.gradient_checkpointing,
             }),
             resources: Some(pb::Resources {
                 device: self.device.as_str().to_string(),
@@ -627,6 +634,12 @@ fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperpara
             format!("must be > 0 and <= 1, got {zo_epsilon}"),
         );
     }
+    if h.gradient_checkpointing && optimizer == Optimizer::Mezo {
+        c.fail(
+            &format!("{f}.gradient_checkpointing"),
+            "mezo takes no backward pass, so there is nothing to checkpoint",
+        );
+    }
     let prompt_loss_weight = h.prompt_loss_weight.unwrap_or(0.0);
     if c.finite(&format!("{f}.prompt_loss_weight"), prompt_loss_weight)
         && !(0.0..=1.0).contains(&prompt_loss_weight)
@@ -689,6 +702,7 @@ fn hyper_from_proto(c: &mut Check, h: Option<&pb::Hyperparameters>) -> Hyperpara
         decay_shape: schedule_params.decay_shape,
         prompt_loss_weight,
         zo_epsilon,
+        gradient_checkpointing: h.gradient_checkpointing,
     }
 }
 

@@ -167,6 +167,9 @@ pub struct Hyperparameters {
     /// MeZO's perturbation scale ε.
     #[serde(default = "default_zo_epsilon")]
     pub zo_epsilon: f64,
+    /// Recompute decoder layers in backward (causal LM only).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 /// MeZO's ε when the spec names none (the paper's value).

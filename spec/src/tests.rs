@@ -611,3 +611,29 @@ fn the_base_dtype_is_named_validated_and_kept_through_every_encoding() {
         ok(&with("f32", method));
     }
 }
+
+#[test]
+fn gradient_checkpointing_is_for_gradient_trained_causal_lm_jobs() {
+    let mut p = minimal();
+    p.hyperparameters = Some(pb::Hyperparameters {
+        gradient_checkpointing: true,
+        ..Default::default()
+    });
+    let spec = ok(&p);
+    assert!(spec.hyperparameters.gradient_checkpointing);
+    assert_eq!(ok(&spec.to_proto()), spec);
+    let mut mezo = p.clone();
+    if let Some(h) = mezo.hyperparameters.as_mut() {
+        h.optimizer = "mezo".into();
+    }
+    let err = JobSpec::from_proto(Some(&mezo)).unwrap_err();
+    assert_eq!(fields(err), ["spec.hyperparameters.gradient_checkpointing"]);
+    let mut classify = p.clone();
+    classify.task = "classification".into();
+    let err = JobSpec::from_proto(Some(&classify)).unwrap_err();
+    assert_eq!(
+        fields(err.clone()),
+        ["spec.hyperparameters.gradient_checkpointing"]
+    );
+    assert!(err[0].description.contains("causal_lm"), "{err:?}");
+}

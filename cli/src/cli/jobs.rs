@@ -160,6 +160,9 @@ pub struct CreateArgs {
     /// the newest.
     #[arg(long)]
     checkpoint_every: Option<i64>,
+    /// Recompute decoder layers in backward (less memory for long sequences; causal_lm).
+    #[arg(long)]
+    gradient_checkpointing: bool,
     #[arg(long, default_value_t = 0)]
     priority: i32,
     #[arg(long, default_value_t = 0)]
@@ -238,6 +241,7 @@ fn spec_from_args(a: &CreateArgs) -> pb::JobSpec {
             seed: a.seed,
             eval_every: a.eval_every,
             checkpoint_every: a.checkpoint_every,
+            gradient_checkpointing: a.gradient_checkpointing,
             ..Default::default()
         }),
         resources: Some(pb::Resources {

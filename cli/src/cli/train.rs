@@ -60,6 +60,9 @@ pub struct TrainArgs {
     /// The base weights' dtype: auto (bf16 on cuda, f32 on cpu), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
+    /// Recompute decoder layers in backward: less memory for long sequences.
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 /// Prints progress; checkpoints are not kept in a local run.
@@ -158,6 +161,7 @@ pub fn run(a: &TrainArgs) -> Result<ExitCode, CliError> {
             eval_every: Some(a.eval_every),
             seed: Some(a.seed),
             checkpoint_every: Some(0),
+            gradient_checkpointing: a.gradient_checkpointing,
             ..Default::default()
         }),
         ..Default::default()

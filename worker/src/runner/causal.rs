@@ -41,6 +41,7 @@ pub(super) fn train(
     let h = &spec.hyperparameters;
     let seed = seed(spec);
     let (mut model, tok) = load_model(inputs)?;
+    model.set_gradient_checkpointing(h.gradient_checkpointing);
     let tok = tok.as_ref();
     if model.config().vocab_size < tok.vocab_size() {
         return Err(user(format!(

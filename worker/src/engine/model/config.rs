@@ -98,7 +98,7 @@ impl LlamaConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+        let cfg = Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
@@ -106,9 +106,35 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// Parses config JSON, reading RoPE settings from either layout: `rope_theta` and
+    /// `rope_scaling` at the top level (transformers 4), or one `rope_parameters` object
+    /// (transformers 5 writes only that; ignoring it would silently train with the default
+    /// theta). Top-level fields win where both are present.
+    fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        let mut json: serde_json::Value = serde_json::from_str(text)?;
+        if let Some(obj) = json.as_object_mut()
+            && let Some(params) = obj.get("rope_parameters").cloned()
+            && params.is_object()
+        {
+            if !obj.contains_key("rope_theta")
+                && let Some(theta) = params.get("rope_theta")
+            {
+                obj.insert("rope_theta".into(), theta.clone());
+            }
+            let typed = params
+                .get("rope_type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t != "default");
+            if typed && obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
+                obj.insert("rope_scaling".into(), params);
+            }
+        }
+        serde_json::from_value(json)
+    }
+
     /// Parses and validates a config from JSON text (no file name in errors).
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg = Self::parse(text).map_err(|source| ConfigError::Parse {
             path: PathBuf::from("<config.json>"),
             source,
         })?;
@@ -251,6 +277,31 @@ mod tests {
     const GOOD: &str = r#"{"hidden_size":32,"intermediate_size":64,"vocab_size":100,
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
         "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":64}"#;
+
+    #[test]
+    fn reads_rope_settings_written_by_transformers_5() {
+        // transformers 5 writes `rope_parameters` and no top-level `rope_theta`.
+        let v5 = r#"{"hidden_size":32,"intermediate_size":64,"vocab_size":100,
+            "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":64,
+            "rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":32.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,
+            "original_max_position_embeddings":8192}}"#;
+        let cfg = LlamaConfig::from_json(v5).unwrap();
+        assert_eq!(cfg.rope_theta, 500000.0);
+        let rs = cfg
+            .rope_scaling
+            .expect("llama3 scaling read from rope_parameters");
+        assert_eq!((rs.rope_type.as_str(), rs.factor), ("llama3", 32.0));
+        let plain = v5.replace(r#""rope_type":"llama3""#, r#""rope_type":"default""#);
+        let cfg = LlamaConfig::from_json(&plain).unwrap();
+        assert_eq!((cfg.rope_theta, cfg.rope_scaling), (500000.0, None));
+        // The top-level field wins where both are written.
+        let both = v5.replace(
+            "\"max_position_embeddings\":64",
+            "\"max_position_embeddings\":64,\"rope_theta\":1000.0",
+        );
+        assert_eq!(LlamaConfig::from_json(&both).unwrap().rope_theta, 1000.0);
+    }
 
     #[test]
     fn parses_a_minimal_llama_config() {

@@ -15,7 +15,9 @@ use super::weights::Weights;
 use crate::engine::adapters::{Adaptable, AdaptedLinear, Mode};
 use crate::engine::kernels;
 
+mod checkpoint;
 mod tape;
+pub use checkpoint::CheckpointedPass;
 pub use tape::LossTape;
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,8 @@ pub struct Llama {
     /// Prefix-tuning keys and values `[n, layers·2·kv_heads·head_dim]` (PEFT's
     /// `PREFIX_TUNING` row layout), attended to by every real position of every layer.
     prefix: Option<Tensor>,
+    /// Recompute each decoder layer in backward instead of keeping its activations.
+    checkpointing: bool,
 }
 
 fn linear(
@@ -138,6 +142,7 @@ impl Llama {
             lm_head,
             inv_freq,
             prompt: None,
+            checkpointing: false,
             prefix: None,
         })
     }
@@ -223,6 +228,18 @@ impl Llama {
         mode: &Mode,
     ) -> Result<Tensor, ModelError> {
         let x = self.hidden_flat(input_ids, mode)?;
+        self.head_nll_sum(&x, labels, mask, mode)
+    }
+
+    /// The summed masked loss of the final hidden states `x` `[batch·seq, hidden]`.
+    fn head_nll_sum(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        mask: &Tensor,
+        mode: &Mode,
+    ) -> Result<Tensor, ModelError> {
+        let x = x.clone();
         if let Some(w) = self.lm_head.frozen_weight()
             && kernels::supported(&x)
             && w.dtype() == x.dtype()
@@ -239,6 +256,17 @@ impl Llama {
 
     /// The final-norm hidden states `[batch·seq, hidden]` of the real positions.
     fn hidden_flat(&self, input_ids: &Tensor, mode: &Mode) -> Result<Tensor, ModelError> {
+        let (mut x, pass) = self.embed(input_ids, mode)?;
+        for i in 0..self.layers.len() {
+            x = self.layer_forward(i, &x, &pass, mode)?;
+        }
+        self.final_norm(&x, &pass)
+    }
+
+    /// The input of the first decoder layer `[batch·(virtual + seq), hidden]` (token
+    /// embeddings, after prompt tuning's virtual tokens) and what every layer of this pass
+    /// shares.
+    fn embed(&self, input_ids: &Tensor, mode: &Mode) -> Result<(Tensor, Pass), ModelError> {
         let (b, t_in) = input_ids.dims2()?;
         let dtype = self.dtype();
         let device = self.device();
@@ -258,49 +286,94 @@ impl Llama {
                 .reshape((b * (t_in + n_virtual), h))?;
         }
         let t = t_in + n_virtual;
-        let prefix = self.prefix.as_ref().filter(|_| mode.adapters_on());
+        let prefix = self.prefix.as_ref().filter(|_| mode.adapters_on()).cloned();
         // Prefix positions come first: real tokens sit at positions n_prefix.. (as PEFT runs
         // the prefix as a KV cache of that length).
-        let n_prefix = prefix.map_or(0, |p| p.dim(0).unwrap_or(0));
+        let n_prefix = prefix.as_ref().map_or(0, |p| p.dim(0).unwrap_or(0));
         let rope = Rope::new(&self.inv_freq, n_prefix + t, dtype, device)?;
+        let pass = Pass {
+            b,
+            t,
+            t_in,
+            n_virtual,
+            n_prefix,
+            prefix,
+            rope,
+        };
+        Ok((x, pass))
+    }
+
+    /// Decoder layer `i` on its input `x` `[b·t, hidden]`.
+    fn layer_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        pass: &Pass,
+        mode: &Mode,
+    ) -> Result<Tensor, ModelError> {
+        let layer = self
+            .layers
+            .get(i)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no decoder layer {i}")))?;
         let eps = self.config.rms_norm_eps;
         let (kv, hd) = (self.config.num_kv_heads(), self.config.head_size());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let hs = rms_norm(&x, &layer.input_layernorm, eps)?;
-            let layer_prefix = match prefix {
-                Some(p) => {
-                    // [n, layers·2, kv, hd] → this layer's keys and values, [b, kv, n, hd].
-                    let p =
-                        p.to_dtype(dtype)?
-                            .reshape((n_prefix, self.layers.len() * 2, kv, hd))?;
-                    let part = |j: usize| -> candle_core::Result<Tensor> {
-                        p.narrow(1, 2 * i + j, 1)?
-                            .squeeze(1)?
-                            .transpose(0, 1)?
-                            .unsqueeze(0)?
-                            .broadcast_as((b, kv, n_prefix, hd))?
-                            .contiguous()
-                    };
-                    Some((part(0)?, part(1)?))
-                }
-                None => None,
-            };
-            x = (x + layer
-                .self_attn
-                .forward(&hs, (b, t), &rope, layer_prefix.as_ref(), mode)?)?;
-            let hs = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
-            x = (x + layer.mlp.forward(&hs, mode)?)?;
-        }
-        let mut x = rms_norm(&x, &self.norm, eps)?;
-        if n_virtual > 0 {
+        let (b, n_prefix) = (pass.b, pass.n_prefix);
+        let hs = rms_norm(x, &layer.input_layernorm, eps)?;
+        let layer_prefix = match &pass.prefix {
+            Some(p) => {
+                // [n, layers·2, kv, hd] → this layer's keys and values, [b, kv, n, hd].
+                let p =
+                    p.to_dtype(self.dtype())?
+                        .reshape((n_prefix, self.layers.len() * 2, kv, hd))?;
+                let part = |j: usize| -> candle_core::Result<Tensor> {
+                    p.narrow(1, 2 * i + j, 1)?
+                        .squeeze(1)?
+                        .transpose(0, 1)?
+                        .unsqueeze(0)?
+                        .broadcast_as((b, kv, n_prefix, hd))?
+                        .contiguous()
+                };
+                Some((part(0)?, part(1)?))
+            }
+            None => None,
+        };
+        let x = (x + layer.self_attn.forward(
+            &hs,
+            (b, pass.t),
+            &pass.rope,
+            layer_prefix.as_ref(),
+            mode,
+        )?)?;
+        let hs = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+        Ok((&x + layer.mlp.forward(&hs, mode)?)?)
+    }
+
+    /// The final norm over the last layer's output, for the real positions only.
+    fn final_norm(&self, x: &Tensor, pass: &Pass) -> Result<Tensor, ModelError> {
+        let mut x = rms_norm(x, &self.norm, self.config.rms_norm_eps)?;
+        if pass.n_virtual > 0 {
             // Logits only for the real positions, so labels and masks line up unchanged.
+            let h = self.config.hidden_size;
             x = x
-                .reshape((b, t, h))?
-                .narrow(1, n_virtual, t_in)?
-                .reshape((b * t_in, h))?;
+                .reshape((pass.b, pass.t, h))?
+                .narrow(1, pass.n_virtual, pass.t_in)?
+                .reshape((pass.b * pass.t_in, h))?;
         }
         Ok(x)
     }
+}
+
+/// What every decoder layer of one forward pass shares.
+struct Pass {
+    b: usize,
+    /// Positions per sequence, virtual tokens included.
+    t: usize,
+    /// Real token positions per sequence.
+    t_in: usize,
+    n_virtual: usize,
+    n_prefix: usize,
+    prefix: Option<Tensor>,
+    rope: Rope,
 }
 
 impl Attention {

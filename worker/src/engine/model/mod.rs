@@ -10,7 +10,7 @@ pub mod weights;
 
 pub use bert::{Bert, BertConfig, ClassifierHead};
 pub use config::{ConfigError, LlamaConfig};
-pub use llama::{Llama, LossTape};
+pub use llama::{CheckpointedPass, Llama, LossTape};
 pub use weights::{WeightError, Weights};
 
 /// A decoder that returns next-token logits for every position; what the trainer needs.
@@ -55,6 +55,19 @@ pub trait CausalLm: crate::engine::adapters::Adaptable + Sync {
     ) -> Result<Option<LossTape<'_>>, ModelError> {
         Ok(None)
     }
+    /// The scaled loss and the gradients of `vars` with gradient checkpointing, when the
+    /// model has it switched on; `None` means the caller runs the ordinary pass.
+    fn checkpointed_pass(
+        &self,
+        _input_ids: &candle_core::Tensor,
+        _labels: &candle_core::Tensor,
+        _mask: &candle_core::Tensor,
+        _mode: &crate::engine::adapters::Mode,
+        _scale: f64,
+        _vars: &std::collections::BTreeMap<String, candle_core::Var>,
+    ) -> Result<Option<CheckpointedPass>, ModelError> {
+        Ok(None)
+    }
     fn device(&self) -> &candle_core::Device;
 }
 
@@ -93,6 +106,22 @@ impl CausalLm for Llama {
         mode: &crate::engine::adapters::Mode,
     ) -> Result<Option<LossTape<'_>>, ModelError> {
         Ok(Llama::loss_tape(self, input_ids, labels, mask, mode)?)
+    }
+
+    fn checkpointed_pass(
+        &self,
+        input_ids: &candle_core::Tensor,
+        labels: &candle_core::Tensor,
+        mask: &candle_core::Tensor,
+        mode: &crate::engine::adapters::Mode,
+        scale: f64,
+        vars: &std::collections::BTreeMap<String, candle_core::Var>,
+    ) -> Result<Option<CheckpointedPass>, ModelError> {
+        if !self.gradient_checkpointing() {
+            return Ok(None);
+        }
+        self.checkpointed_loss_and_grads(input_ids, labels, mask, mode, scale, vars)
+            .map(Some)
     }
 
     fn device(&self) -> &candle_core::Device {

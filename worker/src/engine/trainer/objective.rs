@@ -153,17 +153,27 @@ pub fn loss_and_grads<M: CausalLm>(
 ) -> Result<Pass, TrainError> {
     crate::engine::pool::install(|| {
         let started = Instant::now();
+        if let Some(pass) = model.checkpointed_pass(
+            &batch.input_ids,
+            &batch.labels,
+            &batch.mask,
+            mode,
+            loss_scale,
+            adapters.vars(),
+        )? {
+            return Ok(Pass {
+                loss: pass.loss,
+                grads: take_grads(pass.grads, adapters)?,
+                stats: Vec::new(),
+                // Forward and backward interleave; the whole pass counts as backward.
+                forward: std::time::Duration::ZERO,
+                backward: started.elapsed(),
+            });
+        }
         if let Some(tape) = model.loss_tape(&batch.input_ids, &batch.labels, &batch.mask, mode)? {
             let loss = tape.nll_sum * loss_scale;
             let forward = started.elapsed();
-            let mut all = tape.backward(loss_scale)?;
-            let mut grads = Grads::default();
-            for name in adapters.vars().keys() {
-                let g = all
-                    .remove(name)
-                    .ok_or_else(|| TrainError::GradientCut(name.clone()))?;
-                grads.0.insert(name.clone(), g);
-            }
+            let grads = take_grads(tape.backward(loss_scale)?, adapters)?;
             return Ok(Pass {
                 loss,
                 grads,
@@ -175,6 +185,21 @@ pub fn loss_and_grads<M: CausalLm>(
         let nll = model.masked_nll_sum_flat(&batch.input_ids, &batch.labels, &batch.mask, mode)?;
         autograd_pass(&(nll * loss_scale)?, adapters.vars(), started)
     })
+}
+
+/// The gradient of every adapter parameter out of `all`; a missing one is a cut graph.
+fn take_grads(
+    mut all: BTreeMap<String, Tensor>,
+    adapters: &AdapterSet,
+) -> Result<Grads, TrainError> {
+    let mut grads = Grads::default();
+    for name in adapters.vars().keys() {
+        let g = all
+            .remove(name)
+            .ok_or_else(|| TrainError::GradientCut(name.clone()))?;
+        grads.0.insert(name.clone(), g);
+    }
+    Ok(grads)
 }
 
 /// The value of `loss` (timed as the forward pass since `started`) and, through candle's
