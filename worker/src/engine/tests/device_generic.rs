@@ -344,6 +344,9 @@ fn a_bf16_base_with_f32_adapters_tracks_the_f32_loss_curve() {
     );
 }
 
+/// Attaches one method's adapters to a model.
+type AttachFn = Box<dyn Fn(&mut Llama) -> AdapterSet>;
+
 #[test]
 fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
     let spec = TinySpec {
@@ -352,7 +355,7 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
         ..TinySpec::default()
     };
     let batch = causal_batch(&Device::Cpu);
-    let mut cases: Vec<(String, Box<dyn Fn(&mut Llama) -> AdapterSet>)> = Vec::new();
+    let mut cases: Vec<(String, AttachFn)> = Vec::new();
     for (name, cfg) in lora_configs() {
         cases.push((
             name.to_string(),
