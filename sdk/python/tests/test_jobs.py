@@ -229,3 +229,28 @@ def test_a_lofi_job_trains_its_shards_then_averages_them(
     assert all(s.state is tuna.JobState.SUCCEEDED for s in shards)
     assert kinds.count("shard") >= 4  # each shard's claim and end
     assert {"source0_eval_loss", "source1_eval_loss", "eval_loss"} <= values.keys()
+
+
+def test_a_bf16_base_with_gradient_checkpointing_trains_on_a_cpu_worker(
+    client: tuna.Client, model: tuna.Model, dataset: tuna.File
+) -> None:
+    job = client.jobs.create(
+        model=model,
+        training_file=dataset,
+        method=tuna.LoRA(r=4),
+        hyperparameters=tuna.Hyperparameters(
+            learning_rate=1e-3, max_steps=2, gradient_checkpointing=True
+        ),
+        resources=tuna.Resources(device="cpu", dtype="bf16"),
+    )
+    assert job.spec.resources.dtype == "bf16"
+    assert job.spec.hyperparameters.gradient_checkpointing
+    job = job.wait(timeout=300)
+    assert job.state is tuna.JobState.SUCCEEDED, job.failure
+    with pytest.raises(tuna.InvalidArgument) as refused:
+        client.jobs.create(
+            model=model,
+            training_file=dataset,
+            hyperparameters=tuna.Hyperparameters(optimizer="mezo", gradient_checkpointing=True),
+        )
+    assert refused.value.fields == ["spec.hyperparameters.gradient_checkpointing"]

@@ -263,6 +263,9 @@ class Hyperparameters:
         prompt_loss_weight: weight of prompt tokens in the loss, in [0, 1]; 0 trains on the
             completion only, 1 on the whole sequence [0].
         zo_epsilon: ``mezo``'s perturbation scale, in (0, 1] [1e-3].
+        gradient_checkpointing: recompute each decoder layer in the backward pass instead of
+            keeping its activations: much less memory for long sequences, about one more
+            forward pass of time (``causal_lm`` jobs) [False].
     """
 
     learning_rate: float | None = None
@@ -288,6 +291,7 @@ class Hyperparameters:
     decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = None
     prompt_loss_weight: float | None = None
     zo_epsilon: float | None = None
+    gradient_checkpointing: bool | None = None
 
     _FLOATS: ClassVar[frozenset[str]] = frozenset(
         {
@@ -321,15 +325,25 @@ class Resources:
     Args:
         device: ``cpu``, ``cuda`` or ``any`` (default).
         min_memory_bytes: minimum device memory of the worker (default 0).
+        dtype: the base weights' dtype on the worker: ``auto`` (default: bf16 on cuda, f32 on
+            cpu and for methods that train base weights), ``f32``, ``bf16`` or ``f16``.
     """
 
     device: Literal["cpu", "cuda", "any"] | None = None
     min_memory_bytes: int | None = None
+    dtype: Literal["auto", "f32", "bf16", "f16"] | None = None
 
     def to_proto(self) -> job_pb2.Resources:
         """The ``tuna.v1.Resources`` message."""
         message = job_pb2.Resources()
-        _set_optional(message, {"device": self.device, "min_memory_bytes": self.min_memory_bytes})
+        _set_optional(
+            message,
+            {
+                "device": self.device,
+                "min_memory_bytes": self.min_memory_bytes,
+                "dtype": self.dtype,
+            },
+        )
         return message
 
 

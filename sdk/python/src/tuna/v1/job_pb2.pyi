@@ -179,7 +179,7 @@ class Ia3Params(_message.Message):
     def __init__(self, target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("learning_rate", "epochs", "max_steps", "batch_size", "grad_accumulation", "warmup_steps", "schedule", "weight_decay", "max_seq_len", "seed", "eval_every", "checkpoint_every", "max_grad_norm", "optimizer", "auto_learning_rate", "min_lr_ratio", "decay_fraction", "decay_shape", "prompt_loss_weight", "zo_epsilon")
+    __slots__ = ("learning_rate", "epochs", "max_steps", "batch_size", "grad_accumulation", "warmup_steps", "schedule", "weight_decay", "max_seq_len", "seed", "eval_every", "checkpoint_every", "max_grad_norm", "optimizer", "auto_learning_rate", "min_lr_ratio", "decay_fraction", "decay_shape", "prompt_loss_weight", "zo_epsilon", "gradient_checkpointing")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class Hyperparameters(_message.Message):
     DECAY_SHAPE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOSS_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ZO_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     epochs: int
     max_steps: int
@@ -220,15 +221,18 @@ class Hyperparameters(_message.Message):
     decay_shape: str
     prompt_loss_weight: float
     zo_epsilon: float
-    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., grad_accumulation: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., schedule: _Optional[str] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., optimizer: _Optional[str] = ..., auto_learning_rate: _Optional[bool] = ..., min_lr_ratio: _Optional[float] = ..., decay_fraction: _Optional[float] = ..., decay_shape: _Optional[str] = ..., prompt_loss_weight: _Optional[float] = ..., zo_epsilon: _Optional[float] = ...) -> None: ...
+    gradient_checkpointing: bool
+    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., grad_accumulation: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., schedule: _Optional[str] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., optimizer: _Optional[str] = ..., auto_learning_rate: _Optional[bool] = ..., min_lr_ratio: _Optional[float] = ..., decay_fraction: _Optional[float] = ..., decay_shape: _Optional[str] = ..., prompt_loss_weight: _Optional[float] = ..., zo_epsilon: _Optional[float] = ..., gradient_checkpointing: _Optional[bool] = ...) -> None: ...
 
 class Resources(_message.Message):
-    __slots__ = ("device", "min_memory_bytes")
+    __slots__ = ("device", "min_memory_bytes", "dtype")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MIN_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     device: str
     min_memory_bytes: int
-    def __init__(self, device: _Optional[str] = ..., min_memory_bytes: _Optional[int] = ...) -> None: ...
+    dtype: str
+    def __init__(self, device: _Optional[str] = ..., min_memory_bytes: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("kind", "message")

@@ -62,16 +62,20 @@ class DownloadInputResponse(_message.Message):
     def __init__(self, file: _Optional[_Union[_file_pb2.File, _Mapping]] = ..., artifact: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class WorkerCapabilities(_message.Message):
-    __slots__ = ("device", "memory_bytes", "free_disk_bytes", "cached_models")
+    __slots__ = ("device", "memory_bytes", "free_disk_bytes", "cached_models", "device_name", "free_memory_bytes")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     FREE_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     CACHED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FREE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     device: str
     memory_bytes: int
     free_disk_bytes: int
     cached_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., free_disk_bytes: _Optional[int] = ..., cached_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    device_name: str
+    free_memory_bytes: int
+    def __init__(self, device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., free_disk_bytes: _Optional[int] = ..., cached_models: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., free_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
     __slots__ = ("name", "capabilities")
@@ -250,7 +254,7 @@ class ListWorkersRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., seen_within_ms: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("id", "name", "device", "memory_bytes", "current_job_id", "registered_at", "last_seen_at")
+    __slots__ = ("id", "name", "device", "memory_bytes", "current_job_id", "registered_at", "last_seen_at", "device_name", "free_memory_bytes")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +262,8 @@ class WorkerInfo(_message.Message):
     CURRENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FREE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     device: str
@@ -265,7 +271,9 @@ class WorkerInfo(_message.Message):
     current_job_id: str
     registered_at: _timestamp_pb2.Timestamp
     last_seen_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., current_job_id: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    device_name: str
+    free_memory_bytes: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., current_job_id: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device_name: _Optional[str] = ..., free_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)
