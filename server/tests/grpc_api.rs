@@ -1030,3 +1030,59 @@ async fn a_worker_downloads_only_the_inputs_of_the_lease_it_holds(pool: sqlx::Pg
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     h.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn workers_report_their_device_name_and_free_memory(pool: sqlx::PgPool) {
+    let h = harness(pool).await;
+    let mut w = WorkerServiceClient::new(h.channel.clone());
+    let mut req = register_request("gpu-host");
+    if let Some(c) = req.capabilities.as_mut() {
+        c.device = "cuda".into();
+        c.device_name = "NVIDIA H200".into();
+        c.memory_bytes = 150_000_000_000;
+        c.free_memory_bytes = 149_000_000_000;
+    }
+    let id = w
+        .register_worker(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let mut fleet =
+        tuna_proto::v1::fleet_service_client::FleetServiceClient::new(h.channel.clone());
+    let workers = fleet
+        .list_workers(pb::ListWorkersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    let me = workers.iter().find(|x| x.id == id).unwrap();
+    assert_eq!(
+        (me.device.as_str(), me.device_name.as_str()),
+        ("cuda", "NVIDIA H200")
+    );
+    assert_eq!(
+        (me.memory_bytes, me.free_memory_bytes),
+        (150_000_000_000, 149_000_000_000)
+    );
+    // Hostile values are refused naming the field.
+    for (field, edit) in [
+        (
+            "capabilities.device_name",
+            Box::new(|c: &mut pb::WorkerCapabilities| c.device_name = "x".repeat(129))
+                as Box<dyn Fn(&mut pb::WorkerCapabilities)>,
+        ),
+        (
+            "capabilities.free_memory_bytes",
+            Box::new(|c: &mut pb::WorkerCapabilities| c.free_memory_bytes = -1),
+        ),
+    ] {
+        let mut bad = req.clone();
+        if let Some(c) = bad.capabilities.as_mut() {
+            edit(c);
+        }
+        let err = w.register_worker(bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields(&err), [field]);
+    }
+}
