@@ -340,8 +340,10 @@ impl Bert {
         let (b, t) = input_ids.dims2()?;
         let mask = attention_mask.to_dtype(DType::F32)?;
         // (1 - m) · f32::MIN, like HF's extended attention mask: exp underflows to exactly 0.
+        // Scores and softmax run in f32 (f64 in gradient checks) over any base dtype.
+        let stats = compute_dtype(dtype);
         let bias = ((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?
-            .to_dtype(dtype)?
+            .to_dtype(stats)?
             .reshape((b, 1, 1, t))?;
         let mut x = self.embeddings(input_ids)?;
         let heads = self.config.num_attention_heads;
@@ -354,8 +356,9 @@ impl Bert {
             let q = split(l.query.forward(&x, mode)?)?;
             let k = split(l.key.forward(&x, mode)?)?;
             let v = split(l.value.forward(&x, mode)?)?;
-            let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let scores =
+                (q.matmul(&k.t()?)?.to_dtype(stats)? / (hd as f64).sqrt())?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
             let ctx =
                 probs
                     .matmul(&v)?

@@ -429,19 +429,22 @@ impl Attention {
         let q = rope.apply_from(&split(q, self.heads)?, n)?;
         let mut k = rope.apply_from(&split(k, self.kv_heads)?, n)?;
         let mut v = split(v, self.kv_heads)?;
-        let mut mask = causal_mask(t, q.dtype(), q.device())?;
+        // Scores and softmax run in f32 (f64 in gradient checks) over any base dtype.
+        let stats = compute_dtype(q.dtype());
+        let mut mask = causal_mask(t, stats, q.device())?;
         if let Some((pk, pv)) = prefix {
             k = Tensor::cat(&[pk, &k], 2)?;
             v = Tensor::cat(&[pv, &v], 2)?;
-            let visible = Tensor::zeros((t, n), q.dtype(), q.device())?;
+            let visible = Tensor::zeros((t, n), stats, q.device())?;
             mask = Tensor::cat(&[&visible, &mask], 1)?;
         }
         let n_rep = self.heads / self.kv_heads;
         let k = repeat_kv(k, n_rep)?.contiguous()?;
         let v = repeat_kv(v, n_rep)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
+        let scores = (q.matmul(&k.t()?)?.to_dtype(stats)? / (self.head_dim as f64).sqrt())?
+            .broadcast_add(&mask)?;
         // ops::softmax (max/sub/exp/sum/div) keeps the gradient; softmax_last_dim does not.
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
         let y = probs
             .matmul(&v)?
             .transpose(1, 2)?
