@@ -4,7 +4,8 @@
 # points candle's kernel build (nvcc -> PTX) and the link at them.
 #
 #   bash deploy/cuda/build.sh            # cargo build --release -p tuna --features cuda
-#   bash deploy/cuda/build.sh --check    # cargo check only (what CI runs: proves the toolchain)
+#   bash deploy/cuda/build.sh --check    # cargo check only (proves the toolchain)
+#   bash deploy/cuda/build.sh --debug    # a debug build (what CI runs: it then starts the binary)
 #   CUDA_COMPUTE_CAP=80 bash deploy/cuda/build.sh   # A100; 89 = L4/L40/RTX 40xx; default 90
 #
 # The 13.0 line is pinned (nvcc, nvvm, crt, cccl, runtime, cuBLAS, cuRAND, NVRTC together: a
@@ -30,10 +31,12 @@ case "$cap" in
   *) echo "deploy/cuda/build.sh: CUDA_COMPUTE_CAP=$cap; expected 80, 86, 89 or 90" >&2; exit 2 ;;
 esac
 mode=build
+profile=release
 case "${1:-}" in
   --check) mode=check ;;
+  --debug) profile=debug ;;
   "") ;;
-  *) echo "deploy/cuda/build.sh: unknown argument $1 (use --check or nothing)" >&2; exit 2 ;;
+  *) echo "deploy/cuda/build.sh: unknown argument $1 (use --check, --debug or nothing)" >&2; exit 2 ;;
 esac
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -83,11 +86,15 @@ fi
 if [ "$mode" = check ]; then
   cargo check --locked -p tuna --features cuda
 else
-  cargo build --release --locked -p tuna --features cuda
-  echo "deploy/cuda/build.sh: $CARGO_TARGET_DIR/release/tuna (sm_$cap)"
+  if [ "$profile" = release ]; then
+    cargo build --release --locked -p tuna --features cuda
+  else
+    cargo build --locked -p tuna --features cuda
+  fi
+  echo "deploy/cuda/build.sh: $CARGO_TARGET_DIR/$profile/tuna (sm_$cap)"
   echo "deploy/cuda/build.sh: it needs CUDA 13 cuBLAS/cuRAND/NVRTC at run time, for example"
   echo "  LD_LIBRARY_PATH=$cuda/lib \\"
-  echo "  $CARGO_TARGET_DIR/release/tuna worker --device cuda"
+  echo "  $CARGO_TARGET_DIR/$profile/tuna worker --device cuda"
   if [ -d "$link/stubs" ]; then
     echo "deploy/cuda/build.sh: on a machine without the NVIDIA driver, append $link/stubs"
     echo "  to LD_LIBRARY_PATH (after the driver's folder) to start it for CPU jobs"

@@ -72,6 +72,9 @@ impl WorkerDevice {
 #[cfg(feature = "cuda")]
 fn open_cuda(index: usize) -> Result<OpenedDevice, String> {
     let refuse = |e: &dyn std::fmt::Display| {
+        // candle appends a backtrace to its errors when RUST_BACKTRACE is set: keep the cause.
+        let e = e.to_string();
+        let e = e.lines().next().unwrap_or_default();
         format!(
             "device cuda:{index} cannot be opened: {e}. Is the NVIDIA driver installed and a \
              GPU visible (nvidia-smi; CUDA_VISIBLE_DEVICES)? Run the worker with --device cpu \

@@ -19,7 +19,6 @@ use crate::engine::kernels::{Policy, with_policy};
 use crate::engine::model::bert::{Bert, ClassifierHead, TinyBertSpec};
 use crate::engine::model::tiny::TinySpec;
 use crate::engine::model::{Llama, Weights};
-use crate::engine::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::preference::PreferenceObjective;
 use crate::engine::trainer::{
     CausalLmObjective, ClassificationObjective, Event, Objective, TrainConfig, Trainer,
@@ -34,8 +33,8 @@ const TEXTS: [&str; 3] = [
     "lorem ipsum",
 ];
 
-fn causal_batch(device: &Device) -> Batch {
-    let examples: Vec<Example> = TEXTS
+fn examples() -> Vec<Example> {
+    TEXTS
         .iter()
         .map(|t| {
             Example::from_record(
@@ -46,7 +45,11 @@ fn causal_batch(device: &Device) -> Batch {
                 24,
             )
         })
-        .collect();
+        .collect()
+}
+
+fn causal_batch(device: &Device) -> Batch {
+    let examples = examples();
     let refs: Vec<&Example> = examples.iter().collect();
     Example::collate(&refs, 0, 0.0, device).unwrap()
 }
@@ -280,39 +283,14 @@ fn lora_curve(dtype: DType, steps: u64) -> Vec<f64> {
     for (name, v) in set.vars() {
         assert_eq!(v.dtype(), DType::F32, "{name}: adapters train in f32");
     }
-    let examples: Vec<Example> = TEXTS
-        .iter()
-        .map(|t| {
-            Example::from_record(
-                &Record::Text {
-                    text: t.to_string(),
-                },
-                &ByteTokenizer,
-                24,
-            )
-        })
-        .collect();
-    let loader = crate::engine::data::Loader::new(examples, 3, 1, 0).unwrap();
+    let loader = crate::engine::data::Loader::new(examples(), 3, 1, 0).unwrap();
     let objective = CausalLmObjective {
         model: &model,
         adapters: &set,
     };
     let config = TrainConfig {
-        max_steps: steps,
-        grad_accum: 1,
-        schedule: Schedule {
-            peak_lr: 1e-2,
-            warmup_steps: 0,
-            total_steps: steps,
-            kind: ScheduleKind::Constant,
-        },
-        optimizer: OptimizerConfig::default(),
-        max_grad_norm: Some(1.0),
-        loraplus_ratio: None,
-        eval_every: None,
-        checkpoint_every: None,
         seed: 4,
-        lisa: None,
+        ..super::util::constant_lr(steps, 1e-2)
     };
     let mut trainer = Trainer::with_objective(objective, loader, None, config).unwrap();
     let mut losses = Vec::new();

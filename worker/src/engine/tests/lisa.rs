@@ -11,7 +11,6 @@ use super::util::{run_steps, tiny_model};
 use crate::engine::adapters::methods::{Method, attach};
 use crate::engine::data::{ByteTokenizer, Example, Format, Loader, jsonl};
 use crate::engine::model::tiny::TinySpec;
-use crate::engine::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::lisa::{LisaConfig, draw, layer_of};
 use crate::engine::trainer::{Event, TrainConfig, Trainer};
 
@@ -45,21 +44,10 @@ const LISA: LisaConfig = LisaConfig {
 
 fn config(steps: u64, lisa: Option<LisaConfig>) -> TrainConfig {
     TrainConfig {
-        max_steps: steps,
-        grad_accum: 1,
-        schedule: Schedule {
-            peak_lr: 1e-2,
-            warmup_steps: 0,
-            total_steps: steps,
-            kind: ScheduleKind::Constant,
-        },
-        optimizer: OptimizerConfig::default(),
-        max_grad_norm: Some(1.0),
-        loraplus_ratio: None,
-        eval_every: None,
         checkpoint_every: Some(100),
         seed: 9,
         lisa,
+        ..super::util::constant_lr(steps, 1e-2)
     }
 }
 

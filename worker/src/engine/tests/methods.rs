@@ -14,8 +14,7 @@ use crate::engine::data::{ByteTokenizer, Example, Format, Loader, jsonl};
 use crate::engine::export;
 use crate::engine::model::bert::{Bert, ClassifierHead, TinyBertSpec};
 use crate::engine::model::tiny::TinySpec;
-use crate::engine::optim::{OptimizerConfig, Schedule, ScheduleKind};
-use crate::engine::trainer::{Event, TrainConfig, Trainer};
+use crate::engine::trainer::{Event, Trainer};
 
 fn ia3() -> Method {
     Method::Ia3 {
@@ -164,23 +163,7 @@ fn train(method: &Method, steps: u64, lr: f64) -> (f64, f64) {
         .map(|r| Example::from_record(r, &ByteTokenizer, 32))
         .collect();
     let loader = Loader::new(examples, 4, 1, 0).unwrap();
-    let config = TrainConfig {
-        max_steps: steps,
-        grad_accum: 1,
-        schedule: Schedule {
-            peak_lr: lr,
-            warmup_steps: 0,
-            total_steps: steps,
-            kind: ScheduleKind::Constant,
-        },
-        optimizer: OptimizerConfig::default(),
-        max_grad_norm: Some(1.0),
-        loraplus_ratio: None,
-        eval_every: None,
-        checkpoint_every: None,
-        lisa: None,
-        seed: 0,
-    };
+    let config = super::util::constant_lr(steps, lr);
     let mut trainer = Trainer::new(&model, &set, loader, None, config).unwrap();
     let mut losses = Vec::new();
     trainer

@@ -13,7 +13,6 @@ use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules};
 use crate::engine::data::Batchable;
 use crate::engine::data::{ByteTokenizer, Format, Loader, PairExample, jsonl, pairs_from_records};
 use crate::engine::model::tiny::TinySpec;
-use crate::engine::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use crate::engine::trainer::preference::{self, PreferenceObjective};
 use crate::engine::trainer::{Event, Objective, TrainConfig, Trainer};
 
@@ -136,21 +135,8 @@ fn pairs() -> Vec<PairExample> {
 
 fn config(steps: u64) -> TrainConfig {
     TrainConfig {
-        max_steps: steps,
-        grad_accum: 1,
-        schedule: Schedule {
-            peak_lr: 2e-2,
-            warmup_steps: 0,
-            total_steps: steps,
-            kind: ScheduleKind::Constant,
-        },
-        optimizer: OptimizerConfig::default(),
-        max_grad_norm: Some(1.0),
-        loraplus_ratio: None,
-        eval_every: None,
-        checkpoint_every: None,
         seed: 4,
-        lisa: None,
+        ..super::util::constant_lr(steps, 2e-2)
     }
 }
 

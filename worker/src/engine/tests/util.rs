@@ -39,6 +39,29 @@ pub fn perturb_b(set: &AdapterSet, seed: u64) {
     }
 }
 
+/// A plain test run: `steps` AdamW steps at a constant `lr`, clipped at 1, no accumulation,
+/// evals, checkpoints or LISA (tests override fields with struct update syntax).
+pub fn constant_lr(steps: u64, lr: f64) -> crate::engine::trainer::TrainConfig {
+    use crate::engine::optim::{OptimizerConfig, Schedule, ScheduleKind};
+    crate::engine::trainer::TrainConfig {
+        max_steps: steps,
+        grad_accum: 1,
+        schedule: Schedule {
+            peak_lr: lr,
+            warmup_steps: 0,
+            total_steps: steps,
+            kind: ScheduleKind::Constant,
+        },
+        optimizer: OptimizerConfig::default(),
+        max_grad_norm: Some(1.0),
+        loraplus_ratio: None,
+        eval_every: None,
+        checkpoint_every: None,
+        seed: 0,
+        lisa: None,
+    }
+}
+
 /// Mean next-token cross-entropy over all positions.
 pub fn lm_loss(model: &Llama, ids: &Tensor, mode: &crate::engine::adapters::Mode) -> Tensor {
     let (b, t) = ids.dims2().unwrap();
