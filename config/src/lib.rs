@@ -133,6 +133,9 @@ pub struct Queue {
     /// First retry delay after a SYSTEM failure (doubles per attempt, with jitter).
     pub backoff_base_ms: i64,
     pub backoff_max_ms: i64,
+    /// After a SYSTEM failure, for this long after the retry becomes claimable only other
+    /// workers may claim it (the failing worker may lack memory or be broken); then any may.
+    pub retry_elsewhere_ms: i64,
     /// How often waiters poll when no notification arrives, and the reaper's period.
     pub poll_interval_ms: u64,
 }
@@ -145,6 +148,7 @@ impl Default for Queue {
             lease_ms: 30_000,
             backoff_base_ms: 5_000,
             backoff_max_ms: 600_000,
+            retry_elsewhere_ms: 60_000,
             poll_interval_ms: 1_000,
         }
     }
@@ -319,6 +323,7 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
     ("TUNA_LEASE_MS", "queue", "lease_ms"),
     ("TUNA_BACKOFF_BASE_MS", "queue", "backoff_base_ms"),
     ("TUNA_BACKOFF_MAX_MS", "queue", "backoff_max_ms"),
+    ("TUNA_RETRY_ELSEWHERE_MS", "queue", "retry_elsewhere_ms"),
     ("TUNA_POLL_INTERVAL_MS", "queue", "poll_interval_ms"),
     ("TUNA_BLOB_DIR", "blobs", "dir"),
     ("TUNA_BLOB_URL", "blobs", "url"),
@@ -474,6 +479,12 @@ impl Config {
                     "must be >= queue.backoff_base_ms ({}), got {}",
                     q.backoff_base_ms, q.backoff_max_ms
                 ),
+            ));
+        }
+        if q.retry_elsewhere_ms < 0 {
+            return Err(bad(
+                "queue.retry_elsewhere_ms",
+                format!("must be >= 0, got {}", q.retry_elsewhere_ms),
             ));
         }
         if q.poll_interval_ms == 0 {

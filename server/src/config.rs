@@ -12,6 +12,7 @@ pub fn policy(config: &Config) -> QueuePolicy {
         lease_ms: config.queue.lease_ms,
         backoff_base_ms: config.queue.backoff_base_ms,
         backoff_max_ms: config.queue.backoff_max_ms,
+        retry_elsewhere_ms: config.queue.retry_elsewhere_ms,
     }
 }
 
@@ -40,8 +41,18 @@ mod tests {
         let c = Config::default();
         let (p, q) = (policy(&c), QueuePolicy::default());
         assert_eq!(
-            (p.lease_ms, p.backoff_base_ms, p.backoff_max_ms),
-            (q.lease_ms, q.backoff_base_ms, q.backoff_max_ms)
+            (
+                p.lease_ms,
+                p.backoff_base_ms,
+                p.backoff_max_ms,
+                p.retry_elsewhere_ms
+            ),
+            (
+                q.lease_ms,
+                q.backoff_base_ms,
+                q.backoff_max_ms,
+                q.retry_elsewhere_ms
+            )
         );
         let (l, d) = (limits(&c), Limits::default());
         assert_eq!(

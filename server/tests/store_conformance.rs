@@ -360,7 +360,11 @@ mod cases {
                     store.claim_job(&w).await.unwrap().is_none(),
                     "claimed before run_after"
                 );
+                // The only worker is the one that failed: it may retry once no other worker
+                // took the job within retry_elsewhere_ms.
                 clock.advance(delay);
+                assert!(store.claim_job(&w).await.unwrap().is_none());
+                clock.advance(policy().retry_elsewhere_ms);
             } else {
                 assert!(!reply.will_retry);
                 assert_eq!(reply.state, JobState::Failed);
@@ -371,6 +375,48 @@ mod cases {
         assert_eq!(job.state, JobState::Failed);
         assert_eq!(job.failure.as_ref().map(|f| f.0), Some(FailureKind::System));
         assert!(store.claim_job(&w).await.unwrap().is_none());
+    }
+
+    pub async fn a_system_failure_is_retried_on_another_worker_first(store: S, clock: C) {
+        let (job, _) = store.create_job(new_job(0, 3)).await.unwrap();
+        let a = worker(&store, "a").await;
+        let b = worker(&store, "b").await;
+        let fail = |token: String| {
+            let store = store.clone();
+            let id = job.id.clone();
+            async move {
+                store
+                    .fail_job(
+                        fence(&id, &token),
+                        FailureKind::System,
+                        "CUDA out of memory",
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let first = store.claim_job(&a).await.unwrap().unwrap();
+        let reply = fail(first.lease_token).await;
+        clock.advance(reply.run_after - clock.now_ms_for_test());
+        assert!(
+            store.claim_job(&a).await.unwrap().is_none(),
+            "the worker that failed does not get the retry first"
+        );
+        let second = store.claim_job(&b).await.unwrap().unwrap();
+        assert_eq!(second.job.attempt, 2);
+        let reply = fail(second.lease_token).await;
+        clock.advance(reply.run_after - clock.now_ms_for_test());
+        assert!(store.claim_job(&b).await.unwrap().is_none());
+        let third = store.claim_job(&a).await.unwrap().unwrap();
+        assert_eq!(third.job.attempt, 3);
+        store
+            .complete_job(fence(&job.id, &third.lease_token), Outcome::Succeeded)
+            .await
+            .unwrap();
+        // Another job is not affected by this one's history.
+        let (other, _) = store.create_job(new_job(0, 3)).await.unwrap();
+        let lease = store.claim_job(&b).await.unwrap().unwrap();
+        assert_eq!(lease.job.id, other.id);
     }
 
     pub async fn user_failures_do_not_retry(store: S, _clock: C) {
@@ -994,6 +1040,7 @@ conformance!(
     cancel_of_a_queued_job_is_immediate_and_final,
     same_request_id_twice_yields_one_job,
     system_failures_retry_with_growing_run_after_up_to_max_attempts,
+    a_system_failure_is_retried_on_another_worker_first,
     user_failures_do_not_retry,
     pause_checkpoints_then_resume_continues_from_the_checkpoint,
     higher_priority_then_older_jobs_are_claimed_first,

@@ -11,6 +11,9 @@ pub struct QueuePolicy {
     pub backoff_base_ms: i64,
     /// Upper bound of the retry delay.
     pub backoff_max_ms: i64,
+    /// How long after a SYSTEM failure's retry becomes claimable only other workers than the
+    /// failing one may claim it.
+    pub retry_elsewhere_ms: i64,
 }
 
 impl Default for QueuePolicy {
@@ -19,6 +22,7 @@ impl Default for QueuePolicy {
             lease_ms: 30_000,
             backoff_base_ms: 5_000,
             backoff_max_ms: 600_000,
+            retry_elsewhere_ms: 60_000,
         }
     }
 }
@@ -42,6 +46,7 @@ mod tests {
             lease_ms: 1000,
             backoff_base_ms: 1000,
             backoff_max_ms: 100_000,
+            retry_elsewhere_ms: 0,
         };
         let delays: Vec<i64> = (1..=10).map(|a| p.retry_delay_ms("job_x", a)).collect();
         for w in delays.windows(2) {

@@ -17,6 +17,7 @@ pub fn policy() -> QueuePolicy {
         lease_ms: 10_000,
         backoff_base_ms: 1_000,
         backoff_max_ms: 60_000,
+        retry_elsewhere_ms: 30_000,
     }
 }
 

@@ -48,6 +48,14 @@ macro_rules! job_columns {
     };
 }
 
+/// A retry of a SYSTEM failure goes to another worker than the one that failed (`$4`) unless it
+/// has been claimable for `retry_elsewhere_ms` (`$5` = now minus that); docs/design.md §3.5.
+macro_rules! elsewhere {
+    () => {
+        "(avoid_worker_id IS NULL OR avoid_worker_id <> $4 OR run_after <= $5)"
+    };
+}
+
 /// A lo-fi job is claimable (for its merge step) only when every shard succeeded; a job
 /// without shards trivially is.
 macro_rules! shards_done {

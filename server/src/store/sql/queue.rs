@@ -65,6 +65,7 @@ macro_rules! sql_queue {
                  worker_id = CASE WHEN $6 THEN worker_id ELSE NULL END, \
                  failure_kind = COALESCE($7, failure_kind), \
                  failure_message = CASE WHEN $7 IS NULL THEN failure_message ELSE $8 END, \
+                 avoid_worker_id = CASE WHEN $10 THEN worker_id ELSE avoid_worker_id END, \
                  last_seq = last_seq + 1 \
                  WHERE id = $1 AND lease_token = $9 AND state IN ('running', 'cancelling', 'pausing') \
                  RETURNING attempt, last_seq",
@@ -78,6 +79,8 @@ macro_rules! sql_queue {
             .bind(failure.map(|(kind, _)| kind.as_str()))
             .bind(failure.map(|(_, message)| message))
             .bind(fence.lease_token)
+            // A SYSTEM failure that will be retried: the retry prefers other workers.
+            .bind(target == JobState::Queued && failure.is_some_and(|(k, _)| k == FailureKind::System))
             .fetch_optional(&mut **tx)
             .await?;
             row.map(|r| Ok((r.try_get("attempt")?, r.try_get("last_seq")?))).transpose()
@@ -122,6 +125,8 @@ macro_rules! sql_queue {
                 job_columns!(),
                 " FROM jobs WHERE state = 'queued' AND device = 'any' AND run_after <= $1 \
                  AND min_memory_bytes <= $3 AND ",
+                elsewhere!(),
+                " AND ",
                 shards_done!(),
                 " ORDER BY priority DESC, created_at, id LIMIT 1",
                 $SKIP,
@@ -129,6 +134,8 @@ macro_rules! sql_queue {
                 job_columns!(),
                 " FROM jobs WHERE state = 'queued' AND device = $2 AND $2 <> 'any' \
                  AND run_after <= $1 AND min_memory_bytes <= $3 AND ",
+                elsewhere!(),
+                " AND ",
                 shards_done!(),
                 " ORDER BY priority DESC, created_at, id LIMIT 1",
                 $SKIP,
@@ -137,6 +144,8 @@ macro_rules! sql_queue {
             .bind(now)
             .bind(&worker.device)
             .bind(worker.memory_bytes)
+            .bind(&worker.id)
+            .bind(now - store.policy.retry_elsewhere_ms)
             .fetch_all(&mut *tx)
             .await?;
             let mut best: Option<JobRecord> = None;
