@@ -96,7 +96,8 @@ pub(crate) fn user(e: impl std::fmt::Display) -> RunError {
 }
 
 /// A device allocation failure is the worker's problem, not the job's: the attempt fails as
-/// SYSTEM (retried, up to the job's max_attempts, by whichever worker claims it) with advice.
+/// SYSTEM with advice, and the server offers the retry to other workers first
+/// (`queue.retry_elsewhere_ms`), up to the job's max_attempts.
 fn out_of_device_memory(message: &str) -> Option<RunError> {
     const MARKERS: [&str; 3] = [
         "CUDA_ERROR_OUT_OF_MEMORY",
