@@ -105,32 +105,43 @@ def write_jsonl(path: Path, texts: list) -> None:
 
 
 class PeakMemory:
-    """Largest GPU memory nvidia-smi reports for one process (MiB), polled every 0.2 s."""
+    """Largest GPU memory (GiB) of one process, polled every 0.2 s with nvidia-smi: the
+    process's own figure where nvidia-smi can see it, else (inside a container, where it
+    reports host PIDs) the device's used memory above what was in use before the start."""
 
     def __init__(self, pid: int):
-        self.pid, self.peak, self.stop = pid, 0, False
+        self.pid, self.own, self.device, self.stop = pid, 0, 0, False
+        self.baseline = self.device_used()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
+    @staticmethod
+    def query(args: list) -> str:
+        try:
+            return subprocess.run(["nvidia-smi", *args, "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    def device_used(self) -> int:
+        values = [int(v) for v in self.query(["--query-gpu=memory.used"]).split()
+                  if v.strip().isdigit()]
+        return values[0] if values else 0
+
     def run(self) -> None:
         while not self.stop:
-            try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                     "--format=csv,noheader,nounits"],
-                    capture_output=True, text=True, timeout=5).stdout
-                for line in out.splitlines():
-                    pid, mib = [x.strip() for x in line.split(",")[:2]]
-                    if pid == str(self.pid) and mib.isdigit():
-                        self.peak = max(self.peak, int(mib))
-            except (OSError, subprocess.SubprocessError, ValueError):
-                pass
+            for line in self.query(["--query-compute-apps=pid,used_memory"]).splitlines():
+                parts = [x.strip() for x in line.split(",")]
+                if len(parts) >= 2 and parts[0] == str(self.pid) and parts[1].isdigit():
+                    self.own = max(self.own, int(parts[1]))
+            self.device = max(self.device, self.device_used())
             time.sleep(0.2)
 
     def finish(self) -> float:
         self.stop = True
         self.thread.join(timeout=2)
-        return self.peak / 1024.0
+        mib = self.own if self.own > 0 else max(0, self.device - self.baseline)
+        return mib / 1024.0
 
 
 def run_tuna(tuna: str, args: list, gpu: bool):
