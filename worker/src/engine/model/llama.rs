@@ -239,17 +239,16 @@ impl Llama {
         mask: &Tensor,
         mode: &Mode,
     ) -> Result<Tensor, ModelError> {
-        let x = x.clone();
         if let Some(w) = self.lm_head.frozen_weight()
-            && kernels::supported(&x)
+            && kernels::supported(x)
             && w.dtype() == x.dtype()
             && w.device().is_cpu()
         {
-            return Ok(kernels::lm_head_nll_sum(&x, w, labels, mask)?);
+            return Ok(kernels::lm_head_nll_sum(x, w, labels, mask)?);
         }
         let logits = self
             .lm_head
-            .forward(&x, mode)?
+            .forward(x, mode)?
             .to_dtype(compute_dtype(self.dtype()))?;
         Ok(super::ops::masked_nll_sum(&logits, labels, mask)?)
     }
@@ -286,10 +285,18 @@ impl Llama {
                 .reshape((b * (t_in + n_virtual), h))?;
         }
         let t = t_in + n_virtual;
-        let prefix = self.prefix.as_ref().filter(|_| mode.adapters_on()).cloned();
+        let prefix = self.prefix.as_ref().filter(|_| mode.adapters_on());
         // Prefix positions come first: real tokens sit at positions n_prefix.. (as PEFT runs
         // the prefix as a KV cache of that length).
-        let n_prefix = prefix.as_ref().map_or(0, |p| p.dim(0).unwrap_or(0));
+        let n_prefix = prefix.map_or(0, |p| p.dim(0).unwrap_or(0));
+        // [n, layers·2·kv·hd] → [n, layers·2, kv, hd], once per pass for every layer.
+        let (kv, hd) = (self.config.num_kv_heads(), self.config.head_size());
+        let prefix = prefix
+            .map(|p| {
+                p.to_dtype(dtype)?
+                    .reshape((n_prefix, self.layers.len() * 2, kv, hd))
+            })
+            .transpose()?;
         let rope = Rope::new(&self.inv_freq, n_prefix + t, dtype, device)?;
         let pass = Pass {
             b,
@@ -321,10 +328,7 @@ impl Llama {
         let hs = rms_norm(x, &layer.input_layernorm, eps)?;
         let layer_prefix = match &pass.prefix {
             Some(p) => {
-                // [n, layers·2, kv, hd] → this layer's keys and values, [b, kv, n, hd].
-                let p =
-                    p.to_dtype(self.dtype())?
-                        .reshape((n_prefix, self.layers.len() * 2, kv, hd))?;
+                // This layer's keys and values, [b, kv, n, hd].
                 let part = |j: usize| -> candle_core::Result<Tensor> {
                     p.narrow(1, 2 * i + j, 1)?
                         .squeeze(1)?
@@ -372,6 +376,7 @@ struct Pass {
     t_in: usize,
     n_virtual: usize,
     n_prefix: usize,
+    /// Prefix-tuning keys and values as `[n, layers·2, kv_heads, head_dim]`.
     prefix: Option<Tensor>,
     rope: Rope,
 }

@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::util::{perturb_b, tiny_model};
+use super::util::{perturb_b, rel_diff, tiny_model};
 use crate::engine::adapters::methods::{Method, attach};
 use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules};
 use crate::engine::data::classify::{ClassBatch, ClassExample};
@@ -58,14 +58,6 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-12)
 }
 
-/// Max |a − b| over max |b|, in f64.
-fn rel_tensor(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let max = |t: &Tensor| t.abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
-    max(&(&a - &b).unwrap()) / max(&b).max(1e-12)
-}
-
 /// One training pass of `objective` under each policy; asserts loss and every gradient agree.
 fn assert_paths_agree<O: Objective>(
     what: &str,
@@ -92,7 +84,7 @@ fn assert_paths_agree<O: Objective>(
     assert!(!names.is_empty(), "{what}: nothing trains");
     for name in names {
         let (f, c) = (&fused.grads.0[name], &composed.grads.0[name]);
-        let d = rel_tensor(c, f);
+        let d = rel_diff(c, f);
         assert!(
             d <= TOLERANCE,
             "{what}: gradient of {name} differs by {d:e}"
@@ -375,7 +367,7 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
                 );
                 assert_eq!(checkpointed.grads.0.len(), set.vars().len(), "{what}");
                 for (var, g) in &plain.grads.0 {
-                    let d = rel_tensor(&checkpointed.grads.0[var], g);
+                    let d = rel_diff(&checkpointed.grads.0[var], g);
                     assert!(d <= TOLERANCE, "{what}: gradient of {var} differs by {d:e}");
                 }
             }

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::util::{perturb_b, random_ids, tiny_model};
+use super::util::{perturb_b, random_ids, rel_diff, tiny_model};
 use crate::engine::adapters::{AdapterConfig, AdapterSet, Mode, TargetModules, methods};
 use crate::engine::model::tiny::TinySpec;
 
@@ -18,13 +18,6 @@ fn batch(spec: &TinySpec, b: usize, t: usize) -> (Tensor, Tensor, Tensor) {
         .collect();
     let mask = Tensor::from_vec(mask, b * t, &Device::Cpu).unwrap();
     (input, labels, mask)
-}
-
-fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let max = |t: &Tensor| t.abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
-    max(&(&a - &b).unwrap()) / max(&b).max(1e-12)
 }
 
 #[test]

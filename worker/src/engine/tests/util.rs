@@ -76,6 +76,14 @@ pub fn lm_loss(model: &Llama, ids: &Tensor, mode: &crate::engine::adapters::Mode
     (sum / (b * (t - 1)) as f64).unwrap()
 }
 
+/// Max |a − b| over max |b|, in f64.
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let max = |t: &Tensor| t.abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    max(&(&a - &b).unwrap()) / max(&b).max(1e-12)
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b)
         .unwrap()
